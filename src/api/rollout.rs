@@ -1,0 +1,272 @@
+//! The Rollout: a staged move of a Channel from its stable Bundle to a candidate.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{DURATION_RULE, IMMUTABLE_RULE, OBJECT_NAME_RULE, conditions_schema};
+
+/// A Rollout moves a Channel from its stable Bundle to a candidate Bundle through steps: a
+/// growing percentage of devices (chosen by a salted hash of their device id, so the cohort is
+/// stable and only grows), pauses, and analysis gates that pause or roll back by themselves
+/// when devices report failures.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ota.dev",
+    version = "v1alpha1",
+    kind = "Rollout",
+    plural = "rollouts",
+    namespaced,
+    status = "RolloutStatus",
+    derive = "PartialEq",
+    shortname = "otaro",
+    category = "ota",
+    doc = "A Rollout moves a Channel from its stable Bundle to a candidate through staged percentages.",
+    printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channelRef"),
+    printcolumn(name = "Bundle", type_ = "string", json_path = ".spec.bundleRef", description = "The candidate Bundle"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStepIndex"),
+    printcolumn(name = "Percent", type_ = "integer", json_path = ".status.currentPercent"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The Channel whose devices move (its name in this namespace). Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(
+        validation = Rule::new(OBJECT_NAME_RULE).message("channelRef must be the name of a Channel"),
+        validation = Rule::new(IMMUTABLE_RULE).message("channelRef is immutable")
+    )]
+    pub channel_ref: String,
+
+    /// The candidate Bundle. Changing it starts a new rollout from the channel's current stable
+    /// bundle.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(OBJECT_NAME_RULE).message("bundleRef must be the name of a Bundle"))]
+    pub bundle_ref: String,
+
+    /// The steps, in order. When the last one is done the candidate becomes the channel's stable
+    /// bundle.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(
+        "self.filter(s, has(s.setPercent)).map(s, s.setPercent).isSorted()"
+    ).message("setPercent must not decrease from one step to the next"))]
+    pub steps: Vec<RolloutStep>,
+
+    /// How device failures are judged, in the background for the whole rollout and at each
+    /// analysis step.
+    #[serde(default)]
+    pub analysis: AnalysisPolicy,
+
+    /// Salt of the device hash that picks the cohort. Defaults to the Rollout's uid, so every
+    /// Rollout draws a fresh cohort; set it to reuse a cohort across Rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub salt: Option<String>,
+}
+
+/// One step: exactly one of `setPercent`, `pause` or `analysis`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.setPercent), has(self.pause), has(self.analysis)].filter(x, x).size() == 1")
+    .message("each step needs exactly one of setPercent, pause or analysis"))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// Offer the candidate to this percent of the channel's devices (0 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub set_percent: Option<i32>,
+    /// Wait: for `duration`, or without one until promoted (`kubectl ota promote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    /// Evaluate the analysis policy now: go on when it passes, apply its action when it fails,
+    /// and wait while fewer than `minAttempts` devices have tried the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
+}
+
+/// A pause step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long to wait (`30m`, `1h`, `24h`); absent: wait until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("pause.duration must be a duration such as 30s, 15m, 1h or 1h30m"))]
+    pub duration: Option<String>,
+}
+
+/// An analysis step (it uses the Rollout's analysis policy).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStep {}
+
+/// When a candidate is failing, and what to do about it.
+///
+/// Failure rate = failures ÷ attempts of the candidate in this channel over `window`. The policy
+/// acts only with at least `minAttempts` attempts, and only when the Wilson lower bound of the
+/// failure rate at `confidence` exceeds `maxFailureRate`, so a few unlucky devices do not stop a
+/// good release.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisPolicy {
+    /// The highest acceptable failure rate, between 0 and 1 (`0.05` = 5%).
+    #[serde(default = "default_max_failure_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_failure_rate: f64,
+    /// The fewest attempts before the policy may judge.
+    #[serde(default = "default_min_attempts")]
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub min_attempts: i64,
+    /// Confidence of the Wilson lower bound, between 0.5 and 0.9999.
+    #[serde(default = "default_confidence")]
+    #[schemars(range(min = 0.5, max = 0.9999))]
+    pub confidence: f64,
+    /// The stretch of recent device reports the rate is computed over.
+    #[serde(default = "default_window")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("analysis.window must be a duration such as 30m or 1h"))]
+    pub window: String,
+    /// How often the background analysis runs.
+    #[serde(default = "default_interval")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("analysis.interval must be a duration such as 30s or 1m"))]
+    pub interval: String,
+    /// What a failing analysis does: `pause` (wait for a person) or `rollback` (abort: serve the
+    /// stable bundle to every device, including those that took the candidate).
+    #[serde(default)]
+    pub action: AnalysisAction,
+}
+
+impl Default for AnalysisPolicy {
+    fn default() -> Self {
+        Self {
+            max_failure_rate: default_max_failure_rate(),
+            min_attempts: default_min_attempts(),
+            confidence: default_confidence(),
+            window: default_window(),
+            interval: default_interval(),
+            action: AnalysisAction::default(),
+        }
+    }
+}
+
+fn default_max_failure_rate() -> f64 {
+    0.05
+}
+fn default_min_attempts() -> i64 {
+    50
+}
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_window() -> String {
+    "1h".to_owned()
+}
+fn default_interval() -> String {
+    "1m".to_owned()
+}
+
+/// What a failing analysis does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnalysisAction {
+    /// Pause the rollout where it stands and wait for a person.
+    Pause,
+    /// Abort: percent to 0, the stable bundle served to every device.
+    #[default]
+    Rollback,
+}
+
+/// Where a Rollout stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Ready, Reconciling, Stalled, Paused and Completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Progressing, Paused, Completed or Aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// Index of the step in progress (equal to the number of steps once completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// Percent of devices offered the candidate now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_percent: Option<i32>,
+    /// The stable Bundle the rollout started from (what everyone else gets, and what an abort
+    /// returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_bundle: Option<String>,
+    /// The candidate Bundle this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_bundle: Option<String>,
+    /// The salt in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Why the rollout is paused, one entry per reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pause_conditions: Vec<PauseCondition>,
+    /// When the rollout started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the rollout was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<Time>,
+    /// When the rollout completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// The latest analysis figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisFigures>,
+    /// A sentence for people: what happens now and what they can do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The phase of a Rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhase {
+    /// Moving through its steps.
+    Progressing,
+    /// Waiting for time to pass, or for a person.
+    Paused,
+    /// The candidate is the channel's stable bundle.
+    Completed,
+    /// Stopped; the stable bundle is served to every device until the rollout is retried.
+    Aborted,
+}
+
+/// One reason a Rollout is paused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseCondition {
+    /// PauseStep, WaitingForPromotion, PausedByUser or AnalysisFailed.
+    pub reason: String,
+    /// When the pause began.
+    pub start_time: Time,
+    /// When a timed pause ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
+}
+
+/// The figures of an analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisFigures {
+    /// Devices that tried the candidate in the window.
+    pub attempts: i64,
+    /// Devices that reported a failure with it in the window.
+    pub failures: i64,
+    /// failures ÷ attempts.
+    pub failure_rate: f64,
+    /// Wilson lower bound of the failure rate at the policy's confidence.
+    pub lower_bound: f64,
+    /// When these figures were computed.
+    pub evaluated_at: Time,
+}

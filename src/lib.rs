@@ -1,0 +1,9 @@
+//! ota-operator: a self-hosted, Kubernetes-native live-update platform for Capacitor apps.
+//!
+//! - [`api`]: the custom resources (`ota.dev/v1alpha1`) and every contract string;
+//! - [`crdgen`]: renders the CRDs as YAML, one document per kind.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod api;
+pub mod crdgen;
