@@ -25,10 +25,19 @@ use super::common::{SecretReference, conditions_schema};
     category = "ota",
     doc = "An App declares one Capacitor app and everything that serves its live updates.",
     printcolumn(name = "App ID", type_ = "string", json_path = ".spec.appId"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.monthlyActiveDevices", description = "Devices seen in the last 30 days"),
+    printcolumn(
+        name = "Devices",
+        type_ = "integer",
+        json_path = ".status.monthlyActiveDevices",
+        description = "Devices seen in the last 30 days"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new(

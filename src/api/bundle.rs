@@ -24,10 +24,29 @@ use super::common::{IMMUTABLE_RULE, OBJECT_NAME_RULE, SEMVER_RULE, SHA256_RULE, 
     doc = "A Bundle is one immutable version of an App's web assets.",
     printcolumn(name = "App", type_ = "string", json_path = ".spec.appRef"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
-    printcolumn(name = "Synced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Synced\")].status"),
-    printcolumn(name = "Size", type_ = "integer", json_path = ".status.zipSize", description = "Bytes of the zip", priority = 1),
-    printcolumn(name = "Files", type_ = "integer", json_path = ".status.fileCount", priority = 1),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Synced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Synced\")].status"
+    ),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".status.zipSize",
+        description = "Bytes of the zip",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Files",
+        type_ = "integer",
+        json_path = ".status.fileCount",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

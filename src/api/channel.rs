@@ -24,11 +24,25 @@ use super::common::{IMMUTABLE_RULE, OBJECT_NAME_RULE, SEMVER_RULE, conditions_sc
     category = "ota",
     doc = "A Channel serves one stable Bundle of an App to the devices it admits.",
     printcolumn(name = "App", type_ = "string", json_path = ".spec.appRef"),
-    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stable.version", description = "Version served to every device outside a rollout's cohort"),
+    printcolumn(
+        name = "Stable",
+        type_ = "string",
+        json_path = ".status.stable.version",
+        description = "Version served to every device outside a rollout's cohort"
+    ),
     printcolumn(name = "Candidate", type_ = "string", json_path = ".status.candidate.version"),
-    printcolumn(name = "Percent", type_ = "integer", json_path = ".status.candidate.percent", description = "Share of devices offered the candidate"),
+    printcolumn(
+        name = "Percent",
+        type_ = "integer",
+        json_path = ".status.candidate.percent",
+        description = "Share of devices offered the candidate"
+    ),
     printcolumn(name = "Public", type_ = "boolean", json_path = ".spec.public"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self.disableAutoUpdate != 'metadata' || has(self.minUpdateVersion)")

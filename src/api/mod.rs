@@ -3,6 +3,10 @@
 //! Doc comments on these types become the field descriptions of the generated CRDs
 //! (`ota crds`), so they are written for the people who read `kubectl explain`.
 
+// kube's `printcolumn(name = .., type_ = ..)` repeats argument names across columns, which
+// clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod app;
 pub mod bundle;
 pub mod channel;

@@ -24,11 +24,20 @@ use super::common::{DURATION_RULE, IMMUTABLE_RULE, OBJECT_NAME_RULE, conditions_
     category = "ota",
     doc = "A Rollout moves a Channel from its stable Bundle to a candidate through staged percentages.",
     printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channelRef"),
-    printcolumn(name = "Bundle", type_ = "string", json_path = ".spec.bundleRef", description = "The candidate Bundle"),
+    printcolumn(
+        name = "Bundle",
+        type_ = "string",
+        json_path = ".spec.bundleRef",
+        description = "The candidate Bundle"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStepIndex"),
     printcolumn(name = "Percent", type_ = "integer", json_path = ".status.currentPercent"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -46,6 +46,13 @@ apt_private() {
     -o Dir::State::status="$work/status" -o Debug::NoLocking=1 "$@"
 }
 
+apt_cache_private() {
+  local work=$1; shift
+  apt-cache -o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=- \
+    -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" \
+    -o Dir::State::status="$work/status" "$@"
+}
+
 build() {
   if [ "${OTA_APISERVER_REFRESH:-0}" != 1 ] && dir=$(cached_build); then
     echo "$dir"; return 0
@@ -61,7 +68,8 @@ build() {
   local versions=()
   local p v
   for p in "${packages[@]}"; do
-    v=$(apt_private "$work" -s install "$p" 2>/dev/null | sed -n "s/^Inst $p (\([^ ]*\) .*/\1/p")
+    v=$(apt_cache_private "$work" policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    [ "$v" = "(none)" ] && v=
     [ -n "$v" ] || die "package $p is not in Debian sid"
     versions+=("$p=$v")
   done
@@ -125,13 +133,15 @@ start() {
       -subj '/CN=ota-test-ca' 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
       -subj '/CN=ota-test-apiserver' 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext
+    # X.509 v3 with extensions throughout: rustls refuses v1 certificates.
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > server.ext
+    printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > client.ext
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
       -days 3650 -extfile server.ext 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr \
       -subj '/CN=ota-test-admin/O=system:masters' 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt \
-      -days 3650 2>/dev/null
+      -days 3650 -extfile client.ext 2>/dev/null
   ) || die "openssl could not make the test certificates"
   local etcd_port peer_port api_port
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
@@ -158,7 +168,7 @@ KUBECONFIG
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "ota-test=http://127.0.0.1:$peer_port" --unsafe-no-fsync \
-    > "$state/etcd.log" 2>&1 &
+    > "$state/etcd.log" 2>&1 9>&- &
   echo $! > "$state/etcd.pid"
   "$dir/bin/ota-test-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
     --secure-port "$api_port" --bind-address 127.0.0.1 \
@@ -169,7 +179,7 @@ KUBECONFIG
     --authentication-skip-lookup --authentication-tolerate-lookup-failure \
     --enable-priority-and-fairness=false \
     --disable-admission-plugins=NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,MutatingAdmissionPolicy \
-    > "$state/apiserver.log" 2>&1 &
+    > "$state/apiserver.log" 2>&1 9>&- &
   echo $! > "$state/apiserver.pid"
   local i
   for i in $(seq 1 300); do
@@ -211,6 +221,11 @@ stop_quietly() {
   stop_pidfile "$state/etcd.pid"
   rm -f "$state/env"
 }
+
+# One start or stop at a time: test binaries and helpers may call this concurrently.
+mkdir -p "$(dirname "$state")"
+exec 9>"$state.lock"
+flock 9
 
 case "${1:-}" in
   build) build ;;

@@ -1,0 +1,249 @@
+//! Test support: the real Kubernetes API server (tests/apiserver/apiserver.sh), a client for
+//! it, the operator's CRDs installed, and a fresh namespace per test.
+#![allow(dead_code)] // each test binary uses its own part of the support module
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client, Config,
+    api::{Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::wait::{await_condition, conditions},
+};
+use tokio::sync::OnceCell;
+
+/// The field manager the tests apply with.
+pub const TEST_MANAGER: &str = "ota-tests";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig of the test API server: `OTA_TEST_KUBECONFIG` when the test runner
+/// (tests/run.sh) started it, otherwise the server is started here (and left running for the
+/// next test binary; `tests/apiserver/apiserver.sh stop` stops it). Panics, with the reason, when
+/// the server cannot be built or started: these tests never pass by skipping.
+pub fn kubeconfig_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("OTA_TEST_KUBECONFIG") {
+            return PathBuf::from(path);
+        }
+        let script = repo_root().join("tests/apiserver/apiserver.sh");
+        let output = Command::new(&script)
+            .arg("start")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the test API server could not be started by {}:\n{}{}",
+            script.display(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("OTA_TEST_KUBECONFIG="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no OTA_TEST_KUBECONFIG line:\n{stdout}",
+                    script.display()
+                )
+            });
+        PathBuf::from(path)
+    })
+}
+
+/// A new client for the test API server (one per test: a client belongs to its runtime).
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read the test kubeconfig {}: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the test kubeconfig {} is unusable: {e}", path.display()));
+    Client::try_from(config).expect("a client for the test API server")
+}
+
+/// The CRDs checked in under crds/, parsed.
+pub fn checked_in_crds() -> Vec<CustomResourceDefinition> {
+    let dir = repo_root().join("crds");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).expect("a readable CRD file");
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// Applies every CRD of crds/ with server-side apply and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Vec<String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(TEST_MANAGER).force();
+    let mut names = Vec::new();
+    for crd in checked_in_crds() {
+        let name = crd.metadata.name.clone().expect("a CRD name");
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("the API server refused the CRD {name}: {e}"));
+        names.push(name);
+    }
+    for name in &names {
+        let established = await_condition(api.clone(), name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("the CRD {name} did not become Established within 30 s"))
+            .unwrap_or_else(|e| panic!("watching the CRD {name} failed: {e}"));
+    }
+    names
+}
+
+/// A client for a server where the operator's CRDs are installed (once per test binary).
+pub async fn client_with_crds() -> Client {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            install_crds(&client().await).await;
+        })
+        .await;
+    client().await
+}
+
+/// A namespace name no other test uses. The test API server serves no Namespace kind and
+/// accepts any valid name, so a fresh name is a fresh namespace.
+pub fn unique_namespace(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!(
+        "{}-{}-{:x}{:x}",
+        prefix.trim_matches('-'),
+        std::process::id(),
+        nanos,
+        n
+    )
+}
+
+/// The YAML documents of a file, as JSON values.
+pub fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+    documents.into_iter().filter(|doc| !doc.is_null()).collect()
+}
+
+/// The YAML files under a folder of the repository, recursively, sorted, minus `skip_dir`.
+pub fn yaml_files(dir: &str, skip_dir: Option<&str>) -> Vec<PathBuf> {
+    fn walk(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                if Some(path.as_path()) != skip {
+                    walk(&path, skip, out);
+                }
+            } else if path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    let root = repo_root().join(dir);
+    let skip = skip_dir.map(|s| root.join(s));
+    let mut files = Vec::new();
+    walk(&root, skip.as_deref(), &mut files);
+    files.sort();
+    files
+}
+
+/// The API of one of the operator's kinds, by its `kind`, in a namespace.
+pub fn dynamic_api(client: &Client, namespace: &str, kind: &str) -> kube::Api<kube::api::DynamicObject> {
+    use kube::core::ApiResource;
+    use ota_operator::api::{App, Bundle, Channel, Rollout};
+    let resource = match kind {
+        "App" => ApiResource::erase::<App>(&()),
+        "Channel" => ApiResource::erase::<Channel>(&()),
+        "Bundle" => ApiResource::erase::<Bundle>(&()),
+        "Rollout" => ApiResource::erase::<Rollout>(&()),
+        other => panic!("{other} is not a kind of the operator"),
+    };
+    kube::Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// The `kind` and `metadata.name` of a document.
+pub fn kind_and_name(doc: &serde_json::Value) -> (String, String) {
+    let kind = doc["kind"].as_str().expect("a document with a kind").to_owned();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .expect("a document with metadata.name")
+        .to_owned();
+    (kind, name)
+}
+
+/// Applies one document with server-side apply in `namespace`.
+pub async fn apply_document(
+    client: &Client,
+    namespace: &str,
+    doc: &serde_json::Value,
+) -> Result<kube::api::DynamicObject, kube::Error> {
+    let (kind, name) = kind_and_name(doc);
+    dynamic_api(client, namespace, &kind)
+        .patch(&name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(doc))
+        .await
+}
+
+/// Checks that every field of `expected` is in `actual` with the same value (the server may add
+/// defaults and metadata, but must not drop or change what was applied). Returns the JSON path
+/// of the first difference.
+pub fn contains_all(
+    expected: &serde_json::Value,
+    actual: &serde_json::Value,
+    path: &str,
+) -> Result<(), String> {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Object(want), Value::Object(got)) => {
+            want.iter().try_for_each(|(key, value)| match got.get(key) {
+                Some(found) => contains_all(value, found, &format!("{path}.{key}")),
+                None => Err(format!("{path}.{key} is missing")),
+            })
+        }
+        (Value::Array(want), Value::Array(got)) if want.len() == got.len() => want
+            .iter()
+            .zip(got)
+            .enumerate()
+            .try_for_each(|(i, (w, g))| contains_all(w, g, &format!("{path}[{i}]"))),
+        (Value::Number(want), Value::Number(got)) if want.as_f64() == got.as_f64() => Ok(()),
+        (want, got) if want == got => Ok(()),
+        (want, got) => Err(format!("{path}: applied {want}, read back {got}")),
+    }
+}
