@@ -1,9 +1,11 @@
 //! ota-operator: a self-hosted, Kubernetes-native live-update platform for Capacitor apps.
 //!
-//! - [`api`]: the custom resources (`ota.dev/v1alpha1`) and every contract string;
-//! - [`crdgen`]: renders the CRDs as YAML, one document per kind.
+//! - [`api`] holds the custom resources (`ota.dev/v1alpha1`) and every contract string;
+//! - [`crdgen`] renders the CRDs as YAML, one document per kind;
+//! - [`telemetry`] sets up logging.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod api;
 pub mod crdgen;
+pub mod telemetry;

@@ -5,12 +5,21 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ota_operator::crdgen;
+use ota_operator::{
+    crdgen,
+    telemetry::{self, LogFormat},
+};
 
 /// ota-operator: live updates for Capacitor apps, declared in Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "ota", version, about, long_about = None)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OTA_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter, in the RUST_LOG syntax (e.g. `info`, `ota_operator=debug,kube=warn`).
+    #[arg(long, global = true, default_value = "info", env = "OTA_LOG")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +48,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    telemetry::init(cli.log_format, &cli.log)?;
     match cli.command {
         Command::Crds { out } => {
             let crds = crdgen::render_all()?;
