@@ -7,5 +7,6 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod core;
 pub mod crdgen;
 pub mod telemetry;

@@ -1,0 +1,9 @@
+//! The pure core: decisions as functions of (spec, observed state, request, `now`) that return
+//! data. No kube client, no HTTP, no clock, no I/O in here.
+
+pub mod cohort;
+#[cfg(test)]
+mod fixtures;
+pub mod snapshot;
+pub mod update;
+pub mod version;

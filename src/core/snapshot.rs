@@ -1,0 +1,544 @@
+//! An immutable view of everything the update server needs to answer devices, built from the
+//! four kinds (with their status) in one pure step. Requests read it without locks; a new
+//! snapshot replaces the old one whole.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use semver::Version;
+
+use super::version::coerce_native_version;
+use crate::api::{
+    App, Bundle, Channel, Rollout, app::Platform, bundle::BundleEncryption, channel::ChannelSpec,
+    constants::condition, rollout::RolloutPhase,
+};
+
+/// One file of a bundle's delta manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Path in the bundle (a `.br` suffix: the bytes are Brotli-compressed).
+    pub file_name: String,
+    /// Lower-case hex SHA-256 of the final file (or its encrypted form for encrypted bundles).
+    pub file_hash: String,
+    /// Storage key of the content-addressed object.
+    pub key: String,
+}
+
+/// A bundle that can be served: synced, with its checksum and storage keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleView {
+    /// The Bundle's name.
+    pub name: String,
+    /// Its version (what devices receive as the bundle name).
+    pub version: String,
+    /// The version parsed.
+    pub semver: Version,
+    /// Lower-case hex SHA-256 of the zip as stored.
+    pub sha256: String,
+    /// Storage key of the zip.
+    pub zip_key: String,
+    /// The delta manifest, when the sync produced one (never empty).
+    pub manifest: Option<Arc<[ManifestFile]>>,
+    /// Encryption data of a bundle encrypted with the plugin's v2 scheme.
+    pub encryption: Option<BundleEncryption>,
+    /// The lowest native version that can run it.
+    pub min_native_version: Option<Version>,
+    /// Release-notes link.
+    pub link: Option<String>,
+    /// Comment.
+    pub comment: Option<String>,
+}
+
+/// What a channel serves to devices outside a rollout's cohort.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StableTarget {
+    /// The web assets built into the app binary.
+    Builtin,
+    /// A synced bundle.
+    Bundle(Arc<BundleView>),
+    /// The named bundle cannot be served (missing, not synced, or of another app).
+    Unavailable {
+        /// The Bundle named in `bundleRef`.
+        bundle: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A rollout in progress on a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutView {
+    /// The Rollout's name.
+    pub name: String,
+    /// The candidate bundle.
+    pub candidate: Arc<BundleView>,
+    /// Percent of devices (0 to 100) offered the candidate.
+    pub percent: u32,
+    /// Salt of the cohort hash.
+    pub salt: String,
+}
+
+/// A channel as served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelView {
+    /// The Channel's name.
+    pub name: String,
+    /// Its spec (flags and guards).
+    pub spec: ChannelSpec,
+    /// What it serves outside a rollout's cohort.
+    pub stable: StableTarget,
+    /// A rollout in progress, if any.
+    pub rollout: Option<RolloutView>,
+}
+
+impl ChannelView {
+    /// Whether the channel serves a platform.
+    pub fn serves_platform(&self, platform: Platform) -> bool {
+        match platform {
+            Platform::Ios => self.spec.ios,
+            Platform::Android => self.spec.android,
+            Platform::Electron => self.spec.electron,
+        }
+    }
+}
+
+/// An App as served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppView {
+    /// Namespace of the App.
+    pub namespace: String,
+    /// The App's name.
+    pub name: String,
+    /// The Capacitor app id.
+    pub app_id: String,
+    /// Platforms the app is built for.
+    pub platforms: Vec<Platform>,
+    /// The channel for devices that match no other.
+    pub default_channel: Option<String>,
+    /// Send `link` and `comment`.
+    pub expose_metadata: bool,
+    /// Key id of the App's public key (first 20 characters of the PEM body), as devices send it.
+    pub key_id: Option<String>,
+    /// Channels by name (sorted: the first public channel by name wins, as in Capgo).
+    pub channels: BTreeMap<String, ChannelView>,
+    /// Devices pinned to a channel: device id → channel name.
+    pub device_overrides: HashMap<String, String>,
+}
+
+/// Everything the update server serves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    apps: HashMap<String, Arc<AppView>>,
+}
+
+impl Snapshot {
+    /// The App with this app id.
+    pub fn app(&self, app_id: &str) -> Option<&Arc<AppView>> {
+        self.apps.get(app_id)
+    }
+
+    /// Every App, in no particular order.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppView>> {
+        self.apps.values()
+    }
+}
+
+/// Something in the objects that keeps part of them from being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `Kind/namespace/name` of the object concerned.
+    pub object: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The inputs of a snapshot: the four kinds as observed (with status) and the manifests read
+/// from storage, keyed by (namespace, bundle name).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotInputs {
+    /// Apps.
+    pub apps: Vec<App>,
+    /// Channels.
+    pub channels: Vec<Channel>,
+    /// Bundles.
+    pub bundles: Vec<Bundle>,
+    /// Rollouts.
+    pub rollouts: Vec<Rollout>,
+    /// Delta manifests of synced bundles.
+    pub manifests: HashMap<(String, String), Arc<[ManifestFile]>>,
+}
+
+fn namespace_of(meta: &kube::api::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_default()
+}
+
+fn name_of(meta: &kube::api::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+/// The key id devices send for a PKCS#1 PEM public key: the first 20 characters of the base64
+/// body, headers and whitespace removed.
+pub fn key_id(public_key_pem: &str) -> Option<String> {
+    let body: String = public_key_pem
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("-----"))
+        .collect::<String>()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    (!body.is_empty()).then(|| body.chars().take(20).collect())
+}
+
+impl Snapshot {
+    /// Builds a snapshot. Objects that cannot be served are left out and reported; one bad object
+    /// never keeps the others from being served.
+    pub fn build(inputs: &SnapshotInputs) -> (Snapshot, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut apps_by_key: BTreeMap<(String, String), AppView> = BTreeMap::new();
+        let mut seen_app_ids: HashMap<String, String> = HashMap::new();
+        for app in &inputs.apps {
+            let (namespace, name) = (namespace_of(&app.metadata), name_of(&app.metadata));
+            let object = format!("App/{namespace}/{name}");
+            if let Some(first) = seen_app_ids.get(&app.spec.app_id) {
+                problems.push(Problem {
+                    object,
+                    message: format!("appId {} is already served by {first}", app.spec.app_id),
+                });
+                continue;
+            }
+            seen_app_ids.insert(app.spec.app_id.clone(), object);
+            apps_by_key.insert(
+                (namespace.clone(), name.clone()),
+                AppView {
+                    namespace,
+                    name,
+                    app_id: app.spec.app_id.clone(),
+                    platforms: app.spec.platforms.clone(),
+                    default_channel: app.spec.default_channel.clone(),
+                    expose_metadata: app.spec.expose_metadata,
+                    key_id: app.spec.signing.as_ref().and_then(|s| key_id(&s.public_key)),
+                    channels: BTreeMap::new(),
+                    device_overrides: HashMap::new(),
+                },
+            );
+        }
+
+        let bundles = servable_bundles(inputs, &mut problems);
+        let bundle_target = |namespace: &str, app: &str, bundle: &str| -> Result<Arc<BundleView>, String> {
+            match bundles.get(&(namespace.to_owned(), bundle.to_owned())) {
+                Some((owner, view)) if owner == app => view.clone(),
+                Some((owner, _)) => Err(format!("Bundle {bundle} belongs to App {owner}")),
+                None => Err(format!("Bundle {bundle} does not exist")),
+            }
+        };
+
+        for channel in &inputs.channels {
+            let (namespace, name) = (namespace_of(&channel.metadata), name_of(&channel.metadata));
+            let object = format!("Channel/{namespace}/{name}");
+            let Some(app) = apps_by_key.get_mut(&(namespace.clone(), channel.spec.app_ref.clone())) else {
+                problems.push(Problem {
+                    object,
+                    message: format!("App {} does not exist", channel.spec.app_ref),
+                });
+                continue;
+            };
+            let stable = match &channel.spec.bundle_ref {
+                None => StableTarget::Builtin,
+                Some(bundle) => match bundle_target(&namespace, &app.name, bundle) {
+                    Ok(view) => StableTarget::Bundle(view),
+                    Err(reason) => {
+                        problems.push(Problem {
+                            object: object.clone(),
+                            message: reason.clone(),
+                        });
+                        StableTarget::Unavailable {
+                            bundle: bundle.clone(),
+                            reason,
+                        }
+                    }
+                },
+            };
+            for device in &channel.spec.device_overrides {
+                if let Some(other) = app.device_overrides.get(&device.device_id) {
+                    problems.push(Problem {
+                        object: object.clone(),
+                        message: format!("device {} is also pinned to Channel {other}", device.device_id),
+                    });
+                    continue;
+                }
+                app.device_overrides
+                    .insert(device.device_id.clone(), name.clone());
+            }
+            app.channels.insert(
+                name.clone(),
+                ChannelView {
+                    name,
+                    spec: channel.spec.clone(),
+                    stable,
+                    rollout: None,
+                },
+            );
+        }
+
+        let mut rollouts: Vec<&Rollout> = inputs.rollouts.iter().collect();
+        rollouts.sort_by_key(|r| (namespace_of(&r.metadata), name_of(&r.metadata)));
+        for rollout in rollouts {
+            let (namespace, name) = (namespace_of(&rollout.metadata), name_of(&rollout.metadata));
+            let object = format!("Rollout/{namespace}/{name}");
+            let Some(status) = &rollout.status else { continue };
+            let percent = match status.phase {
+                Some(RolloutPhase::Progressing | RolloutPhase::Paused) => status.current_percent.unwrap_or(0),
+                Some(RolloutPhase::Completed) => 100,
+                Some(RolloutPhase::Aborted) | None => continue,
+            };
+            if status.candidate_bundle.as_deref() != Some(rollout.spec.bundle_ref.as_str()) {
+                // The status describes an earlier candidate; the controller has not caught up.
+                continue;
+            }
+            let Some(app) = apps_by_key.values_mut().find(|app| {
+                app.namespace == namespace && app.channels.contains_key(&rollout.spec.channel_ref)
+            }) else {
+                problems.push(Problem {
+                    object,
+                    message: format!("Channel {} does not exist", rollout.spec.channel_ref),
+                });
+                continue;
+            };
+            let candidate = match bundle_target(&namespace, &app.name, &rollout.spec.bundle_ref) {
+                Ok(view) => view,
+                Err(reason) => {
+                    problems.push(Problem {
+                        object,
+                        message: reason,
+                    });
+                    continue;
+                }
+            };
+            let salt = rollout
+                .spec
+                .salt
+                .clone()
+                .or_else(|| status.salt.clone())
+                .or_else(|| rollout.metadata.uid.clone())
+                .unwrap_or_else(|| format!("{namespace}/{name}"));
+            let channel = app
+                .channels
+                .get_mut(&rollout.spec.channel_ref)
+                .expect("checked above");
+            if let Some(existing) = &channel.rollout {
+                problems.push(Problem {
+                    object,
+                    message: format!(
+                        "Channel {} is already driven by Rollout {}",
+                        channel.name, existing.name
+                    ),
+                });
+                continue;
+            }
+            channel.rollout = Some(RolloutView {
+                name,
+                candidate,
+                percent: u32::try_from(percent.clamp(0, 100)).unwrap_or(0),
+                salt,
+            });
+        }
+
+        let apps = apps_by_key
+            .into_values()
+            .map(|app| (app.app_id.clone(), Arc::new(app)))
+            .collect();
+        (Snapshot { apps }, problems)
+    }
+}
+
+/// Bundles keyed by (namespace, name) with their App's name, and either a servable view or why
+/// they cannot be served.
+type BundleIndex = HashMap<(String, String), (String, Result<Arc<BundleView>, String>)>;
+
+fn servable_bundles(inputs: &SnapshotInputs, problems: &mut Vec<Problem>) -> BundleIndex {
+    let mut index = BundleIndex::new();
+    for bundle in &inputs.bundles {
+        let (namespace, name) = (namespace_of(&bundle.metadata), name_of(&bundle.metadata));
+        let view = bundle_view(
+            bundle,
+            inputs.manifests.get(&(namespace.clone(), name.clone())).cloned(),
+        );
+        if let Err(reason) = &view {
+            problems.push(Problem {
+                object: format!("Bundle/{namespace}/{name}"),
+                message: reason.clone(),
+            });
+        }
+        index.insert(
+            (namespace, name),
+            (bundle.spec.app_ref.clone(), view.map(Arc::new)),
+        );
+    }
+    index
+}
+
+fn bundle_view(bundle: &Bundle, manifest: Option<Arc<[ManifestFile]>>) -> Result<BundleView, String> {
+    let name = name_of(&bundle.metadata);
+    let status = bundle.status.as_ref();
+    let synced = status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::SYNCED && c.status == "True")
+    });
+    let (Some(status), true) = (status, synced) else {
+        return Err(format!("Bundle {name} is not synced yet"));
+    };
+    let (Some(sha256), Some(storage)) = (&status.checksum, &status.storage) else {
+        return Err(format!(
+            "Bundle {name} is synced but its status lacks the checksum or storage keys"
+        ));
+    };
+    let semver = Version::parse(&bundle.spec.version).map_err(|e| {
+        format!(
+            "Bundle {name}: version {} is not semver: {e}",
+            bundle.spec.version
+        )
+    })?;
+    let min_native_version = match bundle.spec.native.as_ref().and_then(|n| n.min_version.as_deref()) {
+        Some(raw) => Some(
+            coerce_native_version(raw)
+                .ok_or_else(|| format!("Bundle {name}: native.minVersion {raw} is not semver"))?,
+        ),
+        None => None,
+    };
+    Ok(BundleView {
+        name,
+        version: bundle.spec.version.clone(),
+        semver,
+        sha256: sha256.clone(),
+        zip_key: storage.zip_key.clone(),
+        manifest: manifest.filter(|files| !files.is_empty()),
+        encryption: bundle.spec.encryption.clone(),
+        min_native_version,
+        link: bundle.spec.link.clone(),
+        comment: bundle.spec.comment.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::fixtures::*;
+
+    fn problems(inputs: &SnapshotInputs) -> Vec<String> {
+        Snapshot::build(inputs)
+            .1
+            .into_iter()
+            .map(|p| format!("{}: {}", p.object, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn the_key_id_is_the_first_20_characters_of_the_pem_body() {
+        let pem = "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEApnI9VDgv\nMVyi/jKTHroKMuhf5y0D\n-----END RSA PUBLIC KEY-----\n";
+        assert_eq!(key_id(pem).as_deref(), Some("MIIBCgKCAQEApnI9VDgv"));
+        assert_eq!(
+            key_id("-----BEGIN RSA PUBLIC KEY-----\n-----END RSA PUBLIC KEY-----"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_clean_world_has_no_problems_and_indexes_by_app_id() {
+        let (snapshot, problems) = Snapshot::build(&inputs());
+        assert!(problems.is_empty());
+        let app = snapshot.app(APP_ID).expect("the app");
+        assert_eq!(app.channels.keys().collect::<Vec<_>>(), ["beta", "production"]);
+        assert!(
+            matches!(&app.channels["production"].stable, StableTarget::Bundle(b) if b.version == "1.4.2")
+        );
+    }
+
+    #[test]
+    fn bad_objects_are_reported_and_skipped_without_hiding_the_rest() {
+        let mut inputs = inputs();
+        inputs.apps.push(app("shop-copy", APP_ID, json!({})));
+        inputs
+            .channels
+            .push(channel("orphan", None, json!({"appRef": "nonexistent"})));
+        inputs
+            .channels
+            .push(channel("broken", Some("missing-bundle"), json!({})));
+        inputs.apps.push(app("other", "com.example.other", json!({})));
+        let mut foreign = bundle("other-1.0.0", "1.0.0", json!({"appRef": "other"}));
+        foreign.spec.app_ref = "other".into();
+        inputs.bundles.push(foreign);
+        inputs
+            .channels
+            .push(channel("cross", Some("other-1.0.0"), json!({})));
+        inputs.channels.push(channel(
+            "pin-a",
+            None,
+            json!({"deviceOverrides": [{"deviceId": DEVICE}]}),
+        ));
+        inputs.channels.push(channel(
+            "pin-b",
+            None,
+            json!({"deviceOverrides": [{"deviceId": DEVICE}]}),
+        ));
+        inputs
+            .rollouts
+            .push(rollout("r1", "production", "shop-1.5.0", 10, "Progressing"));
+        inputs
+            .rollouts
+            .push(rollout("r2", "production", "shop-1.5.0", 10, "Progressing"));
+        inputs
+            .rollouts
+            .push(rollout("r3", "nowhere", "shop-1.5.0", 10, "Progressing"));
+        let found = problems(&inputs);
+        let expect = [
+            "App/shop-ns/shop-copy: appId com.example.shop is already served by App/shop-ns/shop",
+            "Channel/shop-ns/orphan: App nonexistent does not exist",
+            "Channel/shop-ns/broken: Bundle missing-bundle does not exist",
+            "Channel/shop-ns/cross: Bundle other-1.0.0 belongs to App other",
+            "Channel/shop-ns/pin-b: device 6f0e2f2a-3b1c-4c55-9a7e-2d7f0c9b1a11 is also pinned to Channel pin-a",
+            "Rollout/shop-ns/r2: Channel production is already driven by Rollout r1",
+            "Rollout/shop-ns/r3: Channel nowhere does not exist",
+        ];
+        for e in expect {
+            assert!(
+                found.iter().any(|f| f == e),
+                "missing problem {e:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+        let (snapshot, _) = Snapshot::build(&inputs);
+        let app = snapshot.app(APP_ID).unwrap();
+        assert_eq!(app.name, "shop");
+        assert_eq!(app.channels["production"].rollout.as_ref().unwrap().name, "r1");
+        assert!(matches!(
+            app.channels["broken"].stable,
+            StableTarget::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn the_salt_is_the_spec_salt_then_the_status_salt_then_the_uid() {
+        let mut inputs = inputs();
+        inputs
+            .rollouts
+            .push(rollout("r1", "production", "shop-1.5.0", 10, "Progressing"));
+        let salt = |inputs: &SnapshotInputs| {
+            Snapshot::build(inputs).0.app(APP_ID).unwrap().channels["production"]
+                .rollout
+                .clone()
+                .unwrap()
+                .salt
+        };
+        assert_eq!(salt(&inputs), "uid-r1");
+        inputs.rollouts[0].status.as_mut().unwrap().salt = Some("from-status".into());
+        assert_eq!(salt(&inputs), "from-status");
+        inputs.rollouts[0].spec.salt = Some("from-spec".into());
+        assert_eq!(salt(&inputs), "from-spec");
+    }
+}
