@@ -9,4 +9,5 @@
 pub mod api;
 pub mod core;
 pub mod crdgen;
+pub mod protocol;
 pub mod telemetry;

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Runs every test of the project: starts the real parts the integration tests talk to (a real
-# Kubernetes API server on 127.0.0.1), runs `cargo test`, and stops exactly what it started.
+# Kubernetes API server and a real PostgreSQL server on 127.0.0.1), runs `cargo test`, and stops
+# exactly what it started.
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh --test crd_api_server`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# A state folder of its own, so a server a developer left running is neither reused nor stopped.
+# State folders of their own, so servers a developer left running are neither reused nor stopped.
 export OTA_APISERVER_STATE="$PWD/target/test-apiserver-run"
-trap 'tests/apiserver/apiserver.sh stop' EXIT
+export OTA_POSTGRES_STATE="$PWD/target/test-postgres-run"
+trap 'tests/apiserver/apiserver.sh stop; tests/postgres/postgres.sh stop' EXIT
 
-while IFS='=' read -r key value; do
-  case "$key" in
-    KUBECONFIG|OTA_TEST_KUBECONFIG) export "$key=$value" ;;
-  esac
-done < <(tests/apiserver/apiserver.sh start)
+# Each script prints KEY=VALUE lines for the tests; export those.
+start() {
+  local line
+  while IFS= read -r line; do
+    case "$line" in
+      KUBECONFIG=*|OTA_TEST_KUBECONFIG=*|OTA_TEST_POSTGRES_URL=*) export "${line?}" ;;
+    esac
+  done < <("$@")
+}
+start tests/apiserver/apiserver.sh start
 [ -n "${OTA_TEST_KUBECONFIG:-}" ] || { echo "tests/run.sh: the test API server did not start" >&2; exit 1; }
+start tests/postgres/postgres.sh start
+[ -n "${OTA_TEST_POSTGRES_URL:-}" ] || { echo "tests/run.sh: the test PostgreSQL server did not start" >&2; exit 1; }
 
 cargo test "$@"

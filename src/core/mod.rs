@@ -7,3 +7,4 @@ mod fixtures;
 pub mod snapshot;
 pub mod update;
 pub mod version;
+pub mod stats;

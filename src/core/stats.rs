@@ -1,0 +1,171 @@
+//! What a device's stats event means for the device store: a pure classification.
+
+/// The calendar day of an event (days since 1970-01-01, UTC).
+pub type Day = i64;
+
+/// One stats event, decoded from the plugin's body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatEvent {
+    /// `app_id`.
+    pub app_id: String,
+    /// `device_id`, lower-cased.
+    pub device_id: String,
+    /// `action` (any string: unknown actions are kept, never rejected).
+    pub action: String,
+    /// `version_name` with a `:<file>` suffix removed (per-file failures name `<version>:<file>`).
+    pub version_name: String,
+    /// `old_version_name`, when not empty.
+    pub old_version_name: Option<String>,
+    /// `plugin_version`, when it parses.
+    pub plugin_version: Option<semver::Version>,
+    /// `is_prod`.
+    pub is_prod: bool,
+    /// `is_emulator`.
+    pub is_emulator: bool,
+}
+
+/// Actions that prove a bundle does not work on the device: it is not offered to that device
+/// again. Transient failures (network, disk space, memory) are not among them.
+pub const DEFINITIVE_FAILURES: &[&str] = &[
+    "update_fail",
+    "set_fail",
+    "checksum_fail",
+    "checksum_required",
+    "decrypt_fail",
+    "unzip_fail",
+    "windows_path_fail",
+    "canonical_path_fail",
+    "directory_path_fail",
+    "manifest_path_fail",
+    "download_manifest_checksum_fail",
+    "download_manifest_brotli_fail",
+];
+
+/// Whether an action reports a failure of the bundle named in the event (for analysis: any
+/// action ending in `_fail`, plus the checksum and disk errors the plugin names otherwise).
+pub fn is_failure(action: &str) -> bool {
+    action.ends_with("_fail") || action == "checksum_required" || action == "insufficient_disk_space"
+}
+
+/// What the store does with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatEffect {
+    /// Count the event for (version, action, day); None when it names no bundle or is ignored.
+    pub count: Option<(String, String)>,
+    /// Update the device's current bundle to this version (a successful `set`).
+    pub current_bundle: Option<String>,
+    /// Mark this version as failed on the device.
+    pub failed_version: Option<String>,
+    /// Refresh the device's last-seen time (every event except failures, whose version is the
+    /// failed one rather than the running one, as in Capgo).
+    pub touch_device: bool,
+}
+
+/// Versions that name no bundle.
+fn names_a_bundle(version: &str) -> bool {
+    !version.is_empty() && version != "builtin" && version != "unknown"
+}
+
+/// Classifies an event.
+pub fn classify(event: &StatEvent) -> StatEffect {
+    let failure = is_failure(&event.action);
+    // Plugins before 7.17.0 (6.x: 6.14.25) sent download_fail when there was simply no update.
+    let meaningless_download_fail = event.action == "download_fail"
+        && event.plugin_version.as_ref().is_none_or(|v| {
+            match v.major {
+                0..=5 => true,
+                6 => (v.minor, v.patch) < (14, 25),
+                7 => v.minor < 17,
+                _ => false,
+            }
+        });
+    let bundle = names_a_bundle(&event.version_name).then(|| event.version_name.clone());
+    StatEffect {
+        count: if meaningless_download_fail {
+            None
+        } else {
+            bundle.clone().map(|version| (version, event.action.clone()))
+        },
+        current_bundle: (event.action == "set").then(|| bundle.clone()).flatten(),
+        failed_version: if DEFINITIVE_FAILURES.contains(&event.action.as_str()) { bundle } else { None },
+        touch_device: !failure,
+    }
+}
+
+/// Splits the per-file form `<version>:<file>` of `version_name`.
+pub fn bundle_version_of(version_name: &str) -> &str {
+    version_name.split_once(':').map_or(version_name, |(version, _)| version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(action: &str, version: &str, plugin: &str) -> StatEvent {
+        StatEvent {
+            app_id: "com.example.shop".into(),
+            device_id: "6f0e2f2a-3b1c-4c55-9a7e-2d7f0c9b1a11".into(),
+            action: action.into(),
+            version_name: version.into(),
+            old_version_name: None,
+            plugin_version: semver::Version::parse(plugin).ok(),
+            is_prod: true,
+            is_emulator: false,
+        }
+    }
+
+    #[test]
+    fn a_set_moves_the_device_and_counts() {
+        let effect = classify(&event("set", "1.4.2", "8.51.14"));
+        assert_eq!(effect.count, Some(("1.4.2".into(), "set".into())));
+        assert_eq!(effect.current_bundle.as_deref(), Some("1.4.2"));
+        assert_eq!(effect.failed_version, None);
+        assert!(effect.touch_device);
+    }
+
+    #[test]
+    fn definitive_failures_mark_the_bundle_and_do_not_touch_the_device() {
+        for action in ["update_fail", "checksum_fail", "decrypt_fail", "unzip_fail", "set_fail"] {
+            let effect = classify(&event(action, "1.5.0", "8.51.14"));
+            assert_eq!(effect.failed_version.as_deref(), Some("1.5.0"), "{action}");
+            assert!(!effect.touch_device, "{action}");
+            assert_eq!(effect.count, Some(("1.5.0".into(), action.into())));
+        }
+    }
+
+    #[test]
+    fn transient_failures_count_but_do_not_mark() {
+        for action in ["download_fail", "insufficient_disk_space", "low_mem_fail"] {
+            let effect = classify(&event(action, "1.5.0", "8.51.14"));
+            assert_eq!(effect.failed_version, None, "{action}");
+            assert!(effect.count.is_some(), "{action}");
+        }
+    }
+
+    #[test]
+    fn old_plugins_download_fail_is_ignored() {
+        assert_eq!(classify(&event("download_fail", "1.5.0", "7.16.9")).count, None);
+        assert_eq!(classify(&event("download_fail", "1.5.0", "6.14.24")).count, None);
+        assert!(classify(&event("download_fail", "1.5.0", "6.14.25")).count.is_some());
+        assert!(classify(&event("download_fail", "1.5.0", "7.17.0")).count.is_some());
+        assert_eq!(classify(&event("download_fail", "1.5.0", "not-a-version")).count, None);
+    }
+
+    #[test]
+    fn unknown_actions_are_counted_and_builtin_counts_nothing() {
+        assert_eq!(
+            classify(&event("some_future_action", "1.4.2", "9.0.0")).count,
+            Some(("1.4.2".into(), "some_future_action".into()))
+        );
+        let effect = classify(&event("app_moved_to_foreground", "builtin", "8.51.14"));
+        assert_eq!(effect.count, None);
+        assert!(effect.touch_device);
+        assert_eq!(classify(&event("set", "", "8.51.14")).current_bundle, None);
+    }
+
+    #[test]
+    fn per_file_version_names_are_split() {
+        assert_eq!(bundle_version_of("1.5.0:assets/app.js"), "1.5.0");
+        assert_eq!(bundle_version_of("1.5.0"), "1.5.0");
+    }
+}
