@@ -5,6 +5,6 @@ pub mod cohort;
 #[cfg(test)]
 mod fixtures;
 pub mod snapshot;
+pub mod stats;
 pub mod update;
 pub mod version;
-pub mod stats;

@@ -71,13 +71,11 @@ pub fn classify(event: &StatEvent) -> StatEffect {
     let failure = is_failure(&event.action);
     // Plugins before 7.17.0 (6.x: 6.14.25) sent download_fail when there was simply no update.
     let meaningless_download_fail = event.action == "download_fail"
-        && event.plugin_version.as_ref().is_none_or(|v| {
-            match v.major {
-                0..=5 => true,
-                6 => (v.minor, v.patch) < (14, 25),
-                7 => v.minor < 17,
-                _ => false,
-            }
+        && event.plugin_version.as_ref().is_none_or(|v| match v.major {
+            0..=5 => true,
+            6 => (v.minor, v.patch) < (14, 25),
+            7 => v.minor < 17,
+            _ => false,
         });
     let bundle = names_a_bundle(&event.version_name).then(|| event.version_name.clone());
     StatEffect {
@@ -87,14 +85,20 @@ pub fn classify(event: &StatEvent) -> StatEffect {
             bundle.clone().map(|version| (version, event.action.clone()))
         },
         current_bundle: (event.action == "set").then(|| bundle.clone()).flatten(),
-        failed_version: if DEFINITIVE_FAILURES.contains(&event.action.as_str()) { bundle } else { None },
+        failed_version: if DEFINITIVE_FAILURES.contains(&event.action.as_str()) {
+            bundle
+        } else {
+            None
+        },
         touch_device: !failure,
     }
 }
 
 /// Splits the per-file form `<version>:<file>` of `version_name`.
 pub fn bundle_version_of(version_name: &str) -> &str {
-    version_name.split_once(':').map_or(version_name, |(version, _)| version)
+    version_name
+        .split_once(':')
+        .map_or(version_name, |(version, _)| version)
 }
 
 #[cfg(test)]
@@ -125,7 +129,13 @@ mod tests {
 
     #[test]
     fn definitive_failures_mark_the_bundle_and_do_not_touch_the_device() {
-        for action in ["update_fail", "checksum_fail", "decrypt_fail", "unzip_fail", "set_fail"] {
+        for action in [
+            "update_fail",
+            "checksum_fail",
+            "decrypt_fail",
+            "unzip_fail",
+            "set_fail",
+        ] {
             let effect = classify(&event(action, "1.5.0", "8.51.14"));
             assert_eq!(effect.failed_version.as_deref(), Some("1.5.0"), "{action}");
             assert!(!effect.touch_device, "{action}");
@@ -146,9 +156,20 @@ mod tests {
     fn old_plugins_download_fail_is_ignored() {
         assert_eq!(classify(&event("download_fail", "1.5.0", "7.16.9")).count, None);
         assert_eq!(classify(&event("download_fail", "1.5.0", "6.14.24")).count, None);
-        assert!(classify(&event("download_fail", "1.5.0", "6.14.25")).count.is_some());
-        assert!(classify(&event("download_fail", "1.5.0", "7.17.0")).count.is_some());
-        assert_eq!(classify(&event("download_fail", "1.5.0", "not-a-version")).count, None);
+        assert!(
+            classify(&event("download_fail", "1.5.0", "6.14.25"))
+                .count
+                .is_some()
+        );
+        assert!(
+            classify(&event("download_fail", "1.5.0", "7.17.0"))
+                .count
+                .is_some()
+        );
+        assert_eq!(
+            classify(&event("download_fail", "1.5.0", "not-a-version")).count,
+            None
+        );
     }
 
     #[test]

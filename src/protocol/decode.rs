@@ -24,7 +24,10 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     fn body(message: impl Into<String>) -> Self {
@@ -59,16 +62,25 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(DecodeError::body("The body must be a JSON object")),
-        Err(e) => Err(DecodeError::new("invalid_json_parse_body", format!("The body is not JSON: {e}"))),
+        Err(e) => Err(DecodeError::new(
+            "invalid_json_parse_body",
+            format!("The body is not JSON: {e}"),
+        )),
     }
 }
 
 /// An optional string field; any other JSON type is an error (`null` counts as absent).
-fn optional_string<'a>(object: &'a Map<String, Value>, field: &str, max: usize) -> Result<Option<&'a str>, DecodeError> {
+fn optional_string<'a>(
+    object: &'a Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Option<&'a str>, DecodeError> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.as_str())),
-        Some(Value::String(_)) => Err(DecodeError::body(format!("{field} is longer than {max} characters"))),
+        Some(Value::String(_)) => Err(DecodeError::body(format!(
+            "{field} is longer than {max} characters"
+        ))),
         Some(_) => Err(DecodeError::body(format!("{field} must be a string"))),
     }
 }
@@ -92,11 +104,17 @@ fn non_empty(value: Option<&str>) -> Option<String> {
 /// Whether an app id has the reverse-DNS form Capgo requires.
 pub fn is_app_id(value: &str) -> bool {
     let mut parts = value.split('.');
-    let first_ok = parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let first_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
     let rest: Vec<&str> = parts.collect();
     first_ok
         && !rest.is_empty()
-        && rest.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        && rest.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
         && value.len() <= 253
 }
 
@@ -105,7 +123,10 @@ pub fn is_device_id(value: &str) -> bool {
     let groups: Vec<&str> = value.split('-').collect();
     groups.len() == 5
         && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
-            group.len() == len && group.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            group.len() == len
+                && group
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
 }
 
@@ -115,7 +136,10 @@ pub fn identity(object: &Map<String, Value>) -> Result<(String, String), DecodeE
         .filter(|s| !s.is_empty())
         .ok_or_else(|| DecodeError::new("missing_app_id", "app_id is missing"))?;
     if !is_app_id(app_id) {
-        return Err(DecodeError::new("invalid_app_id", format!("app_id {app_id:?} is not a reverse-DNS app id")));
+        return Err(DecodeError::new(
+            "invalid_app_id",
+            format!("app_id {app_id:?} is not a reverse-DNS app id"),
+        ));
     }
     let device_id = optional_string(object, "device_id", 36)
         .map_err(|_| DecodeError::new("invalid_device_id", "device_id must be a UUID string"))?
@@ -123,7 +147,10 @@ pub fn identity(object: &Map<String, Value>) -> Result<(String, String), DecodeE
         .ok_or_else(|| DecodeError::new("missing_device_id", "device_id is missing"))?
         .to_ascii_lowercase();
     if !is_device_id(&device_id) {
-        return Err(DecodeError::new("invalid_device_id", format!("device_id {device_id:?} is not a UUID")));
+        return Err(DecodeError::new(
+            "invalid_device_id",
+            format!("device_id {device_id:?} is not a UUID"),
+        ));
     }
     Ok((app_id.to_owned(), device_id))
 }
@@ -133,7 +160,9 @@ fn platform(object: &Map<String, Value>) -> Result<Platform, DecodeError> {
         Some("ios") => Ok(Platform::Ios),
         Some("android") => Ok(Platform::Android),
         Some("electron") => Ok(Platform::Electron),
-        Some(other) => Err(DecodeError::body(format!("platform {other:?} is not ios, android or electron"))),
+        Some(other) => Err(DecodeError::body(format!(
+            "platform {other:?} is not ios, android or electron"
+        ))),
         None => Err(DecodeError::body("platform is missing")),
     }
 }
@@ -142,8 +171,9 @@ fn platform(object: &Map<String, Value>) -> Result<Platform, DecodeError> {
 fn plugin_version(object: &Map<String, Value>) -> Result<semver::Version, DecodeError> {
     match optional_string(object, "plugin_version", 64)? {
         None | Some("") => Ok(semver::Version::new(2, 3, 3)),
-        Some(raw) => semver::Version::parse(raw)
-            .map_err(|_| DecodeError::new("semver_error", format!("plugin_version {raw:?} is not a version"))),
+        Some(raw) => semver::Version::parse(raw).map_err(|_| {
+            DecodeError::new("semver_error", format!("plugin_version {raw:?} is not a version"))
+        }),
     }
 }
 
@@ -160,7 +190,11 @@ pub fn decode_update(body: &[u8]) -> Result<UpdateRequest, DecodeError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| DecodeError::new("missing_info", "version_name is missing"))?;
     let on_builtin = version_name == "builtin";
-    let version_name = if on_builtin { version_build.clone() } else { version_name.to_owned() };
+    let version_name = if on_builtin {
+        version_build.clone()
+    } else {
+        version_name.to_owned()
+    };
     let check = UpdateCheck {
         app_id,
         device_id,
@@ -175,7 +209,10 @@ pub fn decode_update(body: &[u8]) -> Result<UpdateRequest, DecodeError> {
         default_channel: non_empty(optional_string(&object, "defaultChannel", 253)?),
         key_id: non_empty(optional_string(&object, "key_id", 64)?),
     };
-    Ok(UpdateRequest { check, details: details(&object)? })
+    Ok(UpdateRequest {
+        check,
+        details: details(&object)?,
+    })
 }
 
 fn details(object: &Map<String, Value>) -> Result<DeviceDetails, DecodeError> {
@@ -218,7 +255,10 @@ pub fn decode_stats(body: &[u8]) -> Result<StatsBody, DecodeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| DecodeError::new("invalid_json_parse_body", format!("The body is not JSON: {e}")))?;
     match value {
-        Value::Object(object) => Ok(StatsBody { batch: false, events: vec![decode_stat(&object)] }),
+        Value::Object(object) => Ok(StatsBody {
+            batch: false,
+            events: vec![decode_stat(&object)],
+        }),
         Value::Array(items) if items.len() <= super::MAX_STATS_EVENTS => Ok(StatsBody {
             batch: true,
             events: items
@@ -234,13 +274,17 @@ pub fn decode_stats(body: &[u8]) -> Result<StatsBody, DecodeError> {
             super::MAX_STATS_EVENTS,
             items.len()
         ))),
-        _ => Err(DecodeError::body("The body must be an event object or an array of them")),
+        _ => Err(DecodeError::body(
+            "The body must be an event object or an array of them",
+        )),
     }
 }
 
 fn decode_stat(object: &Map<String, Value>) -> Result<StatsEvent, DecodeError> {
     let (app_id, device_id) = identity(object)?;
-    let action = optional_string(object, "action", 128)?.unwrap_or_default().to_owned();
+    let action = optional_string(object, "action", 128)?
+        .unwrap_or_default()
+        .to_owned();
     let version_name = optional_string(object, "version_name", 512)?.unwrap_or_default();
     let timestamp_ms = match object.get("timestamp") {
         None | Some(Value::Null) => None,
@@ -254,11 +298,14 @@ fn decode_stat(object: &Map<String, Value>) -> Result<StatsEvent, DecodeError> {
             action,
             version_name: bundle_version_of(version_name).to_owned(),
             old_version_name: non_empty(optional_string(object, "old_version_name", 512)?),
-            plugin_version: optional_string(object, "plugin_version", 64)?.and_then(|v| semver::Version::parse(v).ok()),
+            plugin_version: optional_string(object, "plugin_version", 64)?
+                .and_then(|v| semver::Version::parse(v).ok()),
             is_prod: optional_bool(object, "is_prod")?.unwrap_or(true),
             is_emulator: optional_bool(object, "is_emulator")?.unwrap_or(false),
         },
-        platform: optional_string(object, "platform", 16)?.unwrap_or_default().to_owned(),
+        platform: optional_string(object, "platform", 16)?
+            .unwrap_or_default()
+            .to_owned(),
         version_build: non_empty(optional_string(object, "version_build", 128)?),
         default_channel: non_empty(optional_string(object, "defaultChannel", 253)?),
         timestamp_ms,
@@ -369,7 +416,10 @@ mod tests {
             }
             decode_update(&body(v)).unwrap_err().code
         };
-        assert_eq!(decode_update(b"{not json").unwrap_err().code, "invalid_json_parse_body");
+        assert_eq!(
+            decode_update(b"{not json").unwrap_err().code,
+            "invalid_json_parse_body"
+        );
         assert_eq!(decode_update(b"[1,2]").unwrap_err().code, "invalid_json_body");
         assert_eq!(decode_update(b"").unwrap_err().code, "invalid_json_parse_body");
         assert_eq!(with(json!({"app_id": null})), "missing_app_id");
@@ -377,7 +427,10 @@ mod tests {
         assert_eq!(with(json!({"app_id": 12})), "invalid_json_body");
         assert_eq!(with(json!({"device_id": null})), "missing_device_id");
         assert_eq!(with(json!({"device_id": "not-a-uuid"})), "invalid_device_id");
-        assert_eq!(with(json!({"device_id": "6f0e2f2a-3b1c-4c55-9a7e-2d7f0c9b1a11-extra"})), "invalid_device_id");
+        assert_eq!(
+            with(json!({"device_id": "6f0e2f2a-3b1c-4c55-9a7e-2d7f0c9b1a11-extra"})),
+            "invalid_device_id"
+        );
         assert_eq!(with(json!({"device_id": ["x"]})), "invalid_device_id");
         assert_eq!(with(json!({"platform": "windows"})), "invalid_json_body");
         assert_eq!(with(json!({"platform": null})), "invalid_json_body");
@@ -406,7 +459,10 @@ mod tests {
         assert_eq!(batch.events[2].as_ref().unwrap_err().code, "invalid_json_body");
         assert!(decode_stats(b"\"text\"").is_err());
         let too_many = Value::Array(vec![json!({}); crate::protocol::MAX_STATS_EVENTS + 1]);
-        assert_eq!(decode_stats(&body(too_many)).unwrap_err().code, "invalid_json_body");
+        assert_eq!(
+            decode_stats(&body(too_many)).unwrap_err().code,
+            "invalid_json_body"
+        );
     }
 
     #[test]
@@ -422,19 +478,31 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
             ".{0,40}".prop_map(Value::String),
-            prop_oneof![Just("app_id"), Just("device_id"), Just("builtin"), Just("com.example.shop")]
-                .prop_map(|s| Value::String(s.into())),
+            prop_oneof![
+                Just("app_id"),
+                Just("device_id"),
+                Just("builtin"),
+                Just("com.example.shop")
+            ]
+            .prop_map(|s| Value::String(s.into())),
         ];
         leaf.prop_recursive(3, 32, 8, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
                 prop::collection::btree_map(
                     prop_oneof![
-                        Just("app_id".to_owned()), Just("device_id".to_owned()), Just("platform".to_owned()),
-                        Just("version_name".to_owned()), Just("version_build".to_owned()),
-                        Just("plugin_version".to_owned()), Just("is_prod".to_owned()), Just("action".to_owned()),
+                        Just("app_id".to_owned()),
+                        Just("device_id".to_owned()),
+                        Just("platform".to_owned()),
+                        Just("version_name".to_owned()),
+                        Just("version_build".to_owned()),
+                        Just("plugin_version".to_owned()),
+                        Just("is_prod".to_owned()),
+                        Just("action".to_owned()),
                         ".{0,12}"
                     ],
                     inner,
