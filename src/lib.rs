@@ -10,4 +10,8 @@ pub mod api;
 pub mod core;
 pub mod crdgen;
 pub mod protocol;
+pub mod server;
+pub mod standalone;
+pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_operator::{
-    crdgen,
+    crdgen, server, standalone,
     telemetry::{self, LogFormat},
 };
 
@@ -32,6 +32,51 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Serve the YAML of a folder to devices, with no cluster: bundles are synced into each
+    /// App's filesystem storage, and the folder is re-read when it changes.
+    Standalone {
+        /// The folder of App, Channel, Bundle and Rollout YAML.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Where devices connect.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "OTA_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// The base URL devices use, when it is not http://<listen> (e.g. behind a proxy).
+        #[arg(long, env = "OTA_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// The device store: sqlite://FILE or postgres://... [default: DIR/.ota/devices.db]
+        #[arg(long, env = "OTA_DATABASE_URL")]
+        database: Option<String>,
+        /// How often the folder is checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Serve devices from the App, Channel, Bundle and Rollout objects of a cluster (what the
+    /// controller deploys for each App).
+    Server {
+        /// The namespace to watch [default: every namespace].
+        #[arg(long, env = "OTA_NAMESPACE")]
+        namespace: Option<String>,
+        /// Serve only the App of this name.
+        #[arg(long, env = "OTA_APP")]
+        app: Option<String>,
+        /// Where devices connect.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "OTA_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// The base URL devices use (e.g. https://updates.example.com) [default: http://<listen>].
+        #[arg(long, env = "OTA_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// The device store: sqlite://FILE or postgres://...
+        #[arg(
+            long,
+            env = "OTA_DATABASE_URL",
+            default_value = "sqlite:///var/lib/ota/devices.db"
+        )]
+        database: String,
+        /// Filesystem storage paths of Apps are resolved against this folder.
+        #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
+        storage_root: PathBuf,
+    },
     /// Print the version of this build.
     Version,
 }
@@ -49,6 +94,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_format, &cli.log)?;
+    telemetry::install_crypto_provider();
     match cli.command {
         Command::Crds { out } => {
             let crds = crdgen::render_all()?;
@@ -63,7 +109,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("cannot write to standard output")?,
             }
         }
+        Command::Standalone {
+            dir,
+            listen,
+            public_url,
+            database,
+            poll_ms,
+        } => {
+            let options = standalone::Options {
+                dir,
+                listen,
+                public_url,
+                database,
+                poll_interval: std::time::Duration::from_millis(poll_ms.max(50)),
+            };
+            runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
+        }
+        Command::Server {
+            namespace,
+            app,
+            listen,
+            public_url,
+            database,
+            storage_root,
+        } => {
+            let source = server::kube_source::KubeSourceOptions {
+                namespace,
+                app,
+                storage_root,
+            };
+            runtime()?.block_on(async move {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API")?;
+                let boot = server::boot(&database, listen, public_url.as_deref()).await?;
+                tracing::info!(address = %boot.address, "update server listening");
+                let watcher = tokio::spawn(server::kube_source::run(
+                    client,
+                    source,
+                    std::sync::Arc::clone(&boot.state),
+                ));
+                let result = server::serve_until(boot, shutdown_signal()).await;
+                watcher.abort();
+                result.map_err(anyhow::Error::from)
+            })?;
+        }
         Command::Version => println!("ota {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before stopping a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
 }

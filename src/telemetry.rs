@@ -1,4 +1,5 @@
-//! Logging: `tracing` to standard error, as text for people or JSON for log pipelines.
+//! Process setup: logging (`tracing` to standard error, as text for people or JSON for log
+//! pipelines) and the TLS crypto provider.
 
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -25,6 +26,14 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| TelemetryError::Install(e.to_string()))
+}
+
+/// Selects the TLS crypto provider for the whole process. Two providers are compiled in (kube
+/// uses ring, the S3 client brings aws-lc-rs), so rustls cannot pick one by itself; this must run
+/// before the first TLS connection. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Errors of setting up logging.

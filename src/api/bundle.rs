@@ -94,8 +94,8 @@ pub struct BundleSpec {
 
 /// Exactly one source of the zip, and its SHA-256.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.url), has(self.storageKey)].filter(x, x).size() == 1")
-    .message("source needs exactly one of url or storageKey"))]
+#[x_kube(validation = Rule::new("[has(self.url), has(self.storageKey), has(self.path)].filter(x, x).size() == 1")
+    .message("source needs exactly one of url, storageKey or path"))]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSource {
     /// An https URL of the zip (e.g. a CI artifact or a release asset).
@@ -111,6 +111,12 @@ pub struct BundleSource {
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')")
         .message("source.storageKey must be a relative key without '..'"))]
     pub storage_key: Option<String>,
+
+    /// A zip on the local disk, relative to the folder the YAML is in. Standalone mode only: the
+    /// controller reports such a Bundle as Stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
 
     /// Lower-case hex SHA-256 of the zip exactly as fetched (the ciphertext for an encrypted
     /// bundle). The sync refuses bytes that do not match. Immutable.

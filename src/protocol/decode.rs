@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use crate::{
     api::app::Platform,
     core::{
+        channel_self::ChannelQuery,
         stats::{StatEvent, bundle_version_of},
         update::UpdateCheck,
         version::coerce_native_version,
@@ -313,32 +314,11 @@ fn decode_stat(object: &Map<String, Value>) -> Result<StatsEvent, DecodeError> {
     })
 }
 
-/// A decoded `/channel_self` request (any method).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChannelRequest {
-    /// `app_id`.
-    pub app_id: String,
-    /// `device_id`, lower-cased.
-    pub device_id: String,
-    /// `platform`.
-    pub platform: Platform,
-    /// `channel` (set requests), when not empty.
-    pub channel: Option<String>,
-    /// `defaultChannel`, when not empty.
-    pub default_channel: Option<String>,
-    /// `plugin_version`.
-    pub plugin_version: semver::Version,
-    /// `is_emulator`.
-    pub is_emulator: bool,
-    /// `is_prod`.
-    pub is_prod: bool,
-}
-
 /// Decodes a `/channel_self` request from a JSON object (the body, or the query string turned
 /// into an object of strings).
-pub fn decode_channel(object: &Map<String, Value>) -> Result<ChannelRequest, DecodeError> {
+pub fn decode_channel(object: &Map<String, Value>) -> Result<ChannelQuery, DecodeError> {
     let (app_id, device_id) = identity(object)?;
-    Ok(ChannelRequest {
+    Ok(ChannelQuery {
         app_id,
         device_id,
         platform: platform(object)?,

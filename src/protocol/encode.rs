@@ -4,6 +4,7 @@ use serde_json::{Map, Value, json};
 
 use super::decode::DecodeError;
 use crate::core::{
+    channel_self::ChannelOutcome,
     snapshot::{AppView, BundleView, ManifestFile},
     update::{AnswerKind, UpdateAnswer},
 };
@@ -80,4 +81,44 @@ pub fn update_decode_error(error: &DecodeError) -> Value {
 /// `{error, message}` for `/stats` and `/channel_self` errors.
 pub fn plain_error(code: &str, message: &str) -> Value {
     json!({"error": code, "message": message})
+}
+
+/// The HTTP status and JSON answer of a `/channel_self` request.
+pub fn channel_answer(outcome: &ChannelOutcome, app_id: &str, get_request: bool) -> (u16, Value) {
+    match outcome {
+        ChannelOutcome::SetOk => (200, json!({"status": "ok", "allowSet": true})),
+        ChannelOutcome::UnsetOk => (200, json!({"status": "ok"})),
+        ChannelOutcome::Current { channel, overridden, allow_set } => (
+            200,
+            json!({"channel": channel, "status": if *overridden { "override" } else { "default" }, "allowSet": allow_set}),
+        ),
+        ChannelOutcome::List(channels) => (
+            200,
+            Value::Array(
+                channels
+                    .iter()
+                    .map(|c| json!({"id": c.id, "name": c.name, "public": c.public, "allow_self_set": c.allow_self_set}))
+                    .collect(),
+            ),
+        ),
+        ChannelOutcome::Refused { code, message, channel } => {
+            let mut body = plain_error(code, message);
+            if let Some(channel) = channel {
+                body["channel"] = json!(channel);
+                body["app_id"] = json!(app_id);
+            }
+            // A get that finds no channel answers 400: the plugin then falls back to the channel
+            // it keeps locally.
+            let status = if get_request && *code == "channel_not_found" { 400 } else { 200 };
+            (status, body)
+        }
+    }
+}
+
+/// The answer when the app is unknown (no App to build URLs from: it is always a refusal).
+pub fn update_answer_without_app(answer: &UpdateAnswer) -> Value {
+    match answer {
+        UpdateAnswer::NoUpdate(no) => error_body(no.refusal.code(), &no.message, no.refusal.kind()),
+        _ => error_body("unknown_app", "No such app is served here", AnswerKind::Failed),
+    }
 }

@@ -63,6 +63,7 @@ pub fn kubeconfig_path() -> &'static Path {
 
 /// A new client for the test API server (one per test: a client belongs to its runtime).
 pub async fn client() -> Client {
+    ota_operator::telemetry::install_crypto_provider();
     let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("cannot read the test kubeconfig {}: {e}", path.display()));

@@ -1,0 +1,103 @@
+//! Serving bundle bytes (zips and content-addressed files) from filesystem storage, with Range
+//! requests, Content-Length, an ETag of the content hash and immutable caching.
+
+use std::path::{Component, Path, PathBuf};
+
+use axum::{
+    body::Body,
+    http::{HeaderValue, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+/// Content-addressed objects never change, and proxies must not re-encode them (`.br` files
+/// reach the device compressed, as the plugin expects).
+const IMMUTABLE: &str = "public, max-age=31536000, immutable, no-transform";
+
+/// The file under `root` for a storage key, or None when the key could leave `root`.
+pub fn resolve(root: &Path, key: &str) -> Option<PathBuf> {
+    let relative = Path::new(key);
+    let safe = !key.is_empty()
+        && !key.contains('\\')
+        && relative.components().all(|c| matches!(c, Component::Normal(_)));
+    safe.then(|| root.join(relative))
+}
+
+/// The SHA-256 a content-addressed key names (`files/<sha>`, `files/<sha>.br`, `zips/<sha>.zip`).
+pub fn content_hash(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    let hash = name.split('.').next()?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// Serves one stored object, honouring Range and conditional headers.
+pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response {
+    if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+        return (StatusCode::NOT_FOUND, "no such object\n").into_response();
+    }
+    let etag = content_hash(key).map(|hash| format!("\"{hash}\""));
+    if let (Some(etag), Some(sent)) = (&etag, request.headers().get(header::IF_NONE_MATCH))
+        && sent.as_bytes() == etag.as_bytes()
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let response = match ServeFile::new(&path).oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot read a stored object");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the object\n").into_response();
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    // Raw bytes: never announce an encoding, whatever the file name suggests.
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        parts.headers.insert(header::ETAG, etag);
+        parts
+            .headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    } else {
+        parts
+            .headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-transform"));
+    }
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_leave_the_root() {
+        let root = Path::new("/srv/storage");
+        assert_eq!(
+            resolve(root, "files/abc"),
+            Some(PathBuf::from("/srv/storage/files/abc"))
+        );
+        for bad in [
+            "",
+            "../etc/passwd",
+            "files/../../x",
+            "/etc/passwd",
+            "files\\..\\x",
+            "./files/abc",
+        ] {
+            assert_eq!(resolve(root, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_hashes_come_from_content_addressed_keys() {
+        let sha = "a".repeat(64);
+        assert_eq!(content_hash(&format!("files/{sha}")), Some(sha.as_str()));
+        assert_eq!(content_hash(&format!("files/{sha}.br")), Some(sha.as_str()));
+        assert_eq!(content_hash(&format!("shop/zips/{sha}.zip")), Some(sha.as_str()));
+        assert_eq!(content_hash("manifests/x.json"), None);
+    }
+}

@@ -1,0 +1,321 @@
+//! The HTTP handlers: decode, decide (pure core), encode, and queue the device-store writes.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Path, RawQuery, State},
+    http::{Method, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::{ServerState, SourceHealth, files, metrics::AnswerLabels, now_ms};
+use crate::{
+    core::{
+        channel_self::{self, OverrideChange},
+        stats::classify,
+        update::{UpdateAnswer, decide_update},
+    },
+    protocol::{
+        decode::{self, DecodeError},
+        encode,
+    },
+    store::{DeviceSeen, Write},
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn push(state: &ServerState, write: Write) {
+    if !state.queue.push(write) {
+        state.metrics.writes_dropped.set(state.queue.dropped() as i64);
+    }
+}
+
+/// `POST /updates`: always 200 (the plugin reads the body), with an offer or `{error, message, kind}`.
+pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
+    let request = match decode::decode_update(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            count_answer(&state, error.code);
+            return json_response(StatusCode::OK, encode::update_decode_error(&error));
+        }
+    };
+    let check = &request.check;
+    let served = state.served();
+    let facts = state.memory.facts(&check.app_id, &check.device_id);
+    let answer = decide_update(&served.snapshot, check, &facts);
+    let Some(app) = served.snapshot.app(&check.app_id) else {
+        let body = encode::update_answer_without_app(&answer);
+        count_answer(&state, answer_label(&answer));
+        return json_response(StatusCode::OK, body);
+    };
+    let now = now_ms();
+    push(
+        &state,
+        Write::SeenDevice(DeviceSeen {
+            app_id: check.app_id.clone(),
+            device_id: check.device_id.clone(),
+            platform: platform_name(check.platform).to_owned(),
+            plugin_version: check.plugin_version.to_string(),
+            native_version: check.version_build.clone(),
+            version_name: check.version_name.clone(),
+            custom_id: request.details.custom_id.clone(),
+            default_channel: check.default_channel.clone(),
+            is_prod: check.is_prod,
+            is_emulator: check.is_emulator,
+            seen_at_ms: now,
+        }),
+    );
+    count_answer(&state, answer_label(&answer));
+    json_response(StatusCode::OK, encode::update_answer(&answer, app, &state.urls))
+}
+
+fn answer_label(answer: &UpdateAnswer) -> &'static str {
+    match answer {
+        UpdateAnswer::Offer(_) => "offer",
+        UpdateAnswer::RevertToBuiltin { .. } => "builtin",
+        UpdateAnswer::NoUpdate(no) => no.refusal.code(),
+    }
+}
+
+fn count_answer(state: &ServerState, answer: &str) {
+    state
+        .metrics
+        .update_checks
+        .get_or_create(&AnswerLabels {
+            answer: answer.to_owned(),
+        })
+        .inc();
+}
+
+fn platform_name(platform: crate::api::app::Platform) -> &'static str {
+    match platform {
+        crate::api::app::Platform::Ios => "ios",
+        crate::api::app::Platform::Android => "android",
+        crate::api::app::Platform::Electron => "electron",
+    }
+}
+
+/// `GET /updates`: Capgo's health answer.
+pub async fn updates_health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `POST /stats`: one event or a batch; each event is recorded on its own, and only a body that
+/// is not an event at all is refused (400, which the plugin drops rather than retries).
+pub async fn stats(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
+    let decoded = match decode::decode_stats(&body) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                encode::plain_error(error.code, &error.message),
+            );
+        }
+    };
+    let now = now_ms();
+    let mut results = Vec::with_capacity(decoded.events.len());
+    for (index, event) in decoded.events.iter().enumerate() {
+        state.metrics.stats_events.inc();
+        match event {
+            Ok(event) => {
+                record_stat(&state, event, now);
+                results.push(json!({"status": "ok", "index": index}));
+            }
+            Err(error) => {
+                state.metrics.stats_rejected.inc();
+                results.push(
+                    json!({"status": "error", "error": error.code, "message": error.message, "index": index}),
+                );
+            }
+        }
+    }
+    if decoded.batch {
+        json_response(StatusCode::OK, json!({"status": "ok", "results": results}))
+    } else {
+        match decoded.events.first() {
+            Some(Err(error)) => json_response(
+                StatusCode::BAD_REQUEST,
+                encode::plain_error(error.code, &error.message),
+            ),
+            _ => json_response(StatusCode::OK, json!({"status": "ok"})),
+        }
+    }
+}
+
+fn record_stat(state: &ServerState, stat: &decode::StatsEvent, now: i64) {
+    let event = &stat.event;
+    let effect = classify(event);
+    let at = stat
+        .timestamp_ms
+        .filter(|t| (0..=now + DAY_MS).contains(t))
+        .unwrap_or(now);
+    if let Some((version, action)) = effect.count {
+        push(
+            state,
+            Write::Count {
+                app_id: event.app_id.clone(),
+                version,
+                action,
+                day: at / DAY_MS,
+                n: 1,
+            },
+        );
+    }
+    if let Some(version) = effect.failed_version {
+        push(
+            state,
+            Write::FailedMark {
+                app_id: event.app_id.clone(),
+                device_id: event.device_id.clone(),
+                version,
+                at_ms: at,
+            },
+        );
+    }
+    if let Some(version) = effect.current_bundle {
+        push(
+            state,
+            Write::CurrentBundle {
+                app_id: event.app_id.clone(),
+                device_id: event.device_id.clone(),
+                version,
+            },
+        );
+    }
+    if effect.touch_device {
+        push(
+            state,
+            Write::SeenDevice(DeviceSeen {
+                app_id: event.app_id.clone(),
+                device_id: event.device_id.clone(),
+                platform: stat.platform.clone(),
+                plugin_version: event
+                    .plugin_version
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                native_version: stat.version_build.clone().unwrap_or_default(),
+                version_name: event.version_name.clone(),
+                custom_id: stat.details.custom_id.clone(),
+                default_channel: stat.default_channel.clone(),
+                is_prod: event.is_prod,
+                is_emulator: event.is_emulator,
+                seen_at_ms: at,
+            }),
+        );
+    }
+}
+
+/// `/channel_self`: POST sets, PUT gets, GET lists, DELETE unsets (old plugins). Parameters come
+/// from the JSON body, or from the query string (GET, and DELETE as the current Capgo reads it).
+pub async fn channel_self(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    state
+        .metrics
+        .channel_requests
+        .get_or_create(&super::metrics::MethodLabels {
+            method: method.as_str().to_owned(),
+        })
+        .inc();
+    let object = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(decode::query_object(query.as_deref().unwrap_or("")))
+    } else {
+        decode::parse_object(&body)
+    };
+    let query = match object.and_then(|object| decode::decode_channel(&object)) {
+        Ok(query) => query,
+        Err(DecodeError { code, message }) => {
+            return json_response(StatusCode::BAD_REQUEST, encode::plain_error(code, &message));
+        }
+    };
+    let served = state.served();
+    let current_override = state
+        .memory
+        .facts(&query.app_id, &query.device_id)
+        .self_set_channel;
+    let decision = match method {
+        Method::POST => channel_self::set_channel(&served.snapshot, &query),
+        Method::PUT => channel_self::current_channel(&served.snapshot, &query, current_override.as_deref()),
+        Method::GET => channel_self::list_channels(&served.snapshot, &query),
+        _ => channel_self::unset_channel(&served.snapshot, &query, current_override.as_deref()),
+    };
+    match decision.change {
+        Some(OverrideChange::Set(channel)) => push(
+            &state,
+            Write::SetChannelOverride {
+                app_id: query.app_id.clone(),
+                device_id: query.device_id.clone(),
+                channel,
+            },
+        ),
+        Some(OverrideChange::Clear) => push(
+            &state,
+            Write::ClearChannelOverride {
+                app_id: query.app_id.clone(),
+                device_id: query.device_id.clone(),
+            },
+        ),
+        None => {}
+    }
+    let (status, body) = encode::channel_answer(&decision.outcome, &query.app_id, method == Method::PUT);
+    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
+}
+
+/// `GET /files/<app_id>/<key>`: bundle bytes from filesystem storage.
+pub async fn file(
+    State(state): State<Arc<ServerState>>,
+    Path((app_id, key)): Path<(String, String)>,
+    request: Request<Body>,
+) -> Response {
+    let served = state.served();
+    let Some(root) = served.file_roots.get(&app_id) else {
+        return (StatusCode::NOT_FOUND, "no filesystem storage for this app\n").into_response();
+    };
+    match files::resolve(root, &key) {
+        Some(path) => files::serve(path, &key, request).await,
+        None => (StatusCode::BAD_REQUEST, "invalid key\n").into_response(),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 once a snapshot is served (also while degraded, saying so), else 503.
+pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    match state.health() {
+        SourceHealth::Starting => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"}))
+        }
+        SourceHealth::Current => json_response(StatusCode::OK, json!({"status": "ready"})),
+        SourceHealth::Degraded(reason) => json_response(
+            StatusCode::OK,
+            json!({"status": "degraded", "serving": "last good snapshot", "reason": reason}),
+        ),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    state.metrics.writes_dropped.set(state.queue.dropped() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,242 @@
+//! The Kubernetes snapshot source: reflectors watch the four kinds; every change rebuilds the
+//! snapshot, which is swapped in whole. Requests never wait on the watch. When the API server is
+//! lost, the last good snapshot keeps being served and `/readyz` says so.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::BoxStream};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
+use serde::de::DeserializeOwned;
+
+use super::{Served, ServerState, SourceHealth};
+use crate::{
+    api::{App, Bundle, Channel, Rollout},
+    core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
+};
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct KubeSourceOptions {
+    /// The namespace to watch; None watches every namespace.
+    pub namespace: Option<String>,
+    /// Serve only the App of this name (an update server deployed for one App).
+    pub app: Option<String>,
+    /// Filesystem storage paths in the App specs are resolved against this folder.
+    pub storage_root: PathBuf,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A reflector for one kind: its store and the stream that feeds it (items are "something
+/// changed" or a watch error).
+fn watch<K>(client: &Client, namespace: Option<&str>) -> (Store<K>, BoxStream<'static, Result<(), String>>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api::<K>(client, namespace), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|event| {
+        event
+            .map(|_| ())
+            .map_err(|e| format!("watching {}: {e}", K::kind(&())))
+    })
+    .boxed();
+    (reader, stream)
+}
+
+/// Watches until the process stops, publishing a snapshot after each burst of changes.
+pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerState>) {
+    let namespace = options.namespace.as_deref();
+    let (apps, app_events) = watch::<App>(&client, namespace);
+    let (channels, channel_events) = watch::<Channel>(&client, namespace);
+    let (bundles, bundle_events) = watch::<Bundle>(&client, namespace);
+    let (rollouts, rollout_events) = watch::<Rollout>(&client, namespace);
+    let mut events = futures::stream::select_all([app_events, channel_events, bundle_events, rollout_events]);
+    let mut manifests = ManifestCache::default();
+    let mut dirty = true;
+    loop {
+        // Coalesce a burst of events (an apply of many objects) into one rebuild.
+        let next = if dirty {
+            tokio::time::timeout(Duration::from_millis(50), events.next())
+                .await
+                .ok()
+        } else {
+            Some(events.next().await)
+        };
+        match next {
+            Some(Some(Ok(()))) => {
+                dirty = true;
+                continue;
+            }
+            Some(Some(Err(reason))) => {
+                if state.health() != SourceHealth::Degraded(reason.clone()) {
+                    tracing::warn!(%reason, "lost the API server; still serving the last good snapshot");
+                }
+                state.set_health(SourceHealth::Degraded(reason));
+                continue;
+            }
+            Some(None) => return, // the streams ended: the process is stopping
+            None => {}            // quiet for 50 ms: rebuild now
+        }
+        let all_ready = apps.is_ready() && channels.is_ready() && bundles.is_ready() && rollouts.is_ready();
+        if !dirty || !all_ready {
+            continue;
+        }
+        dirty = false;
+        let served = build(&options, &apps, &channels, &bundles, &rollouts, &mut manifests).await;
+        state.publish(served);
+    }
+}
+
+trait ReadyStore {
+    fn is_ready(&self) -> bool;
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> ReadyStore for Store<K> {
+    fn is_ready(&self) -> bool {
+        // A store is ready once its first list has been applied.
+        futures::FutureExt::now_or_never(self.wait_until_ready()).is_some_and(|r| r.is_ok())
+    }
+}
+
+fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    store.state().iter().map(|object| (**object).clone()).collect()
+}
+
+async fn build(
+    options: &KubeSourceOptions,
+    apps: &Store<App>,
+    channels: &Store<Channel>,
+    bundles: &Store<Bundle>,
+    rollouts: &Store<Rollout>,
+    manifests: &mut ManifestCache,
+) -> Served {
+    let mut apps = cloned(apps);
+    if let Some(only) = &options.app {
+        apps.retain(|app| app.metadata.name.as_deref() == Some(only.as_str()));
+    }
+    let bundles = cloned(bundles);
+    let mut file_roots = HashMap::new();
+    let mut manifest_map = HashMap::new();
+    for app in &apps {
+        let Some(filesystem) = &app.spec.storage.filesystem else {
+            continue;
+        };
+        let root = options.storage_root.join(&filesystem.path);
+        let prefix = app
+            .spec
+            .storage
+            .prefix
+            .clone()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned();
+        file_roots.insert(
+            app.spec.app_id.clone(),
+            if prefix.is_empty() {
+                root.clone()
+            } else {
+                root.join(&prefix)
+            },
+        );
+        for bundle in bundles.iter().filter(|b| {
+            b.spec.app_ref == app.metadata.name.clone().unwrap_or_default()
+                && b.metadata.namespace == app.metadata.namespace
+        }) {
+            let Some(key) = bundle
+                .status
+                .as_ref()
+                .and_then(|s| s.storage.as_ref())
+                .and_then(|s| s.manifest_key.clone())
+            else {
+                continue;
+            };
+            if let Some(files) = manifests.get(&root, &prefix, &key).await {
+                let id = (
+                    bundle.metadata.namespace.clone().unwrap_or_default(),
+                    bundle.metadata.name.clone().unwrap_or_default(),
+                );
+                manifest_map.insert(id, files);
+            }
+        }
+    }
+    let inputs = SnapshotInputs {
+        apps,
+        channels: cloned(channels),
+        bundles,
+        rollouts: cloned(rollouts),
+        manifests: manifest_map,
+    };
+    let (snapshot, problems) = Snapshot::build(&inputs);
+    for problem in problems {
+        tracing::debug!(object = %problem.object, message = %problem.message, "not served");
+    }
+    Served { snapshot, file_roots }
+}
+
+/// Manifests are content-addressed, so a key read once never changes.
+#[derive(Default)]
+struct ManifestCache {
+    files: HashMap<(PathBuf, String, String), Arc<[ManifestFile]>>,
+}
+
+impl ManifestCache {
+    async fn get(&mut self, root: &Path, prefix: &str, key: &str) -> Option<Arc<[ManifestFile]>> {
+        let id = (root.to_owned(), prefix.to_owned(), key.to_owned());
+        if let Some(files) = self.files.get(&id) {
+            return Some(Arc::clone(files));
+        }
+        let store: Arc<dyn ObjectStore> = match LocalFileSystem::new_with_prefix(root) {
+            Ok(store) => Arc::new(store),
+            Err(error) => {
+                tracing::warn!(%error, root = %root.display(), "cannot open filesystem storage");
+                return None;
+            }
+        };
+        match crate::sync::read_manifest(&store, &StorePath::from(prefix), key).await {
+            Ok(files) => {
+                let files: Arc<[ManifestFile]> = files.into();
+                self.files.insert(id, Arc::clone(&files));
+                Some(files)
+            }
+            Err(error) => {
+                tracing::warn!(%error, key, "cannot read a bundle manifest; serving the bundle without delta");
+                None
+            }
+        }
+    }
+}

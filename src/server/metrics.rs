@@ -1,0 +1,96 @@
+//! The update server's Prometheus metrics.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Labels of update-check answers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabels {
+    /// `offer`, `builtin`, or the refusal's error code.
+    pub answer: String,
+}
+
+/// Labels of `/channel_self` requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The HTTP method.
+    pub method: String,
+}
+
+/// Every metric of the update server.
+pub struct Metrics {
+    registry: Registry,
+    /// Update checks by answer.
+    pub update_checks: Family<AnswerLabels, Counter>,
+    /// Stats events received (decoded or not).
+    pub stats_events: Counter,
+    /// Stats events that could not be decoded.
+    pub stats_rejected: Counter,
+    /// `/channel_self` requests by method.
+    pub channel_requests: Family<MethodLabels, Counter>,
+    /// Device-store writes dropped because the queue was full.
+    pub writes_dropped: Gauge,
+    /// Apps in the served snapshot.
+    pub apps_served: Gauge,
+    /// 1 while the snapshot source is lost and the last good snapshot is served.
+    pub source_degraded: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ota_server");
+        let update_checks = Family::<AnswerLabels, Counter>::default();
+        registry.register("update_checks", "Update checks by answer", update_checks.clone());
+        let stats_events = Counter::default();
+        registry.register("stats_events", "Stats events received", stats_events.clone());
+        let stats_rejected = Counter::default();
+        registry.register(
+            "stats_rejected",
+            "Stats events that could not be decoded",
+            stats_rejected.clone(),
+        );
+        let channel_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "channel_requests",
+            "channel_self requests by method",
+            channel_requests.clone(),
+        );
+        let writes_dropped = Gauge::default();
+        registry.register(
+            "device_store_writes_dropped",
+            "Device-store writes dropped because the write queue was full",
+            writes_dropped.clone(),
+        );
+        let apps_served = Gauge::default();
+        registry.register("apps_served", "Apps in the served snapshot", apps_served.clone());
+        let source_degraded = Gauge::default();
+        registry.register(
+            "source_degraded",
+            "1 while the configuration source is lost and the last good snapshot is served",
+            source_degraded.clone(),
+        );
+        Self {
+            registry,
+            update_checks,
+            stats_events,
+            stats_rejected,
+            channel_requests,
+            writes_dropped,
+            apps_served,
+            source_degraded,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,352 @@
+//! Standalone mode: the same YAML as in a cluster, read from a folder, served on one machine with
+//! no cluster. The folder is re-read when it changes; bundles are synced (through the one sync
+//! module) into each App's filesystem storage; devices are served by the same update server.
+
+pub mod load;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
+
+use crate::{
+    api::{
+        Bundle,
+        bundle::{BundleStatus, BundleStorageLocation},
+        constants::{condition, reason},
+    },
+    core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
+    server::{self, Served, ServerState, SourceHealth},
+    sync::{self, BundleSourceRef, SyncLimits, SyncRequest, SyncedBundle},
+};
+
+/// How standalone mode runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The folder of YAML.
+    pub dir: PathBuf,
+    /// Where devices connect.
+    pub listen: SocketAddr,
+    /// The base URL devices use, when it is not `http://<listen>` (e.g. behind a proxy).
+    pub public_url: Option<String>,
+    /// The device store (`sqlite://...` or `postgres://...`); default: `<dir>/.ota/devices.db`.
+    pub database: Option<String>,
+    /// How often the folder is checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// Errors that stop standalone mode (everything else is reported and served around).
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    /// The folder cannot be read at start.
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    /// The server cannot run.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// The HTTP client for bundle sources cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A bundle sync, remembered so that unchanged bundles are not synced again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SyncKey {
+    root: PathBuf,
+    prefix: String,
+    sha256: String,
+    source: String,
+}
+
+#[derive(Debug, Clone)]
+enum SyncOutcome {
+    Done(Arc<SyncedBundle>),
+    /// A terminal failure (checksum, hostile zip): not retried until the Bundle changes.
+    Refused(String),
+    /// A transient failure: retried after `retry_at`.
+    Retry {
+        message: String,
+        retry_at: Instant,
+    },
+}
+
+/// Runs standalone mode until `shutdown` resolves.
+pub async fn run(
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StandaloneError> {
+    load::yaml_files(&options.dir)?; // the folder must exist and be readable at start
+    let database = match &options.database {
+        Some(url) => url.clone(),
+        None => {
+            let folder = options.dir.join(".ota");
+            std::fs::create_dir_all(&folder).map_err(|source| load::LoadError {
+                path: folder.clone(),
+                source,
+            })?;
+            format!("sqlite://{}", folder.join("devices.db").display())
+        }
+    };
+    let boot = server::boot(&database, options.listen, options.public_url.as_deref()).await?;
+    let state = Arc::clone(&boot.state);
+    let address = boot.address;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StandaloneError::Http(e.to_string()))?;
+    let mut folder = Folder {
+        dir: options.dir.clone(),
+        http,
+        syncs: HashMap::new(),
+        last_problems: Vec::new(),
+    };
+
+    let base = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    tracing::info!(folder = %options.dir.display(), %address, update_url = %format!("{base}/updates"), "standalone mode serving");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve_until(boot, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    }));
+
+    let mut last_fingerprint = None;
+    let mut interval = tokio::time::interval(options.poll_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop_rx.changed() => break,
+        }
+        let fingerprint = match load::fingerprint(&options.dir) {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                degrade(&state, error.to_string());
+                continue;
+            }
+        };
+        let changed = last_fingerprint.as_ref() != Some(&fingerprint);
+        if !changed && !folder.retry_due() {
+            continue;
+        }
+        match folder.refresh().await {
+            Ok(served) => {
+                state.publish(served);
+                last_fingerprint = Some(fingerprint);
+            }
+            Err(error) => degrade(&state, error.to_string()),
+        }
+    }
+    match server.await {
+        Ok(outcome) => outcome.map_err(StandaloneError::from),
+        Err(join) => Err(StandaloneError::Server(server::ServerError::Serve(
+            std::io::Error::other(join.to_string()),
+        ))),
+    }
+}
+
+fn degrade(state: &ServerState, reason: String) {
+    if state.health() != SourceHealth::Degraded(reason.clone()) {
+        tracing::warn!(%reason, "cannot read the folder; still serving the last good configuration");
+    }
+    state.set_health(SourceHealth::Degraded(reason));
+}
+
+struct Folder {
+    dir: PathBuf,
+    http: reqwest::Client,
+    syncs: HashMap<SyncKey, SyncOutcome>,
+    last_problems: Vec<String>,
+}
+
+impl Folder {
+    fn retry_due(&self) -> bool {
+        let now = Instant::now();
+        self.syncs
+            .values()
+            .any(|o| matches!(o, SyncOutcome::Retry { retry_at, .. } if *retry_at <= now))
+    }
+
+    /// Reads the folder, syncs what changed, and builds what to serve.
+    async fn refresh(&mut self) -> Result<Served, load::LoadError> {
+        let loaded = load::load(&self.dir)?;
+        let mut problems = loaded.problems.clone();
+        let mut file_roots = HashMap::new();
+        let mut storage_of: BTreeMap<(String, String), (PathBuf, String)> = BTreeMap::new();
+        for app in &loaded.apps {
+            let key = (
+                app.metadata.namespace.clone().unwrap_or_default(),
+                app.metadata.name.clone().unwrap_or_default(),
+            );
+            match &app.spec.storage.filesystem {
+                Some(filesystem) => {
+                    let root = self.dir.join(&filesystem.path);
+                    let prefix = app
+                        .spec
+                        .storage
+                        .prefix
+                        .clone()
+                        .unwrap_or_default()
+                        .trim_matches('/')
+                        .to_owned();
+                    file_roots.insert(
+                        app.spec.app_id.clone(),
+                        if prefix.is_empty() {
+                            root.clone()
+                        } else {
+                            root.join(&prefix)
+                        },
+                    );
+                    storage_of.insert(key, (root, prefix));
+                }
+                None => problems.push(format!(
+                    "App {}: standalone mode serves filesystem storage only",
+                    app.metadata.name.as_deref().unwrap_or_default()
+                )),
+            }
+        }
+        let mut bundles = Vec::new();
+        let mut manifests = HashMap::new();
+        for (bundle, folder) in &loaded.bundles {
+            let namespace = bundle.metadata.namespace.clone().unwrap_or_default();
+            let name = bundle.metadata.name.clone().unwrap_or_default();
+            let mut bundle = bundle.clone();
+            match storage_of.get(&(namespace.clone(), bundle.spec.app_ref.clone())) {
+                Some((root, prefix)) => match self.sync(&bundle, folder, root, prefix).await {
+                    Ok(synced) => {
+                        bundle.status = Some(synced_status(&synced, bundle.metadata.generation));
+                        manifests.insert(
+                            (namespace, name),
+                            Arc::from(synced.manifest.clone().into_boxed_slice()) as Arc<[ManifestFile]>,
+                        );
+                    }
+                    Err(message) => problems.push(format!("Bundle {name}: {message}")),
+                },
+                None => problems.push(format!(
+                    "Bundle {name}: App {} is not served",
+                    bundle.spec.app_ref
+                )),
+            }
+            bundles.push(bundle);
+        }
+        let inputs = SnapshotInputs {
+            apps: loaded.apps,
+            channels: loaded.channels,
+            bundles,
+            rollouts: loaded.rollouts,
+            manifests,
+        };
+        let (snapshot, snapshot_problems) = Snapshot::build(&inputs);
+        problems.extend(
+            snapshot_problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.object, p.message)),
+        );
+        if problems != self.last_problems {
+            for problem in &problems {
+                tracing::warn!(%problem, "skipped");
+            }
+            self.last_problems = problems;
+        }
+        tracing::info!(
+            apps = snapshot.apps().count(),
+            "serving the folder's configuration"
+        );
+        Ok(Served { snapshot, file_roots })
+    }
+
+    async fn sync(
+        &mut self,
+        bundle: &Bundle,
+        folder: &Path,
+        root: &Path,
+        prefix: &str,
+    ) -> Result<Arc<SyncedBundle>, String> {
+        let spec = &bundle.spec.source;
+        let source = match (&spec.url, &spec.storage_key, &spec.path) {
+            (Some(url), None, None) => BundleSourceRef::Url(
+                url::Url::parse(url).map_err(|e| format!("source.url {url:?} is not a URL: {e}"))?,
+            ),
+            (None, Some(key), None) => BundleSourceRef::StorageKey(key.clone()),
+            (None, None, Some(path)) => BundleSourceRef::File(folder.join(path)),
+            _ => return Err("source needs exactly one of url, storageKey or path".to_owned()),
+        };
+        let key = SyncKey {
+            root: root.to_owned(),
+            prefix: prefix.to_owned(),
+            sha256: spec.sha256.clone(),
+            source: format!("{source:?}"),
+        };
+        match self.syncs.get(&key) {
+            Some(SyncOutcome::Done(synced)) => return Ok(Arc::clone(synced)),
+            Some(SyncOutcome::Refused(message)) => return Err(message.clone()),
+            Some(SyncOutcome::Retry { message, retry_at }) if *retry_at > Instant::now() => {
+                return Err(message.clone());
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(root)
+            .map_err(|e| format!("cannot create the storage folder {}: {e}", root.display()))?;
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            LocalFileSystem::new_with_prefix(root)
+                .map_err(|e| format!("cannot open the storage folder {}: {e}", root.display()))?,
+        );
+        let limits = SyncLimits::default();
+        let prefix_path = StorePath::from(prefix);
+        let result = sync::sync_bundle(SyncRequest {
+            source: &source,
+            expected_sha256: &spec.sha256,
+            store: &store,
+            prefix: &prefix_path,
+            limits: &limits,
+            http: &self.http,
+        })
+        .await;
+        let outcome = match result {
+            Ok(synced) => SyncOutcome::Done(Arc::new(synced)),
+            Err(error) if error.is_terminal() => SyncOutcome::Refused(format!("{}: {error}", error.reason())),
+            Err(error) => SyncOutcome::Retry {
+                message: format!("{}: {error} (retrying)", error.reason()),
+                retry_at: Instant::now() + Duration::from_secs(10),
+            },
+        };
+        self.syncs.insert(key, outcome.clone());
+        match outcome {
+            SyncOutcome::Done(synced) => Ok(synced),
+            SyncOutcome::Refused(message) | SyncOutcome::Retry { message, .. } => Err(message),
+        }
+    }
+}
+
+/// The status the controller would write for a synced bundle.
+fn synced_status(synced: &SyncedBundle, generation: Option<i64>) -> BundleStatus {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let condition = |type_: &str| Condition {
+        type_: type_.to_owned(),
+        status: "True".to_owned(),
+        reason: reason::RECONCILED.to_owned(),
+        message: "Synced into filesystem storage".to_owned(),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+    BundleStatus {
+        conditions: vec![condition(condition::READY), condition(condition::SYNCED)],
+        observed_generation: generation,
+        checksum: Some(synced.sha256.clone()),
+        zip_size: i64::try_from(synced.zip_size).ok(),
+        uncompressed_size: i64::try_from(synced.uncompressed_size).ok(),
+        file_count: i64::try_from(synced.file_count).ok(),
+        storage: Some(BundleStorageLocation {
+            zip_key: synced.zip_key.clone(),
+            manifest_key: Some(synced.manifest_key.clone()),
+        }),
+    }
+}

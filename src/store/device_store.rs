@@ -1,0 +1,580 @@
+//! [`DeviceStore`]: the database behind the update server's device state, through sqlx's `Any`
+//! driver, so one implementation (portable SQL, one migration folder) serves SQLite and
+//! PostgreSQL.
+
+use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row,
+    any::{AnyConnectOptions, AnyPoolOptions, AnyRow},
+};
+
+use super::{
+    Counter, DeviceMemory, DeviceRecord, DeviceSeen, StoreError, Write,
+    location::{Location, UrlSecrets, redact_url},
+    memory::RememberedApps,
+};
+
+/// How long opening waits for the first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections to an SQLite file: one writer at a time in any case; WAL lets readers run beside it.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// Connections to PostgreSQL, per replica.
+const POSTGRES_MAX_CONNECTIONS: u32 = 8;
+/// The window of [`DeviceStore::monthly_active_devices`].
+const MONTH_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+
+/// The SQLite migrations of this process run one at a time: SQLite's migrator takes no lock, and
+/// two stores opening the same file at once would both try to create the tables. (PostgreSQL's
+/// migrator takes an advisory lock, which covers several replicas.)
+static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The device store: devices, per-bundle counters and failed-bundle marks, in an SQLite file or
+/// a PostgreSQL database. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct DeviceStore {
+    pool: AnyPool,
+    backend: Backend,
+    /// The URL with its password redacted, for logs and `Debug`.
+    redacted_url: Arc<str>,
+}
+
+/// The database behind a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Debug for DeviceStore {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("DeviceStore")
+            .field("backend", &self.backend)
+            .field("url", &self.redacted_url)
+            .finish()
+    }
+}
+
+impl DeviceStore {
+    /// `sqlite://PATH` (file created if missing, WAL mode) or `sqlite::memory:`, or `postgres://...`;
+    /// runs migrations.
+    ///
+    /// PATH is taken as written (no percent-decoding, no query parameters); a relative PATH is
+    /// relative to the working directory; its folder must exist. An in-memory
+    /// database belongs to this store (and its clones) and is gone when the last one is dropped.
+    /// Migrations are versioned (table `_sqlx_migrations`): opening again applies only new
+    /// ones, and on PostgreSQL replicas opening at once wait for each other. Migrations that a
+    /// newer version of the server applied are tolerated, so replicas of two versions can share
+    /// a database during a rolling upgrade.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let location = Location::parse(url)?;
+        let redacted_url = redact_url(url);
+        let secrets = UrlSecrets::of(url);
+        let connect_error = |reason: String| StoreError::Connect {
+            url: redacted_url.clone(),
+            reason: secrets.scrub(&reason),
+        };
+        let migrate_error = |reason: String| StoreError::Migrate {
+            url: redacted_url.clone(),
+            reason: secrets.scrub(&reason),
+        };
+        let options = AnyConnectOptions::from_str(&location.driver_url()?)
+            .map_err(|error| connect_error(error.to_string()))?;
+        let backend = if location.is_sqlite() {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+
+        let pool = match location {
+            Location::SqliteMemory => {
+                // Every connection to `sqlite::memory:` is a database of its own: one connection,
+                // kept open for the life of the pool, is the whole database.
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(options)
+                    .await
+                    .map_err(|error| connect_error(error.to_string()))?;
+                let migrated = match pool.acquire().await {
+                    Ok(mut connection) => run_migrations(&mut connection).await,
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(reason) = migrated {
+                    pool.close().await;
+                    return Err(migrate_error(reason));
+                }
+                pool
+            }
+            Location::SqliteFile { .. } | Location::Postgres { .. } => {
+                // One connection first: it reports why the database cannot be reached (the pool
+                // would retry a refused connection until its timeout and only say it timed out),
+                // and it prepares the database before the pool serves anything.
+                let mut connection = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => return Err(connect_error(error.to_string())),
+                    Err(_) => {
+                        return Err(connect_error(format!(
+                            "no connection within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )));
+                    }
+                };
+                let prepared = prepare(&mut connection, backend).await;
+                let closed = connection.close().await;
+                match prepared {
+                    Err(Preparation::Connect(reason)) => return Err(connect_error(reason)),
+                    Err(Preparation::Migrate(reason)) => return Err(migrate_error(reason)),
+                    Ok(()) => {}
+                }
+                if let Err(error) = closed {
+                    tracing::debug!(%error, "closing the store's first connection failed");
+                }
+                pool_options(backend).connect_lazy_with(options)
+            }
+        };
+        tracing::info!(backend = ?backend, url = %redacted_url, "device store open");
+        Ok(DeviceStore {
+            pool,
+            backend,
+            redacted_url: redacted_url.into(),
+        })
+    }
+
+    /// Loads what the hot path needs into memory: server-side channel overrides and failed marks.
+    pub async fn load_memory(&self) -> Result<DeviceMemory, StoreError> {
+        let overrides = sqlx::query(
+            "SELECT app_id, device_id, channel_override FROM devices WHERE channel_override IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::database("load the channel overrides"))?;
+        let failed_marks = sqlx::query(
+            "SELECT app_id, device_id, version FROM failed_marks ORDER BY app_id, device_id, at_ms, version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::database("load the failed marks"))?;
+
+        let mut loaded = RememberedApps::default();
+        for row in &overrides {
+            let (app_id, device_id, channel) = three_texts(row, "channel_override")
+                .map_err(StoreError::database("read a channel override"))?;
+            loaded.set_channel_override(&app_id, &device_id, &channel);
+        }
+        for row in &failed_marks {
+            let (app_id, device_id, version) =
+                three_texts(row, "version").map_err(StoreError::database("read a failed mark"))?;
+            loaded.mark_failed(&app_id, &device_id, &version);
+        }
+        tracing::info!(
+            overrides = overrides.len(),
+            failed_marks = failed_marks.len(),
+            "device memory loaded"
+        );
+        Ok(DeviceMemory::from_loaded(loaded))
+    }
+
+    /// Applies a batch of writes in one transaction (aggregating identical counter increments first).
+    ///
+    /// Writes of one device keep their order (a later override wins); an older sighting
+    /// (`seen_at_ms` below the stored one) changes nothing. Rows are written in key order, so
+    /// replicas writing the same rows at once do not deadlock.
+    pub async fn apply(&self, batch: &[Write]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let plan = WritePlan::of(batch);
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::database("begin a transaction"))?;
+        for write in &plan.device_writes {
+            apply_device_write(&mut transaction, write)
+                .await
+                .map_err(StoreError::database("write a device"))?;
+        }
+        for write in &plan.failed_marks {
+            apply_device_write(&mut transaction, write)
+                .await
+                .map_err(StoreError::database("write a failed mark"))?;
+        }
+        for ((app_id, version, action, day), n) in &plan.counts {
+            sqlx::query(
+                "INSERT INTO counters (app_id, version, action, day, count) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (app_id, version, action, day) DO UPDATE SET count = counters.count + excluded.count",
+            )
+            .bind(*app_id)
+            .bind(*version)
+            .bind(*action)
+            .bind(*day)
+            .bind(*n)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::database("add to a counter"))?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(StoreError::database("commit a batch of writes"))?;
+        tracing::debug!(
+            writes = batch.len(),
+            counters = plan.counts.len(),
+            "device store batch written"
+        );
+        Ok(())
+    }
+
+    /// Distinct devices of an app seen in the 30 days up to `now_ms` (epoch ms).
+    ///
+    /// Only each device's last sighting is kept, so a device last seen after `now_ms` counts too.
+    pub async fn monthly_active_devices(&self, app_id: &str, now_ms: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE app_id = $1 AND last_seen_ms > $2")
+            .bind(app_id)
+            .bind(now_ms.saturating_sub(MONTH_MS))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::database("count the monthly active devices"))
+    }
+
+    /// Counter rows of one app and bundle version on days >= since_day (days since the epoch),
+    /// by day then action.
+    pub async fn counters(
+        &self,
+        app_id: &str,
+        version: &str,
+        since_day: i64,
+    ) -> Result<Vec<Counter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, action, day, count FROM counters \
+             WHERE app_id = $1 AND version = $2 AND day >= $3 ORDER BY day, action",
+        )
+        .bind(app_id)
+        .bind(version)
+        .bind(since_day)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::database("read the counters"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Counter {
+                    version: row.try_get("version")?,
+                    action: row.try_get("action")?,
+                    day: row.try_get("day")?,
+                    count: row.try_get("count")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::database("read a counter"))
+    }
+
+    /// One device's row.
+    pub async fn device(&self, app_id: &str, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT app_id, device_id, platform, plugin_version, native_version, version_name, custom_id, \
+             default_channel, is_prod, is_emulator, current_bundle, channel_override, last_seen_ms \
+             FROM devices WHERE app_id = $1 AND device_id = $2",
+        )
+        .bind(app_id)
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::database("read a device"))?;
+        row.as_ref()
+            .map(device_record)
+            .transpose()
+            .map_err(StoreError::database("read a device"))
+    }
+
+    /// Whether the database answers (`SELECT 1`).
+    pub(super) async fn is_reachable(&self) -> bool {
+        self.pool.execute("SELECT 1").await.is_ok()
+    }
+}
+
+/// Why preparing a new database failed.
+enum Preparation {
+    /// The connection failed (WAL could not be set).
+    Connect(String),
+    /// The migrations failed.
+    Migrate(String),
+}
+
+/// Prepares a database on its first connection: WAL for SQLite files, then the migrations.
+async fn prepare(connection: &mut AnyConnection, backend: Backend) -> Result<(), Preparation> {
+    if backend == Backend::Postgres {
+        return run_migrations(connection).await.map_err(Preparation::Migrate);
+    }
+    // WAL is a property of the file: set once, it holds for every later connection.
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(|error| {
+            Preparation::Connect(format!("cannot switch the SQLite file to WAL mode: {error}"))
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(journal_mode = %mode, "the SQLite device store could not use WAL mode");
+    }
+    let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
+    run_migrations(connection).await.map_err(Preparation::Migrate)
+}
+
+/// Applies the migrations of `src/store/migrations` that the database lacks.
+async fn run_migrations(connection: &mut AnyConnection) -> Result<(), String> {
+    let mut migrator = sqlx::migrate!("src/store/migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(connection).await.map_err(|error| error.to_string())
+}
+
+/// The pool of a file or PostgreSQL store.
+fn pool_options(backend: Backend) -> AnyPoolOptions {
+    match backend {
+        Backend::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS),
+        // In WAL mode, NORMAL syncs at checkpoints only: a power loss may lose the last
+        // transactions, never corrupt the file.
+        Backend::Sqlite => AnyPoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            }),
+    }
+}
+
+/// A batch sorted for writing: device rows, then failed marks, then counters (summed), each in
+/// key order. The sort is stable, so writes of one key keep their order.
+struct WritePlan<'a> {
+    device_writes: Vec<&'a Write>,
+    failed_marks: Vec<&'a Write>,
+    counts: BTreeMap<(&'a str, &'a str, &'a str, i64), i64>,
+}
+
+impl<'a> WritePlan<'a> {
+    fn of(batch: &'a [Write]) -> Self {
+        let mut plan = WritePlan {
+            device_writes: Vec::new(),
+            failed_marks: Vec::new(),
+            counts: BTreeMap::new(),
+        };
+        for write in batch {
+            match write {
+                Write::Count {
+                    app_id,
+                    version,
+                    action,
+                    day,
+                    n,
+                } => {
+                    let total = plan.counts.entry((app_id, version, action, *day)).or_insert(0);
+                    *total = total.saturating_add(*n);
+                }
+                Write::FailedMark { .. } => plan.failed_marks.push(write),
+                Write::SeenDevice(_)
+                | Write::CurrentBundle { .. }
+                | Write::SetChannelOverride { .. }
+                | Write::ClearChannelOverride { .. } => plan.device_writes.push(write),
+            }
+        }
+        plan.counts.retain(|_, n| *n != 0);
+        plan.device_writes.sort_by(|a, b| compare_keys(a, b));
+        plan.failed_marks.sort_by(|a, b| compare_keys(a, b));
+        plan
+    }
+}
+
+/// The row a device write or failed mark touches: (app, device, version).
+fn row_key(write: &Write) -> (&str, &str, &str) {
+    match write {
+        Write::SeenDevice(seen) => (&seen.app_id, &seen.device_id, ""),
+        Write::CurrentBundle {
+            app_id, device_id, ..
+        }
+        | Write::SetChannelOverride {
+            app_id, device_id, ..
+        }
+        | Write::ClearChannelOverride { app_id, device_id } => (app_id, device_id, ""),
+        Write::FailedMark {
+            app_id,
+            device_id,
+            version,
+            ..
+        } => (app_id, device_id, version),
+        Write::Count {
+            app_id,
+            version,
+            action,
+            ..
+        } => (app_id, version, action),
+    }
+}
+
+fn compare_keys(a: &Write, b: &Write) -> Ordering {
+    row_key(a).cmp(&row_key(b))
+}
+
+/// Writes one device row or failed mark.
+async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Result<(), sqlx::Error> {
+    let query = match write {
+        Write::SeenDevice(seen) => seen_device_query(seen),
+        Write::CurrentBundle {
+            app_id,
+            device_id,
+            version,
+        } => sqlx::query(
+            "INSERT INTO devices (app_id, device_id, current_bundle) VALUES ($1, $2, $3) \
+             ON CONFLICT (app_id, device_id) DO UPDATE SET current_bundle = excluded.current_bundle",
+        )
+        .bind(app_id)
+        .bind(device_id)
+        .bind(version),
+        Write::SetChannelOverride {
+            app_id,
+            device_id,
+            channel,
+        } => sqlx::query(
+            "INSERT INTO devices (app_id, device_id, channel_override) VALUES ($1, $2, $3) \
+             ON CONFLICT (app_id, device_id) DO UPDATE SET channel_override = excluded.channel_override",
+        )
+        .bind(app_id)
+        .bind(device_id)
+        .bind(channel),
+        Write::ClearChannelOverride { app_id, device_id } => {
+            sqlx::query("UPDATE devices SET channel_override = NULL WHERE app_id = $1 AND device_id = $2")
+                .bind(app_id)
+                .bind(device_id)
+        }
+        // A failed mark keeps the first time it was reported (so marks load in the order they
+        // were first pushed, as memory holds them).
+        Write::FailedMark {
+            app_id,
+            device_id,
+            version,
+            at_ms,
+        } => sqlx::query(
+            "INSERT INTO failed_marks (app_id, device_id, version, at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (app_id, device_id, version) DO UPDATE SET at_ms = excluded.at_ms \
+             WHERE excluded.at_ms < failed_marks.at_ms",
+        )
+        .bind(app_id)
+        .bind(device_id)
+        .bind(version)
+        .bind(*at_ms),
+        Write::Count { .. } => return Ok(()),
+    };
+    query.execute(connection).await?;
+    Ok(())
+}
+
+/// The upsert of a sighting: the reported columns take the new values unless the sighting is
+/// older than the stored one; a None custom id or default channel keeps the stored one.
+fn seen_device_query(seen: &DeviceSeen) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO devices (app_id, device_id, platform, plugin_version, native_version, version_name, \
+         custom_id, default_channel, is_prod, is_emulator, last_seen_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (app_id, device_id) DO UPDATE SET \
+         platform = excluded.platform, plugin_version = excluded.plugin_version, \
+         native_version = excluded.native_version, version_name = excluded.version_name, \
+         custom_id = COALESCE(excluded.custom_id, devices.custom_id), \
+         default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
+         is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
+         WHERE excluded.last_seen_ms >= devices.last_seen_ms",
+    )
+    .bind(&seen.app_id)
+    .bind(&seen.device_id)
+    .bind(&seen.platform)
+    .bind(&seen.plugin_version)
+    .bind(&seen.native_version)
+    .bind(&seen.version_name)
+    .bind(&seen.custom_id)
+    .bind(&seen.default_channel)
+    .bind(i64::from(seen.is_prod))
+    .bind(i64::from(seen.is_emulator))
+    .bind(seen.seen_at_ms)
+}
+
+/// (app_id, device_id, `third`) of a row, all text.
+fn three_texts(row: &AnyRow, third: &str) -> Result<(String, String, String), sqlx::Error> {
+    Ok((
+        row.try_get("app_id")?,
+        row.try_get("device_id")?,
+        row.try_get(third)?,
+    ))
+}
+
+fn device_record(row: &AnyRow) -> Result<DeviceRecord, sqlx::Error> {
+    Ok(DeviceRecord {
+        app_id: row.try_get("app_id")?,
+        device_id: row.try_get("device_id")?,
+        platform: row.try_get("platform")?,
+        plugin_version: row.try_get("plugin_version")?,
+        native_version: row.try_get("native_version")?,
+        version_name: row.try_get("version_name")?,
+        custom_id: row.try_get("custom_id")?,
+        default_channel: row.try_get("default_channel")?,
+        is_prod: row.try_get::<i64, _>("is_prod")? != 0,
+        is_emulator: row.try_get::<i64, _>("is_emulator")? != 0,
+        current_bundle: row.try_get("current_bundle")?,
+        channel_override: row.try_get("channel_override")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(version: &str, action: &str, day: i64, n: i64) -> Write {
+        Write::Count {
+            app_id: "app".into(),
+            version: version.into(),
+            action: action.into(),
+            day,
+            n,
+        }
+    }
+
+    fn override_of(device: &str, channel: Option<&str>) -> Write {
+        match channel {
+            Some(channel) => Write::SetChannelOverride {
+                app_id: "app".into(),
+                device_id: device.into(),
+                channel: channel.into(),
+            },
+            None => Write::ClearChannelOverride {
+                app_id: "app".into(),
+                device_id: device.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_plan_sums_counters_and_keeps_the_order_of_each_device() {
+        let batch = vec![
+            count("1.0.0", "set", 10, 1),
+            override_of("d2", Some("beta")),
+            override_of("d1", Some("beta")),
+            count("1.0.0", "set", 10, 2),
+            override_of("d2", None),
+            count("1.0.0", "get", 10, 1),
+            count("1.0.0", "get", 10, -1),
+            override_of("d1", Some("alpha")),
+        ];
+        let plan = WritePlan::of(&batch);
+        assert_eq!(plan.counts.len(), 1);
+        assert_eq!(plan.counts.get(&("app", "1.0.0", "set", 10)), Some(&3));
+        let devices: Vec<&Write> = plan.device_writes.clone();
+        assert_eq!(
+            devices,
+            vec![&batch[2], &batch[7], &batch[1], &batch[4]],
+            "sorted by device, in order within a device"
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! The device store of the update server: what is known of each device (its last update check,
+//! the bundle it runs, a channel it set for itself on the server), per-bundle counters of stats
+//! events, and the bundles each device reported as failed.
+//!
+//! The database is an SQLite file by default (one replica) or PostgreSQL (shared by replicas).
+//! One implementation serves both, through sqlx's `Any` driver: portable SQL, and one folder of
+//! versioned migrations (`src/store/migrations`) that runs unchanged on either.
+//!
+//! - [`DeviceStore`] opens the database, runs the migrations, applies batches of [`Write`]s and
+//!   answers the reads of statistics;
+//! - [`DeviceMemory`] is the in-memory copy of what the update check needs (overrides and failed
+//!   marks), so the hot path never queries the database;
+//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches.
+
+mod device_store;
+mod error;
+mod location;
+mod memory;
+mod queue;
+mod records;
+
+pub use device_store::DeviceStore;
+pub use error::StoreError;
+pub use memory::DeviceMemory;
+pub use queue::WriteQueue;
+pub use records::{Counter, DeviceRecord, DeviceSeen, Write};

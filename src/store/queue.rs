@@ -1,0 +1,280 @@
+//! [`WriteQueue`]: the HTTP handlers' writes go to memory at once and to the store in batches,
+//! off the request path.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{DeviceMemory, DeviceStore, StoreError, Write};
+
+/// The first pause after a failed batch; it doubles with each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between two tries of a batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// After this many failures in a row, the batch is tried one write at a time, so that a write
+/// the database rejects (while it answers) is dropped instead of blocking every other.
+const ISOLATE_AFTER_FAILURES: u32 = 3;
+
+/// The bounded queue the HTTP handlers push writes into: the update check never waits on a write.
+///
+/// Its capacity bounds the writes not yet written, including those of the batch being written
+/// or retried: while the database is down, the queue fills up and further writes are dropped
+/// (and counted), rather than memory growing without bound. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WriteQueue {
+    sender: mpsc::UnboundedSender<QueueMessage>,
+    memory: DeviceMemory,
+    state: Arc<QueueState>,
+}
+
+/// What goes to the flusher.
+#[derive(Debug)]
+enum QueueMessage {
+    /// A write to batch.
+    Write(Write),
+    /// Write everything received so far, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters shared by the queue's clones and its flusher.
+#[derive(Debug)]
+struct QueueState {
+    /// At most this many writes waiting.
+    capacity: usize,
+    /// Writes pushed and not yet written (nor rejected).
+    pending: AtomicUsize,
+    /// Writes dropped because the queue was full or its flusher had stopped.
+    dropped: AtomicU64,
+    /// Writes the database refused on their own while it answered other writes.
+    rejected: AtomicU64,
+}
+
+impl QueueState {
+    /// Marks `n` pending writes as done (written or rejected).
+    fn done(&self, n: usize) {
+        // Never below zero, whatever happens.
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                Some(pending.saturating_sub(n))
+            });
+    }
+}
+
+impl WriteQueue {
+    /// Starts the flusher task: batches up to `max_batch` writes or every `flush_every`, applies them with
+    /// DeviceStore::apply, retries a failed batch with backoff (logging each failure with tracing::warn!),
+    /// and keeps going. Returns the queue and the flusher's JoinHandle.
+    ///
+    /// A batch is written when it reaches `max_batch` writes, `flush_every` after its first write,
+    /// or on [`WriteQueue::flush`]. A batch that keeps failing while the database answers other
+    /// queries is tried one write at a time, and the writes that fail alone are dropped with a
+    /// warning (see [`WriteQueue::rejected`]). The flusher ends, after writing what it holds,
+    /// once every clone of the queue is dropped. A `capacity` or `max_batch` of 0 counts as 1.
+    /// Must be called within a Tokio runtime.
+    pub fn start(
+        store: DeviceStore,
+        memory: DeviceMemory,
+        capacity: usize,
+        max_batch: usize,
+        flush_every: Duration,
+    ) -> (Self, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let state = Arc::new(QueueState {
+            capacity: capacity.max(1),
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        });
+        let flusher = Flusher {
+            store,
+            state: state.clone(),
+            max_batch: max_batch.max(1),
+            flush_every,
+        };
+        let handle = tokio::spawn(flusher.run(receiver));
+        (
+            WriteQueue {
+                sender,
+                memory,
+                state,
+            },
+            handle,
+        )
+    }
+
+    /// Updates memory at once (so the next request sees it) and enqueues the write without waiting.
+    /// When the queue is full the write is dropped and counted; returns false.
+    ///
+    /// Memory is updated even when the write is dropped: what a device reported holds for this
+    /// process either way; only its persistence is lost.
+    pub fn push(&self, write: Write) -> bool {
+        self.memory.apply(&write);
+        let capacity = self.state.capacity;
+        let reserved = self
+            .state
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                (pending < capacity).then_some(pending + 1)
+            })
+            .is_ok();
+        if reserved && self.sender.send(QueueMessage::Write(write)).is_ok() {
+            return true;
+        }
+        if reserved {
+            self.state.done(1);
+        }
+        let dropped = self.state.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // One warning per power of two, so an overload does not flood the log.
+        if dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped,
+                capacity,
+                flusher_running = reserved,
+                "device store write queue full or stopped: writes dropped"
+            );
+        }
+        false
+    }
+
+    /// Writes dropped because the queue was full (or, after a crash, its flusher had stopped).
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes the database refused on their own (bad data) and that were dropped.
+    pub fn rejected(&self) -> u64 {
+        self.state.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything pushed so far is written (for shutdown and tests).
+    ///
+    /// Writes the database rejected (see [`WriteQueue::rejected`]) count as done. While the
+    /// database is unreachable this waits for it: bound it with a timeout at shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        self.sender
+            .send(QueueMessage::Flush(done))
+            .map_err(|_| StoreError::QueueStopped)?;
+        written.await.map_err(|_| StoreError::QueueStopped)
+    }
+}
+
+/// The task that writes batches.
+struct Flusher {
+    store: DeviceStore,
+    state: Arc<QueueState>,
+    max_batch: usize,
+    flush_every: Duration,
+}
+
+impl Flusher {
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<QueueMessage>) {
+        let mut batch: Vec<Write> = Vec::new();
+        // When the current batch is due (set by its first write).
+        let mut due: Option<Instant> = None;
+        loop {
+            let message = match due {
+                Some(due_at) => tokio::select! {
+                    message = receiver.recv() => message,
+                    () = tokio::time::sleep_until(due_at) => {
+                        self.write_out(&mut batch).await;
+                        due = None;
+                        continue;
+                    }
+                },
+                None => receiver.recv().await,
+            };
+            match message {
+                Some(QueueMessage::Write(write)) => {
+                    if batch.is_empty() {
+                        due = Some(Instant::now() + self.flush_every);
+                    }
+                    batch.push(write);
+                    if batch.len() >= self.max_batch {
+                        self.write_out(&mut batch).await;
+                        due = None;
+                    }
+                }
+                Some(QueueMessage::Flush(done)) => {
+                    self.write_out(&mut batch).await;
+                    due = None;
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = done.send(());
+                }
+                None => {
+                    self.write_out(&mut batch).await;
+                    tracing::debug!("device store write queue closed: flusher done");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the batch, retrying until every write is written or rejected; empties it.
+    async fn write_out(&self, batch: &mut Vec<Write>) {
+        let total = batch.len();
+        let mut failures: u32 = 0;
+        while !batch.is_empty() {
+            let error = match self.store.apply(batch).await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            failures += 1;
+            tracing::warn!(%error, writes = batch.len(), failures, "writing a batch to the device store failed; retrying");
+            if failures >= ISOLATE_AFTER_FAILURES {
+                self.isolate(batch).await;
+                if batch.is_empty() {
+                    break;
+                }
+            }
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(2u32.saturating_pow(failures - 1))
+                .min(MAX_BACKOFF);
+            tokio::time::sleep(backoff).await;
+        }
+        batch.clear();
+        self.state.done(total);
+    }
+
+    /// Tries the writes one at a time. Those written leave the batch; one that fails twice
+    /// while the database answers is rejected (dropped, counted); the first that fails while
+    /// the database does not answer stops the round, and it and the rest stay for the next try.
+    async fn isolate(&self, batch: &mut Vec<Write>) {
+        let mut remaining = Vec::new();
+        let mut writes = std::mem::take(batch).into_iter();
+        for write in writes.by_ref() {
+            let Err(first_error) = self.store.apply(std::slice::from_ref(&write)).await else {
+                continue;
+            };
+            if !self.store.is_reachable().await {
+                remaining.push(write);
+                break;
+            }
+            // The database answers: one more try, in case the failure was a passing one.
+            let Err(error) = self.store.apply(std::slice::from_ref(&write)).await else {
+                tracing::debug!(error = %first_error, "a write failed once, then was written");
+                continue;
+            };
+            if self.store.is_reachable().await {
+                self.state.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, ?write, "the device store rejected a write; dropped");
+            } else {
+                remaining.push(write);
+                break;
+            }
+        }
+        remaining.extend(writes);
+        *batch = remaining;
+    }
+}

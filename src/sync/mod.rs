@@ -1,0 +1,628 @@
+//! Bundle sync: the one path by which a bundle's zip gets into an App's object storage.
+//!
+//! [`sync_bundle`] takes the zip from its source (an https URL, a local file or an object
+//! already in the store), verifies its SHA-256, validates the archive (no path traversal,
+//! symlinks, duplicates or zip bombs; `index.html` at the root or in one wrapping folder), computes
+//! the per-file delta manifest and stores everything through [`object_store`], so that the
+//! filesystem works now and S3, GCS or Azure plug in without changes here.
+//!
+//! Storage layout, relative to the App's key prefix (every key is content-addressed):
+//!
+//! - `zips/<sha256>.zip`: the zip exactly as fetched (`<sha256>` is its SHA-256);
+//! - `files/<sha256>`: one file of a bundle, raw (`<sha256>` is the SHA-256 of its content);
+//! - `files/<sha256>.br`: one file of a bundle, Brotli-compressed, for files of at least 8 KiB
+//!   that Brotli makes smaller (`<sha256>` is still the hash of the original content);
+//! - `manifests/<sha256>.json`: the manifest of the zip `<sha256>`, a JSON array of
+//!   `{"file_name", "file_hash", "key"}`, sorted by `file_name`.
+//!
+//! Files shared by several bundles are stored once. Syncing the same bundle again uploads
+//! nothing. The zip goes through a temporary file and every file through a bounded buffer or a
+//! temporary file, so memory stays bounded whatever the bundle's size.
+
+mod archive;
+mod fetch;
+mod objects;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, path::Path};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::{api::constants::reason, core::snapshot::ManifestFile};
+
+/// Files at least this big are offered to Brotli (the Capgo CLI's threshold).
+pub const BROTLI_MIN_SIZE: u64 = 8 * 1024;
+
+/// The per-entry compression-ratio limit applies to entries that decompress to more than this.
+///
+/// Small, very repetitive files (a 100 KB run of spaces, an empty JSON padded with zeros) can
+/// legitimately compress better than any sane ratio limit; they cannot hurt anyone, and the
+/// total size limit still counts them.
+pub const RATIO_CHECK_MIN_SIZE: u64 = 1024 * 1024;
+
+/// How long a source may stay silent (before answering, or between two chunks of the body).
+pub const SOURCE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many store requests (HEAD or upload) run at once.
+const STORE_CONCURRENCY: usize = 8;
+
+/// Where a bundle's zip comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleSourceRef {
+    /// An https URL (plain http only when [`SyncLimits::allow_http`] is set).
+    Url(url::Url),
+    /// A file on the local filesystem.
+    File(PathBuf),
+    /// An object already in the store, by its key relative to the prefix.
+    StorageKey(String),
+}
+
+impl BundleSourceRef {
+    /// A short name of the kind of source, for logs: `url`, `file` or `storage`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BundleSourceRef::Url(_) => "url",
+            BundleSourceRef::File(_) => "file",
+            BundleSourceRef::StorageKey(_) => "storage",
+        }
+    }
+}
+
+/// Shows the source for logs and errors. A URL loses its query string and fragment, which may
+/// hold credentials (pre-signed URLs).
+impl fmt::Display for BundleSourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BundleSourceRef::Url(url) => f.write_str(&fetch::redact_url(url)),
+            BundleSourceRef::File(path) => write!(f, "file {}", path.display()),
+            BundleSourceRef::StorageKey(key) => write!(f, "storage key {key}"),
+        }
+    }
+}
+
+/// Limits that protect the sync (and devices) from oversized or hostile bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// Largest zip accepted, in bytes.
+    pub max_zip_bytes: u64,
+    /// Most entries (files and folders) in the zip.
+    pub max_entries: usize,
+    /// Largest total of the files once decompressed, in bytes.
+    pub max_uncompressed_bytes: u64,
+    /// Highest ratio of decompressed to compressed size of one entry (for entries larger than
+    /// [`RATIO_CHECK_MIN_SIZE`]).
+    pub max_compression_ratio: u64,
+    /// Accept plain `http://` URLs (for tests and trusted networks only).
+    pub allow_http: bool,
+}
+
+impl Default for SyncLimits {
+    /// 512 MiB zip, 20,000 entries, 2 GiB decompressed, ratio 200:1, https only.
+    fn default() -> Self {
+        SyncLimits {
+            max_zip_bytes: 512 * 1024 * 1024,
+            max_entries: 20_000,
+            max_uncompressed_bytes: 2 * 1024 * 1024 * 1024,
+            max_compression_ratio: 200,
+            allow_http: false,
+        }
+    }
+}
+
+/// One bundle to sync.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncRequest<'a> {
+    /// Where the zip comes from.
+    pub source: &'a BundleSourceRef,
+    /// Lower-case hex SHA-256 the zip must have.
+    pub expected_sha256: &'a str,
+    /// The App's object storage.
+    pub store: &'a Arc<dyn ObjectStore>,
+    /// The App's key prefix in that storage (every key is relative to it).
+    pub prefix: &'a Path,
+    /// Limits on the zip.
+    pub limits: &'a SyncLimits,
+    /// The HTTP client for URL sources (its timeouts, proxy and TLS settings apply).
+    pub http: &'a reqwest::Client,
+}
+
+/// What a successful sync found and stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedBundle {
+    /// Lower-case hex SHA-256 of the zip.
+    pub sha256: String,
+    /// Bytes of the zip.
+    pub zip_size: u64,
+    /// Bytes of the bundle's files once decompressed.
+    pub uncompressed_size: u64,
+    /// Files in the bundle (entries of the manifest).
+    pub file_count: u64,
+    /// Key of the zip, relative to the prefix (`zips/<sha256>.zip`).
+    pub zip_key: String,
+    /// Key of the manifest, relative to the prefix (`manifests/<sha256>.json`).
+    pub manifest_key: String,
+    /// The manifest, sorted by file name (keys relative to the prefix).
+    pub manifest: Vec<ManifestFile>,
+    /// Distinct file contents this sync uploaded.
+    pub uploaded_files: u64,
+    /// Distinct file contents that were already in the store.
+    pub reused_files: u64,
+}
+
+/// Why a sync failed.
+///
+/// [`SyncError::is_terminal`] tells whether retrying can help; [`SyncError::reason`] gives the
+/// condition reason to report.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The source is not allowed: a plain http URL without `allow_http`, another scheme, or a
+    /// storage key that is not a clean relative key. Terminal.
+    #[error("bundle source refused: {0}")]
+    SourceRefused(String),
+    /// The source could not be read (network error, HTTP error status, missing file or object).
+    /// Transient.
+    #[error("bundle source unavailable: {0}")]
+    SourceUnavailable(String),
+    /// The expected SHA-256 is not 64 hexadecimal characters. Terminal.
+    #[error("invalid expected sha256 {0:?}: it must be 64 lower-case hexadecimal characters")]
+    InvalidChecksum(String),
+    /// The zip's SHA-256 is not the expected one. Terminal.
+    #[error("checksum mismatch: expected sha256 {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// The SHA-256 the request declared.
+        expected: String,
+        /// The SHA-256 of the bytes fetched.
+        actual: String,
+    },
+    /// The zip is too large, malformed or hostile. Terminal.
+    #[error("invalid archive: {0}")]
+    InvalidArchive(String),
+    /// Object storage failed or refused a request. Transient.
+    #[error("object storage failed to {action} {key}: {source}")]
+    Storage {
+        /// What was being done (`read`, `write`, `check`).
+        action: &'static str,
+        /// The key involved (with the prefix).
+        key: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A stored manifest cannot be used. Transient (it may be rewritten by a new sync).
+    #[error("manifest {key} is invalid: {message}")]
+    InvalidManifest {
+        /// The manifest's key (relative to the prefix).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The local temporary folder failed (full disk, permissions). Transient.
+    #[error("temporary storage failed while {action}: {source}")]
+    TempStorage {
+        /// What was being done.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task of the sync stopped unexpectedly. Transient.
+    #[error("a sync task failed: {0}")]
+    Task(String),
+}
+
+impl SyncError {
+    /// Whether retrying cannot help (the bundle or its declaration must change).
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            SyncError::SourceRefused(_)
+            | SyncError::InvalidChecksum(_)
+            | SyncError::ChecksumMismatch { .. }
+            | SyncError::InvalidArchive(_) => true,
+            SyncError::SourceUnavailable(_)
+            | SyncError::Storage { .. }
+            | SyncError::InvalidManifest { .. }
+            | SyncError::TempStorage { .. }
+            | SyncError::Task(_) => false,
+        }
+    }
+
+    /// The condition reason (`ChecksumMismatch`, `InvalidArchive`, `SourceUnavailable` or
+    /// `StorageUnavailable`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SyncError::SourceRefused(_) | SyncError::SourceUnavailable(_) => reason::SOURCE_UNAVAILABLE,
+            SyncError::InvalidChecksum(_) | SyncError::ChecksumMismatch { .. } => reason::CHECKSUM_MISMATCH,
+            SyncError::InvalidArchive(_) => reason::INVALID_ARCHIVE,
+            SyncError::Storage { .. }
+            | SyncError::InvalidManifest { .. }
+            | SyncError::TempStorage { .. }
+            | SyncError::Task(_) => reason::STORAGE_UNAVAILABLE,
+        }
+    }
+
+    fn storage(action: &'static str, key: &Path, source: object_store::Error) -> Self {
+        SyncError::Storage {
+            action,
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+/// Key of a bundle's zip, relative to the prefix.
+pub fn zip_key(sha256: &str) -> String {
+    format!("zips/{sha256}.zip")
+}
+
+/// Key of a bundle's manifest, relative to the prefix.
+pub fn manifest_key(sha256: &str) -> String {
+    format!("manifests/{sha256}.json")
+}
+
+/// Key of one file's content, relative to the prefix (`brotli`: the compressed form).
+pub fn file_key(sha256: &str, brotli: bool) -> String {
+    if brotli {
+        format!("files/{sha256}.br")
+    } else {
+        format!("files/{sha256}")
+    }
+}
+
+/// The store path of `key` under `prefix`, or `None` when `key` is not a clean relative key
+/// (empty, absolute, with `.`, `..` or empty segments, backslashes or control characters).
+pub fn object_path(prefix: &Path, key: &str) -> Option<Path> {
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains('\\') {
+        return None;
+    }
+    let relative = Path::parse(key).ok()?;
+    Some(prefix.parts().chain(relative.parts()).collect())
+}
+
+/// Whether `value` is 64 lower-case hexadecimal characters.
+fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A manifest entry as stored (JSON).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredManifestEntry {
+    file_name: String,
+    file_hash: String,
+    key: String,
+}
+
+/// Largest manifest [`read_manifest`] accepts (20,000 entries take about 5 MB).
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Fetches, verifies, validates and stores one bundle; see the [module documentation](self).
+///
+/// Nothing is uploaded before the zip has been verified and fully validated. The files go
+/// first, then the zip, then the manifest, so a manifest in the store means a complete sync.
+pub async fn sync_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let short = request
+        .expected_sha256
+        .get(..12)
+        .unwrap_or(request.expected_sha256);
+    let span = tracing::info_span!(
+        "bundle_sync",
+        sha256 = %short,
+        source = request.source.kind(),
+        prefix = %request.prefix,
+    );
+    sync_inner(request).instrument(span).await
+}
+
+async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let started = Instant::now();
+    let SyncRequest {
+        source,
+        expected_sha256,
+        store,
+        prefix,
+        limits,
+        http,
+    } = request;
+    if !is_sha256_hex(expected_sha256) {
+        return Err(SyncError::InvalidChecksum(expected_sha256.to_owned()));
+    }
+    let workdir = tempfile::Builder::new()
+        .prefix("ota-sync-")
+        .tempdir()
+        .map_err(|source| SyncError::TempStorage {
+            action: "creating a temporary folder",
+            source,
+        })?;
+
+    // 1. Fetch into a temporary file, hashing on the way.
+    let zip_path = workdir.path().join("bundle.zip");
+    let fetched = fetch::fetch(source, store, prefix, limits, http, &zip_path).await?;
+    tracing::debug!(bytes = fetched.size, "fetched");
+
+    // 2. Verify.
+    if fetched.sha256 != expected_sha256 {
+        return Err(SyncError::ChecksumMismatch {
+            expected: expected_sha256.to_owned(),
+            actual: fetched.sha256,
+        });
+    }
+    let sha256 = fetched.sha256;
+
+    // 3. Validate the whole archive and hash every file, before storing anything.
+    let scan = {
+        let zip_path = zip_path.clone();
+        let limits = *limits;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| archive::scan(&zip_path, &limits)))
+            .await
+            .map_err(|e| archive_task_failed(&e))??
+    };
+    tracing::debug!(
+        files = scan.files.len(),
+        bytes = scan.uncompressed_size,
+        "archive validated"
+    );
+
+    // 4. Which contents does the store already have?
+    let mut contents: HashMap<&str, (usize, u64)> = HashMap::new();
+    for (position, file) in scan.files.iter().enumerate() {
+        contents
+            .entry(file.hash.as_str())
+            .or_insert((position, file.size));
+    }
+    let found: Vec<(String, Option<bool>)> = futures::stream::iter(contents.iter())
+        .map(|(hash, (_, size))| async move {
+            let stored = objects::find_content(store, prefix, hash, *size).await?;
+            Ok::<_, SyncError>(((*hash).to_owned(), stored))
+        })
+        .buffer_unordered(STORE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut brotli_by_hash: HashMap<String, bool> = HashMap::with_capacity(found.len());
+    let mut missing = Vec::new();
+    for (hash, stored) in found {
+        match stored {
+            Some(brotli) => {
+                brotli_by_hash.insert(hash, brotli);
+            }
+            None => {
+                let (position, size) = contents[hash.as_str()];
+                missing.push(archive::Extract {
+                    index: scan.files[position].index,
+                    hash,
+                    size,
+                });
+            }
+        }
+    }
+    let reused_files = brotli_by_hash.len() as u64;
+    // Extract in archive order, so the temporary zip is read sequentially.
+    missing.sort_by_key(|extract| extract.index);
+    let uploaded_files = missing.len() as u64;
+
+    // 5. Upload what is missing.
+    if !missing.is_empty() {
+        let uploaded = objects::upload_files(store, prefix, &zip_path, workdir.path(), missing).await?;
+        brotli_by_hash.extend(uploaded);
+    }
+
+    // 6. The zip itself.
+    let zip_key = zip_key(&sha256);
+    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
+
+    // 7. The manifest.
+    let mut manifest = Vec::with_capacity(scan.files.len());
+    for file in &scan.files {
+        let Some(&brotli) = brotli_by_hash.get(&file.hash) else {
+            return Err(SyncError::Task(format!("no stored content for {}", file.path)));
+        };
+        manifest.push(ManifestFile {
+            file_name: if brotli {
+                format!("{}.br", file.path)
+            } else {
+                file.path.clone()
+            },
+            file_hash: file.hash.clone(),
+            key: file_key(&file.hash, brotli),
+        });
+    }
+    manifest.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+    let manifest_key = manifest_key(&sha256);
+    let manifest_uploaded = objects::store_manifest(store, prefix, &manifest_key, &manifest).await?;
+
+    let synced = SyncedBundle {
+        sha256,
+        zip_size: fetched.size,
+        uncompressed_size: scan.uncompressed_size,
+        file_count: manifest.len() as u64,
+        zip_key,
+        manifest_key,
+        manifest,
+        uploaded_files,
+        reused_files,
+    };
+    tracing::info!(
+        zip_size = synced.zip_size,
+        uncompressed_size = synced.uncompressed_size,
+        files = synced.file_count,
+        uploaded_files,
+        reused_files,
+        zip_uploaded,
+        manifest_uploaded,
+        flattened = scan.flattened.as_deref().unwrap_or(""),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "bundle synced"
+    );
+    Ok(synced)
+}
+
+/// A blocking task that reads the archive died: the archive reader panicked on this input, which
+/// only a malformed archive should cause.
+fn archive_task_failed(error: &tokio::task::JoinError) -> SyncError {
+    if error.is_panic() {
+        SyncError::InvalidArchive("the archive reader failed on this archive".to_owned())
+    } else {
+        SyncError::Task(format!("the archive task was cancelled: {error}"))
+    }
+}
+
+/// Reads a manifest previously written by [`sync_bundle`] (the update server loads these at
+/// start).
+pub async fn read_manifest(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    manifest_key: &str,
+) -> Result<Vec<ManifestFile>, SyncError> {
+    let invalid = |message: String| SyncError::InvalidManifest {
+        key: manifest_key.to_owned(),
+        message,
+    };
+    let path = object_path(prefix, manifest_key).ok_or_else(|| invalid("not a clean relative key".into()))?;
+    let result = store
+        .get(&path)
+        .await
+        .map_err(|e| SyncError::storage("read", &path, e))?;
+    if result.meta.size > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!(
+            "{} bytes is more than the limit of {MAX_MANIFEST_BYTES}",
+            result.meta.size
+        )));
+    }
+    let bytes = result
+        .bytes()
+        .await
+        .map_err(|e| SyncError::storage("read", &path, e))?;
+    let entries: Vec<StoredManifestEntry> =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a JSON manifest: {e}")))?;
+    if entries.is_empty() {
+        return Err(invalid("it lists no file".into()));
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            let name_ok = !entry.file_name.is_empty()
+                && !entry.file_name.contains('\\')
+                && entry
+                    .file_name
+                    .split('/')
+                    .all(|part| !matches!(part, "" | "." | ".."));
+            let key_ok = entry.key.strip_prefix("files/").is_some_and(|rest| {
+                is_sha256_hex(rest.strip_suffix(".br").unwrap_or(rest))
+                    && object_path(prefix, &entry.key).is_some()
+            });
+            if !name_ok {
+                return Err(invalid(format!("bad file name {:?}", entry.file_name)));
+            }
+            if !is_sha256_hex(&entry.file_hash) {
+                return Err(invalid(format!(
+                    "bad hash {:?} for {}",
+                    entry.file_hash, entry.file_name
+                )));
+            }
+            if !key_ok {
+                return Err(invalid(format!(
+                    "bad key {:?} for {}",
+                    entry.key, entry.file_name
+                )));
+            }
+            Ok(ManifestFile {
+                file_name: entry.file_name,
+                file_hash: entry.file_hash,
+                key: entry.key,
+            })
+        })
+        .collect()
+}
+
+/// The manifest as stored: a JSON array of `{file_name, file_hash, key}`.
+fn manifest_json(manifest: &[ManifestFile]) -> Result<Vec<u8>, SyncError> {
+    let entries: Vec<StoredManifestEntry> = manifest
+        .iter()
+        .map(|file| StoredManifestEntry {
+            file_name: file.file_name.clone(),
+            file_hash: file.file_hash.clone(),
+            key: file.key.clone(),
+        })
+        .collect();
+    serde_json::to_vec(&entries).map_err(|e| SyncError::Task(format!("cannot encode the manifest: {e}")))
+}
+
+/// Joins an error and its sources into one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_are_clean_and_prefixed() {
+        let prefix = Path::from("apps/shop");
+        assert_eq!(
+            object_path(&prefix, "files/abc").unwrap().as_ref(),
+            "apps/shop/files/abc"
+        );
+        assert_eq!(
+            object_path(&Path::ROOT, "zips/a.zip").unwrap().as_ref(),
+            "zips/a.zip"
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "./a",
+            "a//b",
+            "a\\b",
+            "a/",
+            "..",
+            "a\u{1}b",
+        ] {
+            assert!(object_path(&prefix, bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn error_classes() {
+        let archive = SyncError::InvalidArchive("x".into());
+        assert!(archive.is_terminal());
+        assert_eq!(archive.reason(), reason::INVALID_ARCHIVE);
+        let refused = SyncError::SourceRefused("http".into());
+        assert!(refused.is_terminal());
+        assert_eq!(refused.reason(), reason::SOURCE_UNAVAILABLE);
+        let unavailable = SyncError::SourceUnavailable("404".into());
+        assert!(!unavailable.is_terminal());
+        assert_eq!(unavailable.reason(), reason::SOURCE_UNAVAILABLE);
+        let checksum = SyncError::InvalidChecksum("XYZ".into());
+        assert!(checksum.is_terminal());
+        assert_eq!(checksum.reason(), reason::CHECKSUM_MISMATCH);
+        let task = SyncError::Task("x".into());
+        assert!(!task.is_terminal());
+        assert_eq!(task.reason(), reason::STORAGE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn sha256_hex_is_strict() {
+        assert!(is_sha256_hex(&"a".repeat(64)));
+        assert!(!is_sha256_hex(&"A".repeat(64)));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
+        assert!(!is_sha256_hex(&"g".repeat(64)));
+    }
+}

@@ -1,0 +1,961 @@
+//! The device store against its real backends: an SQLite file, an SQLite in-memory database, and
+//! a real PostgreSQL server (tests/postgres/postgres.sh). The same scenario runs on each backend;
+//! each test gets a database of its own (a fresh file, or `CREATE DATABASE` on PostgreSQL).
+//!
+//! PostgreSQL: `OTA_TEST_POSTGRES_URL` when the test runner (tests/run.sh) started the server,
+//! otherwise the server is started here and left running for the next test binary
+//! (`tests/postgres/postgres.sh stop` stops it). These tests never pass by skipping: when the
+//! server cannot be started, they fail with the reason.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use ota_operator::{
+    core::update::DeviceFacts,
+    store::{Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, StoreError, Write, WriteQueue},
+};
+use sqlx::{Connection, Executor, postgres::PgConnection};
+
+const APP: &str = "com.example.shop";
+const OTHER_APP: &str = "com.example.other";
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// 2026-09-21T12:26:40Z, a fixed "now".
+const NOW_MS: i64 = 1_790_000_000_000;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name no other test uses: `prefix` with the process id, the time and a counter.
+fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("{prefix}_{}_{nanos:x}_{n}", std::process::id())
+}
+
+/// The URL of the test PostgreSQL server (its database `ota_test`): `OTA_TEST_POSTGRES_URL`, or
+/// the server started here. Panics with the reason when it cannot be started.
+fn postgres_server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("OTA_TEST_POSTGRES_URL")
+            && !url.is_empty()
+        {
+            return url;
+        }
+        let script = repo_root().join("tests/postgres/postgres.sh");
+        let output = Command::new(&script)
+            .arg("start")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the test PostgreSQL server could not be started by {}:\n{}{}",
+            script.display(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("OTA_TEST_POSTGRES_URL="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no OTA_TEST_POSTGRES_URL line:\n{stdout}",
+                    script.display()
+                )
+            })
+            .to_owned()
+    })
+}
+
+/// `url` naming the database `database` instead of its own (the query string is kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (server, _) = base
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("the PostgreSQL URL names no database"));
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// The backends every scenario runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    SqliteFile,
+    SqliteMemory,
+    Postgres,
+}
+
+/// A database of one test, removed by [`TestDatabase::remove`] when the test passes (a failed
+/// test leaves it for inspection).
+struct TestDatabase {
+    backend: Backend,
+    url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Nothing,
+    Folder(PathBuf),
+    PostgresDatabase { name: String },
+}
+
+impl TestDatabase {
+    async fn new(backend: Backend, test: &str) -> Self {
+        match backend {
+            Backend::SqliteMemory => TestDatabase {
+                backend,
+                url: "sqlite::memory:".to_owned(),
+                cleanup: Cleanup::Nothing,
+            },
+            Backend::SqliteFile => {
+                let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join("device-store")
+                    .join(unique_name(test));
+                std::fs::create_dir_all(&folder)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", folder.display()));
+                TestDatabase {
+                    backend,
+                    url: format!("sqlite://{}", folder.join("devices.db").display()),
+                    cleanup: Cleanup::Folder(folder),
+                }
+            }
+            Backend::Postgres => {
+                let server = postgres_server_url();
+                let name = unique_name(test);
+                let mut admin = PgConnection::connect(server)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e}"));
+                admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot create the database {name}: {e}"));
+                let _ = admin.close().await;
+                TestDatabase {
+                    backend,
+                    url: with_database(server, &name),
+                    cleanup: Cleanup::PostgresDatabase { name },
+                }
+            }
+        }
+    }
+
+    /// Whether a second open sees what the first wrote.
+    fn persistent(&self) -> bool {
+        self.backend != Backend::SqliteMemory
+    }
+
+    async fn open(&self) -> DeviceStore {
+        DeviceStore::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open the {:?} store: {e}", self.backend))
+    }
+
+    async fn remove(self) {
+        match self.cleanup {
+            Cleanup::Nothing => {}
+            Cleanup::Folder(folder) => {
+                let _ = std::fs::remove_dir_all(folder);
+            }
+            Cleanup::PostgresDatabase { name } => {
+                let mut admin = PgConnection::connect(postgres_server_url())
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e}"));
+                // FORCE: the stores' pools may still be closing their connections.
+                admin
+                    .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot drop the database {name}: {e}"));
+                let _ = admin.close().await;
+            }
+        }
+    }
+}
+
+fn seen(device_id: &str, seen_at_ms: i64) -> DeviceSeen {
+    DeviceSeen {
+        app_id: APP.to_owned(),
+        device_id: device_id.to_owned(),
+        platform: "ios".to_owned(),
+        plugin_version: "8.51.14".to_owned(),
+        native_version: "3.2.0".to_owned(),
+        version_name: "1.4.2".to_owned(),
+        custom_id: None,
+        default_channel: None,
+        is_prod: true,
+        is_emulator: false,
+        seen_at_ms,
+    }
+}
+
+fn count(version: &str, action: &str, day: i64, n: i64) -> Write {
+    Write::Count {
+        app_id: APP.to_owned(),
+        version: version.to_owned(),
+        action: action.to_owned(),
+        day,
+        n,
+    }
+}
+
+fn failed(device_id: &str, version: &str, at_ms: i64) -> Write {
+    Write::FailedMark {
+        app_id: APP.to_owned(),
+        device_id: device_id.to_owned(),
+        version: version.to_owned(),
+        at_ms,
+    }
+}
+
+fn set_override(device_id: &str, channel: &str) -> Write {
+    Write::SetChannelOverride {
+        app_id: APP.to_owned(),
+        device_id: device_id.to_owned(),
+        channel: channel.to_owned(),
+    }
+}
+
+fn clear_override(device_id: &str) -> Write {
+    Write::ClearChannelOverride {
+        app_id: APP.to_owned(),
+        device_id: device_id.to_owned(),
+    }
+}
+
+fn facts(channel: Option<&str>, failed_versions: &[&str]) -> DeviceFacts {
+    DeviceFacts {
+        self_set_channel: channel.map(str::to_owned),
+        failed_versions: failed_versions.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+async fn apply(store: &DeviceStore, batch: &[Write]) {
+    store
+        .apply(batch)
+        .await
+        .unwrap_or_else(|e| panic!("the batch was not applied: {e}"));
+}
+
+async fn device(store: &DeviceStore, device_id: &str) -> Option<DeviceRecord> {
+    store.device(APP, device_id).await.expect("a device read")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios, each run on every backend listed in the modules at the end.
+
+/// Open creates the schema; opening again (the tables exist, the migration is recorded) is fine.
+async fn opening_runs_the_migrations_and_opening_again_is_fine(database: &TestDatabase) {
+    let store = database.open().await;
+    assert_eq!(device(&store, "d1").await, None);
+    assert_eq!(store.counters(APP, "1.0.0", 0).await.expect("counters"), vec![]);
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 0);
+    let memory = store.load_memory().await.expect("memory");
+    assert_eq!(memory.facts(APP, "d1"), DeviceFacts::default());
+    apply(&store, &[Write::SeenDevice(seen("d1", NOW_MS))]).await;
+
+    let again = database.open().await;
+    let expected_after_reopen = database.persistent().then(|| "d1".to_owned());
+    assert_eq!(
+        device(&again, "d1").await.map(|d| d.device_id),
+        expected_after_reopen
+    );
+    apply(&again, &[Write::SeenDevice(seen("d2", NOW_MS))]).await;
+    assert!(device(&again, "d2").await.is_some());
+    // The first store still works beside the second.
+    assert!(device(&store, "d1").await.is_some());
+}
+
+/// Stores opening a fresh database at the same moment (replicas starting together) all succeed,
+/// and the migration is applied once.
+async fn concurrent_opens_of_a_fresh_database_all_succeed(database: &TestDatabase) {
+    let (a, b, c) = tokio::join!(
+        DeviceStore::open(&database.url),
+        DeviceStore::open(&database.url),
+        DeviceStore::open(&database.url)
+    );
+    let stores: Vec<DeviceStore> = [a, b, c]
+        .into_iter()
+        .map(|store| store.unwrap_or_else(|e| panic!("a concurrent open failed: {e}")))
+        .collect();
+    apply(&stores[0], &[Write::SeenDevice(seen("d1", NOW_MS))]).await;
+    for store in &stores {
+        assert!(device(store, "d1").await.is_some());
+    }
+    // A later open finds everything in place.
+    let later = database.open().await;
+    assert!(device(&later, "d1").await.is_some());
+}
+
+/// A sighting updates the reported columns and last_seen_ms, keeps custom_id and
+/// default_channel when the new sighting has None, and an older sighting changes nothing.
+async fn a_seen_device_keeps_its_last_values(database: &TestDatabase) {
+    let store = database.open().await;
+    let first = DeviceSeen {
+        custom_id: Some("customer-42".to_owned()),
+        default_channel: Some("beta".to_owned()),
+        ..seen("d1", NOW_MS - 1000)
+    };
+    apply(&store, &[Write::SeenDevice(first)]).await;
+    let record = device(&store, "d1").await.expect("the device row");
+    assert_eq!(
+        record,
+        DeviceRecord {
+            app_id: APP.to_owned(),
+            device_id: "d1".to_owned(),
+            platform: "ios".to_owned(),
+            plugin_version: "8.51.14".to_owned(),
+            native_version: "3.2.0".to_owned(),
+            version_name: "1.4.2".to_owned(),
+            custom_id: Some("customer-42".to_owned()),
+            default_channel: Some("beta".to_owned()),
+            is_prod: true,
+            is_emulator: false,
+            current_bundle: None,
+            channel_override: None,
+            last_seen_ms: NOW_MS - 1000,
+        }
+    );
+
+    // Two sightings and a `set` in one batch: the last sighting wins, None keeps the stored ids.
+    let later = DeviceSeen {
+        platform: "android".to_owned(),
+        plugin_version: "8.52.0".to_owned(),
+        native_version: "3.3.0".to_owned(),
+        version_name: "1.5.0".to_owned(),
+        is_prod: false,
+        is_emulator: true,
+        ..seen("d1", NOW_MS)
+    };
+    let middle = DeviceSeen {
+        version_name: "1.4.9".to_owned(),
+        ..seen("d1", NOW_MS - 500)
+    };
+    apply(
+        &store,
+        &[
+            Write::SeenDevice(middle),
+            Write::CurrentBundle {
+                app_id: APP.to_owned(),
+                device_id: "d1".to_owned(),
+                version: "1.5.0".to_owned(),
+            },
+            Write::SeenDevice(later),
+        ],
+    )
+    .await;
+    let record = device(&store, "d1").await.expect("the device row");
+    assert_eq!(
+        (
+            record.platform.as_str(),
+            record.plugin_version.as_str(),
+            record.native_version.as_str()
+        ),
+        ("android", "8.52.0", "3.3.0")
+    );
+    assert_eq!(record.version_name, "1.5.0");
+    assert_eq!((record.is_prod, record.is_emulator), (false, true));
+    assert_eq!(
+        record.custom_id.as_deref(),
+        Some("customer-42"),
+        "None must not erase custom_id"
+    );
+    assert_eq!(
+        record.default_channel.as_deref(),
+        Some("beta"),
+        "None must not erase default_channel"
+    );
+    assert_eq!(record.current_bundle.as_deref(), Some("1.5.0"));
+    assert_eq!(record.last_seen_ms, NOW_MS);
+
+    // A delayed, older sighting (another replica's batch) changes nothing.
+    let stale = DeviceSeen {
+        custom_id: Some("stale".to_owned()),
+        ..seen("d1", NOW_MS - 10_000)
+    };
+    apply(&store, &[Write::SeenDevice(stale)]).await;
+    let unchanged = device(&store, "d1").await.expect("the device row");
+    assert_eq!(unchanged, record);
+
+    // A new custom id replaces the old one; a sighting keeps the current bundle.
+    let renamed = DeviceSeen {
+        custom_id: Some("customer-43".to_owned()),
+        ..seen("d1", NOW_MS + 1)
+    };
+    apply(&store, &[Write::SeenDevice(renamed)]).await;
+    let record = device(&store, "d1").await.expect("the device row");
+    assert_eq!(record.custom_id.as_deref(), Some("customer-43"));
+    assert_eq!(record.current_bundle.as_deref(), Some("1.5.0"));
+    assert_eq!(record.platform, "ios");
+
+    // Devices are per app.
+    assert_eq!(store.device(OTHER_APP, "d1").await.expect("a device read"), None);
+}
+
+/// Identical increments add up within a batch and across batches; reads filter by app,
+/// version and day.
+async fn counters_add_up_within_and_across_batches(database: &TestDatabase) {
+    let store = database.open().await;
+    let day = NOW_MS / DAY_MS;
+    apply(
+        &store,
+        &[
+            count("1.0.0", "set", day, 1),
+            count("1.0.0", "set", day, 2),
+            count("1.0.0", "download_fail", day, 1),
+            count("1.0.0", "set", day - 1, 5),
+            count("1.0.0", "set", day - 3, 7),
+            count("1.0.0", "set", day, 3),
+            count("2.0.0", "set", day, 100),
+            Write::Count {
+                app_id: OTHER_APP.to_owned(),
+                version: "1.0.0".to_owned(),
+                action: "set".to_owned(),
+                day,
+                n: 1000,
+            },
+        ],
+    )
+    .await;
+    apply(
+        &store,
+        &[count("1.0.0", "set", day, 4), count("1.0.0", "get", day - 1, 1)],
+    )
+    .await;
+
+    let counter = |version: &str, action: &str, day: i64, count: i64| Counter {
+        version: version.to_owned(),
+        action: action.to_owned(),
+        day,
+        count,
+    };
+    assert_eq!(
+        store.counters(APP, "1.0.0", day - 1).await.expect("counters"),
+        vec![
+            counter("1.0.0", "get", day - 1, 1),
+            counter("1.0.0", "set", day - 1, 5),
+            counter("1.0.0", "download_fail", day, 1),
+            counter("1.0.0", "set", day, 10),
+        ]
+    );
+    assert_eq!(store.counters(APP, "1.0.0", 0).await.expect("counters").len(), 5);
+    assert_eq!(
+        store.counters(APP, "2.0.0", day).await.expect("counters"),
+        vec![counter("2.0.0", "set", day, 100)]
+    );
+    assert_eq!(
+        store.counters(OTHER_APP, "1.0.0", day).await.expect("counters"),
+        vec![counter("1.0.0", "set", day, 1000)]
+    );
+    assert_eq!(
+        store.counters(APP, "1.0.0", day + 1).await.expect("counters"),
+        vec![]
+    );
+}
+
+/// Failed marks and overrides reach a memory loaded from the store; a cleared override is gone,
+/// from the row and from memory; clearing an unknown device creates nothing.
+async fn overrides_and_failed_marks_load_into_memory(database: &TestDatabase) {
+    let store = database.open().await;
+    apply(
+        &store,
+        &[
+            failed("d1", "1.5.0", NOW_MS - 10),
+            failed("d1", "1.6.0", NOW_MS),
+            failed("d1", "1.5.0", NOW_MS + 5),
+            set_override("d1", "beta"),
+            set_override("d2", "alpha"),
+            set_override("d2", "nightly"),
+            set_override("d3", "beta"),
+            clear_override("d3"),
+            clear_override("never-seen"),
+        ],
+    )
+    .await;
+    let memory = store.load_memory().await.expect("memory");
+    assert_eq!(memory.facts(APP, "d1"), facts(Some("beta"), &["1.5.0", "1.6.0"]));
+    assert_eq!(memory.facts(APP, "d2"), facts(Some("nightly"), &[]));
+    assert_eq!(memory.facts(APP, "d3"), DeviceFacts::default());
+    assert_eq!(memory.facts(OTHER_APP, "d1"), DeviceFacts::default());
+    assert_eq!(device(&store, "never-seen").await, None);
+
+    // An override may come before any sighting: the row exists, not yet seen.
+    let d2 = device(&store, "d2")
+        .await
+        .expect("the row of an overridden device");
+    assert_eq!(d2.channel_override.as_deref(), Some("nightly"));
+    assert_eq!((d2.last_seen_ms, d2.platform.as_str()), (0, ""));
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 0);
+
+    apply(
+        &store,
+        &[clear_override("d1"), Write::SeenDevice(seen("d2", NOW_MS))],
+    )
+    .await;
+    assert_eq!(device(&store, "d1").await.expect("d1").channel_override, None);
+    let d2 = device(&store, "d2").await.expect("d2");
+    assert_eq!(
+        d2.channel_override.as_deref(),
+        Some("nightly"),
+        "a sighting keeps the override"
+    );
+    assert_eq!(d2.platform, "ios");
+    let memory = store.load_memory().await.expect("memory");
+    assert_eq!(memory.facts(APP, "d1"), facts(None, &["1.5.0", "1.6.0"]));
+    assert_eq!(memory.facts(APP, "d2"), facts(Some("nightly"), &[]));
+}
+
+/// What was written is there after the store is dropped and opened again.
+async fn overrides_and_failed_marks_survive_a_reopen(database: &TestDatabase) {
+    {
+        let store = database.open().await;
+        apply(
+            &store,
+            &[
+                failed("d1", "1.5.0", NOW_MS),
+                set_override("d1", "beta"),
+                set_override("d2", "alpha"),
+                Write::SeenDevice(seen("d3", NOW_MS)),
+                count("1.5.0", "set", 1, 2),
+            ],
+        )
+        .await;
+        apply(&store, &[clear_override("d2")]).await;
+    }
+    let reopened = database.open().await;
+    let memory = reopened.load_memory().await.expect("memory");
+    assert_eq!(memory.facts(APP, "d1"), facts(Some("beta"), &["1.5.0"]));
+    assert_eq!(memory.facts(APP, "d2"), DeviceFacts::default());
+    assert!(device(&reopened, "d3").await.is_some());
+    assert_eq!(
+        reopened.counters(APP, "1.5.0", 0).await.expect("counters")[0].count,
+        2
+    );
+}
+
+/// Only devices of the app seen in the 30 days before now count.
+async fn monthly_active_devices_counts_the_last_30_days(database: &TestDatabase) {
+    let store = database.open().await;
+    let other_app = DeviceSeen {
+        app_id: OTHER_APP.to_owned(),
+        ..seen("o1", NOW_MS)
+    };
+    apply(
+        &store,
+        &[
+            Write::SeenDevice(seen("now", NOW_MS)),
+            Write::SeenDevice(seen("yesterday", NOW_MS - DAY_MS)),
+            Write::SeenDevice(seen("29-days-ago", NOW_MS - 29 * DAY_MS)),
+            Write::SeenDevice(seen("almost-30-days-ago", NOW_MS - 30 * DAY_MS + 1)),
+            Write::SeenDevice(seen("30-days-ago", NOW_MS - 30 * DAY_MS)),
+            Write::SeenDevice(seen("31-days-ago", NOW_MS - 31 * DAY_MS)),
+            Write::SeenDevice(seen("last-year", NOW_MS - 365 * DAY_MS)),
+            Write::SeenDevice(other_app),
+            set_override("override-only", "beta"),
+        ],
+    )
+    .await;
+    // The same device seen twice counts once.
+    apply(&store, &[Write::SeenDevice(seen("yesterday", NOW_MS - 2))]).await;
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 4);
+    assert_eq!(
+        store
+            .monthly_active_devices(OTHER_APP, NOW_MS)
+            .await
+            .expect("MAU"),
+        1
+    );
+    assert_eq!(
+        store
+            .monthly_active_devices("com.example.none", NOW_MS)
+            .await
+            .expect("MAU"),
+        0
+    );
+    // 31 days later only the devices seen since then count: none.
+    assert_eq!(
+        store
+            .monthly_active_devices(APP, NOW_MS + 31 * DAY_MS)
+            .await
+            .expect("MAU"),
+        0
+    );
+}
+
+/// A push shows in memory before anything is written; flush writes everything, across several
+/// batches; a flush with nothing pending returns at once.
+async fn the_write_queue_updates_memory_at_once_and_flush_writes_everything(database: &TestDatabase) {
+    let store = database.open().await;
+    let memory = DeviceMemory::empty();
+    // Batches of 7, and no timer in the test's time: only the batch size and flush write.
+    let (queue, flusher) =
+        WriteQueue::start(store.clone(), memory.clone(), 1000, 7, Duration::from_secs(3600));
+    assert!(queue.push(failed("d1", "1.5.0", NOW_MS)));
+    assert!(queue.push(set_override("d1", "beta")));
+    assert_eq!(
+        memory.facts(APP, "d1"),
+        facts(Some("beta"), &["1.5.0"]),
+        "memory sees a push at once"
+    );
+
+    let day = NOW_MS / DAY_MS;
+    for i in 0..40 {
+        let pusher = queue.clone();
+        assert!(pusher.push(Write::SeenDevice(seen(&format!("device-{i}"), NOW_MS))));
+        assert!(pusher.push(count("1.5.0", "get", day, 1)));
+    }
+    assert!(queue.push(clear_override("d1")));
+    assert_eq!(memory.facts(APP, "d1"), facts(None, &["1.5.0"]));
+    queue.flush().await.expect("flush");
+
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 40);
+    assert_eq!(
+        store.counters(APP, "1.5.0", day).await.expect("counters"),
+        vec![Counter {
+            version: "1.5.0".to_owned(),
+            action: "get".to_owned(),
+            day,
+            count: 40
+        }]
+    );
+    let loaded = store.load_memory().await.expect("memory");
+    assert_eq!(loaded.facts(APP, "d1"), facts(None, &["1.5.0"]));
+    assert_eq!((queue.dropped(), queue.rejected()), (0, 0));
+
+    let started = Instant::now();
+    queue.flush().await.expect("an empty flush");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Dropping every clone ends the flusher.
+    drop(queue);
+    tokio::time::timeout(Duration::from_secs(10), flusher)
+        .await
+        .expect("the flusher ends when the queue is dropped")
+        .expect("the flusher does not panic");
+}
+
+/// Without flush, a batch is written flush_every after its first write.
+async fn the_write_queue_writes_on_its_own(database: &TestDatabase) {
+    let store = database.open().await;
+    let (queue, _flusher) = WriteQueue::start(
+        store.clone(),
+        DeviceMemory::empty(),
+        100,
+        1000,
+        Duration::from_millis(50),
+    );
+    assert!(queue.push(Write::SeenDevice(seen("d1", NOW_MS))));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while device(&store, "d1").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not write within 10 s without a flush"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Capacity bounds the writes not yet written: with capacity 1 and a flusher that holds its
+/// batch (no timer, a large batch size), the second push is dropped and counted, whatever the
+/// scheduling. Memory still sees it. After a flush there is room again.
+async fn a_full_write_queue_drops_and_counts(database: &TestDatabase) {
+    let store = database.open().await;
+    let memory = DeviceMemory::empty();
+    let (queue, _flusher) =
+        WriteQueue::start(store.clone(), memory.clone(), 1, 1000, Duration::from_secs(3600));
+    assert!(queue.push(Write::SeenDevice(seen("kept", NOW_MS))));
+    // Let the flusher take the first write into its batch: that frees no room.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!queue.push(Write::SeenDevice(seen("dropped", NOW_MS))));
+    assert!(!queue.push(failed("dropped", "1.5.0", NOW_MS)));
+    assert_eq!(queue.dropped(), 2);
+    assert_eq!(
+        memory.facts(APP, "dropped"),
+        facts(None, &["1.5.0"]),
+        "memory is updated even when dropped"
+    );
+
+    queue.flush().await.expect("flush");
+    assert!(device(&store, "kept").await.is_some());
+    assert_eq!(device(&store, "dropped").await, None);
+    assert_eq!(
+        store.load_memory().await.expect("memory").facts(APP, "dropped"),
+        DeviceFacts::default()
+    );
+
+    assert!(
+        queue.push(Write::SeenDevice(seen("after-flush", NOW_MS))),
+        "a flush frees the room"
+    );
+    queue.flush().await.expect("flush");
+    assert!(device(&store, "after-flush").await.is_some());
+    assert_eq!(queue.dropped(), 2);
+}
+
+/// Runs one scenario on a fresh database of the backend, and removes the database if it passes.
+macro_rules! scenarios_on {
+    ($backend:ident: $($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $scenario() {
+                let database = TestDatabase::new(Backend::$backend, stringify!($scenario)).await;
+                super::$scenario(&database).await;
+                database.remove().await;
+            }
+        )+
+    };
+}
+
+mod sqlite_file {
+    use super::*;
+    scenarios_on!(SqliteFile:
+        opening_runs_the_migrations_and_opening_again_is_fine,
+        concurrent_opens_of_a_fresh_database_all_succeed,
+        a_seen_device_keeps_its_last_values,
+        counters_add_up_within_and_across_batches,
+        overrides_and_failed_marks_load_into_memory,
+        overrides_and_failed_marks_survive_a_reopen,
+        monthly_active_devices_counts_the_last_30_days,
+        the_write_queue_updates_memory_at_once_and_flush_writes_everything,
+        the_write_queue_writes_on_its_own,
+        a_full_write_queue_drops_and_counts,
+    );
+
+    /// The file is created in WAL mode.
+    #[tokio::test]
+    async fn the_file_is_in_wal_mode() {
+        let database = TestDatabase::new(Backend::SqliteFile, "wal").await;
+        let store = database.open().await;
+        apply(&store, &[Write::SeenDevice(seen("d1", NOW_MS))]).await;
+        let Cleanup::Folder(folder) = &database.cleanup else {
+            panic!("a file database has a folder")
+        };
+        assert!(
+            folder.join("devices.db-wal").exists(),
+            "no WAL file beside the database"
+        );
+        drop(store);
+        database.remove().await;
+    }
+}
+
+// Every pooled connection to `sqlite::memory:` would be a database of its own: the store keeps
+// one connection for the pool's life. Persistence across opens does not apply (a new open is a
+// new database), nor do concurrent opens of one database.
+mod sqlite_memory {
+    use super::*;
+    scenarios_on!(SqliteMemory:
+        opening_runs_the_migrations_and_opening_again_is_fine,
+        a_seen_device_keeps_its_last_values,
+        counters_add_up_within_and_across_batches,
+        overrides_and_failed_marks_load_into_memory,
+        monthly_active_devices_counts_the_last_30_days,
+        the_write_queue_updates_memory_at_once_and_flush_writes_everything,
+        the_write_queue_writes_on_its_own,
+        a_full_write_queue_drops_and_counts,
+    );
+}
+
+mod postgres {
+    use super::*;
+    scenarios_on!(Postgres:
+        opening_runs_the_migrations_and_opening_again_is_fine,
+        concurrent_opens_of_a_fresh_database_all_succeed,
+        a_seen_device_keeps_its_last_values,
+        counters_add_up_within_and_across_batches,
+        overrides_and_failed_marks_load_into_memory,
+        overrides_and_failed_marks_survive_a_reopen,
+        monthly_active_devices_counts_the_last_30_days,
+        the_write_queue_updates_memory_at_once_and_flush_writes_everything,
+        the_write_queue_writes_on_its_own,
+        a_full_write_queue_drops_and_counts,
+    );
+
+    /// A write PostgreSQL refuses (a NUL byte in text) fails its batch with an error, and in the
+    /// queue it is dropped and counted while the other writes of its batch are written.
+    #[tokio::test]
+    async fn a_write_the_database_rejects_does_not_block_the_queue() {
+        let database = TestDatabase::new(Backend::Postgres, "rejected_write").await;
+        let store = database.open().await;
+        let poisoned = Write::SeenDevice(seen("bad\0device", NOW_MS));
+        let error = store
+            .apply(std::slice::from_ref(&poisoned))
+            .await
+            .expect_err("PostgreSQL refuses a NUL byte in text");
+        assert!(matches!(error, StoreError::Database { .. }), "{error:?}");
+
+        let (queue, _flusher) = WriteQueue::start(
+            store.clone(),
+            DeviceMemory::empty(),
+            100,
+            100,
+            Duration::from_secs(3600),
+        );
+        assert!(queue.push(Write::SeenDevice(seen("good-1", NOW_MS))));
+        assert!(queue.push(poisoned));
+        assert!(queue.push(Write::SeenDevice(seen("good-2", NOW_MS))));
+        tokio::time::timeout(Duration::from_secs(30), queue.flush())
+            .await
+            .expect("the flush ends: the bad write does not block the queue")
+            .expect("flush");
+        assert!(device(&store, "good-1").await.is_some());
+        assert!(device(&store, "good-2").await.is_some());
+        assert_eq!((queue.rejected(), queue.dropped()), (1, 0));
+        drop(store);
+        database.remove().await;
+    }
+
+    /// Errors about the real server (a wrong password, a missing database) never show the password.
+    #[tokio::test]
+    async fn connection_errors_of_the_real_server_hide_the_password() {
+        let server = postgres_server_url();
+        let password = server
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(user_info, _)| user_info.split_once(':'))
+            .map(|(_, password)| password.to_owned())
+            .expect("the test server's URL has a password");
+
+        let missing_database = with_database(server, &unique_name("missing"));
+        let error = DeviceStore::open(&missing_database)
+            .await
+            .expect_err("no such database");
+        let message = error.to_string();
+        assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+        assert!(message.contains("does not exist"), "{message}");
+        assert!(
+            !message.contains(&password) && !format!("{error:?}").contains(&password),
+            "{message}"
+        );
+        assert!(message.contains("ota:****@"), "{message}");
+
+        let wrong_password = "wrong-password-8d1c";
+        let wrong = server.replacen(&format!(":{password}@"), &format!(":{wrong_password}@"), 1);
+        let error = DeviceStore::open(&wrong).await.expect_err("a wrong password");
+        let message = error.to_string();
+        assert!(message.contains("password authentication failed"), "{message}");
+        assert!(
+            !message.contains(wrong_password) && !format!("{error:?}").contains(wrong_password),
+            "{message}"
+        );
+
+        let database = TestDatabase::new(Backend::Postgres, "debug_output").await;
+        let store = database.open().await;
+        let debug = format!("{store:?}");
+        assert!(!debug.contains(&password) && debug.contains("****"), "{debug}");
+        drop(store);
+        database.remove().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: clear errors, never a panic, never a password.
+
+#[tokio::test]
+async fn an_unknown_scheme_is_a_clear_error() {
+    for url in [
+        "mysql://root:hunter2-secret@db:3306/ota",
+        "redis://db",
+        "devices.db",
+        "",
+    ] {
+        let error = DeviceStore::open(url).await.expect_err("not a supported URL");
+        let message = error.to_string();
+        assert!(
+            matches!(error, StoreError::UnsupportedUrl { .. }),
+            "{url}: {error:?}"
+        );
+        assert!(message.contains("sqlite://PATH"), "{message}");
+        assert!(!message.contains("hunter2-secret"), "{message}");
+    }
+    let error = DeviceStore::open("mysql://root:hunter2-secret@db:3306/ota")
+        .await
+        .expect_err("mysql");
+    assert!(error.to_string().contains("unknown scheme 'mysql'"), "{error}");
+}
+
+#[tokio::test]
+async fn a_file_in_a_missing_folder_is_a_clear_error() {
+    let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(unique_name("missing"))
+        .join("nested");
+    let url = format!("sqlite://{}", folder.join("devices.db").display());
+    let error = DeviceStore::open(&url)
+        .await
+        .expect_err("the folder does not exist");
+    assert!(
+        matches!(&error, StoreError::MissingFolder { folder: missing, .. } if *missing == folder),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    assert!(!folder.exists(), "the store must not create folders");
+
+    // A folder where the file should be.
+    let folder_as_file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_name("folder"));
+    std::fs::create_dir_all(&folder_as_file).expect("a folder");
+    let error = DeviceStore::open(&format!("sqlite://{}", folder_as_file.display()))
+        .await
+        .expect_err("a folder is no database");
+    assert!(error.to_string().contains("is a folder"), "{error}");
+    let _ = std::fs::remove_dir_all(folder_as_file);
+}
+
+#[tokio::test]
+async fn a_postgres_error_never_prints_the_password() {
+    // Port 1 on the loopback refuses at once.
+    let cases = [
+        (
+            "postgres://ota:Sup3r-S3cret-Pw@127.0.0.1:1/ota",
+            "Sup3r-S3cret-Pw",
+        ),
+        (
+            "postgres://ota:p%40ss%3Aw0rd-xyz@127.0.0.1:1/ota?sslmode=disable",
+            "w0rd-xyz",
+        ),
+        (
+            "postgresql://ota@127.0.0.1:1/ota?password=Query-Secret-123",
+            "Query-Secret-123",
+        ),
+    ];
+    for (url, secret) in cases {
+        let error = DeviceStore::open(url)
+            .await
+            .expect_err("nothing listens on port 1");
+        let message = error.to_string();
+        assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+        assert!(!message.contains(secret), "the password leaked: {message}");
+        assert!(
+            !format!("{error:?}").contains(secret),
+            "the password leaked in Debug: {error:?}"
+        );
+        assert!(
+            message.contains("127.0.0.1:1") && message.contains("****"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! `ota server` against the real test API server: reflectors watch the four kinds, devices get
+//! answers over real HTTP, and a change to a Channel is served within a second.
+
+mod support;
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
+use ota_operator::{
+    api::{Bundle, Channel, constants::field_manager},
+    sync::{BundleSourceRef, SyncLimits, SyncRequest, sync_bundle},
+};
+use serde_json::{Value, json};
+use support::*;
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const ZIP_SHA: &str = "2b3898b01ccefd0a918bd8c28c44a02caed9ab0f58ec73c409750eb33aae920c";
+
+#[tokio::test]
+async fn the_server_follows_the_cluster_and_serves_changes_within_a_second() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("server");
+    for file in yaml_files("examples/standalone", None) {
+        for doc in yaml_documents(&file) {
+            apply_document(&client, &namespace, &doc).await.expect("the standalone example applies");
+        }
+    }
+    // What the controller's sync would do: put the bundle into the App's storage and say so in
+    // status.
+    let storage = tempfile::tempdir().unwrap();
+    let root = storage.path().join("storage");
+    std::fs::create_dir_all(&root).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+    let source = BundleSourceRef::File(repo_root().join("examples/standalone/bundles/shop-1.4.3.zip"));
+    let synced = sync_bundle(SyncRequest {
+        source: &source,
+        expected_sha256: ZIP_SHA,
+        store: &store,
+        prefix: &StorePath::from(""),
+        limits: &SyncLimits::default(),
+        http: &reqwest::Client::new(),
+    })
+    .await
+    .expect("the example bundle syncs");
+    let bundles: Api<Bundle> = Api::namespaced(client.clone(), &namespace);
+    let status = json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle",
+        "status": {
+            "conditions": [{"type": "Synced", "status": "True", "reason": "Reconciled", "message": "synced",
+                            "lastTransitionTime": "2026-11-27T00:00:00Z"}],
+            "checksum": synced.sha256, "zipSize": synced.zip_size, "fileCount": synced.file_count,
+            "storage": {"zipKey": synced.zip_key, "manifestKey": synced.manifest_key},
+        }
+    });
+    bundles
+        .patch_status("shop-1.4.3", &PatchParams::apply(field_manager::STATUS).force(), &Patch::Apply(&status))
+        .await
+        .expect("the status is accepted");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = ServerProcess(
+        Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(["server", "--namespace", &namespace, "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--database")
+            .arg(format!("sqlite://{}", storage.path().join("devices.db").display()))
+            .arg("--storage-root")
+            .arg(storage.path())
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("OTA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ota server starts"),
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "ota server was not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/plugin/updates-8.51.14-android.json")).unwrap(),
+    )
+    .unwrap();
+    let mut check = fixture["body"].clone();
+    check.as_object_mut().unwrap().remove("key_id");
+    let ask = || async { http.post(format!("{base}/updates")).json(&check).send().await.unwrap().json::<Value>().await.unwrap() };
+    // The snapshot can trail readiness by one event burst.
+    let mut answer = ask().await;
+    while answer["version"] != "1.4.3" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = ask().await;
+    }
+    assert_eq!(answer["version"], "1.4.3", "{answer}");
+    assert_eq!(answer["checksum"], ZIP_SHA);
+    assert!(answer["manifest"].as_array().is_some_and(|m| !m.is_empty()), "{answer}");
+    let zip = http.get(answer["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(zip.status(), 200);
+
+    // Point the channel at nothing: devices are sent back to builtin, within a second.
+    let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
+    let channel = json!({"apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
+                         "spec": {"appRef": "shop", "public": true}});
+    channels
+        .patch("production", &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&channel))
+        .await
+        .expect("the channel changes");
+    let changed = Instant::now();
+    loop {
+        let answer = ask().await;
+        if answer == json!({"version": "builtin"}) {
+            break;
+        }
+        assert!(changed.elapsed() < Duration::from_secs(5), "the change was never served: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(changed.elapsed() < Duration::from_secs(1), "served after {:?}", changed.elapsed());
+}
