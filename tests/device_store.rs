@@ -7,10 +7,10 @@
 //! (`tests/postgres/postgres.sh stop` stops it). These tests never pass by skipping: when the
 //! server cannot be started, they fail with the reason.
 
+mod support;
+
 use std::{
     path::PathBuf,
-    process::Command,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -26,67 +26,12 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// 2026-09-21T12:26:40Z, a fixed "now".
 const NOW_MS: i64 = 1_790_000_000_000;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A name no other test uses: `prefix` with the process id, the time and a counter.
 fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .subsec_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(30)
-        .collect();
-    format!("{prefix}_{}_{nanos:x}_{n}", std::process::id())
+    support::unique_name(prefix, '_')
 }
 
-/// The URL of the test PostgreSQL server (its database `ota_test`): `OTA_TEST_POSTGRES_URL`, or
-/// the server started here. Panics with the reason when it cannot be started.
 fn postgres_server_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("OTA_TEST_POSTGRES_URL")
-            && !url.is_empty()
-        {
-            return url;
-        }
-        let script = repo_root().join("tests/postgres/postgres.sh");
-        let output = Command::new(&script)
-            .arg("start")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "the test PostgreSQL server could not be started by {}:\n{}{}",
-            script.display(),
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("OTA_TEST_POSTGRES_URL="))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} printed no OTA_TEST_POSTGRES_URL line:\n{stdout}",
-                    script.display()
-                )
-            })
-            .to_owned()
-    })
+    support::postgres_url()
 }
 
 /// `url` naming the database `database` instead of its own (the query string is kept).

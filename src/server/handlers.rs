@@ -120,12 +120,18 @@ pub async fn stats(State(state): State<Arc<ServerState>>, body: Bytes) -> Respon
         }
     };
     let now = now_ms();
+    let served = state.served();
     let mut results = Vec::with_capacity(decoded.events.len());
     for (index, event) in decoded.events.iter().enumerate() {
         state.metrics.stats_events.inc();
         match event {
             Ok(event) => {
-                record_stat(&state, event, now);
+                // Stats are unauthenticated: only Apps served here get rows in the store, so
+                // arbitrary app ids cannot grow it. The answer is "ok" either way, as the plugin
+                // must not retry or drop its queue over it.
+                if served.snapshot.app(&event.event.app_id).is_some() {
+                    record_stat(&state, event, now);
+                }
                 results.push(json!({"status": "ok", "index": index}));
             }
             Err(error) => {

@@ -21,7 +21,7 @@ use kube::{
 use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
 use serde::de::DeserializeOwned;
 
-use super::{Served, ServerState, SourceHealth};
+use super::{LocalStorage, Served, ServerState, SourceHealth};
 use crate::{
     api::{App, Bundle, Channel, Rollout},
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
@@ -153,26 +153,11 @@ async fn build(
     let mut file_roots = HashMap::new();
     let mut manifest_map = HashMap::new();
     for app in &apps {
-        let Some(filesystem) = &app.spec.storage.filesystem else {
+        let Some(storage) = LocalStorage::of(app, &options.storage_root) else {
             continue;
         };
-        let root = options.storage_root.join(&filesystem.path);
-        let prefix = app
-            .spec
-            .storage
-            .prefix
-            .clone()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned();
-        file_roots.insert(
-            app.spec.app_id.clone(),
-            if prefix.is_empty() {
-                root.clone()
-            } else {
-                root.join(&prefix)
-            },
-        );
+        file_roots.insert(app.spec.app_id.clone(), storage.served_root());
+        let (root, prefix) = (storage.root, storage.prefix);
         for bundle in bundles.iter().filter(|b| {
             b.spec.app_ref == app.metadata.name.clone().unwrap_or_default()
                 && b.metadata.namespace == app.metadata.namespace

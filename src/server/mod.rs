@@ -37,6 +37,44 @@ pub struct Served {
     pub file_roots: HashMap<String, PathBuf>,
 }
 
+/// Filesystem storage of an App: the folder its storage path names, and the key prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalStorage {
+    /// The storage folder (`storage.filesystem.path` resolved against a base folder).
+    pub root: PathBuf,
+    /// `storage.prefix` without leading or trailing slashes.
+    pub prefix: String,
+}
+
+impl LocalStorage {
+    /// The filesystem storage of an App, with relative paths resolved against `base`; None when
+    /// the App uses another backend.
+    pub fn of(app: &crate::api::App, base: &std::path::Path) -> Option<Self> {
+        let filesystem = app.spec.storage.filesystem.as_ref()?;
+        let prefix = app
+            .spec
+            .storage
+            .prefix
+            .as_deref()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned();
+        Some(Self {
+            root: base.join(&filesystem.path),
+            prefix,
+        })
+    }
+
+    /// The folder that storage keys (relative to the prefix) are served from.
+    pub fn served_root(&self) -> PathBuf {
+        if self.prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(&self.prefix)
+        }
+    }
+}
+
 /// The state of the configuration source, for `/readyz` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceHealth {

@@ -22,7 +22,7 @@ use crate::{
         constants::{condition, reason},
     },
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
-    server::{self, Served, ServerState, SourceHealth},
+    server::{self, LocalStorage, Served, ServerState, SourceHealth},
     sync::{self, BundleSourceRef, SyncLimits, SyncRequest, SyncedBundle},
 };
 
@@ -186,26 +186,10 @@ impl Folder {
                 app.metadata.namespace.clone().unwrap_or_default(),
                 app.metadata.name.clone().unwrap_or_default(),
             );
-            match &app.spec.storage.filesystem {
-                Some(filesystem) => {
-                    let root = self.dir.join(&filesystem.path);
-                    let prefix = app
-                        .spec
-                        .storage
-                        .prefix
-                        .clone()
-                        .unwrap_or_default()
-                        .trim_matches('/')
-                        .to_owned();
-                    file_roots.insert(
-                        app.spec.app_id.clone(),
-                        if prefix.is_empty() {
-                            root.clone()
-                        } else {
-                            root.join(&prefix)
-                        },
-                    );
-                    storage_of.insert(key, (root, prefix));
+            match LocalStorage::of(app, &self.dir) {
+                Some(storage) => {
+                    file_roots.insert(app.spec.app_id.clone(), storage.served_root());
+                    storage_of.insert(key, (storage.root, storage.prefix));
                 }
                 None => problems.push(format!(
                     "App {}: standalone mode serves filesystem storage only",

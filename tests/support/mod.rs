@@ -25,40 +25,47 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The kubeconfig of the test API server: `OTA_TEST_KUBECONFIG` when the test runner
-/// (tests/run.sh) started it, otherwise the server is started here (and left running for the
-/// next test binary; `tests/apiserver/apiserver.sh stop` stops it). Panics, with the reason, when
-/// the server cannot be built or started: these tests never pass by skipping.
+/// The value of `key`: from the environment when the test runner (tests/run.sh) started the
+/// server, otherwise from the `KEY=VALUE` lines `script start` prints (the server is then left
+/// running for the next test binary; `script stop` stops it). Panics, with the reason, when the
+/// server cannot be built or started: these tests never pass by skipping.
+fn started_by(script: &str, key: &str) -> String {
+    if let Ok(value) = std::env::var(key)
+        && !value.is_empty()
+    {
+        return value;
+    }
+    let script = repo_root().join(script);
+    let output = Command::new(&script)
+        .arg("start")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the test server could not be started by {}:\n{}{}",
+        script.display(),
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let prefix = format!("{key}=");
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{} printed no {key} line:\n{stdout}", script.display()))
+        .to_owned()
+}
+
+/// The kubeconfig of the test API server (tests/apiserver/apiserver.sh).
 pub fn kubeconfig_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os("OTA_TEST_KUBECONFIG") {
-            return PathBuf::from(path);
-        }
-        let script = repo_root().join("tests/apiserver/apiserver.sh");
-        let output = Command::new(&script)
-            .arg("start")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "the test API server could not be started by {}:\n{}{}",
-            script.display(),
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("OTA_TEST_KUBECONFIG="))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} printed no OTA_TEST_KUBECONFIG line:\n{stdout}",
-                    script.display()
-                )
-            });
-        PathBuf::from(path)
-    })
+    PATH.get_or_init(|| PathBuf::from(started_by("tests/apiserver/apiserver.sh", "OTA_TEST_KUBECONFIG")))
+}
+
+/// The URL of the test PostgreSQL server's database `ota_test` (tests/postgres/postgres.sh).
+pub fn postgres_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| started_by("tests/postgres/postgres.sh", "OTA_TEST_POSTGRES_URL"))
 }
 
 /// A new client for the test API server (one per test: a client belongs to its runtime).
@@ -127,6 +134,12 @@ pub async fn client_with_crds() -> Client {
 /// A namespace name no other test uses. The test API server serves no Namespace kind and
 /// accepts any valid name, so a fresh name is a fresh namespace.
 pub fn unique_namespace(prefix: &str) -> String {
+    unique_name(prefix, '-')
+}
+
+/// A name no other test uses: `prefix` with the process id, the time and a counter, joined by
+/// `separator` (`-` for Kubernetes names, `_` for database names).
+pub fn unique_name(prefix: &str, separator: char) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
@@ -140,17 +153,15 @@ pub fn unique_namespace(prefix: &str) -> String {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
             } else {
-                '-'
+                separator
             }
         })
-        .take(40)
+        .take(30)
         .collect();
+    let prefix = prefix.trim_matches(separator);
     format!(
-        "{}-{}-{:x}{:x}",
-        prefix.trim_matches('-'),
-        std::process::id(),
-        nanos,
-        n
+        "{prefix}{separator}{}{separator}{nanos:x}{separator}{n}",
+        std::process::id()
     )
 }
 
