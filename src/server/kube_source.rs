@@ -27,6 +27,11 @@ use crate::{
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
 };
 
+/// How long the watch must be quiet before a rebuild.
+const QUIET: Duration = Duration::from_millis(50);
+/// The longest a change waits for a rebuild while events keep coming.
+const MAX_DELAY: Duration = Duration::from_millis(300);
+
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct KubeSourceOptions {
@@ -87,19 +92,19 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
     let (rollouts, rollout_events) = watch::<Rollout>(&client, namespace);
     let mut events = futures::stream::select_all([app_events, channel_events, bundle_events, rollout_events]);
     let mut manifests = ManifestCache::default();
-    let mut dirty = true;
+    // When the first unserved change arrived; a steady trickle of events must not postpone the
+    // rebuild forever.
+    let mut dirty_since = Some(std::time::Instant::now());
     loop {
         // Coalesce a burst of events (an apply of many objects) into one rebuild.
-        let next = if dirty {
-            tokio::time::timeout(Duration::from_millis(50), events.next())
-                .await
-                .ok()
-        } else {
-            Some(events.next().await)
+        let next = match dirty_since {
+            Some(since) if since.elapsed() >= MAX_DELAY => None,
+            Some(_) => tokio::time::timeout(QUIET, events.next()).await.ok(),
+            None => Some(events.next().await),
         };
         match next {
             Some(Some(Ok(()))) => {
-                dirty = true;
+                dirty_since.get_or_insert_with(std::time::Instant::now);
                 continue;
             }
             Some(Some(Err(reason))) => {
@@ -110,13 +115,18 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
                 continue;
             }
             Some(None) => return, // the streams ended: the process is stopping
-            None => {}            // quiet for 50 ms: rebuild now
+            None => {}            // quiet, or waited long enough: rebuild now
         }
         let all_ready = apps.is_ready() && channels.is_ready() && bundles.is_ready() && rollouts.is_ready();
-        if !dirty || !all_ready {
+        if !all_ready {
+            // Not every kind is listed yet: wait for more events (at most QUIET at a time).
+            dirty_since = Some(std::time::Instant::now());
             continue;
         }
-        dirty = false;
+        if dirty_since.is_none() {
+            continue;
+        }
+        dirty_since = None;
         let served = build(&options, &apps, &channels, &bundles, &rollouts, &mut manifests).await;
         state.publish(served);
     }
