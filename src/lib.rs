@@ -12,6 +12,7 @@ pub mod crdgen;
 pub mod protocol;
 pub mod server;
 pub mod standalone;
+pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

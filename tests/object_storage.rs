@@ -1,0 +1,929 @@
+//! Object storage (`ota_operator::storage`) against a real S3-compatible server: `rclone serve
+//! s3` on 127.0.0.1 (tests/s3/s3.sh), which checks SigV4 signatures in headers and in presigned
+//! URLs. The test starts it through the script unless `OTA_TEST_S3_ENDPOINT` (and the other
+//! `OTA_TEST_S3_*` variables) are set; it never skips, and fails with the reason when the server
+//! cannot be started.
+//!
+//! Covered for real: opening S3 storage from a `StorageSpec` (path-style, custom http endpoint,
+//! keys from `Credentials::from_map`), the crate's bundle sync into it, refusal of a wrong secret
+//! key by the server (without the secret in any error), presigned URLs downloaded with a plain
+//! HTTP GET (and tampered or expired ones refused), public base URLs, and the filesystem
+//! backend end to end.
+//!
+//! Google Cloud Storage and Azure Blob Storage: no real server of either runs on these machines
+//! (there is no GCS or Azurite emulator to install), so for them only construction, the
+//! credential errors and the local part of presigning (the signature itself, which needs no
+//! server with a service-account or account key) are tested.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{Read, Write},
+    path::{Path as FsPath, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use object_store::{ObjectStoreExt, path::Path};
+use ota_operator::{
+    api::{
+        app::{AzureStorage, FilesystemStorage, GcsStorage, Platform, S3Storage, StorageSpec},
+        common::SecretReference,
+    },
+    core::snapshot::{AppView, BundleView, ManifestFile},
+    protocol::encode::BundleUrls,
+    server::LocalStorage,
+    storage::{
+        self, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY, Backend, Credentials,
+        GOOGLE_SERVICE_ACCOUNT_KEY, OpenedStorage, StorageError, StorageUrls, UrlMode,
+    },
+    sync::{self, BundleSourceRef, SyncError, SyncLimits, SyncRequest, SyncedBundle},
+};
+use sha2::{Digest, Sha256};
+use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
+
+// ---------------------------------------------------------------------------------------------
+// The S3 server
+// ---------------------------------------------------------------------------------------------
+
+const APP_ID: &str = "com.example.shop";
+
+/// Connection settings of the test S3 server.
+struct S3Server {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    bucket: String,
+}
+
+const S3_KEYS: [&str; 4] = [
+    "OTA_TEST_S3_ENDPOINT",
+    "OTA_TEST_S3_ACCESS_KEY",
+    "OTA_TEST_S3_SECRET_KEY",
+    "OTA_TEST_S3_BUCKET",
+];
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The values of `keys`: from the environment when the test runner started the server (all of
+/// them must then be set), otherwise from the `KEY=VALUE` lines `script start` prints (the
+/// server is then left running for the next test binary; `script stop` stops it). Panics, with
+/// the reason, when the server cannot be started: these tests never pass by skipping. (The
+/// pattern of `started_by` in tests/support/mod.rs, for several keys.)
+fn started_by(script: &str, keys: &[&str]) -> HashMap<String, String> {
+    let from_env: HashMap<String, String> = keys
+        .iter()
+        .filter_map(|key| {
+            std::env::var(key)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| ((*key).to_owned(), v))
+        })
+        .collect();
+    if from_env.contains_key(keys[0]) {
+        for key in keys {
+            assert!(
+                from_env.contains_key(*key),
+                "{} is set but {key} is not: set all of {keys:?} or none",
+                keys[0]
+            );
+        }
+        return from_env;
+    }
+    let script = repo_root().join(script);
+    let output = Command::new(&script)
+        .arg("start")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the test server could not be started by {}:\n{}{}",
+        script.display(),
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    keys.iter()
+        .map(|key| {
+            let prefix = format!("{key}=");
+            let value = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{} printed no {key} line:\n{stdout}", script.display()));
+            ((*key).to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn s3_server() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let mut env = started_by("tests/s3/s3.sh", &S3_KEYS);
+        let mut take = |key: &str| env.remove(key).expect("checked by started_by");
+        S3Server {
+            endpoint: take("OTA_TEST_S3_ENDPOINT"),
+            access_key: take("OTA_TEST_S3_ACCESS_KEY"),
+            secret_key: take("OTA_TEST_S3_SECRET_KEY"),
+            bucket: take("OTA_TEST_S3_BUCKET"),
+        }
+    })
+}
+
+/// A key prefix no other test uses, so tests share the bucket safely.
+fn unique_prefix(test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("apps/{test}-{}-{nanos}-{n}/", std::process::id())
+}
+
+fn base_spec() -> StorageSpec {
+    StorageSpec {
+        filesystem: None,
+        s3: None,
+        gcs: None,
+        azure: None,
+        prefix: None,
+        public_base_url: None,
+        presigned_url_ttl: "1h".to_owned(),
+    }
+}
+
+/// S3 storage on the test server, path-style, keys in a Secret.
+fn s3_spec(prefix: &str) -> StorageSpec {
+    let server = s3_server();
+    StorageSpec {
+        s3: Some(S3Storage {
+            bucket: server.bucket.clone(),
+            region: "us-east-1".to_owned(),
+            endpoint: Some(server.endpoint.clone()),
+            force_path_style: true,
+            credentials_secret_ref: Some(SecretReference {
+                name: "bundle-storage".to_owned(),
+            }),
+        }),
+        prefix: Some(prefix.to_owned()),
+        ..base_spec()
+    }
+}
+
+fn credentials(access_key: &str, secret_key: &str) -> Credentials {
+    Credentials::from_map(BTreeMap::from([
+        (AWS_ACCESS_KEY_ID.to_owned(), access_key.to_owned()),
+        (AWS_SECRET_ACCESS_KEY.to_owned(), secret_key.to_owned()),
+    ]))
+}
+
+fn good_credentials() -> Credentials {
+    let server = s3_server();
+    credentials(&server.access_key, &server.secret_key)
+}
+
+fn open_s3(prefix: &str, credentials: &Credentials) -> OpenedStorage {
+    storage::open(&s3_spec(prefix), FsPath::new("/nonexistent"), credentials)
+        .unwrap_or_else(|e| panic!("cannot open the test S3 storage: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bundles
+// ---------------------------------------------------------------------------------------------
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Incompressible bytes (xorshift), deterministic per seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Compressible text that looks like a JS bundle (big enough to be stored Brotli-compressed).
+fn javascript(len: usize) -> Vec<u8> {
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < len {
+        text.push_str(&format!("export function f{i}(a, b) {{ return a * {i} + b; }}\n"));
+        i += 1;
+    }
+    text.truncate(len);
+    text.into_bytes()
+}
+
+/// A bundle zip in a temporary folder: index.html at the root, a big JS file, a binary asset.
+struct TestBundle {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: String,
+    /// File name in the zip → content.
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+fn test_bundle(seed: u64) -> TestBundle {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("bundle.zip");
+    let files = BTreeMap::from([
+        (
+            "index.html".to_owned(),
+            format!("<!doctype html><script src=\"assets/app.js\"></script><!-- {seed} -->").into_bytes(),
+        ),
+        ("assets/app.js".to_owned(), javascript(64 * 1024)),
+        ("assets/logo.bin".to_owned(), noise(20 * 1024, seed)),
+    ]);
+    let mut zip = ZipWriter::new(File::create(&path).expect("a zip file"));
+    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    for (name, content) in &files {
+        zip.start_file(name.as_str(), options).expect("a zip entry");
+        zip.write_all(content).expect("zip bytes");
+    }
+    zip.finish().expect("a finished zip");
+    let bytes = std::fs::read(&path).expect("the zip");
+    TestBundle {
+        sha256: sha256(&bytes),
+        _dir: dir,
+        path,
+        bytes,
+        files,
+    }
+}
+
+async fn sync_into(storage: &OpenedStorage, bundle: &TestBundle) -> Result<SyncedBundle, SyncError> {
+    sync::sync_bundle(SyncRequest {
+        source: &BundleSourceRef::File(bundle.path.clone()),
+        expected_sha256: &bundle.sha256,
+        store: &storage.store,
+        prefix: &storage.prefix,
+        limits: &SyncLimits::default(),
+        http: &reqwest::Client::new(),
+    })
+    .await
+}
+
+fn app_view() -> AppView {
+    AppView {
+        namespace: "shop-ns".to_owned(),
+        name: "shop".to_owned(),
+        app_id: APP_ID.to_owned(),
+        platforms: vec![Platform::Ios, Platform::Android],
+        default_channel: None,
+        expose_metadata: false,
+        key_id: None,
+        channels: BTreeMap::new(),
+        device_overrides: HashMap::new(),
+    }
+}
+
+fn bundle_view(synced: &SyncedBundle) -> BundleView {
+    BundleView {
+        name: "shop-1.0.0".to_owned(),
+        version: "1.0.0".to_owned(),
+        semver: semver::Version::new(1, 0, 0),
+        sha256: synced.sha256.clone(),
+        zip_key: synced.zip_key.clone(),
+        manifest: Some(synced.manifest.clone().into()),
+        encryption: None,
+        min_native_version: None,
+        link: None,
+        comment: None,
+    }
+}
+
+fn brotli_decompress(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::Decompressor::new(bytes, 4096)
+        .read_to_end(&mut out)
+        .expect("valid Brotli");
+    out
+}
+
+/// The content a manifest entry's bytes decode to.
+fn decoded(file: &ManifestFile, bytes: &[u8]) -> Vec<u8> {
+    if file.file_name.ends_with(".br") {
+        brotli_decompress(bytes)
+    } else {
+        bytes.to_vec()
+    }
+}
+
+async fn get(url: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("a response body").to_vec();
+    (status, body)
+}
+
+fn init() {
+    ota_operator::telemetry::install_crypto_provider();
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3, for real
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_s3() {
+    init();
+    let prefix = unique_prefix("sync");
+    let storage = open_s3(&prefix, &good_credentials());
+    assert_eq!(storage.backend, Backend::S3);
+    assert_eq!(storage.prefix.as_ref(), prefix.trim_end_matches('/'));
+    storage.check().await.expect("the server accepts the keys");
+
+    let bundle = test_bundle(1);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+    assert_eq!(synced.sha256, bundle.sha256);
+    assert_eq!(synced.file_count, 3);
+    assert_eq!(synced.uploaded_files, 3);
+
+    // Every object, read back through the S3 API.
+    let read = |key: String| {
+        let store = storage.store.clone();
+        let path = sync::object_path(&storage.prefix, &key).expect("a clean key");
+        async move {
+            store
+                .get(&path)
+                .await
+                .unwrap_or_else(|e| panic!("{path} is not in the bucket: {e}"))
+                .bytes()
+                .await
+                .expect("the object's bytes")
+                .to_vec()
+        }
+    };
+    assert_eq!(read(format!("zips/{}.zip", bundle.sha256)).await, bundle.bytes);
+    for file in &synced.manifest {
+        let name = file.file_name.trim_end_matches(".br");
+        let content = decoded(file, &read(file.key.clone()).await);
+        assert_eq!(content, bundle.files[name], "{}", file.file_name);
+        assert_eq!(file.file_hash, sha256(&content));
+    }
+    assert!(
+        synced.manifest.iter().any(|f| f.file_name == "assets/app.js.br"),
+        "the big JS file is stored compressed: {:?}",
+        synced.manifest
+    );
+    let manifest = sync::read_manifest(&storage.store, &storage.prefix, &synced.manifest_key)
+        .await
+        .expect("the manifest reads back");
+    assert_eq!(manifest, synced.manifest);
+
+    // Exactly the layout of the sync module, under the prefix.
+    let mut listed: Vec<String> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(storage.store.list(Some(&storage.prefix)))
+            .await
+            .expect("a listing")
+            .into_iter()
+            .map(|meta| meta.location.to_string())
+            .collect();
+    listed.sort();
+    let mut expected: Vec<String> = synced
+        .manifest
+        .iter()
+        .map(|f| format!("{}/{}", storage.prefix, f.key))
+        .chain([
+            format!("{}/{}", storage.prefix, synced.zip_key),
+            format!("{}/{}", storage.prefix, synced.manifest_key),
+        ])
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // A second sync finds everything already there (HEAD requests) and uploads nothing.
+    let again = sync_into(&storage, &bundle)
+        .await
+        .expect("the second sync succeeds");
+    assert_eq!((again.uploaded_files, again.reused_files), (0, 3));
+    assert_eq!(again.manifest, synced.manifest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_key_is_refused_by_the_server_and_never_shown() {
+    init();
+    let server = s3_server();
+    let prefix = unique_prefix("wrong-key");
+    let wrong_secret = "WrongSecretKey0123456789abcdefWRONG";
+    let storage = open_s3(&prefix, &credentials(&server.access_key, wrong_secret));
+    let shown = |text: &str| {
+        assert!(!text.contains(wrong_secret), "the wrong secret leaked: {text}");
+        assert!(
+            !text.contains(&server.secret_key),
+            "the real secret leaked: {text}"
+        );
+    };
+    shown(&format!("{storage:?} {:?}", storage.store));
+
+    let error = storage
+        .check()
+        .await
+        .expect_err("the server must refuse a wrong secret");
+    let text = error.to_string();
+    assert!(error.is_refusal(), "not a refusal: {text}");
+    assert!(
+        text.starts_with("s3 storage refused the request (list):"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SignatureDoesNotMatch"),
+        "the server's reason is missing: {text}"
+    );
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    let bundle = test_bundle(2);
+    let error = sync_into(&storage, &bundle)
+        .await
+        .expect_err("the sync must fail");
+    let text = error.to_string();
+    assert!(matches!(error, SyncError::Storage { .. }), "{text}");
+    assert!(!error.is_terminal(), "a storage refusal can be retried: {text}");
+    // The sync's first request is a HEAD: the refusal has a status and no body.
+    assert!(text.contains("403 Forbidden"), "{text}");
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    // An unknown access key is refused too.
+    let storage = open_s3(&prefix, &credentials("AKUNKNOWN0000000000", &server.secret_key));
+    let error = storage
+        .check()
+        .await
+        .expect_err("an unknown access key is refused");
+    assert!(error.is_refusal(), "{error}");
+    shown(&error.to_string());
+
+    // Nothing was written with the wrong keys.
+    let good = open_s3(&prefix, &good_credentials());
+    let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(good.store.list(Some(&good.prefix)))
+        .await
+        .expect("a listing");
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presigned_urls_download_the_exact_bytes_and_tampering_is_refused() {
+    init();
+    let server = s3_server();
+    let prefix = unique_prefix("presign");
+    let spec = s3_spec(&prefix);
+    let storage = open_s3(&prefix, &good_credentials());
+    let bundle = test_bundle(3);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Presigned);
+    assert_eq!(urls.presigned_url_ttl(), Some(Duration::from_secs(3600)));
+    let app = app_view();
+    let view = bundle_view(&synced);
+
+    let started = Instant::now();
+    let zip_url = urls.zip_url(&app, &view);
+    let first_sign = started.elapsed();
+    let expected_start = format!(
+        "{}/{}/{}zips/{}.zip?",
+        server.endpoint, server.bucket, prefix, bundle.sha256
+    );
+    assert!(zip_url.starts_with(&expected_start), "{zip_url}");
+    for part in [
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+        "X-Amz-Expires=3600",
+        "X-Amz-Signature=",
+    ] {
+        assert!(zip_url.contains(part), "{part} missing in {zip_url}");
+    }
+    assert!(!zip_url.contains(&server.secret_key), "{zip_url}");
+    // Cached: the same URL again, without signing.
+    let started = Instant::now();
+    assert_eq!(urls.zip_url(&app, &view), zip_url);
+    let cached = started.elapsed();
+    eprintln!("presigning: first {first_sign:?}, cached {cached:?}");
+    assert_eq!(urls.cached(), 1);
+
+    // A plain GET, no credentials: the exact bytes.
+    let (status, body) = get(&zip_url).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sha256(&body), bundle.sha256);
+    assert_eq!(body, bundle.bytes);
+
+    // Every manifest file through its presigned URL.
+    for file in &synced.manifest {
+        let url = urls.file_url(&app, file);
+        let (status, body) = get(&url).await;
+        assert_eq!(
+            status,
+            200,
+            "{}: {}",
+            file.file_name,
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            sha256(&decoded(file, &body)),
+            file.file_hash,
+            "{}",
+            file.file_name
+        );
+    }
+
+    // A tampered signature, another key under the same signature, and no signature: refused.
+    let mut tampered = zip_url.clone();
+    let last = tampered.pop().expect("a non-empty signature");
+    tampered.push(if last == '0' { '1' } else { '0' });
+    let (status, body) = get(&tampered).await;
+    assert_eq!(
+        status,
+        403,
+        "a tampered signature was accepted: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("SignatureDoesNotMatch"));
+    let manifest_file = &synced.manifest[0];
+    let other_key = zip_url.replacen(&format!("zips/{}.zip", bundle.sha256), &manifest_file.key, 1);
+    assert_ne!(other_key, zip_url);
+    let (status, _) = get(&other_key).await;
+    assert_eq!(status, 403, "a signature was accepted for another key");
+    let unsigned = &zip_url[..zip_url.find('?').expect("a query")];
+    let (status, _) = get(unsigned).await;
+    assert!(matches!(status, 400 | 403), "an unsigned GET answered {status}");
+
+    // The async path (for a redirecting /files route) gives the cached URL.
+    assert_eq!(urls.presigned_url(&view.zip_key).await.expect("a URL"), zip_url);
+
+    // An expired URL is refused: a 1 s TTL, used after 2 s.
+    let short = StorageUrls::new(
+        &StorageSpec {
+            presigned_url_ttl: "1s".to_owned(),
+            ..spec.clone()
+        },
+        &storage,
+        "http://update-server.invalid",
+    )
+    .expect("URLs");
+    let short_url = short.zip_url(&app, &view);
+    assert!(short_url.contains("X-Amz-Expires=1&"), "{short_url}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = get(&short_url).await;
+    // rclone answers 400 AccessDenied for an expired URL (Amazon S3 answers 403 AccessDenied).
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        matches!(status, 400 | 403) && body.contains("AccessDenied"),
+        "an expired URL was not refused: {status} {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_presigns_ahead_so_the_hot_path_only_reads_the_cache() {
+    init();
+    let prefix = unique_prefix("prepare");
+    let spec = s3_spec(&prefix);
+    let storage = open_s3(&prefix, &good_credentials());
+    let bundle = test_bundle(4);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    let keys: Vec<&str> = std::iter::once(synced.zip_key.as_str())
+        .chain(synced.manifest.iter().map(|f| f.key.as_str()))
+        .collect();
+    assert_eq!(urls.prepare(keys.iter().copied()).await.expect("signed"), 4);
+    assert_eq!(urls.cached(), 4);
+    assert_eq!(urls.prepare(keys.iter().copied()).await.expect("signed"), 0);
+    let app = app_view();
+    let view = bundle_view(&synced);
+    let started = Instant::now();
+    let rounds = 10_000u32;
+    for _ in 0..rounds {
+        let url = urls.zip_url(&app, &view);
+        assert!(url.contains("X-Amz-Signature="));
+    }
+    eprintln!(
+        "cached presigned zip URL: {:?} per call",
+        started.elapsed() / rounds
+    );
+    let (status, body) = get(&urls.zip_url(&app, &view)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, bundle.bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_base_url_gives_cdn_urls() {
+    init();
+    let prefix = unique_prefix("public");
+    let spec = StorageSpec {
+        public_base_url: Some("https://cdn.example.com/ota/".to_owned()),
+        ..s3_spec(&prefix)
+    };
+    let storage = storage::open(&spec, FsPath::new("/"), &good_credentials()).expect("open");
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::PublicBaseUrl);
+    let bundle = test_bundle(5);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+    let app = app_view();
+    assert_eq!(
+        urls.zip_url(&app, &bundle_view(&synced)),
+        format!("https://cdn.example.com/ota/{prefix}zips/{}.zip", bundle.sha256)
+    );
+    let file = &synced.manifest[0];
+    assert_eq!(
+        urls.file_url(&app, file),
+        format!("https://cdn.example.com/ota/{prefix}{}", file.key)
+    );
+    // The CDN URL names the very object the sync stored.
+    let key = urls
+        .file_url(&app, file)
+        .strip_prefix("https://cdn.example.com/ota/")
+        .expect("the base")
+        .to_owned();
+    let stored = storage.store.head(&Path::from(key.as_str())).await;
+    assert!(stored.is_ok(), "{key}: {stored:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filesystem
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_filesystem_backend_round_trips_and_is_served_by_the_server() {
+    init();
+    let base = tempfile::tempdir().expect("a temporary folder");
+    let spec = StorageSpec {
+        filesystem: Some(FilesystemStorage {
+            path: "bundles".to_owned(),
+            persistent_volume_claim: None,
+        }),
+        prefix: Some("/apps/com.example.shop/".to_owned()),
+        ..base_spec()
+    };
+    let storage = storage::open(&spec, base.path(), &Credentials::none()).expect("open");
+    assert_eq!(storage.backend, Backend::Filesystem);
+    assert!(storage.signer.is_none());
+    assert!(base.path().join("bundles").is_dir(), "the folder is created");
+    storage.check().await.expect("an empty folder is fine");
+
+    let bundle = test_bundle(6);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+    // The objects are files where the update server's /files route looks for them.
+    let local = LocalStorage {
+        root: base.path().join("bundles"),
+        prefix: "apps/com.example.shop".to_owned(),
+    };
+    let zip_file = local.served_root().join(&synced.zip_key);
+    assert_eq!(std::fs::read(&zip_file).expect("the zip file"), bundle.bytes);
+    for file in &synced.manifest {
+        let bytes = std::fs::read(local.served_root().join(&file.key)).expect("a file");
+        assert_eq!(sha256(&decoded(file, &bytes)), file.file_hash);
+    }
+
+    let urls = StorageUrls::new(&spec, &storage, "https://updates.example.com/").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Server);
+    let app = app_view();
+    assert_eq!(
+        urls.zip_url(&app, &bundle_view(&synced)),
+        format!(
+            "https://updates.example.com/files/{APP_ID}/zips/{}.zip",
+            bundle.sha256
+        )
+    );
+    assert!(matches!(
+        urls.presigned_url(&synced.zip_key).await,
+        Err(StorageError::NotPresigned)
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// GCS and Azure: construction only (no real server of either runs here)
+// ---------------------------------------------------------------------------------------------
+
+fn gcs_spec(secret: Option<&str>) -> StorageSpec {
+    StorageSpec {
+        gcs: Some(GcsStorage {
+            bucket: "ota-bundles".to_owned(),
+            credentials_secret_ref: secret.map(|name| SecretReference {
+                name: name.to_owned(),
+            }),
+        }),
+        prefix: Some("apps/shop".to_owned()),
+        ..base_spec()
+    }
+}
+
+fn azure_spec(secret: Option<&str>, endpoint: Option<&str>) -> StorageSpec {
+    StorageSpec {
+        azure: Some(AzureStorage {
+            account: "otabundles".to_owned(),
+            container: "bundles".to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            credentials_secret_ref: secret.map(|name| SecretReference {
+                name: name.to_owned(),
+            }),
+        }),
+        prefix: Some("apps/shop".to_owned()),
+        ..base_spec()
+    }
+}
+
+fn one(key: &str, value: &str) -> Credentials {
+    Credentials::from_map(BTreeMap::from([(key.to_owned(), value.to_owned())]))
+}
+
+/// A fresh RSA key (PKCS#8 PEM) from the openssl command line.
+fn rsa_private_key_pem() -> String {
+    let output = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed to make a test service-account key: {e}"));
+    assert!(
+        output.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("a PEM key")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_construction_and_credential_errors() {
+    init();
+    let error = storage::open(&gcs_spec(Some("gcs-key")), FsPath::new("/"), &Credentials::none())
+        .expect_err("a named Secret without the key is an error");
+    assert_eq!(
+        error.to_string(),
+        "gcs storage: the credentials Secret gcs-key lack GOOGLE_SERVICE_ACCOUNT_KEY; set it there"
+    );
+
+    let not_json = "this-is-not-json-but-a-secret-value-1234";
+    let error = storage::open(
+        &gcs_spec(Some("gcs-key")),
+        FsPath::new("/"),
+        &one(GOOGLE_SERVICE_ACCOUNT_KEY, not_json),
+    )
+    .expect_err("a key that is not JSON");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "gcs storage: GOOGLE_SERVICE_ACCOUNT_KEY is invalid: not a JSON service-account key"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("secret-value"), "{text}");
+
+    let no_private_key = r#"{"type": "service_account", "client_email": "x@y.iam.gserviceaccount.com", "private_key_id": "topsecretid"}"#;
+    let error = storage::open(
+        &gcs_spec(Some("gcs-key")),
+        FsPath::new("/"),
+        &one(GOOGLE_SERVICE_ACCOUNT_KEY, no_private_key),
+    )
+    .expect_err("a key without private_key");
+    assert!(
+        error.to_string().contains("needs a string field private_key"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("topsecretid"), "{error}");
+
+    let bad_pem = r#"{"client_email": "x@y.iam.gserviceaccount.com", "private_key": "-----BEGIN PRIVATE KEY-----\nTm90QUtleVRoaXNJc1NlY3JldEJ5dGVz\n-----END PRIVATE KEY-----\n", "private_key_id": "k1"}"#;
+    let error = storage::open(
+        &gcs_spec(Some("gcs-key")),
+        FsPath::new("/"),
+        &one(GOOGLE_SERVICE_ACCOUNT_KEY, bad_pem),
+    )
+    .expect_err("a key that is not an RSA key");
+    let text = format!("{error} {error:?}");
+    assert!(
+        matches!(
+            error,
+            StorageError::Config {
+                backend: Backend::Gcs,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("Tm90QUtleVRoaXNJc1NlY3JldEJ5dGVz"), "{text}");
+
+    // A well-formed key: the store opens, and URLs are signed locally (RSA), without a server.
+    let pem = rsa_private_key_pem();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "client_email": "ota@example-project.iam.gserviceaccount.com",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+    })
+    .to_string();
+    let spec = gcs_spec(Some("gcs-key"));
+    let storage =
+        storage::open(&spec, FsPath::new("/"), &one(GOOGLE_SERVICE_ACCOUNT_KEY, &key)).expect("open");
+    assert_eq!(storage.backend, Backend::Gcs);
+    let pem_body = pem.lines().nth(1).expect("a PEM body line");
+    let debug = format!("{storage:?} {:?}", storage.store);
+    assert!(!debug.contains(pem_body), "{debug}");
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    let url = urls.url(APP_ID, "zips/abc.zip");
+    assert!(
+        url.starts_with("https://storage.googleapis.com/ota-bundles/apps/shop/zips/abc.zip?"),
+        "{url}"
+    );
+    assert!(url.contains("X-Goog-Signature="), "{url}");
+
+    // No Secret and no key: workload identity (the metadata server), so opening works and the
+    // first URL, which would need the metadata server, falls back to the server's URL at once.
+    let spec = gcs_spec(None);
+    let storage = storage::open(&spec, FsPath::new("/"), &Credentials::none()).expect("open");
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    let started = Instant::now();
+    let url = urls.url(APP_ID, "zips/abc.zip");
+    assert!(started.elapsed() < Duration::from_secs(1), "the hot path waited");
+    assert_eq!(
+        url,
+        format!("http://update-server.invalid/files/{APP_ID}/zips/abc.zip")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_construction_and_credential_errors() {
+    init();
+    let error = storage::open(
+        &azure_spec(Some("az-key"), None),
+        FsPath::new("/"),
+        &Credentials::none(),
+    )
+    .expect_err("a named Secret without the key is an error");
+    assert_eq!(
+        error.to_string(),
+        "azure storage: the credentials Secret az-key lack AZURE_STORAGE_ACCOUNT_KEY; set it there"
+    );
+
+    let bad = "not base64 but a secret!";
+    let error = storage::open(
+        &azure_spec(Some("az-key"), None),
+        FsPath::new("/"),
+        &one(AZURE_STORAGE_ACCOUNT_KEY, bad),
+    )
+    .expect_err("a key that is not base64");
+    assert!(
+        error.to_string().contains("AZURE_STORAGE_ACCOUNT_KEY is invalid"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("a secret"), "{error}");
+
+    let error = storage::open(
+        &azure_spec(Some("az-key"), Some("ftp://azurite")),
+        FsPath::new("/"),
+        &one(AZURE_STORAGE_ACCOUNT_KEY, "c2VjcmV0"),
+    )
+    .expect_err("a bad endpoint");
+    assert!(error.to_string().contains("must be an http(s) URL"), "{error}");
+
+    // A well-formed key: the store opens, and SAS URLs are signed locally (HMAC).
+    let key_bytes = noise(64, 7);
+    let key = {
+        // Standard base64, written out to need no extra crate.
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in key_bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    };
+    for (endpoint, expected) in [
+        (
+            None,
+            "https://otabundles.blob.core.windows.net/bundles/apps/shop/zips/abc.zip?",
+        ),
+        (
+            Some("http://127.0.0.1:10000/otabundles"),
+            "http://127.0.0.1:10000/otabundles/bundles/apps/shop/zips/abc.zip?",
+        ),
+    ] {
+        let spec = azure_spec(Some("az-key"), endpoint);
+        let storage =
+            storage::open(&spec, FsPath::new("/"), &one(AZURE_STORAGE_ACCOUNT_KEY, &key)).expect("open");
+        assert_eq!(storage.backend, Backend::Azure);
+        let debug = format!("{storage:?} {:?}", storage.store);
+        assert!(!debug.contains(&key), "{debug}");
+        let decoded_list = format!("{:?}", &key_bytes[..8]).trim_end_matches(']').to_owned();
+        assert!(!debug.contains(&decoded_list), "the decoded key leaked: {debug}");
+        let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+        let url = urls.url(APP_ID, "zips/abc.zip");
+        assert!(url.starts_with(expected), "{url}");
+        assert!(url.contains("sig="), "{url}");
+    }
+}
