@@ -58,6 +58,10 @@ pub(super) struct Scan {
 pub(super) struct Extract {
     /// Index of an entry holding it.
     pub index: usize,
+    /// That entry's path in the bundle.
+    pub path: String,
+    /// Whether it must be stored compressed (see `objects::needs_brotli`).
+    pub brotli_required: bool,
     /// Its SHA-256.
     pub hash: String,
     /// Its size.
@@ -152,6 +156,31 @@ fn declared_entry_count(file: &mut File) -> std::io::Result<u64> {
     Ok(largest)
 }
 
+/// The first name the central directory lists twice (the zip reader keeps only one entry per
+/// name, so the raw directory is walked again). Best effort: `None` when it cannot be read.
+fn duplicate_name(zip_path: &FsPath, directory_start: u64, max_entries: usize) -> Option<String> {
+    const HEADER_LEN: usize = 46;
+    let mut reader = BufReader::new(File::open(zip_path).ok()?);
+    reader.seek(SeekFrom::Start(directory_start)).ok()?;
+    let mut seen = HashSet::new();
+    let mut header = [0; HEADER_LEN];
+    for _ in 0..=max_entries {
+        reader.read_exact(&mut header).ok()?;
+        if &header[..4] != b"PK\x01\x02" {
+            return None;
+        }
+        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+        let mut name = vec![0; usize::from(field(28))];
+        reader.read_exact(&mut name).ok()?;
+        let skip = i64::from(field(30)) + i64::from(field(32));
+        reader.seek_relative(skip).ok()?;
+        if !seen.insert(name.clone()) {
+            return Some(String::from_utf8_lossy(&name).into_owned());
+        }
+    }
+    None
+}
+
 /// One entry of the central directory, checked.
 #[derive(Debug)]
 struct Entry {
@@ -204,9 +233,12 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
         return Err(invalid("the archive is empty".into()));
     }
     if archive.has_duplicate_names() {
-        return Err(invalid(
-            "the archive lists the same entry name more than once".into(),
-        ));
+        let name = duplicate_name(zip_path, archive.central_directory_start(), limits.max_entries)
+            .map(|name| format!(" ({name:?})"))
+            .unwrap_or_default();
+        return Err(invalid(format!(
+            "the archive lists the same entry name more than once{name}"
+        )));
     }
     archive.validate_header_consistency().map_err(|e| {
         invalid(format!(

@@ -5,9 +5,12 @@ use std::{path::Path as FsPath, sync::Arc};
 use futures::{Stream, StreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::{BundleSourceRef, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, error_chain, object_path};
+use super::{
+    BundleSourceRef, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, error_chain, object_path,
+    objects::ChunkReader,
+};
 
 /// Buffer of the temporary file's writer and of local-file reads.
 const IO_BUFFER: usize = 256 * 1024;
@@ -117,8 +120,8 @@ async fn fetch_url(
 async fn fetch_file(path: &FsPath, limits: &SyncLimits, sink: &mut HashingSink<'_>) -> Result<(), SyncError> {
     let unavailable =
         |e: std::io::Error| SyncError::SourceUnavailable(format!("file {}: {e}", path.display()));
-    let mut file = tokio::fs::File::open(path).await.map_err(unavailable)?;
-    let metadata = file.metadata().await.map_err(unavailable)?;
+    let file = std::fs::File::open(path).map_err(unavailable)?;
+    let metadata = file.metadata().map_err(unavailable)?;
     if !metadata.is_file() {
         return Err(SyncError::SourceUnavailable(format!(
             "file {}: not a regular file",
@@ -128,13 +131,13 @@ async fn fetch_file(path: &FsPath, limits: &SyncLimits, sink: &mut HashingSink<'
     if metadata.len() > limits.max_zip_bytes {
         return Err(too_large(metadata.len(), limits));
     }
-    let mut buffer = vec![0; IO_BUFFER];
+    let mut reader = ChunkReader::new(file, IO_BUFFER);
     loop {
-        let read = file.read(&mut buffer).await.map_err(unavailable)?;
-        if read == 0 {
+        let chunk = reader.next(IO_BUFFER).await.map_err(unavailable)?;
+        if chunk.is_empty() {
             return Ok(());
         }
-        sink.write(&buffer[..read]).await?;
+        sink.write(chunk).await?;
     }
 }
 

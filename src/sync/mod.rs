@@ -11,13 +11,19 @@
 //! - `zips/<sha256>.zip`: the zip exactly as fetched (`<sha256>` is its SHA-256);
 //! - `files/<sha256>`: one file of a bundle, raw (`<sha256>` is the SHA-256 of its content);
 //! - `files/<sha256>.br`: one file of a bundle, Brotli-compressed, for files of at least 8 KiB
-//!   that Brotli makes smaller (`<sha256>` is still the hash of the original content);
+//!   that Brotli makes smaller (`<sha256>` is still the hash of the original content); such a
+//!   file is listed in the manifest with `.br` appended to its name. A file whose own name ends
+//!   in `.br` is always stored this way, whatever its size, because the plugin Brotli-decodes
+//!   every entry named `*.br`;
 //! - `manifests/<sha256>.json`: the manifest of the zip `<sha256>`, a JSON array of
 //!   `{"file_name", "file_hash", "key"}`, sorted by `file_name`.
 //!
 //! Files shared by several bundles are stored once. Syncing the same bundle again uploads
-//! nothing. The zip goes through a temporary file and every file through a bounded buffer or a
-//! temporary file, so memory stays bounded whatever the bundle's size.
+//! nothing. The zip and every file go through temporary files, and the bytes held in memory
+//! are capped, so memory stays bounded whatever the bundle's size (a 229 MB bundle of 3,000
+//! files syncs in about 31 MiB of peak RSS for the whole process; see
+//! `tests/bundle_sync.rs`). Brotli runs at quality 6: the `brotli` crate's quality 9 needs a
+//! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
 mod archive;
 mod fetch;
@@ -371,15 +377,17 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
     );
 
     // 4. Which contents does the store already have?
-    let mut contents: HashMap<&str, (usize, u64)> = HashMap::new();
+    // Each distinct content: where it is first, its size, whether it must be compressed.
+    let mut contents: HashMap<&str, (usize, u64, bool)> = HashMap::new();
     for (position, file) in scan.files.iter().enumerate() {
-        contents
+        let content = contents
             .entry(file.hash.as_str())
-            .or_insert((position, file.size));
+            .or_insert((position, file.size, false));
+        content.2 |= objects::needs_brotli(&file.path);
     }
     let found: Vec<(String, Option<bool>)> = futures::stream::iter(contents.iter())
-        .map(|(hash, (_, size))| async move {
-            let stored = objects::find_content(store, prefix, hash, *size).await?;
+        .map(|(hash, &(_, size, brotli_required))| async move {
+            let stored = objects::find_content(store, prefix, hash, size, brotli_required).await?;
             Ok::<_, SyncError>(((*hash).to_owned(), stored))
         })
         .buffer_unordered(STORE_CONCURRENCY)
@@ -393,9 +401,12 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
                 brotli_by_hash.insert(hash, brotli);
             }
             None => {
-                let (position, size) = contents[hash.as_str()];
+                let (position, size, brotli_required) = contents[hash.as_str()];
+                let file = &scan.files[position];
                 missing.push(archive::Extract {
-                    index: scan.files[position].index,
+                    index: file.index,
+                    path: file.path.clone(),
+                    brotli_required,
                     hash,
                     size,
                 });
@@ -406,11 +417,17 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
     // Extract in archive order, so the temporary zip is read sequentially.
     missing.sort_by_key(|extract| extract.index);
     let uploaded_files = missing.len() as u64;
+    tracing::debug!(
+        missing = uploaded_files,
+        present = reused_files,
+        "checked the store"
+    );
 
     // 5. Upload what is missing.
     if !missing.is_empty() {
         let uploaded = objects::upload_files(store, prefix, &zip_path, workdir.path(), missing).await?;
         brotli_by_hash.extend(uploaded);
+        tracing::debug!(uploaded = uploaded_files, "files uploaded");
     }
 
     // 6. The zip itself.
