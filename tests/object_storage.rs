@@ -15,6 +15,8 @@
 //! credential errors and the local part of presigning (the signature itself, which needs no
 //! server with a service-account or account key) are tested.
 
+mod support;
+
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
@@ -64,59 +66,7 @@ const S3_KEYS: [&str; 4] = [
     "OTA_TEST_S3_BUCKET",
 ];
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The values of `keys`: from the environment when the test runner started the server (all of
-/// them must then be set), otherwise from the `KEY=VALUE` lines `script start` prints (the
-/// server is then left running for the next test binary; `script stop` stops it). Panics, with
-/// the reason, when the server cannot be started: these tests never pass by skipping. (The
-/// pattern of `started_by` in tests/support/mod.rs, for several keys.)
-fn started_by(script: &str, keys: &[&str]) -> HashMap<String, String> {
-    let from_env: HashMap<String, String> = keys
-        .iter()
-        .filter_map(|key| {
-            std::env::var(key)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(|v| ((*key).to_owned(), v))
-        })
-        .collect();
-    if from_env.contains_key(keys[0]) {
-        for key in keys {
-            assert!(
-                from_env.contains_key(*key),
-                "{} is set but {key} is not: set all of {keys:?} or none",
-                keys[0]
-            );
-        }
-        return from_env;
-    }
-    let script = repo_root().join(script);
-    let output = Command::new(&script)
-        .arg("start")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the test server could not be started by {}:\n{}{}",
-        script.display(),
-        stdout,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    keys.iter()
-        .map(|key| {
-            let prefix = format!("{key}=");
-            let value = stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(prefix.as_str()))
-                .unwrap_or_else(|| panic!("{} printed no {key} line:\n{stdout}", script.display()));
-            ((*key).to_owned(), value.to_owned())
-        })
-        .collect()
-}
+use support::started_by;
 
 fn s3_server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the support module
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -25,15 +26,30 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The value of `key`: from the environment when the test runner (tests/run.sh) started the
-/// server, otherwise from the `KEY=VALUE` lines `script start` prints (the server is then left
-/// running for the next test binary; `script stop` stops it). Panics, with the reason, when the
-/// server cannot be built or started: these tests never pass by skipping.
-fn started_by(script: &str, key: &str) -> String {
-    if let Ok(value) = std::env::var(key)
-        && !value.is_empty()
-    {
-        return value;
+/// The values of `keys`: from the environment when the test runner (tests/run.sh) started the
+/// server (all of them must then be set), otherwise from the `KEY=VALUE` lines `script start`
+/// prints (the server is then left running for the next test binary; `script stop` stops it).
+/// Panics, with the reason, when the server cannot be built or started: these tests never pass
+/// by skipping.
+pub fn started_by(script: &str, keys: &[&str]) -> HashMap<String, String> {
+    let from_env: HashMap<String, String> = keys
+        .iter()
+        .filter_map(|key| {
+            std::env::var(key)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| ((*key).to_owned(), v))
+        })
+        .collect();
+    if from_env.contains_key(keys[0]) {
+        for key in keys {
+            assert!(
+                from_env.contains_key(*key),
+                "{} is set but {key} is not: set all of {keys:?} or none",
+                keys[0]
+            );
+        }
+        return from_env;
     }
     let script = repo_root().join(script);
     let output = Command::new(&script)
@@ -48,24 +64,39 @@ fn started_by(script: &str, key: &str) -> String {
         stdout,
         String::from_utf8_lossy(&output.stderr)
     );
-    let prefix = format!("{key}=");
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("{} printed no {key} line:\n{stdout}", script.display()))
-        .to_owned()
+    keys.iter()
+        .map(|key| {
+            let prefix = format!("{key}=");
+            let value = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{} printed no {key} line:\n{stdout}", script.display()));
+            ((*key).to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn started_by_one(script: &str, key: &str) -> String {
+    started_by(script, &[key])
+        .remove(key)
+        .expect("started_by returns every key")
 }
 
 /// The kubeconfig of the test API server (tests/apiserver/apiserver.sh).
 pub fn kubeconfig_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| PathBuf::from(started_by("tests/apiserver/apiserver.sh", "OTA_TEST_KUBECONFIG")))
+    PATH.get_or_init(|| {
+        PathBuf::from(started_by_one(
+            "tests/apiserver/apiserver.sh",
+            "OTA_TEST_KUBECONFIG",
+        ))
+    })
 }
 
 /// The URL of the test PostgreSQL server's database `ota_test` (tests/postgres/postgres.sh).
 pub fn postgres_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| started_by("tests/postgres/postgres.sh", "OTA_TEST_POSTGRES_URL"))
+    URL.get_or_init(|| started_by_one("tests/postgres/postgres.sh", "OTA_TEST_POSTGRES_URL"))
 }
 
 /// A new client for the test API server (one per test: a client belongs to its runtime).
