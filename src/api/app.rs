@@ -131,7 +131,7 @@ pub struct StorageSpec {
     pub prefix: Option<String>,
 
     /// A public or CDN base URL that serves the storage's objects by key. When set, devices
-    /// download from `<publicBaseUrl>/<key>` instead of presigned or server-proxied URLs.
+    /// download from `<publicBaseUrl>/<prefix>/<key>` instead of presigned or server URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("publicBaseUrl must be an http(s) URL"))]
