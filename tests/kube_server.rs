@@ -30,6 +30,39 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Starts `ota server` on a free port for one namespace, with its database and storage in
+/// `dir`; returns the process (stopped on drop) and its base URL.
+fn start_server(
+    namespace: &str,
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+) -> (ServerProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let process = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args([
+            "server",
+            "--namespace",
+            namespace,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.join("devices.db").display()))
+        .arg("--storage-root")
+        .arg(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env("OTA_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ota server starts");
+    (ServerProcess(process), format!("http://127.0.0.1:{port}"))
+}
+
 const ZIP_SHA: &str = "2b3898b01ccefd0a918bd8c28c44a02caed9ab0f58ec73c409750eb33aae920c";
 
 #[tokio::test]
@@ -79,35 +112,7 @@ async fn the_server_follows_the_cluster_and_serves_changes_within_a_second() {
         .await
         .expect("the status is accepted");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = ServerProcess(
-        Command::new(env!("CARGO_BIN_EXE_ota"))
-            .args([
-                "server",
-                "--namespace",
-                &namespace,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--database")
-            .arg(format!(
-                "sqlite://{}",
-                storage.path().join("devices.db").display()
-            ))
-            .arg("--storage-root")
-            .arg(storage.path())
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("OTA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ota server starts"),
-    );
+    let (_server, base) = start_server(&namespace, kubeconfig_path(), storage.path());
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !http
@@ -250,32 +255,7 @@ async fn losing_the_api_server_keeps_the_last_snapshot_served_and_says_so() {
     )
     .unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = ServerProcess(
-        Command::new(env!("CARGO_BIN_EXE_ota"))
-            .args([
-                "server",
-                "--namespace",
-                &namespace,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--database")
-            .arg(format!("sqlite://{}", dir.path().join("devices.db").display()))
-            .arg("--storage-root")
-            .arg(dir.path())
-            .env("KUBECONFIG", &proxied)
-            .env("OTA_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ota server starts"),
-    );
+    let (_server, base) = start_server(&namespace, &proxied, dir.path());
     let http = reqwest::Client::new();
     let readiness = || async {
         let response = http.get(format!("{base}/readyz")).send().await.ok()?;

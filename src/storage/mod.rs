@@ -40,6 +40,7 @@ pub use self::{
     urls::{MAX_PRESIGNED_URL_TTL, StorageUrls, UrlMode},
 };
 use crate::api::app::{AzureStorage, GcsStorage, S3Storage, StorageSpec};
+use crate::telemetry::error_chain;
 
 /// The kind of storage an App uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -641,21 +642,6 @@ fn is_base64(text: &str) -> bool {
         && body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-}
-
-/// An error and its sources on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::telemetry::error_chain;
 use crate::{api::constants::reason, core::snapshot::ManifestFile};
 
 /// Files at least this big are offered to Brotli (the Capgo CLI's threshold).
@@ -569,21 +570,6 @@ fn manifest_json(manifest: &[ManifestFile]) -> Result<Vec<u8>, SyncError> {
         })
         .collect();
     serde_json::to_vec(&entries).map_err(|e| SyncError::Task(format!("cannot encode the manifest: {e}")))
-}
-
-/// Joins an error and its sources into one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]
