@@ -1,6 +1,7 @@
 //! Encoding answers the way every plugin version reads them.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json, value::RawValue};
 
 use super::decode::DecodeError;
 use crate::core::{
@@ -18,39 +19,77 @@ pub trait BundleUrls {
     fn file_url(&self, app: &AppView, file: &ManifestFile) -> String;
 }
 
-/// The JSON answer to an update check. An offer never carries `error`, `kind` or `message`
-/// (clients read any of them as "no update"); a refusal always carries all three.
-pub fn update_answer(answer: &UpdateAnswer, app: &AppView, urls: &dyn BundleUrls) -> Value {
+/// The delta manifest of a bundle as the JSON array the plugin reads. The update server renders
+/// it once per snapshot (it is the bulk of an offer) and splices it into each answer.
+pub fn manifest_json(app: &AppView, files: &[ManifestFile], urls: &dyn BundleUrls) -> Option<Box<RawValue>> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        file_name: &'a str,
+        file_hash: &'a str,
+        download_url: String,
+    }
+    let entries: Vec<Entry<'_>> = files
+        .iter()
+        .map(|file| Entry {
+            file_name: &file.file_name,
+            file_hash: &file.file_hash,
+            download_url: urls.file_url(app, file),
+        })
+        .collect();
+    // Serializing plain strings cannot fail; if it ever did, the offer goes without a manifest
+    // (the full zip still works), never with a broken one.
+    serde_json::value::to_raw_value(&entries).ok()
+}
+
+/// An offer as the plugin reads it: never `error`, `kind` or `message` (clients read any of them
+/// as "no update").
+#[derive(Serialize)]
+struct OfferBody<'a> {
+    version: &'a str,
+    url: String,
+    session_key: &'a str,
+    checksum: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comment: Option<&'a str>,
+}
+
+/// The JSON answer to an update check, serialized. An offer never carries `error`, `kind` or
+/// `message`; a refusal always carries all three. `manifest` is the bundle's pre-rendered
+/// manifest (rendered here when absent).
+pub fn update_answer(
+    answer: &UpdateAnswer,
+    app: &AppView,
+    urls: &dyn BundleUrls,
+    manifest: Option<&RawValue>,
+) -> Vec<u8> {
     match answer {
         UpdateAnswer::Offer(offer) => {
             let bundle = &offer.bundle;
-            let mut body = Map::new();
-            body.insert("version".into(), json!(bundle.version));
-            body.insert("url".into(), json!(urls.zip_url(app, bundle)));
-            body.insert("session_key".into(), json!(offer.session_key));
-            body.insert("checksum".into(), json!(offer.checksum));
-            if offer.with_manifest
-                && let Some(files) = &bundle.manifest
-            {
-                let manifest: Vec<Value> = files
-                    .iter()
-                    .map(|file| {
-                        json!({"file_name": file.file_name, "file_hash": file.file_hash, "download_url": urls.file_url(app, file)})
-                    })
-                    .collect();
-                body.insert("manifest".into(), Value::Array(manifest));
-            }
-            if offer.with_metadata {
-                if let Some(link) = &bundle.link {
-                    body.insert("link".into(), json!(link));
+            let rendered;
+            let manifest = match (offer.with_manifest, &bundle.manifest, manifest) {
+                (true, _, Some(manifest)) => Some(manifest),
+                (true, Some(files), None) => {
+                    rendered = manifest_json(app, files, urls);
+                    rendered.as_deref()
                 }
-                if let Some(comment) = &bundle.comment {
-                    body.insert("comment".into(), json!(comment));
-                }
-            }
-            Value::Object(body)
+                _ => None,
+            };
+            let body = OfferBody {
+                version: &bundle.version,
+                url: urls.zip_url(app, bundle),
+                session_key: &offer.session_key,
+                checksum: &offer.checksum,
+                manifest,
+                link: bundle.link.as_deref().filter(|_| offer.with_metadata),
+                comment: bundle.comment.as_deref().filter(|_| offer.with_metadata),
+            };
+            serde_json::to_vec(&body).unwrap_or_default()
         }
-        UpdateAnswer::RevertToBuiltin { .. } => json!({"version": "builtin"}),
+        UpdateAnswer::RevertToBuiltin { .. } => br#"{"version":"builtin"}"#.to_vec(),
         UpdateAnswer::NoUpdate(no) => {
             let mut body = error_body(no.refusal.code(), &no.message, no.refusal.kind());
             if let Some(version) = &no.version {
@@ -62,7 +101,7 @@ pub fn update_answer(answer: &UpdateAnswer, app: &AppView, urls: &dyn BundleUrls
             if no.major {
                 body["major"] = json!(true);
             }
-            body
+            serde_json::to_vec(&body).unwrap_or_default()
         }
     }
 }

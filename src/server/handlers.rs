@@ -73,7 +73,14 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
         }),
     );
     count_answer(&state, answer_label(&answer));
-    json_response(StatusCode::OK, encode::update_answer(&answer, app, &state.urls))
+    let manifest = match &answer {
+        UpdateAnswer::Offer(offer) => served
+            .manifests
+            .get(&(check.app_id.clone(), offer.bundle.name.clone())),
+        _ => None,
+    };
+    let body = encode::update_answer(&answer, app, &state.urls, manifest.map(|m| &**m));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn answer_label(answer: &UpdateAnswer) -> &'static str {

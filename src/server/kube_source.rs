@@ -200,7 +200,11 @@ async fn build(
     for problem in problems {
         tracing::debug!(object = %problem.object, message = %problem.message, "not served");
     }
-    Served { snapshot, file_roots }
+    Served {
+        snapshot,
+        file_roots,
+        manifests: HashMap::new(),
+    }
 }
 
 /// Manifests are content-addressed, so a key read once never changes.

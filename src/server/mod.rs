@@ -35,6 +35,9 @@ pub struct Served {
     pub snapshot: Snapshot,
     /// For Apps on filesystem storage: app id → the folder their keys are relative to.
     pub file_roots: HashMap<String, PathBuf>,
+    /// Delta manifests rendered once per snapshot: (app id, bundle name) → JSON array. Filled
+    /// by [`ServerState::publish`].
+    pub manifests: HashMap<(String, String), Box<serde_json::value::RawValue>>,
 }
 
 /// Filesystem storage of an App: the folder its storage path names, and the key prefix.
@@ -115,10 +118,11 @@ impl ServerState {
     }
 
     /// Serves a new snapshot (requests in flight finish on the old one).
-    pub fn publish(&self, served: Served) {
+    pub fn publish(&self, mut served: Served) {
         self.metrics
             .apps_served
             .set(served.snapshot.apps().count() as i64);
+        served.manifests = render_manifests(&served.snapshot, &self.urls);
         self.served.store(Arc::new(served));
         self.set_health(SourceHealth::Current);
     }
@@ -144,6 +148,33 @@ impl ServerState {
     pub fn served(&self) -> Arc<Served> {
         self.served.load_full()
     }
+}
+
+/// Every served bundle's delta manifest, rendered once.
+fn render_manifests(
+    snapshot: &Snapshot,
+    urls: &dyn BundleUrls,
+) -> HashMap<(String, String), Box<serde_json::value::RawValue>> {
+    let mut rendered = HashMap::new();
+    for app in snapshot.apps() {
+        for channel in app.channels.values() {
+            let stable = match &channel.stable {
+                crate::core::snapshot::StableTarget::Bundle(bundle) => Some(bundle),
+                _ => None,
+            };
+            let candidate = channel.rollout.as_ref().map(|r| &r.candidate);
+            for bundle in stable.into_iter().chain(candidate) {
+                let key = (app.app_id.clone(), bundle.name.clone());
+                if let Some(files) = &bundle.manifest
+                    && !rendered.contains_key(&key)
+                    && let Some(json) = crate::protocol::encode::manifest_json(app, files, urls)
+                {
+                    rendered.insert(key, json);
+                }
+            }
+        }
+    }
+    rendered
 }
 
 /// URLs under the server's own base: `<base>/files/<app_id>/<key>`.

@@ -244,7 +244,11 @@ impl Folder {
             apps = snapshot.apps().count(),
             "serving the folder's configuration"
         );
-        Ok(Served { snapshot, file_roots })
+        Ok(Served {
+            snapshot,
+            file_roots,
+            manifests: HashMap::new(),
+        })
     }
 
     async fn sync(
