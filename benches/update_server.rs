@@ -360,7 +360,11 @@ fn build_world(storage: &Path) -> anyhow::Result<Served> {
     let file_roots: HashMap<String, PathBuf> = (0..APPS)
         .map(|app| (app_id(app), storage.join(app_name(app))))
         .collect();
-    Ok(Served { snapshot, file_roots, manifests: HashMap::new() })
+    Ok(Served {
+        snapshot,
+        file_roots,
+        manifests: HashMap::new(),
+    })
 }
 
 /// `cargo test --benches`: build and check the world, start no load.
