@@ -69,13 +69,7 @@ const ZIP_SHA: &str = "2b3898b01ccefd0a918bd8c28c44a02caed9ab0f58ec73c409750eb33
 async fn the_server_follows_the_cluster_and_serves_changes_within_a_second() {
     let client = client_with_crds().await;
     let namespace = unique_namespace("server");
-    for file in yaml_files("examples/standalone", None) {
-        for doc in yaml_documents(&file) {
-            apply_document(&client, &namespace, &doc)
-                .await
-                .expect("the standalone example applies");
-        }
-    }
+    apply_folder(&client, &namespace, "examples/standalone").await;
     // What the controller's sync would do: put the bundle into the App's storage and say so in
     // status.
     let storage = tempfile::tempdir().unwrap();
@@ -225,13 +219,7 @@ async fn proxy_to(target: std::net::SocketAddr) -> Proxy {
 async fn losing_the_api_server_keeps_the_last_snapshot_served_and_says_so() {
     let client = client_with_crds().await;
     let namespace = unique_namespace("lost");
-    for file in yaml_files("examples/standalone", None) {
-        for doc in yaml_documents(&file) {
-            apply_document(&client, &namespace, &doc)
-                .await
-                .expect("the standalone example applies");
-        }
-    }
+    apply_folder(&client, &namespace, "examples/standalone").await;
     // A kubeconfig that reaches the API server through the proxy.
     let kubeconfig = std::fs::read_to_string(kubeconfig_path()).unwrap();
     let server_line = kubeconfig

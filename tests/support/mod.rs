@@ -264,6 +264,18 @@ pub async fn apply_document(
         .await
 }
 
+/// Applies every document of every YAML file under a folder of the repository into `namespace`,
+/// panicking with the file when one is refused.
+pub async fn apply_folder(client: &Client, namespace: &str, folder: &str) {
+    for file in yaml_files(folder, None) {
+        for doc in yaml_documents(&file) {
+            apply_document(client, namespace, &doc)
+                .await
+                .unwrap_or_else(|e| panic!("{} does not apply: {e}", file.display()));
+        }
+    }
+}
+
 /// Checks that every field of `expected` is in `actual` with the same value (the server may add
 /// defaults and metadata, but must not drop or change what was applied). Returns the JSON path
 /// of the first difference.
