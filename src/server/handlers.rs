@@ -76,7 +76,8 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
     let manifest = match &answer {
         UpdateAnswer::Offer(offer) => served
             .manifests
-            .get(&(check.app_id.clone(), offer.bundle.name.clone())),
+            .get(&check.app_id)
+            .and_then(|by_bundle| by_bundle.get(&offer.bundle.name)),
         _ => None,
     };
     let body = encode::update_answer(&answer, app, &state.urls, manifest.map(|m| &**m));

@@ -35,9 +35,10 @@ pub struct Served {
     pub snapshot: Snapshot,
     /// For Apps on filesystem storage: app id → the folder their keys are relative to.
     pub file_roots: HashMap<String, PathBuf>,
-    /// Delta manifests rendered once per snapshot: (app id, bundle name) → JSON array. Filled
+    /// Delta manifests rendered once per snapshot: app id → bundle name → JSON array (nested,
+    /// so the hot path looks them up with borrowed keys). Filled
     /// by [`ServerState::publish`].
-    pub manifests: HashMap<(String, String), Box<serde_json::value::RawValue>>,
+    pub manifests: HashMap<String, HashMap<String, Box<serde_json::value::RawValue>>>,
 }
 
 /// Filesystem storage of an App: the folder its storage path names, and the key prefix.
@@ -154,9 +155,10 @@ impl ServerState {
 fn render_manifests(
     snapshot: &Snapshot,
     urls: &dyn BundleUrls,
-) -> HashMap<(String, String), Box<serde_json::value::RawValue>> {
+) -> HashMap<String, HashMap<String, Box<serde_json::value::RawValue>>> {
     let mut rendered = HashMap::new();
     for app in snapshot.apps() {
+        let mut by_bundle = HashMap::new();
         for channel in app.channels.values() {
             let stable = match &channel.stable {
                 crate::core::snapshot::StableTarget::Bundle(bundle) => Some(bundle),
@@ -164,15 +166,15 @@ fn render_manifests(
             };
             let candidate = channel.rollout.as_ref().map(|r| &r.candidate);
             for bundle in stable.into_iter().chain(candidate) {
-                let key = (app.app_id.clone(), bundle.name.clone());
                 if let Some(files) = &bundle.manifest
-                    && !rendered.contains_key(&key)
+                    && !by_bundle.contains_key(&bundle.name)
                     && let Some(json) = crate::protocol::encode::manifest_json(app, files, urls)
                 {
-                    rendered.insert(key, json);
+                    by_bundle.insert(bundle.name.clone(), json);
                 }
             }
         }
+        rendered.insert(app.app_id.clone(), by_bundle);
     }
     rendered
 }
