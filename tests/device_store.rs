@@ -362,6 +362,38 @@ async fn a_seen_device_keeps_its_last_values(database: &TestDatabase) {
     assert_eq!(store.device(OTHER_APP, "d1").await.expect("a device read"), None);
 }
 
+/// A large batch (many statements of several sizes) with other device writes between the
+/// sightings, and a device seen twice, writes every row as single writes would.
+async fn a_large_batch_writes_every_device(database: &TestDatabase) {
+    let store = database.open().await;
+    let mut batch: Vec<Write> = (0..301)
+        .map(|i| Write::SeenDevice(seen(&format!("bulk-{i:03}"), NOW_MS + i)))
+        .collect();
+    batch.insert(100, set_override("bulk-150", "beta"));
+    batch.push(Write::SeenDevice(DeviceSeen {
+        version_name: "9.9.9".to_owned(),
+        ..seen("bulk-007", NOW_MS + 1000)
+    }));
+    batch.push(Write::CurrentBundle {
+        app_id: APP.to_owned(),
+        device_id: "bulk-300".to_owned(),
+        version: "1.5.0".to_owned(),
+    });
+    apply(&store, &batch).await;
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 301);
+    for i in [0, 1, 150, 255, 256, 299, 300] {
+        let record = device(&store, &format!("bulk-{i:03}")).await.expect("every device");
+        assert_eq!(record.last_seen_ms, NOW_MS + i, "device {i}");
+    }
+    let twice = device(&store, "bulk-007").await.expect("the device seen twice");
+    assert_eq!((twice.version_name.as_str(), twice.last_seen_ms), ("9.9.9", NOW_MS + 1000));
+    let overridden = device(&store, "bulk-150").await.expect("the device with an override");
+    assert_eq!(overridden.channel_override.as_deref(), Some("beta"));
+    assert_eq!(overridden.platform, "ios");
+    let current = device(&store, "bulk-300").await.expect("the device with a current bundle");
+    assert_eq!(current.current_bundle.as_deref(), Some("1.5.0"));
+}
+
 /// Identical increments add up within a batch and across batches; reads filter by app,
 /// version and day.
 async fn counters_add_up_within_and_across_batches(database: &TestDatabase) {
@@ -689,6 +721,7 @@ mod sqlite_file {
         the_write_queue_updates_memory_at_once_and_flush_writes_everything,
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
+        a_large_batch_writes_every_device,
     );
 
     /// The file is created in WAL mode.
@@ -723,6 +756,7 @@ mod sqlite_memory {
         the_write_queue_updates_memory_at_once_and_flush_writes_everything,
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
+        a_large_batch_writes_every_device,
     );
 }
 
@@ -739,6 +773,7 @@ mod postgres {
         the_write_queue_updates_memory_at_once_and_flush_writes_everything,
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
+        a_large_batch_writes_every_device,
     );
 
     /// A write PostgreSQL refuses (a NUL byte in text) fails its batch with an error, and in the

@@ -194,10 +194,20 @@ impl DeviceStore {
             .begin()
             .await
             .map_err(StoreError::database("begin a transaction"))?;
-        for write in &plan.device_writes {
-            apply_device_write(&mut transaction, write)
-                .await
-                .map_err(StoreError::database("write a device"))?;
+        for step in &plan.device_steps {
+            match step {
+                DeviceStep::Sightings(sightings) => {
+                    for (shape, chunk) in sighting_chunks(sightings) {
+                        seen_devices_query(shape, chunk)
+                            .execute(&mut *transaction)
+                            .await
+                            .map_err(StoreError::database("write device sightings"))?;
+                    }
+                }
+                DeviceStep::Single(write) => apply_device_write(&mut transaction, write)
+                    .await
+                    .map_err(StoreError::database("write a device"))?,
+            }
         }
         for write in &plan.failed_marks {
             apply_device_write(&mut transaction, write)
@@ -351,15 +361,59 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
 /// A batch sorted for writing: device rows, then failed marks, then counters (summed), each in
 /// key order. The sort is stable, so writes of one key keep their order.
 struct WritePlan<'a> {
-    device_writes: Vec<&'a Write>,
+    device_steps: Vec<DeviceStep<'a>>,
     failed_marks: Vec<&'a Write>,
     counts: BTreeMap<(&'a str, &'a str, &'a str, i64), i64>,
 }
 
+/// One step of writing device rows, in key order.
+enum DeviceStep<'a> {
+    /// Sightings of distinct devices, one per device, written by multi-row upserts.
+    Sightings(Vec<Sighting<'a>>),
+    /// Any other device write (a current bundle, an override), written on its own.
+    Single(&'a Write),
+}
+
+/// The sightings of one device in a batch, merged into the one the database would keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sighting<'a> {
+    /// The latest sighting (the last of equal ones).
+    seen: &'a DeviceSeen,
+    /// Its custom id, or the last one an earlier sighting of the batch reported.
+    custom_id: Option<&'a str>,
+    /// Its default channel, or the last one an earlier sighting of the batch reported.
+    default_channel: Option<&'a str>,
+}
+
+impl<'a> Sighting<'a> {
+    fn of(seen: &'a DeviceSeen) -> Self {
+        Sighting {
+            seen,
+            custom_id: seen.custom_id.as_deref(),
+            default_channel: seen.default_channel.as_deref(),
+        }
+    }
+
+    /// The effect of `later` applied after `self`, as the upsert would have it: an older sighting
+    /// changes nothing; a newer one (or an equally old one) replaces the reported columns and
+    /// keeps the earlier custom id and default channel where it reports none.
+    fn then(self, later: &'a DeviceSeen) -> Self {
+        if later.seen_at_ms < self.seen.seen_at_ms {
+            return self;
+        }
+        Sighting {
+            seen: later,
+            custom_id: later.custom_id.as_deref().or(self.custom_id),
+            default_channel: later.default_channel.as_deref().or(self.default_channel),
+        }
+    }
+}
+
 impl<'a> WritePlan<'a> {
     fn of(batch: &'a [Write]) -> Self {
+        let mut device_writes = Vec::new();
         let mut plan = WritePlan {
-            device_writes: Vec::new(),
+            device_steps: Vec::new(),
             failed_marks: Vec::new(),
             counts: BTreeMap::new(),
         };
@@ -379,14 +433,69 @@ impl<'a> WritePlan<'a> {
                 Write::SeenDevice(_)
                 | Write::CurrentBundle { .. }
                 | Write::SetChannelOverride { .. }
-                | Write::ClearChannelOverride { .. } => plan.device_writes.push(write),
+                | Write::ClearChannelOverride { .. } => device_writes.push(write),
             }
         }
         plan.counts.retain(|_, n| *n != 0);
-        plan.device_writes.sort_by(|a, b| compare_keys(a, b));
+        device_writes.sort_by(|a, b| compare_keys(a, b));
         plan.failed_marks.sort_by(|a, b| compare_keys(a, b));
+        plan.device_steps = device_steps(&device_writes);
         plan
     }
+}
+
+/// Groups the sorted device writes into steps that keep key order: each device's sightings merge
+/// into one, and runs of merged sightings become one step. A device's other writes follow its
+/// sighting; they touch other columns, so the order between the two kinds does not matter, while
+/// writes of one kind keep their order.
+fn device_steps<'a>(sorted: &[&'a Write]) -> Vec<DeviceStep<'a>> {
+    let mut steps = Vec::new();
+    let mut sightings: Vec<Sighting<'a>> = Vec::new();
+    for group in sorted.chunk_by(|a, b| row_key(a) == row_key(b)) {
+        let merged = group
+            .iter()
+            .filter_map(|write| match write {
+                Write::SeenDevice(seen) => Some(seen),
+                _ => None,
+            })
+            .fold(None, |merged: Option<Sighting<'a>>, seen| {
+                Some(merged.map_or_else(|| Sighting::of(seen), |merged| merged.then(seen)))
+            });
+        sightings.extend(merged);
+        let mut others = group
+            .iter()
+            .filter(|write| !matches!(write, Write::SeenDevice(_)))
+            .peekable();
+        if others.peek().is_some() {
+            if !sightings.is_empty() {
+                steps.push(DeviceStep::Sightings(std::mem::take(&mut sightings)));
+            }
+            steps.extend(others.map(|write| DeviceStep::Single(write)));
+        }
+    }
+    if !sightings.is_empty() {
+        steps.push(DeviceStep::Sightings(sightings));
+    }
+    steps
+}
+
+/// Rows per multi-row upsert, largest first: a batch is cut into the fewest statements of these
+/// few shapes, so each connection prepares at most four of them (11 parameters a row keeps the
+/// largest under both SQLite's and PostgreSQL's parameter limits).
+const SIGHTING_CHUNK_ROWS: [usize; 4] = [256, 32, 4, 1];
+
+/// Cuts sightings into chunks of the sizes of [`SIGHTING_CHUNK_ROWS`], in order; each chunk
+/// comes with the index of its size.
+fn sighting_chunks<'s, 'a>(mut sightings: &'s [Sighting<'a>]) -> Vec<(usize, &'s [Sighting<'a>])> {
+    let mut chunks = Vec::new();
+    for (shape, rows) in SIGHTING_CHUNK_ROWS.into_iter().enumerate() {
+        while sightings.len() >= rows {
+            let (chunk, rest) = sightings.split_at(rows);
+            chunks.push((shape, chunk));
+            sightings = rest;
+        }
+    }
+    chunks
 }
 
 /// The row a device write or failed mark touches: (app, device, version).
@@ -422,7 +531,6 @@ fn compare_keys(a: &Write, b: &Write) -> Ordering {
 /// Writes one device row or failed mark.
 async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Result<(), sqlx::Error> {
     let query = match write {
-        Write::SeenDevice(seen) => seen_device_query(seen),
         Write::CurrentBundle {
             app_id,
             device_id,
@@ -466,38 +574,69 @@ async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Re
         .bind(device_id)
         .bind(version)
         .bind(*at_ms),
-        Write::Count { .. } => return Ok(()),
+        // Sightings and counters are written in bulk (see WritePlan).
+        Write::SeenDevice(_) | Write::Count { .. } => return Ok(()),
     };
     query.execute(connection).await?;
     Ok(())
 }
 
-/// The upsert of a sighting: the reported columns take the new values unless the sighting is
-/// older than the stored one; a None custom id or default channel keeps the stored one.
-fn seen_device_query(seen: &DeviceSeen) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(
-        "INSERT INTO devices (app_id, device_id, platform, plugin_version, native_version, version_name, \
-         custom_id, default_channel, is_prod, is_emulator, last_seen_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (app_id, device_id) DO UPDATE SET \
-         platform = excluded.platform, plugin_version = excluded.plugin_version, \
-         native_version = excluded.native_version, version_name = excluded.version_name, \
-         custom_id = COALESCE(excluded.custom_id, devices.custom_id), \
-         default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
-         is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
-         WHERE excluded.last_seen_ms >= devices.last_seen_ms",
-    )
-    .bind(&seen.app_id)
-    .bind(&seen.device_id)
-    .bind(&seen.platform)
-    .bind(&seen.plugin_version)
-    .bind(&seen.native_version)
-    .bind(&seen.version_name)
-    .bind(&seen.custom_id)
-    .bind(&seen.default_channel)
-    .bind(i64::from(seen.is_prod))
-    .bind(i64::from(seen.is_emulator))
-    .bind(seen.seen_at_ms)
+/// The multi-row upsert of sightings of distinct devices: the reported columns take the new
+/// values unless the sighting is older than the stored one; a None custom id or default channel
+/// keeps the stored one.
+/// `shape` is the index in [`SIGHTING_CHUNK_ROWS`] of the number of sightings.
+fn seen_devices_query<'q>(
+    shape: usize,
+    sightings: &'q [Sighting<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let sql = seen_devices_sql(shape);
+    let mut query = sqlx::query(sql);
+    for sighting in sightings {
+        let seen = sighting.seen;
+        query = query
+            .bind(seen.app_id.as_str())
+            .bind(seen.device_id.as_str())
+            .bind(seen.platform.as_str())
+            .bind(seen.plugin_version.as_str())
+            .bind(seen.native_version.as_str())
+            .bind(seen.version_name.as_str())
+            .bind(sighting.custom_id)
+            .bind(sighting.default_channel)
+            .bind(i64::from(seen.is_prod))
+            .bind(i64::from(seen.is_emulator))
+            .bind(seen.seen_at_ms);
+    }
+    query
+}
+
+/// The SQL of [`seen_devices_query`] for the rows of `SIGHTING_CHUNK_ROWS[shape]` (built once
+/// per shape).
+fn seen_devices_sql(shape: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; SIGHTING_CHUNK_ROWS.len()] =
+        [const { std::sync::OnceLock::new() }; SIGHTING_CHUNK_ROWS.len()];
+    let rows = SIGHTING_CHUNK_ROWS[shape];
+    SQL[shape].get_or_init(|| {
+        const COLUMNS: usize = 11;
+        let values: Vec<String> = (0..rows)
+            .map(|row| {
+                let placeholders: Vec<String> =
+                    (1..=COLUMNS).map(|column| format!("${}", row * COLUMNS + column)).collect();
+                format!("({})", placeholders.join(", "))
+            })
+            .collect();
+        format!(
+            "INSERT INTO devices (app_id, device_id, platform, plugin_version, native_version, version_name, \
+             custom_id, default_channel, is_prod, is_emulator, last_seen_ms) VALUES {} \
+             ON CONFLICT (app_id, device_id) DO UPDATE SET \
+             platform = excluded.platform, plugin_version = excluded.plugin_version, \
+             native_version = excluded.native_version, version_name = excluded.version_name, \
+             custom_id = COALESCE(excluded.custom_id, devices.custom_id), \
+             default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
+             is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
+             WHERE excluded.last_seen_ms >= devices.last_seen_ms",
+            values.join(", ")
+        )
+    })
 }
 
 /// (app_id, device_id, `third`) of a row, all text.
@@ -555,6 +694,44 @@ mod tests {
         }
     }
 
+    fn seen(device: &str, at_ms: i64, custom_id: Option<&str>, channel: Option<&str>) -> Write {
+        Write::SeenDevice(DeviceSeen {
+            app_id: "app".into(),
+            device_id: device.into(),
+            platform: "ios".into(),
+            plugin_version: "8.0.0".into(),
+            native_version: "1.0.0".into(),
+            version_name: format!("at-{at_ms}"),
+            custom_id: custom_id.map(str::to_owned),
+            default_channel: channel.map(str::to_owned),
+            is_prod: true,
+            is_emulator: false,
+            seen_at_ms: at_ms,
+        })
+    }
+
+    /// The steps of a plan as (kind, device, detail) triples, to compare whole plans at once.
+    fn steps(plan: &WritePlan<'_>) -> Vec<String> {
+        plan.device_steps
+            .iter()
+            .map(|step| match step {
+                DeviceStep::Sightings(sightings) => {
+                    let rows: Vec<String> = sightings
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{}@{}/{:?}/{:?}",
+                                s.seen.device_id, s.seen.seen_at_ms, s.custom_id, s.default_channel
+                            )
+                        })
+                        .collect();
+                    format!("sightings [{}]", rows.join(", "))
+                }
+                DeviceStep::Single(write) => format!("single {write:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_plan_sums_counters_and_keeps_the_order_of_each_device() {
         let batch = vec![
@@ -570,11 +747,71 @@ mod tests {
         let plan = WritePlan::of(&batch);
         assert_eq!(plan.counts.len(), 1);
         assert_eq!(plan.counts.get(&("app", "1.0.0", "set", 10)), Some(&3));
-        let devices: Vec<&Write> = plan.device_writes.clone();
+        let expected: Vec<String> = [&batch[2], &batch[7], &batch[1], &batch[4]]
+            .iter()
+            .map(|write| format!("single {write:?}"))
+            .collect();
+        assert_eq!(steps(&plan), expected, "sorted by device, in order within a device");
+    }
+
+    #[test]
+    fn sightings_of_one_device_merge_as_the_upsert_would_apply_them() {
+        let batch = vec![
+            seen("d1", 5, Some("first"), Some("beta")),
+            seen("d1", 7, None, None),
+            // Older than the one before: changes nothing.
+            seen("d1", 6, Some("stale"), Some("stale")),
+            // As old as the latest: the later one wins.
+            seen("d1", 7, None, Some("prod")),
+            seen("d0", 1, None, None),
+        ];
+        let plan = WritePlan::of(&batch);
         assert_eq!(
-            devices,
-            vec![&batch[2], &batch[7], &batch[1], &batch[4]],
-            "sorted by device, in order within a device"
+            steps(&plan),
+            vec![r#"sightings [d0@1/None/None, d1@7/Some("first")/Some("prod")]"#]
         );
+        let Write::SeenDevice(last) = &batch[3] else { unreachable!() };
+        let DeviceStep::Sightings(sightings) = &plan.device_steps[0] else {
+            panic!("one step of sightings")
+        };
+        assert!(std::ptr::eq(sightings[1].seen, last), "the latest sighting's columns are kept");
+    }
+
+    #[test]
+    fn other_device_writes_cut_the_sightings_in_key_order() {
+        let batch = vec![
+            seen("d3", 1, None, None),
+            override_of("d2", Some("beta")),
+            seen("d1", 1, None, None),
+            seen("d2", 1, None, None),
+        ];
+        let plan = WritePlan::of(&batch);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                "sightings [d1@1/None/None, d2@1/None/None]".to_owned(),
+                format!("single {:?}", batch[1]),
+                "sightings [d3@1/None/None]".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn sightings_are_cut_into_few_statement_shapes() {
+        let batch: Vec<Write> = (0..300).map(|i| seen(&format!("d{i:03}"), 1, None, None)).collect();
+        let plan = WritePlan::of(&batch);
+        let DeviceStep::Sightings(sightings) = &plan.device_steps[0] else {
+            panic!("one step of sightings")
+        };
+        let shapes: Vec<(usize, usize)> = sighting_chunks(sightings)
+            .iter()
+            .map(|(shape, chunk)| (*shape, chunk.len()))
+            .collect();
+        // 300 = 256 + 32 + 3 × 4.
+        assert_eq!(shapes, vec![(0, 256), (1, 32), (2, 4), (2, 4), (2, 4)]);
+        assert!(sighting_chunks(&[]).is_empty());
+        let sql = seen_devices_sql(2);
+        assert_eq!(sql.matches("), (").count(), 3, "four rows of values");
+        assert!(sql.contains("$44)") && !sql.contains("$45"), "{sql}");
     }
 }
