@@ -9,6 +9,7 @@
 pub mod api;
 pub mod core;
 pub mod crdgen;
+pub mod crypto;
 pub mod protocol;
 pub mod server;
 pub mod standalone;
