@@ -74,6 +74,9 @@ pub mod reason {
     pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
     /// A protected channel refused a bundle without a valid signature.
     pub const SIGNATURE_REQUIRED: &str = "SignatureRequired";
+    /// A protected channel refused a bundle whose signature (its session key and encrypted
+    /// checksum) does not open with the App's public key.
+    pub const INVALID_SIGNATURE: &str = "InvalidSignature";
     /// A Bundle's deletion waits because a Channel or Rollout still uses it.
     pub const IN_USE: &str = "InUse";
     /// A Rollout pause step is waiting for its duration.

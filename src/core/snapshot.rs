@@ -11,8 +11,12 @@ use semver::Version;
 
 use super::version::coerce_native_version;
 use crate::api::{
-    App, Bundle, Channel, Rollout, app::Platform, bundle::BundleEncryption, channel::ChannelSpec,
-    constants::condition, rollout::RolloutPhase,
+    App, Bundle, Channel, Rollout,
+    app::Platform,
+    bundle::BundleEncryption,
+    channel::ChannelSpec,
+    constants::{condition, reason},
+    rollout::RolloutPhase,
 };
 
 /// One file of a bundle's delta manifest.
@@ -199,6 +203,8 @@ impl Snapshot {
         let mut problems = Vec::new();
         let mut apps_by_key: BTreeMap<(String, String), AppView> = BTreeMap::new();
         let mut seen_app_ids: HashMap<String, String> = HashMap::new();
+        // The public key of each App, for protected channels.
+        let mut public_keys: HashMap<(String, String), Option<&str>> = HashMap::new();
         for app in &inputs.apps {
             let (namespace, name) = (namespace_of(&app.metadata), name_of(&app.metadata));
             let object = format!("App/{namespace}/{name}");
@@ -210,6 +216,10 @@ impl Snapshot {
                 continue;
             }
             seen_app_ids.insert(app.spec.app_id.clone(), object);
+            public_keys.insert(
+                (namespace.clone(), name.clone()),
+                app.spec.signing.as_ref().map(|s| s.public_key.as_str()),
+            );
             apps_by_key.insert(
                 (namespace.clone(), name.clone()),
                 AppView {
@@ -245,9 +255,18 @@ impl Snapshot {
                 });
                 continue;
             };
+            let public_key = public_keys
+                .get(&(namespace.clone(), app.name.clone()))
+                .copied()
+                .flatten();
             let stable = match &channel.spec.bundle_ref {
                 None => StableTarget::Builtin,
-                Some(bundle) => match bundle_target(&namespace, &app.name, bundle) {
+                Some(bundle) => match bundle_target(&namespace, &app.name, bundle).and_then(|view| {
+                    match channel.spec.require_signed {
+                        true => signature_refusal(&name, &view, public_key).map_or(Ok(view), Err),
+                        false => Ok(view),
+                    }
+                }) {
                     Ok(view) => StableTarget::Bundle(view),
                     Err(reason) => {
                         problems.push(Problem {
@@ -307,16 +326,31 @@ impl Snapshot {
                 });
                 continue;
             };
-            let candidate = match bundle_target(&namespace, &app.name, &rollout.spec.bundle_ref) {
-                Ok(view) => view,
-                Err(reason) => {
-                    problems.push(Problem {
-                        object,
-                        message: reason,
-                    });
-                    continue;
-                }
-            };
+            let require_signed = app
+                .channels
+                .get(&rollout.spec.channel_ref)
+                .is_some_and(|channel| channel.spec.require_signed);
+            let public_key = public_keys
+                .get(&(namespace.clone(), app.name.clone()))
+                .copied()
+                .flatten();
+            let candidate =
+                match bundle_target(&namespace, &app.name, &rollout.spec.bundle_ref).and_then(|view| {
+                    match require_signed {
+                        true => signature_refusal(&rollout.spec.channel_ref, &view, public_key)
+                            .map_or(Ok(view), Err),
+                        false => Ok(view),
+                    }
+                }) {
+                    Ok(view) => view,
+                    Err(reason) => {
+                        problems.push(Problem {
+                            object,
+                            message: reason,
+                        });
+                        continue;
+                    }
+                };
             let salt = rollout
                 .spec
                 .salt
@@ -351,6 +385,38 @@ impl Snapshot {
             .map(|app| (app.app_id.clone(), Arc::new(app)))
             .collect();
         (Snapshot { apps }, problems)
+    }
+}
+
+/// Why a protected channel (`requireSigned`) must not serve `bundle`, if it must not: the bundle
+/// has no encryption fields, the App has no public key, or the bundle's session key and
+/// encrypted checksum do not open with that key. The message starts with the reason
+/// ([`reason::SIGNATURE_REQUIRED`] or [`reason::INVALID_SIGNATURE`]).
+fn signature_refusal(channel: &str, bundle: &BundleView, public_key: Option<&str>) -> Option<String> {
+    let refused = |reason: &str, why: String| {
+        Some(format!(
+            "{reason}: Channel {channel} requires signed bundles and Bundle {} {why}",
+            bundle.name
+        ))
+    };
+    let Some(encryption) = &bundle.encryption else {
+        return refused(
+            reason::SIGNATURE_REQUIRED,
+            "is not signed (it has no spec.encryption)".to_owned(),
+        );
+    };
+    let Some(public_key) = public_key else {
+        return refused(
+            reason::SIGNATURE_REQUIRED,
+            "cannot be verified: the App has no signing.publicKey".to_owned(),
+        );
+    };
+    match crate::crypto::verify_bundle_signature(public_key, encryption, None) {
+        Ok(_) => None,
+        Err(error) => refused(
+            reason::INVALID_SIGNATURE,
+            format!("has a signature that does not verify against the App's public key: {error}"),
+        ),
     }
 }
 
@@ -520,6 +586,126 @@ mod tests {
             app.channels["broken"].stable,
             StableTarget::Unavailable { .. }
         ));
+    }
+
+    const TEST_PRIVATE_KEY: &str = include_str!("../../tests/fixtures/keys/app.key");
+    const TEST_PUBLIC_KEY: &str = include_str!("../../tests/fixtures/keys/app.key.pub");
+    const OTHER_PRIVATE_KEY: &str = include_str!("../../tests/fixtures/keys/other.key");
+
+    /// `spec.encryption` as `ota bundle encrypt` writes it, signed with `private_key`.
+    fn encryption_by(private_key: &str) -> serde_json::Value {
+        use crate::crypto::{ChecksumFormat, SessionKey, SigningKey, encrypt_checksum};
+        let key = SigningKey::from_pem(private_key).unwrap();
+        json!({
+            "sessionKey": SessionKey::generate().seal(&key).unwrap(),
+            "encryptedChecksum": encrypt_checksum(&"ab".repeat(32), &key, ChecksumFormat::Hex).unwrap(),
+        })
+    }
+
+    /// The shop with a public key, a protected `secure` channel on `bundle`, and bundles signed
+    /// with the App's key, with another key, with garbage, and not at all.
+    fn protected(stable: &str) -> SnapshotInputs {
+        let mut inputs = inputs();
+        inputs.apps[0] = app("shop", APP_ID, json!({"signing": {"publicKey": TEST_PUBLIC_KEY}}));
+        inputs
+            .channels
+            .push(channel("secure", Some(stable), json!({"requireSigned": true})));
+        let mut add = |name: &str, version: &str, encryption: serde_json::Value| {
+            inputs
+                .bundles
+                .push(bundle(name, version, json!({"encryption": encryption})));
+        };
+        add("signed-2.0.0", "2.0.0", encryption_by(TEST_PRIVATE_KEY));
+        add("foreign-2.0.1", "2.0.1", encryption_by(OTHER_PRIVATE_KEY));
+        add(
+            "garbage-2.0.2",
+            "2.0.2",
+            json!({"sessionKey": "aXY=:a2V5", "encryptedChecksum": "ab".repeat(256)}),
+        );
+        inputs
+    }
+
+    fn secure_stable(inputs: &SnapshotInputs) -> StableTarget {
+        Snapshot::build(inputs).0.app(APP_ID).unwrap().channels["secure"]
+            .stable
+            .clone()
+    }
+
+    #[test]
+    fn a_protected_channel_serves_a_bundle_signed_with_the_apps_key() {
+        let inputs = protected("signed-2.0.0");
+        assert!(problems(&inputs).is_empty(), "{:#?}", problems(&inputs));
+        assert!(matches!(secure_stable(&inputs), StableTarget::Bundle(b) if b.version == "2.0.0"));
+    }
+
+    #[test]
+    fn a_protected_channel_serves_nothing_rather_than_an_unsigned_or_badly_signed_bundle() {
+        for (bundle, reason, needle) in [
+            (
+                "shop-1.4.2",
+                reason::SIGNATURE_REQUIRED,
+                "is not signed (it has no spec.encryption)",
+            ),
+            (
+                "foreign-2.0.1",
+                reason::INVALID_SIGNATURE,
+                "not made with the private key",
+            ),
+            (
+                "garbage-2.0.2",
+                reason::INVALID_SIGNATURE,
+                "malformed session key",
+            ),
+        ] {
+            let inputs = protected(bundle);
+            let found = problems(&inputs);
+            assert_eq!(found.len(), 1, "{found:#?}");
+            let expected = format!(
+                "Channel/shop-ns/secure: {reason}: Channel secure requires signed bundles and Bundle {bundle}"
+            );
+            assert!(found[0].starts_with(&expected), "{found:#?}");
+            assert!(found[0].contains(needle), "{found:#?}");
+            assert!(
+                matches!(secure_stable(&inputs), StableTarget::Unavailable { bundle: b, .. } if b == bundle)
+            );
+        }
+        // The same bundles on an unprotected channel are served as before.
+        let mut inputs = protected("shop-1.4.2");
+        inputs.channels.last_mut().unwrap().spec.require_signed = false;
+        assert!(problems(&inputs).is_empty());
+    }
+
+    #[test]
+    fn a_protected_channel_of_an_app_without_a_public_key_serves_nothing() {
+        let mut inputs = protected("signed-2.0.0");
+        inputs.apps[0].spec.signing = None;
+        let found = problems(&inputs);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].contains("SignatureRequired: Channel secure requires signed bundles and Bundle signed-2.0.0 cannot be verified: the App has no signing.publicKey"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_protected_channel_refuses_an_unsigned_rollout_candidate_and_keeps_its_stable() {
+        let mut inputs = protected("signed-2.0.0");
+        inputs
+            .rollouts
+            .push(rollout("r-unsigned", "secure", "shop-1.5.0", 50, "Progressing"));
+        let found = problems(&inputs);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("Rollout/shop-ns/r-unsigned: SignatureRequired: Channel secure requires signed bundles and Bundle shop-1.5.0"),
+            "{found:#?}"
+        );
+        let (snapshot, _) = Snapshot::build(&inputs);
+        let secure = &snapshot.app(APP_ID).unwrap().channels["secure"];
+        assert!(secure.rollout.is_none());
+        assert!(matches!(&secure.stable, StableTarget::Bundle(b) if b.version == "2.0.0"));
+
+        inputs.rollouts[0] = rollout("r-signed", "secure", "signed-2.0.0", 50, "Progressing");
+        assert!(problems(&inputs).is_empty());
     }
 
     #[test]

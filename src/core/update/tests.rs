@@ -591,9 +591,15 @@ fn protected_channels_refuse_unsigned_bundles() {
         Some("shop-1.4.2"),
         json!({"public": true, "requireSigned": true}),
     );
-    let no = refused(&answer(&inputs, &check())).clone();
+    // The snapshot already refuses the bundle (see core::snapshot), so the channel serves
+    // nothing and the device is told why.
+    let (snapshot, problems) = crate::core::snapshot::Snapshot::build(&inputs);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let answer = decide_update(&snapshot, &check(), &DeviceFacts::default());
+    let no = refused(&answer).clone();
     assert_eq!(
         (no.refusal.code(), no.refusal.kind()),
-        ("unsigned_bundle", AnswerKind::Failed)
+        ("no_bundle", AnswerKind::Failed)
     );
+    assert!(no.message.contains("SignatureRequired"), "{}", no.message);
 }
