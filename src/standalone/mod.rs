@@ -289,15 +289,18 @@ impl Folder {
         );
         let limits = SyncLimits::default();
         let prefix_path = StorePath::from(prefix);
-        let result = sync::sync_bundle(SyncRequest {
+        let request = SyncRequest {
             source: &source,
             expected_sha256: &spec.sha256,
             store: &store,
             prefix: &prefix_path,
             limits: &limits,
             http: &self.http,
-        })
-        .await;
+        };
+        let result = match bundle.spec.encryption {
+            Some(_) => sync::sync_encrypted_bundle(request).await,
+            None => sync::sync_bundle(request).await,
+        };
         let outcome = match result {
             Ok(synced) => SyncOutcome::Done(Arc::new(synced)),
             Err(error) if error.is_terminal() => SyncOutcome::Refused(format!("{}: {error}", error.reason())),
@@ -330,11 +333,15 @@ fn synced_status(synced: &SyncedBundle, generation: Option<i64>) -> BundleStatus
         observed_generation: generation,
         checksum: Some(synced.sha256.clone()),
         zip_size: i64::try_from(synced.zip_size).ok(),
-        uncompressed_size: i64::try_from(synced.uncompressed_size).ok(),
-        file_count: i64::try_from(synced.file_count).ok(),
+        uncompressed_size: i64::try_from(synced.uncompressed_size)
+            .ok()
+            .filter(|_| !synced.encrypted),
+        file_count: i64::try_from(synced.file_count)
+            .ok()
+            .filter(|_| !synced.encrypted),
         storage: Some(BundleStorageLocation {
             zip_key: synced.zip_key.clone(),
-            manifest_key: Some(synced.manifest_key.clone()),
+            manifest_key: synced.stored_manifest_key().map(str::to_owned),
         }),
     }
 }

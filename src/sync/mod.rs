@@ -18,6 +18,9 @@
 //! - `manifests/<sha256>.json`: the manifest of the zip `<sha256>`, a JSON array of
 //!   `{"file_name", "file_hash", "key"}`, sorted by `file_name`.
 //!
+//! A bundle encrypted with the plugin's v2 scheme goes through [`sync_encrypted_bundle`]: its zip
+//! is verified and stored as is, with no files and no manifest (the server cannot decrypt it).
+//!
 //! Files shared by several bundles are stored once. Syncing the same bundle again uploads
 //! nothing. The zip and every file go through temporary files, and the bytes held in memory
 //! are capped, so memory stays bounded whatever the bundle's size (a 229 MB bundle of 3,000
@@ -162,6 +165,17 @@ pub struct SyncedBundle {
     pub uploaded_files: u64,
     /// Distinct file contents that were already in the store.
     pub reused_files: u64,
+    /// The zip is encrypted with the plugin's v2 scheme ([`sync_encrypted_bundle`]): only the zip
+    /// was stored, with no manifest (`manifest_key` is empty, `manifest` too), so devices get it
+    /// whole, never as a delta; `uncompressed_size` and `file_count` are 0 (unknown).
+    pub encrypted: bool,
+}
+
+impl SyncedBundle {
+    /// The manifest's key, when a manifest was stored (not for an encrypted bundle).
+    pub fn stored_manifest_key(&self) -> Option<&str> {
+        (!self.encrypted).then_some(self.manifest_key.as_str())
+    }
 }
 
 /// Why a sync failed.
@@ -465,6 +479,7 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         manifest,
         uploaded_files,
         reused_files,
+        encrypted: false,
     };
     tracing::info!(
         zip_size = synced.zip_size,
@@ -479,6 +494,73 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         "bundle synced"
     );
     Ok(synced)
+}
+
+/// Syncs a bundle encrypted with the plugin's v2 scheme (a Bundle with `spec.encryption`): its
+/// zip is AES ciphertext that only devices can decrypt (the server never holds the private key),
+/// so it cannot be validated or split into files. The zip is fetched, its declared SHA-256 (of
+/// the ciphertext) verified, and stored as is under `zips/<sha256>.zip`; no manifest is written.
+pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let short = request
+        .expected_sha256
+        .get(..12)
+        .unwrap_or(request.expected_sha256);
+    let span = tracing::info_span!(
+        "bundle_sync",
+        sha256 = %short,
+        source = request.source.kind(),
+        prefix = %request.prefix,
+        encrypted = true,
+    );
+    sync_encrypted_inner(request).instrument(span).await
+}
+
+async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let SyncRequest {
+        source,
+        expected_sha256,
+        store,
+        prefix,
+        limits,
+        http,
+    } = request;
+    if !is_sha256_hex(expected_sha256) {
+        return Err(SyncError::InvalidChecksum(expected_sha256.to_owned()));
+    }
+    let workdir = tempfile::Builder::new()
+        .prefix("ota-sync-")
+        .tempdir()
+        .map_err(|source| SyncError::TempStorage {
+            action: "creating a temporary folder",
+            source,
+        })?;
+    let zip_path = workdir.path().join("bundle.zip.enc");
+    let fetched = fetch::fetch(source, store, prefix, limits, http, &zip_path).await?;
+    if fetched.sha256 != expected_sha256 {
+        return Err(SyncError::ChecksumMismatch {
+            expected: expected_sha256.to_owned(),
+            actual: fetched.sha256,
+        });
+    }
+    let zip_key = zip_key(&fetched.sha256);
+    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
+    tracing::info!(
+        zip_size = fetched.size,
+        zip_uploaded,
+        "encrypted bundle synced (zip only, no delta)"
+    );
+    Ok(SyncedBundle {
+        sha256: fetched.sha256,
+        zip_size: fetched.size,
+        uncompressed_size: 0,
+        file_count: 0,
+        zip_key,
+        manifest_key: String::new(),
+        manifest: Vec::new(),
+        uploaded_files: 0,
+        reused_files: 0,
+        encrypted: true,
+    })
 }
 
 /// A blocking task that reads the archive died: the archive reader panicked on this input, which
