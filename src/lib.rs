@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod cli;
 pub mod core;
 pub mod crdgen;
 pub mod crypto;

@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_operator::{
-    crdgen, server, standalone,
+    cli, crdgen, server, standalone,
     telemetry::{self, LogFormat},
 };
 
@@ -76,6 +76,18 @@ enum Command {
         /// Filesystem storage paths of Apps are resolved against this folder.
         #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
         storage_root: PathBuf,
+    },
+    /// Build, encrypt, check and publish bundles from mobile CI.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Bundle {
+        #[command(subcommand)]
+        command: cli::bundle::BundleCommand,
+    },
+    /// Manage the App's encryption keys.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Keys {
+        #[command(subcommand)]
+        command: cli::keys::KeysCommand,
     },
     /// Print the version of this build.
     Version,
@@ -153,6 +165,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 watcher.abort();
                 result.map_err(anyhow::Error::from)
             })?;
+        }
+        Command::Bundle { command } => {
+            if let Err(error) = cli::bundle::run(command) {
+                eprintln!("ota: {error}");
+                std::process::exit(error.exit_code() as i32);
+            }
+        }
+        Command::Keys { command } => {
+            if let Err(error) = cli::keys::run(command) {
+                eprintln!("ota: {error}");
+                std::process::exit(error.exit_code() as i32);
+            }
         }
         Command::Version => println!("ota {}", env!("CARGO_PKG_VERSION")),
     }
