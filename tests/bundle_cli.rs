@@ -1,0 +1,763 @@
+//! The real `ota` binary's `bundle` and `keys` commands, as mobile CI runs them: against a
+//! filesystem storage and the real S3 server (tests/s3/s3.sh, signatures checked), with the
+//! Bundle YAML it writes applied to the real API server (tests/apiserver/apiserver.sh) so the
+//! CRD rules judge it, and encrypted bundles opened by the decryptor written from the plugin's
+//! algorithm. Every bad input gets one line on stderr and its documented exit code.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use ota_operator::{
+    api::{Bundle, Channel},
+    crypto::plugin::device_verify_zip,
+};
+use support::{apply_document, client_with_crds, dynamic_api, started_by, unique_namespace};
+
+const OTA: &str = env!("CARGO_BIN_EXE_ota");
+
+fn ota(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(OTA);
+    command.args(args).env("OTA_LOG", "warn");
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+    ] {
+        command.env_remove(key);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the ota binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn succeeded(output: &Output) {
+    assert!(
+        output.status.success(),
+        "ota failed ({:?}):\n{}",
+        output.status.code(),
+        stderr(output)
+    );
+}
+
+/// Exits with `code` and one clear error line holding `needle`.
+#[track_caller]
+fn failed_with(output: &Output, code: i32, needle: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {err}");
+    let errors: Vec<&str> = err.lines().filter(|line| line.starts_with("ota: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {err}");
+    assert!(
+        errors[0].contains(needle),
+        "{:?} does not say {needle:?}",
+        errors[0]
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn write(root: &Path, name: &str, content: &[u8]) {
+    let path = root.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// A small Capacitor project: package.json with native plugins (installed), and its web build
+/// in dist/ with a JS file big enough to be stored Brotli-compressed.
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "dist/index.html",
+        b"<!doctype html><script type=module src=assets/app.js></script>",
+    );
+    let mut js = String::from("import { CapacitorUpdater } from '@capgo/capacitor-updater';\n");
+    for i in 0..800 {
+        js.push_str(&format!("export function f{i}(a) {{ return a * {i}; }}\n"));
+    }
+    js.push_str("CapacitorUpdater.notifyAppReady();\n");
+    write(root, "dist/assets/app.js", js.as_bytes());
+    write(
+        root,
+        "dist/assets/logo.svg",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    );
+    write(
+        root,
+        "package.json",
+        br#"{"dependencies": {"@capacitor/core": "^6.1.0", "@capacitor/camera": "^6.0.0", "lodash": "^4.17.21"}}"#,
+    );
+    write(
+        root,
+        "node_modules/@capacitor/core/package.json",
+        br#"{"version": "6.1.2"}"#,
+    );
+    write(
+        root,
+        "node_modules/@capacitor/camera/package.json",
+        br#"{"version": "6.0.2", "capacitor": {"ios": {"src": "ios"}, "android": {"src": "android"}}}"#,
+    );
+    write(
+        root,
+        "node_modules/lodash/package.json",
+        br#"{"version": "4.17.21"}"#,
+    );
+    dir
+}
+
+/// The counts of the "uploaded ..." line: (files uploaded, files already stored).
+fn upload_counts(output: &Output) -> (u64, u64) {
+    let err = stderr(output);
+    let line = err
+        .lines()
+        .find(|line| line.starts_with("uploaded "))
+        .unwrap_or_else(|| panic!("no upload line in {err}"));
+    let number_before = |suffix: &str| -> u64 {
+        let before = line.split(suffix).next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (number_before(" files uploaded"), number_before(" already stored"))
+}
+
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .unwrap_or_else(|e| panic!("not YAML ({e}):\n{text}"))
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    support::repo_root().join("tests/fixtures/keys").join(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn zip_is_deterministic_and_has_index_html_at_the_root() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let out = tempfile::tempdir().unwrap();
+    let a = out.path().join("a.zip");
+    let b = out.path().join("b.zip");
+    let first = ota(
+        &[
+            "bundle",
+            "zip",
+            dist.to_str().unwrap(),
+            "--out",
+            a.to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&first);
+    // A rewritten file (new timestamp), same content: the same zip.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(
+        &dist,
+        "assets/logo.svg",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    );
+    let second = ota(
+        &[
+            "bundle",
+            "zip",
+            dist.to_str().unwrap(),
+            "--out",
+            b.to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&second);
+    let sha = stdout(&first).trim().to_owned();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(sha, stdout(&second).trim());
+    let bytes = std::fs::read(&a).unwrap();
+    assert_eq!(ota_operator::crypto::sha256_of(bytes.as_slice()).unwrap(), sha);
+    assert_eq!(bytes, std::fs::read(&b).unwrap());
+    let archive = zip::ZipArchive::new(std::fs::File::open(&a).unwrap()).unwrap();
+    assert!(
+        archive
+            .file_names()
+            .any(|name| name.as_deref().is_ok_and(|n| n == "index.html"))
+    );
+}
+
+#[test]
+fn push_to_a_folder_uploads_only_what_the_storage_lacks_and_writes_a_valid_bundle() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let storage = tempfile::tempdir().unwrap();
+    let gitops = tempfile::tempdir().unwrap();
+    let bundle_file = gitops.path().join("bundles/shop-1.4.3.yaml");
+    let channel_file = gitops.path().join("patches/production.yaml");
+    let push = |version: &str, out: &Path, channel_out: &Path| {
+        ota(
+            &[
+                "bundle",
+                "push",
+                dist.to_str().unwrap(),
+                "--app",
+                "shop",
+                "--version",
+                version,
+                "--channel",
+                "production",
+                "--storage",
+                storage.path().to_str().unwrap(),
+                "--package-json",
+                project.path().join("package.json").to_str().unwrap(),
+                "--min-native-version",
+                "1.4.0",
+                "--out",
+                out.to_str().unwrap(),
+                "--channel-out",
+                channel_out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let first = push("1.4.3", &bundle_file, &channel_file);
+    succeeded(&first);
+    assert_eq!(upload_counts(&first), (3, 0));
+    // The same content again (a new version name): nothing new to upload.
+    let second = push(
+        "1.4.4",
+        &gitops.path().join("b2.yaml"),
+        &gitops.path().join("c2.yaml"),
+    );
+    succeeded(&second);
+    assert_eq!(upload_counts(&second), (0, 3));
+    // One file changed: only that file.
+    write(
+        &dist,
+        "assets/logo.svg",
+        b"<svg xmlns='http://www.w3.org/2000/svg' width='2'/>",
+    );
+    let third = push(
+        "1.4.5",
+        &gitops.path().join("b3.yaml"),
+        &gitops.path().join("c3.yaml"),
+    );
+    succeeded(&third);
+    assert_eq!(upload_counts(&third), (1, 2));
+
+    let docs = documents(&std::fs::read_to_string(&bundle_file).unwrap());
+    assert_eq!(docs.len(), 1);
+    let bundle: Bundle = serde_json::from_value(docs[0].clone()).expect("a Bundle");
+    assert_eq!(bundle.metadata.name.as_deref(), Some("shop-1.4.3"));
+    assert_eq!(bundle.spec.app_ref, "shop");
+    assert_eq!(bundle.spec.version, "1.4.3");
+    let key = bundle.spec.source.storage_key.clone().expect("a storage key");
+    let zip = std::fs::read(storage.path().join(&key)).expect("the zip in storage");
+    assert_eq!(
+        ota_operator::crypto::sha256_of(zip.as_slice()).unwrap(),
+        bundle.spec.source.sha256
+    );
+    let native = bundle.spec.native.clone().expect("native packages");
+    assert_eq!(native.min_version.as_deref(), Some("1.4.0"));
+    let names: Vec<(&str, &str)> = native
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("@capacitor/camera", "6.0.2"), ("@capacitor/core", "6.1.2")]
+    );
+    assert!(
+        storage
+            .path()
+            .join("manifests")
+            .join(format!("{}.json", bundle.spec.source.sha256))
+            .is_file()
+    );
+
+    let patch = documents(&std::fs::read_to_string(&channel_file).unwrap());
+    assert_eq!(
+        patch,
+        [serde_json::json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel",
+            "metadata": {"name": "production"}, "spec": {"bundleRef": "shop-1.4.3"},
+        })]
+    );
+
+    // The YAML passes the CRD rules of a real API server, and the patch moves the channel
+    // without touching its other fields.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = client_with_crds().await;
+        let namespace = unique_namespace("bundle-cli");
+        let app = serde_json::json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "shop"},
+            "spec": {"appId": "com.example.shop", "storage": {"filesystem": {"path": "./storage"}}},
+        });
+        let channel = serde_json::json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
+            "spec": {"appRef": "shop", "public": true, "allowEmulator": false},
+        });
+        for doc in [&app, &channel, &docs[0]] {
+            apply_document(&client, &namespace, doc)
+                .await
+                .unwrap_or_else(|e| panic!("refused: {e}\n{doc}"));
+        }
+        dynamic_api(&client, &namespace, "Channel")
+            .patch(
+                "production",
+                &kube::api::PatchParams::apply(ota_operator::api::constants::field_manager::CLI),
+                &kube::api::Patch::Apply(&patch[0]),
+            )
+            .await
+            .expect("the Channel patch applies");
+        let stored = dynamic_api(&client, &namespace, "Channel")
+            .get("production")
+            .await
+            .unwrap();
+        let stored: Channel = serde_json::from_value(serde_json::to_value(stored).unwrap()).unwrap();
+        assert_eq!(stored.spec.bundle_ref.as_deref(), Some("shop-1.4.3"));
+        assert!(stored.spec.public && !stored.spec.allow_emulator);
+    });
+}
+
+#[test]
+fn without_out_files_the_bundle_and_the_channel_patch_go_to_stdout() {
+    let project = project();
+    let storage = tempfile::tempdir().unwrap();
+    let output = ota(
+        &[
+            "bundle",
+            "push",
+            project.path().join("dist").to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "2.0.0-beta.1",
+            "--namespace",
+            "mobile",
+            "--channel",
+            "beta",
+            "--storage",
+            storage.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&output);
+    let docs = documents(&stdout(&output));
+    assert_eq!(docs.len(), 2, "{}", stdout(&output));
+    let bundle: Bundle = serde_json::from_value(docs[0].clone()).unwrap();
+    assert_eq!(bundle.metadata.name.as_deref(), Some("shop-2.0.0-beta.1"));
+    assert_eq!(bundle.metadata.namespace.as_deref(), Some("mobile"));
+    assert_eq!(docs[1]["spec"]["bundleRef"], "shop-2.0.0-beta.1");
+    assert_eq!(docs[1]["metadata"]["namespace"], "mobile");
+}
+
+#[test]
+fn an_encrypted_push_stores_only_the_ciphertext_and_devices_can_open_it() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let storage = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let output = ota(
+        &[
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "1.5.0",
+            "--encrypt",
+            fixture("app.key").to_str().unwrap(),
+            "--storage",
+            storage.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&output);
+    let bundle: Bundle = serde_json::from_value(documents(&stdout(&output))[0].clone()).unwrap();
+    let encryption = bundle.spec.encryption.clone().expect("spec.encryption");
+    assert_eq!(encryption.encrypted_checksum.len(), 512);
+    // Only the zip: no files, no manifest (the server cannot read ciphertext).
+    assert!(!storage.path().join("files").exists());
+    assert!(!storage.path().join("manifests").exists());
+    let stored = storage
+        .path()
+        .join(bundle.spec.source.storage_key.as_deref().unwrap());
+
+    // The plain zip of the same folder, and what a device decrypts from the stored one.
+    let plain = work.path().join("plain.zip");
+    let zipped = ota(
+        &[
+            "bundle",
+            "zip",
+            dist.to_str().unwrap(),
+            "--out",
+            plain.to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&zipped);
+    let public = std::fs::read_to_string(fixture("app.key.pub")).unwrap();
+    let opened = work.path().join("device.zip");
+    let sha = device_verify_zip(
+        &public,
+        &encryption.session_key,
+        &encryption.encrypted_checksum,
+        &stored,
+        &opened,
+    )
+    .expect("the device accepts the bundle");
+    assert_eq!(sha, stdout(&zipped).trim());
+    assert_eq!(std::fs::read(&opened).unwrap(), std::fs::read(&plain).unwrap());
+    // A device with another key refuses it.
+    let other = std::fs::read_to_string(fixture("other.key.pub")).unwrap();
+    assert!(
+        device_verify_zip(
+            &other,
+            &encryption.session_key,
+            &encryption.encrypted_checksum,
+            &stored,
+            &opened
+        )
+        .is_err()
+    );
+
+    // `ota bundle encrypt` gives the same kind of result for a zip.
+    let encrypted = work.path().join("out.enc");
+    let output = ota(
+        &[
+            "bundle",
+            "encrypt",
+            plain.to_str().unwrap(),
+            "--key",
+            fixture("app.key").to_str().unwrap(),
+            "--out",
+            encrypted.to_str().unwrap(),
+        ],
+        &[],
+    );
+    succeeded(&output);
+    let printed = &documents(&stdout(&output))[0];
+    let sha256 = printed["sha256"].as_str().unwrap();
+    let ciphertext = std::fs::read(&encrypted).unwrap();
+    assert_eq!(
+        ota_operator::crypto::sha256_of(ciphertext.as_slice()).unwrap(),
+        sha256
+    );
+    let device = device_verify_zip(
+        &public,
+        printed["encryption"]["sessionKey"].as_str().unwrap(),
+        printed["encryption"]["encryptedChecksum"].as_str().unwrap(),
+        &encrypted,
+        &work.path().join("device2.zip"),
+    )
+    .unwrap();
+    assert_eq!(device, stdout(&zipped).trim());
+}
+
+#[test]
+fn keys_generate_writes_a_pair_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys");
+    let output = ota(&["keys", "generate", "--out", out.to_str().unwrap()], &[]);
+    succeeded(&output);
+    let public = std::fs::read_to_string(out.join(".capgo_key_v2.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN RSA PUBLIC KEY-----"));
+    assert_eq!(
+        stdout(&output),
+        public,
+        "the public key is printed for capacitor.config"
+    );
+    let private = std::fs::read_to_string(out.join(".capgo_key_v2")).unwrap();
+    assert!(private.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    assert!(!stdout(&output).contains("PRIVATE") && !stderr(&output).contains("PRIVATE KEY-----"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join(".capgo_key_v2"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = ota(&["keys", "generate", "--out", out.to_str().unwrap()], &[]);
+    failed_with(&again, 1, "already exists: refusing to overwrite");
+    assert_eq!(
+        std::fs::read_to_string(out.join(".capgo_key_v2")).unwrap(),
+        private
+    );
+    // Only the public key left: still refused (the pair would not match).
+    std::fs::remove_file(out.join(".capgo_key_v2")).unwrap();
+    let again = ota(&["keys", "generate", "--out", out.to_str().unwrap()], &[]);
+    failed_with(&again, 1, ".capgo_key_v2.pub already exists");
+}
+
+#[test]
+fn check_fails_with_a_list_when_native_code_changed() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let storage = tempfile::tempdir().unwrap();
+    let released = project.path().join("released.yaml");
+    succeeded(&ota(
+        &[
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "1.0.0",
+            "--storage",
+            storage.path().to_str().unwrap(),
+            "--package-json",
+            project.path().join("package.json").to_str().unwrap(),
+            "--out",
+            released.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let check = |against: &Path| {
+        ota(
+            &[
+                "bundle",
+                "check",
+                dist.to_str().unwrap(),
+                "--against",
+                against.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let same = check(&released);
+    succeeded(&same);
+    assert!(stderr(&same).contains("no native change: 2 native packages match"));
+
+    // A plugin upgraded and one added.
+    write(
+        project.path(),
+        "node_modules/@capacitor/camera/package.json",
+        br#"{"version": "6.1.0", "capacitor": {"ios": {}, "android": {}}}"#,
+    );
+    write(
+        project.path(),
+        "package.json",
+        br#"{"dependencies": {"@capacitor/core": "^6.1.0", "@capacitor/camera": "^6.0.0", "@capacitor-community/sqlite": "^6.0.0"}}"#,
+    );
+    let changed = check(&released);
+    failed_with(&changed, 4, "native code changed since");
+    assert_eq!(
+        stdout(&changed),
+        "added @capacitor-community/sqlite ^6.0.0\nchanged @capacitor/camera 6.0.2 -> 6.1.0\n"
+    );
+
+    // Against another package.json (the released build's).
+    let old = tempfile::tempdir().unwrap();
+    write(
+        old.path(),
+        "package.json",
+        br#"{"dependencies": {"@capacitor/core": "^6.1.0"}}"#,
+    );
+    let changed = check(&old.path().join("package.json"));
+    failed_with(&changed, 4, "2 added, 0 removed, 1 at another version");
+
+    // Bad inputs.
+    let bad = project.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: App\n").unwrap();
+    failed_with(&check(&bad), 1, "holds no Bundle");
+    failed_with(
+        &check(&project.path().join("missing.yaml")),
+        1,
+        "cannot read the Bundle YAML",
+    );
+}
+
+#[test]
+fn bad_inputs_get_one_clear_line_and_their_exit_code() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let storage = tempfile::tempdir().unwrap();
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "1.0.0",
+            "--storage",
+            storage.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ota(&args, &[])
+    };
+    // A public key where the private key belongs, a missing key file, a key that is no key.
+    failed_with(
+        &push(&["--encrypt", fixture("app.key.pub").to_str().unwrap()]),
+        1,
+        "this is a public key",
+    );
+    failed_with(
+        &push(&["--encrypt", "/nonexistent/key"]),
+        1,
+        "cannot read the private key",
+    );
+    failed_with(
+        &push(&["--encrypt", fixture("README.md").to_str().unwrap()]),
+        1,
+        "no -----BEGIN RSA PRIVATE KEY-----",
+    );
+    failed_with(
+        &push(&["--encrypt", fixture("small.key").to_str().unwrap()]),
+        1,
+        "1024 bits",
+    );
+    let bad_version = ota(
+        &[
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "v1",
+            "--storage",
+            storage.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    failed_with(&bad_version, 1, "is not a semantic version");
+    failed_with(&push(&["--channel", "Production"]), 1, "is not a Kubernetes name");
+    // No index.html at the root.
+    std::fs::remove_file(dist.join("index.html")).unwrap();
+    failed_with(&push(&[]), 1, "has no index.html at its root");
+    failed_with(
+        &ota(&["bundle", "zip", dist.to_str().unwrap()], &[]),
+        1,
+        "has no index.html at its root",
+    );
+    assert!(!storage.path().join("zips").exists(), "nothing uploaded");
+    // Usage errors are clap's exit code 2.
+    let usage = ota(&["bundle", "push", dist.to_str().unwrap()], &[]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    // Encrypt: a key that is not the one, a zip that is not there.
+    let enc = ota(
+        &[
+            "bundle",
+            "encrypt",
+            "/nonexistent.zip",
+            "--key",
+            fixture("app.key").to_str().unwrap(),
+        ],
+        &[],
+    );
+    failed_with(&enc, 1, "is not a file");
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3
+// ---------------------------------------------------------------------------------------------
+
+const S3_KEYS: [&str; 4] = [
+    "OTA_TEST_S3_ENDPOINT",
+    "OTA_TEST_S3_ACCESS_KEY",
+    "OTA_TEST_S3_SECRET_KEY",
+    "OTA_TEST_S3_BUCKET",
+];
+
+fn s3() -> &'static HashMap<String, String> {
+    static SERVER: OnceLock<HashMap<String, String>> = OnceLock::new();
+    SERVER.get_or_init(|| started_by("tests/s3/s3.sh", &S3_KEYS))
+}
+
+#[test]
+fn push_to_s3_uploads_only_what_the_bucket_lacks_and_never_prints_the_secret() {
+    let server = s3();
+    let project = project();
+    let dist = project.path().join("dist");
+    let prefix = unique_namespace("cli");
+    let location = format!("s3://{}/apps/{prefix}", server["OTA_TEST_S3_BUCKET"]);
+    let secret = server["OTA_TEST_S3_SECRET_KEY"].as_str();
+    let push = |version: &str, secret: &str| {
+        ota(
+            &[
+                "bundle",
+                "push",
+                dist.to_str().unwrap(),
+                "--app",
+                "shop",
+                "--version",
+                version,
+                "--storage",
+                &location,
+                "--s3-endpoint",
+                &server["OTA_TEST_S3_ENDPOINT"],
+                "--s3-path-style",
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ],
+        )
+    };
+    let first = push("1.0.0", secret);
+    succeeded(&first);
+    assert_eq!(upload_counts(&first), (3, 0));
+    let second = push("1.0.1", secret);
+    succeeded(&second);
+    assert_eq!(upload_counts(&second), (0, 3));
+    let bundle: Bundle = serde_json::from_value(documents(&stdout(&first))[0].clone()).unwrap();
+    assert!(bundle.spec.source.storage_key.unwrap().starts_with("zips/"));
+    for output in [&first, &second] {
+        assert!(!stderr(output).contains(secret) && !stdout(output).contains(secret));
+    }
+
+    // A wrong secret: refused by the server, exit 3, and the secret is not echoed.
+    let wrong_secret = "definitely-not-the-secret-key-0123456789";
+    let refused = push("1.0.2", wrong_secret);
+    failed_with(&refused, 3, "s3 storage refused the request");
+    assert!(!stderr(&refused).contains(wrong_secret));
+}
+
+#[test]
+fn unreachable_storage_is_exit_code_3() {
+    // A port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let project = project();
+    let output = ota(
+        &[
+            "bundle",
+            "push",
+            project.path().join("dist").to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "1.0.0",
+            "--storage",
+            "s3://bundles/apps",
+            "--s3-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--s3-path-style",
+            "--storage-timeout",
+            "3",
+        ],
+        &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SKSKSKSK")],
+    );
+    failed_with(&output, 3, "s3 storage");
+}
