@@ -234,7 +234,7 @@ mod tests {
 
         let mut archive = zip::ZipArchive::new(File::open(out.path().join("a.zip")).unwrap()).unwrap();
         let names: Vec<String> = (0..archive.len())
-            .map(|i| archive.by_index(i).unwrap().name().to_owned())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().into_owned())
             .collect();
         assert_eq!(
             names,

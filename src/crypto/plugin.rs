@@ -122,7 +122,7 @@ pub fn decrypt_download<R: Read, W: Write>(
 pub fn device_decrypt_checksum(checksum: &str, key: &VerifyingKey) -> Result<String, DeviceRefusal> {
     let is_hex = !checksum.is_empty() && checksum.bytes().all(|b| b.is_ascii_hexdigit());
     let bytes = if is_hex {
-        if checksum.len() % 2 != 0 {
+        if !checksum.len().is_multiple_of(2) {
             return Err(CryptoError::MalformedChecksum("odd-length hex".to_owned()).into());
         }
         hex::decode(checksum).map_err(|e| CryptoError::MalformedChecksum(e.to_string()))?
