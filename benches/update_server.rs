@@ -43,7 +43,7 @@ use std::{
     convert::Infallible,
     io::{BufRead, BufReader, Read, Write as _},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, ExitCode, Stdio},
     sync::{
         Arc, Mutex,
@@ -68,7 +68,8 @@ use hyper_util::rt::TokioIo;
 use ota_operator::{
     api::{App, Bundle, Channel, Rollout},
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
-    server::{self, Served},
+    server::{self, Served, StorageSetup, storage::AppStorages},
+    storage::Credentials,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -338,9 +339,14 @@ fn world_inputs(storage: &Path) -> anyhow::Result<SnapshotInputs> {
     Ok(inputs)
 }
 
-/// The world as the server serves it; the objects it was built from are dropped here.
-fn build_world(storage: &Path) -> anyhow::Result<Served> {
+/// The world as the server serves it, each App's storage opened by `storages` (as the sources
+/// of the real server do); the objects it was built from are dropped here.
+fn build_world(storage: &Path, storages: &AppStorages) -> anyhow::Result<Served> {
     let inputs = world_inputs(storage)?;
+    let mut app_storage = HashMap::new();
+    for app in &inputs.apps {
+        app_storage.insert(app.spec.app_id.clone(), storages.of(app)?);
+    }
     let (snapshot, problems) = Snapshot::build(&inputs);
     if !problems.is_empty() {
         bail!("the synthetic world has problems: {problems:#?}");
@@ -357,12 +363,9 @@ fn build_world(storage: &Path) -> anyhow::Result<Served> {
     if served_apps != APPS || rollouts != APPS {
         bail!("the synthetic world serves {served_apps} apps and {rollouts} rollouts, not {APPS}");
     }
-    let file_roots: HashMap<String, PathBuf> = (0..APPS)
-        .map(|app| (app_id(app), storage.join(app_name(app))))
-        .collect();
     Ok(Served {
         snapshot,
-        file_roots,
+        storage: app_storage,
         manifests: HashMap::new(),
     })
 }
@@ -370,7 +373,8 @@ fn build_world(storage: &Path) -> anyhow::Result<Served> {
 /// `cargo test --benches`: build and check the world, start no load.
 fn smoke() -> anyhow::Result<()> {
     let storage = tempfile::tempdir()?;
-    build_world(storage.path())?;
+    let storages = AppStorages::new(storage.path(), Credentials::none(), "http://127.0.0.1");
+    build_world(storage.path(), &storages)?;
     let mut generator = Generator::new(1);
     let body = generator.body();
     ota_operator::protocol::decode::decode_update(body.as_bytes())
@@ -418,7 +422,30 @@ fn expand(table: &[(&str, u32)]) -> Vec<String> {
         .collect()
 }
 
-/// What devices run: `builtin` for one in ten, else any of the 20 bundles.
+/// The percent of checks from devices already on the version their channel serves:
+/// `OTA_BENCH_UP_TO_DATE`, 90 by default. Between releases nearly every check is one (a device
+/// asks at every launch and takes a new bundle once); 0 gives a release-day storm in which
+/// nearly every device is offered a bundle.
+fn up_to_date_percent() -> u64 {
+    env_number("OTA_BENCH_UP_TO_DATE", 90).map_or(90, |percent| percent.min(100))
+}
+
+/// The channels devices ask for (`""` is the default, production) → the version each serves.
+fn current_versions() -> Vec<(String, String)> {
+    channel_plan()
+        .into_iter()
+        .map(|(channel, _, bundle, _)| {
+            let channel = if channel == "production" { "" } else { channel };
+            (
+                channel.to_owned(),
+                bundle.map_or_else(|| "builtin".to_owned(), bundle_version),
+            )
+        })
+        .collect()
+}
+
+/// What devices that are not up to date run: `builtin` for one in ten, else any of the 20
+/// bundles.
 fn version_names() -> Vec<String> {
     let mut names = vec!["builtin".to_owned(); 20];
     for number in 1..=BUNDLES {
@@ -459,11 +486,17 @@ struct Generator {
     channels: Vec<String>,
     prod: Vec<String>,
     emulator: Vec<String>,
+    /// Channel asked for → the version it serves (what an up-to-date device runs).
+    current: HashMap<String, String>,
+    /// Percent of devices already on their channel's version.
+    up_to_date: u64,
 }
 
 impl Generator {
     fn new(seed: u64) -> Self {
         Self {
+            current: current_versions().into_iter().collect(),
+            up_to_date: up_to_date_percent(),
             rng: Rng(seed),
             apps: app_ids(),
             plugins: expand(PLUGIN_VERSIONS),
@@ -492,6 +525,12 @@ impl Generator {
     fn body(&mut self) -> String {
         let device = self.device_id();
         let rng = &mut self.rng;
+        let channel = rng.pick(&self.channels);
+        let up_to_date = rng.next() % 100 < self.up_to_date;
+        let version_name = match self.current.get(channel) {
+            Some(current) if up_to_date => current.as_str(),
+            _ => rng.pick(&self.names),
+        };
         let platform = rng.pick(&self.platforms);
         let (version_os, install_source) = if platform == "android" {
             ("14", r#","install_source":"google_play""#)
@@ -509,14 +548,19 @@ impl Generator {
             rng.pick(&self.apps),
             rng.pick(&self.builds),
             version_os,
-            rng.pick(&self.names),
+            version_name,
             rng.pick(&self.plugins),
             rng.pick(&self.emulator),
             rng.pick(&self.prod),
-            rng.pick(&self.channels),
+            channel,
             install_source,
         )
     }
+}
+
+fn lua_map(entries: &[(String, String)]) -> String {
+    let pairs: Vec<String> = entries.iter().map(|(k, v)| format!("[{k:?}]={v:?}")).collect();
+    format!("{{{}}}", pairs.join(","))
 }
 
 fn lua_table(values: &[String]) -> String {
@@ -537,6 +581,8 @@ local names = {names}
 local channels = {channels}
 local prod = {prod}
 local emulator = {emulator}
+local current = {current}
+local up_to_date = {up_to_date}
 local headers = {{["Content-Type"] = "application/json; charset=utf-8"}}
 local threads = {{}}
 
@@ -560,14 +606,17 @@ local function device_id()
 end
 
 function request()
+  local channel = pick(channels)
+  local name = current[channel]
+  if name == nil or random(100) > up_to_date then name = pick(names) end
   local platform = pick(platforms)
   local os_version, install = "17.4", ""
   if platform == "android" then os_version, install = "14", ',"install_source":"google_play"' end
   local body = '{{"platform":"' .. platform .. '","device_id":"' .. device_id() ..
     '","app_id":"' .. pick(apps) .. '","custom_id":"","version_build":"' .. pick(builds) ..
-    '","version_code":"100","version_os":"' .. os_version .. '","version_name":"' .. pick(names) ..
+    '","version_code":"100","version_os":"' .. os_version .. '","version_name":"' .. name ..
     '","plugin_version":"' .. pick(plugins) .. '","is_emulator":' .. pick(emulator) ..
-    ',"is_prod":' .. pick(prod) .. ',"defaultChannel":"' .. pick(channels) .. '"' .. install .. '}}'
+    ',"is_prod":' .. pick(prod) .. ',"defaultChannel":"' .. channel .. '"' .. install .. '}}'
   return wrk.format("POST", "/updates", headers, body)
 end
 
@@ -587,6 +636,8 @@ end
         channels = lua_table(&expand(DEFAULT_CHANNELS)),
         prod = lua_table(&expand(IS_PROD)),
         emulator = lua_table(&expand(IS_EMULATOR)),
+        current = lua_map(&current_versions()),
+        up_to_date = up_to_date_percent(),
     )
 }
 
@@ -604,8 +655,12 @@ fn run_ota_server() -> anyhow::Result<()> {
         } else {
             format!("sqlite://{}", folder.path().join("devices.db").display())
         };
-        let served = build_world(folder.path())?;
-        let boot = server::boot(&database, "127.0.0.1:0".parse()?, None).await?;
+        let setup = StorageSetup {
+            base_dir: folder.path().to_owned(),
+            credentials: Credentials::none(),
+        };
+        let boot = server::boot(&database, "127.0.0.1:0".parse()?, None, setup).await?;
+        let served = build_world(folder.path(), boot.state.storages())?;
         boot.state.publish(served);
         let mut stdout = std::io::stdout();
         writeln!(stdout, "LISTENING {}", boot.address)?;
@@ -932,11 +987,17 @@ async fn server_counters(address: SocketAddr) -> anyhow::Result<(BTreeMap<String
 /// How many device sightings per second the device store absorbs through its write queue (the
 /// path of every `/updates` answer), in a temporary SQLite file, with the server's queue settings.
 async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
-    use ota_operator::store::{DeviceSeen, DeviceStore, Write, WriteQueue};
+    use ota_operator::store::{self, DeviceSeen, DeviceStore, Write, WriteQueue};
     let folder = tempfile::tempdir()?;
     let store = DeviceStore::open(&format!("sqlite://{}", folder.path().join("rate.db").display())).await?;
     let memory = store.load_memory().await?;
-    let (queue, flusher) = WriteQueue::start(store, memory, 65_536, 1_000, Duration::from_millis(200));
+    let (queue, flusher) = WriteQueue::start(
+        store,
+        memory,
+        store::SERVER_QUEUE_CAPACITY,
+        store::SERVER_MAX_BATCH,
+        store::SERVER_FLUSH_EVERY,
+    );
     let mut generator = Generator::new(0xD0D0);
     let sightings: Vec<Write> = (0..writes)
         .map(|i| {
@@ -956,7 +1017,7 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
         })
         .collect();
     let started = Instant::now();
-    for chunk in sightings.chunks(10_000) {
+    for chunk in sightings.chunks(store::SERVER_QUEUE_CAPACITY) {
         for write in chunk {
             if !queue.push(write.clone()) {
                 bail!("the write queue dropped a write");
@@ -1567,8 +1628,11 @@ fn run_driver() -> anyhow::Result<()> {
     ));
     line(format!(
         "load: {wrk}; {} threads, {} connections; {warmup} s warm-up, then {rounds} rounds x {seconds} s per server, alternating; \
-         every request a new device (UUID v4), random app, plugin, platform, version and channel",
-        settings.threads, settings.connections
+         every request a new device (UUID v4), random app, plugin, platform and channel; {}% of devices already on \
+         their channel's version (OTA_BENCH_UP_TO_DATE), the others on builtin or any bundle",
+        settings.threads,
+        settings.connections,
+        up_to_date_percent()
     ));
     line(String::new());
     line(format!(

@@ -33,7 +33,8 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Serve the YAML of a folder to devices, with no cluster: bundles are synced into each
-    /// App's filesystem storage, and the folder is re-read when it changes.
+    /// App's storage, and the folder is re-read when it changes. Object storage credentials come
+    /// from the environment, as for `ota server`.
     Standalone {
         /// The folder of App, Channel, Bundle and Rollout YAML.
         #[arg(value_name = "DIR")]
@@ -52,7 +53,9 @@ enum Command {
         poll_ms: u64,
     },
     /// Serve devices from the App, Channel, Bundle and Rollout objects of a cluster (what the
-    /// controller deploys for each App).
+    /// controller deploys for each App). Object storage credentials come from the environment
+    /// (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN], GOOGLE_SERVICE_ACCOUNT_KEY,
+    /// AZURE_STORAGE_ACCOUNT_KEY), else the workload's identity.
     Server {
         /// The namespace to watch [default: every namespace].
         #[arg(long, env = "OTA_NAMESPACE")]
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 public_url,
                 database,
                 poll_interval: std::time::Duration::from_millis(poll_ms.max(50)),
+                credentials: ota_operator::storage::Credentials::from_env(),
             };
             runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
         }
@@ -145,16 +149,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             storage_root,
         } => {
-            let source = server::kube_source::KubeSourceOptions {
-                namespace,
-                app,
-                storage_root,
+            let source = server::kube_source::KubeSourceOptions { namespace, app };
+            let storage = server::StorageSetup {
+                base_dir: storage_root,
+                credentials: ota_operator::storage::Credentials::from_env(),
             };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()
                     .await
                     .context("cannot reach the Kubernetes API")?;
-                let boot = server::boot(&database, listen, public_url.as_deref()).await?;
+                let boot = server::boot(&database, listen, public_url.as_deref(), storage).await?;
                 tracing::info!(address = %boot.address, "update server listening");
                 let watcher = tokio::spawn(server::kube_source::run(
                     client,

@@ -382,15 +382,24 @@ async fn a_large_batch_writes_every_device(database: &TestDatabase) {
     apply(&store, &batch).await;
     assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 301);
     for i in [0, 1, 150, 255, 256, 299, 300] {
-        let record = device(&store, &format!("bulk-{i:03}")).await.expect("every device");
+        let record = device(&store, &format!("bulk-{i:03}"))
+            .await
+            .expect("every device");
         assert_eq!(record.last_seen_ms, NOW_MS + i, "device {i}");
     }
     let twice = device(&store, "bulk-007").await.expect("the device seen twice");
-    assert_eq!((twice.version_name.as_str(), twice.last_seen_ms), ("9.9.9", NOW_MS + 1000));
-    let overridden = device(&store, "bulk-150").await.expect("the device with an override");
+    assert_eq!(
+        (twice.version_name.as_str(), twice.last_seen_ms),
+        ("9.9.9", NOW_MS + 1000)
+    );
+    let overridden = device(&store, "bulk-150")
+        .await
+        .expect("the device with an override");
     assert_eq!(overridden.channel_override.as_deref(), Some("beta"));
     assert_eq!(overridden.platform, "ios");
-    let current = device(&store, "bulk-300").await.expect("the device with a current bundle");
+    let current = device(&store, "bulk-300")
+        .await
+        .expect("the device with a current bundle");
     assert_eq!(current.current_bundle.as_deref(), Some("1.5.0"));
 }
 

@@ -35,7 +35,7 @@ use ota_operator::{
     },
     core::snapshot::{AppView, BundleView, ManifestFile},
     protocol::encode::BundleUrls,
-    server::LocalStorage,
+    server::storage::AppStorages,
     storage::{
         self, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY, Backend, Credentials,
         GOOGLE_SERVICE_ACCOUNT_KEY, OpenedStorage, StorageError, StorageUrls, UrlMode,
@@ -625,14 +625,28 @@ async fn the_filesystem_backend_round_trips_and_is_served_by_the_server() {
     let bundle = test_bundle(6);
     let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
     // The objects are files where the update server's /files route looks for them.
-    let local = LocalStorage {
-        root: base.path().join("bundles"),
-        prefix: "apps/com.example.shop".to_owned(),
-    };
-    let zip_file = local.served_root().join(&synced.zip_key);
+    let app: ota_operator::api::App = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ota.dev/v1alpha1",
+        "kind": "App",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {"appId": APP_ID, "platforms": ["ios"], "storage": spec},
+    }))
+    .expect("an App");
+    let storages = AppStorages::new(base.path(), Credentials::none(), "https://updates.example.com/");
+    let served = storages.of(&app).expect("the App's storage");
+    let served_root = served
+        .local_root
+        .clone()
+        .expect("filesystem storage is served from a folder");
+    assert_eq!(served_root, base.path().join("bundles/apps/com.example.shop"));
+    assert!(
+        std::sync::Arc::ptr_eq(&served, &storages.of(&app).expect("again")),
+        "an unchanged spec reuses the opened storage"
+    );
+    let zip_file = served_root.join(&synced.zip_key);
     assert_eq!(std::fs::read(&zip_file).expect("the zip file"), bundle.bytes);
     for file in &synced.manifest {
-        let bytes = std::fs::read(local.served_root().join(&file.key)).expect("a file");
+        let bytes = std::fs::read(served_root.join(&file.key)).expect("a file");
         assert_eq!(sha256(&decoded(file, &bytes)), file.file_hash);
     }
 

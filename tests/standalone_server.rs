@@ -11,6 +11,8 @@ use std::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+mod support;
+
 struct Running {
     child: Child,
     base: String,
@@ -50,17 +52,27 @@ fn free_port() -> u16 {
 }
 
 async fn start_example() -> Running {
+    start_example_with(None, &[]).await
+}
+
+/// Starts `ota standalone` on a copy of examples/standalone, with `app_yaml` in place of its
+/// app.yaml when given, and `env` added to the process's environment.
+async fn start_example_with(app_yaml: Option<&str>, env: &[(&str, &str)]) -> Running {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/standalone"),
         dir.path(),
     );
+    if let Some(app_yaml) = app_yaml {
+        std::fs::write(dir.path().join("app.yaml"), app_yaml).unwrap();
+    }
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ota"))
         .args(["standalone", "--poll-ms", "100", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(dir.path())
         .env("OTA_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -462,4 +474,100 @@ async fn changes_to_the_folder_are_served_and_a_lost_folder_degrades_without_sto
         .await
         .unwrap();
     assert!(metrics.contains("ota_server_update_checks_total"), "{metrics}");
+}
+
+/// An App on S3 (the real test server, checking signatures): the bundle is synced into the
+/// bucket, offers carry presigned URLs that download the right bytes, delta files too, and the
+/// server's own `/files` URL of an object-storage App redirects to a freshly presigned one.
+#[tokio::test]
+async fn an_app_on_s3_is_served_with_presigned_urls() {
+    let s3 = support::started_by(
+        "tests/s3/s3.sh",
+        &[
+            "OTA_TEST_S3_ENDPOINT",
+            "OTA_TEST_S3_ACCESS_KEY",
+            "OTA_TEST_S3_SECRET_KEY",
+            "OTA_TEST_S3_BUCKET",
+        ],
+    );
+    let prefix = format!("standalone-{}-{}", std::process::id(), free_port());
+    let app_yaml = format!(
+        "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  appId: com.example.shop\n  \
+         platforms: [ios, android]\n  storage:\n    s3:\n      bucket: {}\n      region: us-east-1\n      \
+         endpoint: {}\n      forcePathStyle: true\n    prefix: {prefix}\n    presignedUrlTtl: 10m\n",
+        s3["OTA_TEST_S3_BUCKET"], s3["OTA_TEST_S3_ENDPOINT"]
+    );
+    let server = start_example_with(
+        Some(&app_yaml),
+        &[
+            ("AWS_ACCESS_KEY_ID", &s3["OTA_TEST_S3_ACCESS_KEY"]),
+            ("AWS_SECRET_ACCESS_KEY", &s3["OTA_TEST_S3_SECRET_KEY"]),
+        ],
+    )
+    .await;
+    let mut body = fixture("updates-8.51.14-android.json")["body"].clone();
+    body.as_object_mut().unwrap().remove("key_id");
+
+    // The first answers may carry the server's /files URLs while the URLs are being presigned.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let (status, answer) = post(&server.base, "/updates", &body).await;
+        assert_eq!(status, 200);
+        let url = answer["url"].as_str().unwrap_or_default().to_owned();
+        if url.contains("X-Amz-Signature=") {
+            break answer;
+        }
+        assert!(
+            url.starts_with(&format!("{}/files/", server.base)) || answer["error"].is_string(),
+            "{answer}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no presigned URL within 20 s: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let url = answer["url"].as_str().unwrap();
+    assert!(url.starts_with(&s3["OTA_TEST_S3_ENDPOINT"]), "{url}");
+    assert!(url.contains(&prefix), "{url}");
+    let zip = reqwest::get(url).await.unwrap();
+    assert_eq!(zip.status(), 200);
+    assert_eq!(hex::encode(Sha256::digest(zip.bytes().await.unwrap())), ZIP_SHA);
+    let manifest = answer["manifest"].as_array().expect("a manifest");
+    assert!(!manifest.is_empty());
+    for file in manifest {
+        let file_url = file["download_url"].as_str().unwrap();
+        assert!(file_url.contains("X-Amz-Signature="), "{file_url}");
+        let response = reqwest::get(file_url).await.unwrap();
+        assert_eq!(response.status(), 200, "{file_url}");
+    }
+
+    // The server's own URL redirects to a presigned one, which downloads.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let zip_key = format!("zips/{ZIP_SHA}.zip");
+    let redirect = no_redirects
+        .get(format!("{}/files/com.example.shop/{zip_key}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 307);
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let followed = reqwest::get(&location).await.unwrap().bytes().await.unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&followed)), ZIP_SHA);
+    // A key that escapes the prefix is refused, not signed.
+    let hostile = no_redirects
+        .get(format!(
+            "{}/files/com.example.shop/..%2Fother%2Fsecret.zip",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hostile.status(), 400);
+    // Nothing of the bundle was written to a local folder.
+    assert!(!server.dir.path().join("storage").exists());
 }

@@ -4,7 +4,7 @@
 pub mod channel_self;
 pub mod cohort;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod snapshot;
 pub mod stats;
 pub mod update;

@@ -80,7 +80,8 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
             .and_then(|by_bundle| by_bundle.get(&offer.bundle.name)),
         _ => None,
     };
-    let body = encode::update_answer(&answer, app, &state.urls, manifest.map(|m| &**m));
+    let urls = served.urls(&check.app_id, state.server_urls());
+    let body = encode::update_answer(&answer, app, urls, manifest.map(|m| &**m));
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -286,19 +287,42 @@ pub async fn channel_self(
     json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
 }
 
-/// `GET /files/<app_id>/<key>`: bundle bytes from filesystem storage.
+/// `GET /files/<app_id>/<key>`: bundle bytes from filesystem storage; for object storage, a
+/// redirect to the key's public or presigned URL (the fallback of a URL not yet presigned).
 pub async fn file(
     State(state): State<Arc<ServerState>>,
     Path((app_id, key)): Path<(String, String)>,
     request: Request<Body>,
 ) -> Response {
     let served = state.served();
-    let Some(root) = served.file_roots.get(&app_id) else {
-        return (StatusCode::NOT_FOUND, "no filesystem storage for this app\n").into_response();
+    let Some(storage) = served.storage.get(&app_id) else {
+        return (StatusCode::NOT_FOUND, "no storage for this app\n").into_response();
     };
-    match files::resolve(root, &key) {
-        Some(path) => files::serve(path, &key, request).await,
-        None => (StatusCode::BAD_REQUEST, "invalid key\n").into_response(),
+    if let Some(root) = &storage.local_root {
+        return match files::resolve(root, &key) {
+            Some(path) => files::serve(path, &key, request).await,
+            None => (StatusCode::BAD_REQUEST, "invalid key\n").into_response(),
+        };
+    }
+    match storage.redirect_url(&app_id, &key).await {
+        Some(Ok(url)) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, url),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+        )
+            .into_response(),
+        Some(Err(error)) => {
+            tracing::warn!(%app_id, %error, "cannot presign a download URL");
+            let status = if matches!(error, crate::storage::StorageError::InvalidKey(_)) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, format!("{error}\n")).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no storage for this app\n").into_response(),
     }
 }
 

@@ -2,12 +2,7 @@
 //! snapshot, which is swapped in whole. Requests never wait on the watch. When the API server is
 //! lost, the last good snapshot keeps being served and `/readyz` says so.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
 use kube::{
@@ -18,13 +13,13 @@ use kube::{
         watcher,
     },
 };
-use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
 use serde::de::DeserializeOwned;
 
-use super::{LocalStorage, Served, ServerState, SourceHealth};
+use super::{Served, ServerState, SourceHealth};
 use crate::{
     api::{App, Bundle, Channel, Rollout},
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
+    storage::OpenedStorage,
 };
 
 /// How long the watch must be quiet before a rebuild.
@@ -39,8 +34,6 @@ pub struct KubeSourceOptions {
     pub namespace: Option<String>,
     /// Serve only the App of this name (an update server deployed for one App).
     pub app: Option<String>,
-    /// Filesystem storage paths in the App specs are resolved against this folder.
-    pub storage_root: PathBuf,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -90,6 +83,12 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
     let (channels, channel_events) = watch::<Channel>(&client, namespace);
     let (bundles, bundle_events) = watch::<Bundle>(&client, namespace);
     let (rollouts, rollout_events) = watch::<Rollout>(&client, namespace);
+    let stores = Stores {
+        apps,
+        channels,
+        bundles,
+        rollouts,
+    };
     let mut events = futures::stream::select_all([app_events, channel_events, bundle_events, rollout_events]);
     let mut manifests = ManifestCache::default();
     // When the first unserved change arrived; a steady trickle of events must not postpone the
@@ -117,8 +116,7 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
             Some(None) => return, // the streams ended: the process is stopping
             None => {}            // quiet, or waited long enough: rebuild now
         }
-        let all_ready = apps.is_ready() && channels.is_ready() && bundles.is_ready() && rollouts.is_ready();
-        if !all_ready {
+        if !stores.all_ready() {
             // Not every kind is listed yet: wait for more events (at most QUIET at a time).
             dirty_since = Some(std::time::Instant::now());
             continue;
@@ -127,7 +125,7 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
             continue;
         }
         dirty_since = None;
-        let served = build(&options, &apps, &channels, &bundles, &rollouts, &mut manifests).await;
+        let served = build(&options, &state, &stores, &mut manifests).await;
         state.publish(served);
     }
 }
@@ -149,38 +147,48 @@ fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
 
 async fn build(
     options: &KubeSourceOptions,
-    apps: &Store<App>,
-    channels: &Store<Channel>,
-    bundles: &Store<Bundle>,
-    rollouts: &Store<Rollout>,
+    state: &ServerState,
+    stores: &Stores,
     manifests: &mut ManifestCache,
 ) -> Served {
-    let mut apps = cloned(apps);
+    let mut apps = cloned(&stores.apps);
     if let Some(only) = &options.app {
         apps.retain(|app| app.metadata.name.as_deref() == Some(only.as_str()));
     }
-    let bundles = cloned(bundles);
-    let mut file_roots = HashMap::new();
+    let bundles = cloned(&stores.bundles);
+    let mut storage = HashMap::new();
+    apps.retain(|app| match state.storages().of(app) {
+        Ok(opened) => {
+            storage.insert(app.spec.app_id.clone(), opened);
+            true
+        }
+        Err(error) => {
+            tracing::warn!(app = app.metadata.name.as_deref().unwrap_or_default(), %error,
+                "cannot open the App's storage; not serving it");
+            false
+        }
+    });
+    state
+        .storages()
+        .retain(&apps.iter().map(|app| app.spec.app_id.as_str()).collect());
     let mut manifest_map = HashMap::new();
     for app in &apps {
-        let Some(storage) = LocalStorage::of(app, &options.storage_root) else {
+        let Some(app_storage) = storage.get(&app.spec.app_id) else {
             continue;
         };
-        file_roots.insert(app.spec.app_id.clone(), storage.served_root());
-        let (root, prefix) = (storage.root, storage.prefix);
         for bundle in bundles.iter().filter(|b| {
-            b.spec.app_ref == app.metadata.name.clone().unwrap_or_default()
+            Some(&b.spec.app_ref) == app.metadata.name.as_ref()
                 && b.metadata.namespace == app.metadata.namespace
         }) {
             let Some(key) = bundle
                 .status
                 .as_ref()
                 .and_then(|s| s.storage.as_ref())
-                .and_then(|s| s.manifest_key.clone())
+                .and_then(|s| s.manifest_key.as_deref())
             else {
                 continue;
             };
-            if let Some(files) = manifests.get(&root, &prefix, &key).await {
+            if let Some(files) = manifests.get(&app_storage.opened, key).await {
                 let id = (
                     bundle.metadata.namespace.clone().unwrap_or_default(),
                     bundle.metadata.name.clone().unwrap_or_default(),
@@ -191,9 +199,9 @@ async fn build(
     }
     let inputs = SnapshotInputs {
         apps,
-        channels: cloned(channels),
+        channels: cloned(&stores.channels),
         bundles,
-        rollouts: cloned(rollouts),
+        rollouts: cloned(&stores.rollouts),
         manifests: manifest_map,
     };
     let (snapshot, problems) = Snapshot::build(&inputs);
@@ -202,34 +210,44 @@ async fn build(
     }
     Served {
         snapshot,
-        file_roots,
+        storage,
         manifests: HashMap::new(),
     }
 }
 
-/// Manifests are content-addressed, so a key read once never changes.
+/// The reflectors' stores of the four kinds.
+struct Stores {
+    apps: Store<App>,
+    channels: Store<Channel>,
+    bundles: Store<Bundle>,
+    rollouts: Store<Rollout>,
+}
+
+impl Stores {
+    fn all_ready(&self) -> bool {
+        self.apps.is_ready()
+            && self.channels.is_ready()
+            && self.bundles.is_ready()
+            && self.rollouts.is_ready()
+    }
+}
+
+/// Manifests are content-addressed (the key names the zip's sha256), so a key read once never
+/// changes, whichever storage it was read from.
 #[derive(Default)]
 struct ManifestCache {
-    files: HashMap<(PathBuf, String, String), Arc<[ManifestFile]>>,
+    files: HashMap<String, Arc<[ManifestFile]>>,
 }
 
 impl ManifestCache {
-    async fn get(&mut self, root: &Path, prefix: &str, key: &str) -> Option<Arc<[ManifestFile]>> {
-        let id = (root.to_owned(), prefix.to_owned(), key.to_owned());
-        if let Some(files) = self.files.get(&id) {
+    async fn get(&mut self, storage: &OpenedStorage, key: &str) -> Option<Arc<[ManifestFile]>> {
+        if let Some(files) = self.files.get(key) {
             return Some(Arc::clone(files));
         }
-        let store: Arc<dyn ObjectStore> = match LocalFileSystem::new_with_prefix(root) {
-            Ok(store) => Arc::new(store),
-            Err(error) => {
-                tracing::warn!(%error, root = %root.display(), "cannot open filesystem storage");
-                return None;
-            }
-        };
-        match crate::sync::read_manifest(&store, &StorePath::from(prefix), key).await {
+        match crate::sync::read_manifest(&storage.store, &storage.prefix, key).await {
             Ok(files) => {
                 let files: Arc<[ManifestFile]> = files.into();
-                self.files.insert(id, Arc::clone(&files));
+                self.files.insert(key.to_owned(), Arc::clone(&files));
                 Some(files)
             }
             Err(error) => {

@@ -6,13 +6,14 @@ pub mod files;
 mod handlers;
 pub mod kube_source;
 pub mod metrics;
+pub mod storage;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
@@ -22,10 +23,12 @@ use axum::{
     routing::{get, post},
 };
 
+use self::storage::{AppStorage, AppStorages};
 use crate::{
-    core::snapshot::{AppView, BundleView, ManifestFile, Snapshot},
+    core::snapshot::Snapshot,
     protocol::{MAX_INFO_BODY, MAX_STATS_BODY, encode::BundleUrls},
-    store::{DeviceMemory, WriteQueue},
+    storage::{Credentials, StorageUrls, UrlMode},
+    store::{self, DeviceMemory, WriteQueue},
 };
 
 /// What the server serves, swapped whole when the source changes.
@@ -33,49 +36,18 @@ use crate::{
 pub struct Served {
     /// The snapshot of the four kinds.
     pub snapshot: Snapshot,
-    /// For Apps on filesystem storage: app id → the folder their keys are relative to.
-    pub file_roots: HashMap<String, PathBuf>,
+    /// App id → its storage (download URLs, and the folder of filesystem storage).
+    pub storage: HashMap<String, Arc<AppStorage>>,
     /// Delta manifests rendered once per snapshot: app id → bundle name → JSON array (nested,
     /// so the hot path looks them up with borrowed keys). Filled
     /// by [`ServerState::publish`].
     pub manifests: HashMap<String, HashMap<String, Box<serde_json::value::RawValue>>>,
 }
 
-/// Filesystem storage of an App: the folder its storage path names, and the key prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalStorage {
-    /// The storage folder (`storage.filesystem.path` resolved against a base folder).
-    pub root: PathBuf,
-    /// `storage.prefix` without leading or trailing slashes.
-    pub prefix: String,
-}
-
-impl LocalStorage {
-    /// The filesystem storage of an App, with relative paths resolved against `base`; None when
-    /// the App uses another backend.
-    pub fn of(app: &crate::api::App, base: &std::path::Path) -> Option<Self> {
-        let filesystem = app.spec.storage.filesystem.as_ref()?;
-        let prefix = app
-            .spec
-            .storage
-            .prefix
-            .as_deref()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned();
-        Some(Self {
-            root: base.join(&filesystem.path),
-            prefix,
-        })
-    }
-
-    /// The folder that storage keys (relative to the prefix) are served from.
-    pub fn served_root(&self) -> PathBuf {
-        if self.prefix.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(&self.prefix)
-        }
+impl Served {
+    /// The URLs of an App's bundles: its storage's, else the server's own.
+    pub fn urls<'a>(&'a self, app_id: &str, fallback: &'a StorageUrls) -> &'a StorageUrls {
+        self.storage.get(app_id).map_or(fallback, |storage| &storage.urls)
     }
 }
 
@@ -100,22 +72,42 @@ pub struct ServerState {
     pub queue: WriteQueue,
     /// Metrics.
     pub metrics: metrics::Metrics,
-    urls: ServerUrls,
+    /// The server's own `/files` URLs, for Apps without a storage of their own.
+    urls: StorageUrls,
+    /// Apps' storages, opened once and reused across snapshots.
+    storages: AppStorages,
+    /// Told when a snapshot is published (the presigned-URL refresher wakes up).
+    published: tokio::sync::Notify,
 }
 
 impl ServerState {
     /// State serving nothing yet (`/readyz` answers 503 until the first snapshot).
-    pub fn new(public_base_url: &str, memory: DeviceMemory, queue: WriteQueue) -> Self {
+    pub fn new(
+        public_base_url: &str,
+        storage: StorageSetup,
+        memory: DeviceMemory,
+        queue: WriteQueue,
+    ) -> Self {
         Self {
             served: ArcSwap::from_pointee(Served::default()),
             health: ArcSwap::from_pointee(SourceHealth::Starting),
             memory,
             queue,
             metrics: metrics::Metrics::default(),
-            urls: ServerUrls {
-                base: public_base_url.trim_end_matches('/').to_owned(),
-            },
+            urls: StorageUrls::server(public_base_url),
+            storages: AppStorages::new(&storage.base_dir, storage.credentials, public_base_url),
+            published: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Apps' storages, for the sources building what to serve.
+    pub fn storages(&self) -> &AppStorages {
+        &self.storages
+    }
+
+    /// The server's own URLs (`<base>/files/<app id>/<key>`).
+    pub fn server_urls(&self) -> &StorageUrls {
+        &self.urls
     }
 
     /// Serves a new snapshot (requests in flight finish on the old one).
@@ -123,9 +115,10 @@ impl ServerState {
         self.metrics
             .apps_served
             .set(served.snapshot.apps().count() as i64);
-        served.manifests = render_manifests(&served.snapshot, &self.urls);
+        served.manifests = render_manifests(&served, &self.urls);
         self.served.store(Arc::new(served));
         self.set_health(SourceHealth::Current);
+        self.published.notify_one();
     }
 
     /// Records the source's health.
@@ -153,11 +146,12 @@ impl ServerState {
 
 /// Every served bundle's delta manifest, rendered once.
 fn render_manifests(
-    snapshot: &Snapshot,
-    urls: &dyn BundleUrls,
+    served: &Served,
+    fallback: &StorageUrls,
 ) -> HashMap<String, HashMap<String, Box<serde_json::value::RawValue>>> {
     let mut rendered = HashMap::new();
-    for app in snapshot.apps() {
+    for app in served.snapshot.apps() {
+        let urls: &dyn BundleUrls = served.urls(&app.app_id, fallback);
         let mut by_bundle = HashMap::new();
         for channel in app.channels.values() {
             let stable = match &channel.stable {
@@ -179,18 +173,48 @@ fn render_manifests(
     rendered
 }
 
-/// URLs under the server's own base: `<base>/files/<app_id>/<key>`.
-struct ServerUrls {
-    base: String,
-}
+/// The longest wait between two refreshes of presigned URLs.
+const MAX_PRESIGN_REFRESH: Duration = Duration::from_secs(300);
 
-impl BundleUrls for ServerUrls {
-    fn zip_url(&self, app: &AppView, bundle: &BundleView) -> String {
-        format!("{}/files/{}/{}", self.base, app.app_id, bundle.zip_key)
-    }
-
-    fn file_url(&self, app: &AppView, file: &ManifestFile) -> String {
-        format!("{}/files/{}/{}", self.base, app.app_id, file.key)
+/// Keeps the presigned URLs of every served App signed ahead of need: after each publish and
+/// every quarter of the shortest TTL, signs what the cache lacks and, when anything was signed,
+/// renders the manifests again (their URLs are baked in). Until then devices get the server's
+/// `/files` URLs, which redirect to a freshly signed URL, so nothing ever points at an expired one.
+pub async fn keep_presigned_urls_fresh(state: Arc<ServerState>) {
+    loop {
+        let served = state.served();
+        let mut signed = 0;
+        let mut shortest_ttl: Option<Duration> = None;
+        for app in served.snapshot.apps() {
+            let Some(storage) = served.storage.get(&app.app_id) else {
+                continue;
+            };
+            if storage.urls.mode() != UrlMode::Presigned {
+                continue;
+            }
+            if let Some(ttl) = storage.urls.presigned_url_ttl() {
+                shortest_ttl = Some(shortest_ttl.map_or(ttl, |shortest| shortest.min(ttl)));
+            }
+            match storage.urls.prepare_app(app).await {
+                Ok(count) => signed += count,
+                Err(error) => tracing::warn!(app_id = %app.app_id, %error, "cannot presign the bundle URLs"),
+            }
+        }
+        if signed > 0 {
+            tracing::debug!(signed, "presigned URLs refreshed");
+            let mut refreshed = (*served).clone();
+            refreshed.manifests = render_manifests(&refreshed, &state.urls);
+            // Swap only if no newer snapshot was published meanwhile (it renders its own).
+            let previous = state.served.compare_and_swap(&served, Arc::new(refreshed));
+            if !Arc::ptr_eq(&previous, &served) {
+                continue;
+            }
+        }
+        let wait = shortest_ttl.map_or(MAX_PRESIGN_REFRESH, |ttl| (ttl / 4).min(MAX_PRESIGN_REFRESH));
+        tokio::select! {
+            () = state.published.notified() => {}
+            () = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+        }
     }
 }
 
@@ -276,21 +300,36 @@ pub struct Boot {
     pub flusher: tokio::task::JoinHandle<()>,
 }
 
+/// Where Apps' storages are: filesystem paths are relative to `base_dir`; object stores use
+/// `credentials`.
+#[derive(Debug, Clone)]
+pub struct StorageSetup {
+    /// The folder filesystem storage paths are relative to.
+    pub base_dir: PathBuf,
+    /// Object storage credentials (the environment, never a CR).
+    pub credentials: Credentials,
+}
+
 /// Opens the device store, loads what the hot path reads into memory, starts the write queue and
 /// binds the listener. Devices are told `public_url`, or `http://<bound address>`.
-pub async fn boot(database: &str, listen: SocketAddr, public_url: Option<&str>) -> Result<Boot, ServerError> {
-    let store = crate::store::DeviceStore::open(database).await?;
+pub async fn boot(
+    database: &str,
+    listen: SocketAddr,
+    public_url: Option<&str>,
+    storage: StorageSetup,
+) -> Result<Boot, ServerError> {
+    let store = store::DeviceStore::open(database).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
         store,
         memory.clone(),
-        65_536,
-        1_000,
-        std::time::Duration::from_millis(200),
+        store::SERVER_QUEUE_CAPACITY,
+        store::SERVER_MAX_BATCH,
+        store::SERVER_FLUSH_EVERY,
     );
     let (listener, address) = bind(listen).await?;
     let base = public_url.map_or_else(|| format!("http://{address}"), str::to_owned);
-    let state = Arc::new(ServerState::new(&base, memory, queue));
+    let state = Arc::new(ServerState::new(&base, storage, memory, queue));
     Ok(Boot {
         state,
         listener,
@@ -310,7 +349,9 @@ pub async fn serve_until(
         flusher,
         ..
     } = boot;
+    let presigner = tokio::spawn(keep_presigned_urls_fresh(Arc::clone(&state)));
     let result = serve(listener, Arc::clone(&state), shutdown).await;
+    presigner.abort();
     if let Err(error) = state.queue.flush().await {
         tracing::warn!(%error, "device-store writes could not all be flushed at shutdown");
     }

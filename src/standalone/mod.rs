@@ -1,6 +1,7 @@
 //! Standalone mode: the same YAML as in a cluster, read from a folder, served on one machine with
 //! no cluster. The folder is re-read when it changes; bundles are synced (through the one sync
-//! module) into each App's filesystem storage; devices are served by the same update server.
+//! module) into each App's storage (a folder, or object storage with credentials from the
+//! environment); devices are served by the same update server.
 
 pub mod load;
 
@@ -13,7 +14,6 @@ use std::{
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use object_store::{ObjectStore, local::LocalFileSystem, path::Path as StorePath};
 
 use crate::{
     api::{
@@ -22,7 +22,8 @@ use crate::{
         constants::{condition, reason},
     },
     core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
-    server::{self, LocalStorage, Served, ServerState, SourceHealth},
+    server::{self, Served, ServerState, SourceHealth, StorageSetup, storage::AppStorage},
+    storage::Credentials,
     sync::{self, BundleSourceRef, SyncLimits, SyncRequest, SyncedBundle},
 };
 
@@ -39,6 +40,8 @@ pub struct Options {
     pub database: Option<String>,
     /// How often the folder is checked for changes.
     pub poll_interval: Duration,
+    /// Credentials of Apps on object storage (from the environment).
+    pub credentials: Credentials,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -58,10 +61,12 @@ pub enum StandaloneError {
 /// A bundle sync, remembered so that unchanged bundles are not synced again.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SyncKey {
-    root: PathBuf,
-    prefix: String,
+    /// The store and prefix (their `Display`: kind, bucket or folder; never credentials).
+    storage: String,
     sha256: String,
     source: String,
+    /// Encrypted bundles sync differently (zip only).
+    encrypted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +98,11 @@ pub async fn run(
             format!("sqlite://{}", folder.join("devices.db").display())
         }
     };
-    let boot = server::boot(&database, options.listen, options.public_url.as_deref()).await?;
+    let storage = StorageSetup {
+        base_dir: options.dir.clone(),
+        credentials: options.credentials.clone(),
+    };
+    let boot = server::boot(&database, options.listen, options.public_url.as_deref(), storage).await?;
     let state = Arc::clone(&boot.state);
     let address = boot.address;
     let http = reqwest::Client::builder()
@@ -137,7 +146,7 @@ pub async fn run(
         if !changed && !folder.retry_due() {
             continue;
         }
-        match folder.refresh().await {
+        match folder.refresh(&state).await {
             Ok(served) => {
                 state.publish(served);
                 last_fingerprint = Some(fingerprint);
@@ -176,27 +185,32 @@ impl Folder {
     }
 
     /// Reads the folder, syncs what changed, and builds what to serve.
-    async fn refresh(&mut self) -> Result<Served, load::LoadError> {
+    async fn refresh(&mut self, state: &ServerState) -> Result<Served, load::LoadError> {
         let loaded = load::load(&self.dir)?;
         let mut problems = loaded.problems.clone();
-        let mut file_roots = HashMap::new();
-        let mut storage_of: BTreeMap<(String, String), (PathBuf, String)> = BTreeMap::new();
-        for app in &loaded.apps {
-            let key = (
-                app.metadata.namespace.clone().unwrap_or_default(),
-                app.metadata.name.clone().unwrap_or_default(),
-            );
-            match LocalStorage::of(app, &self.dir) {
-                Some(storage) => {
-                    file_roots.insert(app.spec.app_id.clone(), storage.served_root());
-                    storage_of.insert(key, (storage.root, storage.prefix));
+        let mut storage = HashMap::new();
+        let mut storage_of: BTreeMap<(String, String), Arc<AppStorage>> = BTreeMap::new();
+        let mut apps = Vec::new();
+        for app in loaded.apps {
+            match state.storages().of(&app) {
+                Ok(opened) => {
+                    let key = (
+                        app.metadata.namespace.clone().unwrap_or_default(),
+                        app.metadata.name.clone().unwrap_or_default(),
+                    );
+                    storage.insert(app.spec.app_id.clone(), Arc::clone(&opened));
+                    storage_of.insert(key, opened);
+                    apps.push(app);
                 }
-                None => problems.push(format!(
-                    "App {}: standalone mode serves filesystem storage only",
+                Err(error) => problems.push(format!(
+                    "App {}: cannot open its storage: {error}",
                     app.metadata.name.as_deref().unwrap_or_default()
                 )),
             }
         }
+        state
+            .storages()
+            .retain(&apps.iter().map(|app| app.spec.app_id.as_str()).collect());
         let mut bundles = Vec::new();
         let mut manifests = HashMap::new();
         for (bundle, folder) in &loaded.bundles {
@@ -204,7 +218,7 @@ impl Folder {
             let name = bundle.metadata.name.clone().unwrap_or_default();
             let mut bundle = bundle.clone();
             match storage_of.get(&(namespace.clone(), bundle.spec.app_ref.clone())) {
-                Some((root, prefix)) => match self.sync(&bundle, folder, root, prefix).await {
+                Some(app_storage) => match self.sync(&bundle, folder, app_storage).await {
                     Ok(synced) => {
                         bundle.status = Some(synced_status(&synced, bundle.metadata.generation));
                         manifests.insert(
@@ -222,7 +236,7 @@ impl Folder {
             bundles.push(bundle);
         }
         let inputs = SnapshotInputs {
-            apps: loaded.apps,
+            apps,
             channels: loaded.channels,
             bundles,
             rollouts: loaded.rollouts,
@@ -246,7 +260,7 @@ impl Folder {
         );
         Ok(Served {
             snapshot,
-            file_roots,
+            storage,
             manifests: HashMap::new(),
         })
     }
@@ -255,8 +269,7 @@ impl Folder {
         &mut self,
         bundle: &Bundle,
         folder: &Path,
-        root: &Path,
-        prefix: &str,
+        storage: &AppStorage,
     ) -> Result<Arc<SyncedBundle>, String> {
         let spec = &bundle.spec.source;
         let source = match (&spec.url, &spec.storage_key, &spec.path) {
@@ -268,10 +281,10 @@ impl Folder {
             _ => return Err("source needs exactly one of url, storageKey or path".to_owned()),
         };
         let key = SyncKey {
-            root: root.to_owned(),
-            prefix: prefix.to_owned(),
+            storage: format!("{}/{}", storage.opened.store, storage.opened.prefix),
             sha256: spec.sha256.clone(),
             source: format!("{source:?}"),
+            encrypted: bundle.spec.encryption.is_some(),
         };
         match self.syncs.get(&key) {
             Some(SyncOutcome::Done(synced)) => return Ok(Arc::clone(synced)),
@@ -281,19 +294,14 @@ impl Folder {
             }
             _ => {}
         }
-        std::fs::create_dir_all(root)
-            .map_err(|e| format!("cannot create the storage folder {}: {e}", root.display()))?;
-        let store: Arc<dyn ObjectStore> = Arc::new(
-            LocalFileSystem::new_with_prefix(root)
-                .map_err(|e| format!("cannot open the storage folder {}: {e}", root.display()))?,
-        );
+        let store = &storage.opened.store;
+        let prefix_path = &storage.opened.prefix;
         let limits = SyncLimits::default();
-        let prefix_path = StorePath::from(prefix);
         let request = SyncRequest {
             source: &source,
             expected_sha256: &spec.sha256,
-            store: &store,
-            prefix: &prefix_path,
+            store,
+            prefix: prefix_path,
             limits: &limits,
             http: &self.http,
         };
@@ -324,7 +332,7 @@ fn synced_status(synced: &SyncedBundle, generation: Option<i64>) -> BundleStatus
         type_: type_.to_owned(),
         status: "True".to_owned(),
         reason: reason::RECONCILED.to_owned(),
-        message: "Synced into filesystem storage".to_owned(),
+        message: "Synced into the App's storage".to_owned(),
         observed_generation: generation,
         last_transition_time: now.clone(),
     };

@@ -751,7 +751,11 @@ mod tests {
             .iter()
             .map(|write| format!("single {write:?}"))
             .collect();
-        assert_eq!(steps(&plan), expected, "sorted by device, in order within a device");
+        assert_eq!(
+            steps(&plan),
+            expected,
+            "sorted by device, in order within a device"
+        );
     }
 
     #[test]
@@ -770,11 +774,16 @@ mod tests {
             steps(&plan),
             vec![r#"sightings [d0@1/None/None, d1@7/Some("first")/Some("prod")]"#]
         );
-        let Write::SeenDevice(last) = &batch[3] else { unreachable!() };
+        let Write::SeenDevice(last) = &batch[3] else {
+            unreachable!()
+        };
         let DeviceStep::Sightings(sightings) = &plan.device_steps[0] else {
             panic!("one step of sightings")
         };
-        assert!(std::ptr::eq(sightings[1].seen, last), "the latest sighting's columns are kept");
+        assert!(
+            std::ptr::eq(sightings[1].seen, last),
+            "the latest sighting's columns are kept"
+        );
     }
 
     #[test]
@@ -798,7 +807,9 @@ mod tests {
 
     #[test]
     fn sightings_are_cut_into_few_statement_shapes() {
-        let batch: Vec<Write> = (0..300).map(|i| seen(&format!("d{i:03}"), 1, None, None)).collect();
+        let batch: Vec<Write> = (0..300)
+            .map(|i| seen(&format!("d{i:03}"), 1, None, None))
+            .collect();
         let plan = WritePlan::of(&batch);
         let DeviceStep::Sightings(sightings) = &plan.device_steps[0] else {
             panic!("one step of sightings")

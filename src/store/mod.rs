@@ -22,5 +22,5 @@ mod records;
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
-pub use queue::WriteQueue;
+pub use queue::{SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue};
 pub use records::{Counter, DeviceRecord, DeviceSeen, Write};
