@@ -4,11 +4,15 @@
 # It is the upstream apiextensions-apiserver (the CRD half of kube-apiserver: CRD registration,
 # structural schemas, CEL validation, the status subresource, server-side apply, watches) built
 # from Debian sid's Go source packages, in front of a real etcd. No package ships kube-apiserver
-# or envtest binaries, so this is the closest real server these machines can run.
+# or envtest binaries, so this is the closest real server these machines can run. builtin.go adds
+# the built-in kinds the operator writes (core, apps, policy, autoscaling, networking, RBAC,
+# coordination, events) through k8s.io/apiserver's generic registry; their OpenAPI models, which
+# server-side apply needs, are generated from k8s.io/api with the packaged openapi-gen.
 #
 #   apiserver.sh build   download the Debian packages into a private apt root and build the
 #                        server; the binaries are cached outside the clone, keyed by the package
-#                        versions and the hash of main.go, so later runs skip this step
+#                        versions and the hash of the Go sources and the generated API list, so
+#                        later runs skip this step
 #   apiserver.sh start   build if needed, start etcd and the server, wait until ready, write
 #                        $STATE_DIR/kubeconfig and $STATE_DIR/env (KUBECONFIG=...)
 #   apiserver.sh stop    stop exactly the processes that `start` recorded
@@ -22,12 +26,19 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache_root=${OTA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ota-operator}/apiserver
 state=${OTA_APISERVER_STATE:-$repo/target/test-apiserver}
-packages=(golang-k8s-apiextensions-apiserver-dev golang-k8s-apiserver-dev golang-k8s-api-dev etcd-server)
+packages=(golang-k8s-apiextensions-apiserver-dev golang-k8s-apiserver-dev golang-k8s-api-dev
+  golang-k8s-client-go-dev golang-k8s-kube-openapi-dev golang-github-kubernetes-gengo-dev etcd-server)
+# The Go packages whose OpenAPI models are generated for the built-in kinds of builtin.go (their
+# types and every type they refer to).
+openapi_packages=(k8s.io/api/core/v1 k8s.io/api/apps/v1 k8s.io/api/policy/v1 k8s.io/api/autoscaling/v2
+  k8s.io/api/networking/v1 k8s.io/api/rbac/v1 k8s.io/api/coordination/v1 k8s.io/api/events/v1
+  k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/util/intstr
+  k8s.io/apimachinery/pkg/api/resource k8s.io/apimachinery/pkg/version)
 
 die() { echo "apiserver.sh: $*" >&2; exit 1; }
 log() { echo "apiserver.sh: $*" >&2; }
 
-main_hash() { cat "$here"/*.go | sha256sum | cut -c1-16; }
+main_hash() { { cat "$here"/*.go; printf '%s\n' "${openapi_packages[@]}"; } | sha256sum | cut -c1-16; }
 
 # A cached build whose main.go hash matches, whatever package versions it was built from.
 cached_build() {
@@ -59,6 +70,13 @@ build() {
   fi
   command -v apt-get >/dev/null || die "apt-get is required to download Debian's Go sources"
   command -v dpkg >/dev/null || die "dpkg is required to unpack Debian's Go sources"
+  # One build at a time per cache: test runs with different state folders share the work folder.
+  mkdir -p "$cache_root"
+  exec 8>"$cache_root/build.lock"
+  flock 8
+  if [ "${OTA_APISERVER_REFRESH:-0}" != 1 ] && dir=$(cached_build); then
+    echo "$dir"; return 0
+  fi
   local work="$cache_root/work"
   mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
   echo 'deb http://deb.debian.org/debian sid main' > "$work/sources.list"
@@ -92,13 +110,25 @@ build() {
   local k8s_version
   k8s_version=$(printf '%s\n' "${versions[@]}" | sed -n 's/^golang-k8s-apiextensions-apiserver-dev=0\.\([0-9]*\)\.\([0-9]*\).*/1.\1.\2/p')
   local minor=${k8s_version#1.}; minor=${minor%%.*}
-  log "building the API server (Kubernetes v$k8s_version) with $(basename "$goroot")"
   mkdir -p "$out.tmp/bin"
+  local go_env=(GOROOT="$goroot" PATH="$goroot/bin:$PATH" GO111MODULE=off GOTOOLCHAIN=local CGO_ENABLED=0
+    GOFLAGS= GOPATH="$gopath:$root/usr/share/gocode" GOCACHE="$work/gocache")
+  log "generating the OpenAPI models of the built-in kinds with the packaged openapi-gen"
+  (
+    cd "$root/usr/share/gocode/src/k8s.io/kube-openapi/cmd/openapi-gen"
+    env "${go_env[@]}" "$goroot/bin/go" build -o "$work/openapi-gen" . || die "go build of openapi-gen failed"
+    : > "$work/boilerplate.txt"
+    # Upstream's known API-rule exceptions (field names) are reported to a file, not fatal.
+    env "${go_env[@]}" "$work/openapi-gen" --go-header-file "$work/boilerplate.txt" \
+      --output-dir "$gopath/src/ota-test-apiserver/builtinopenapi" \
+      --output-pkg ota-test-apiserver/builtinopenapi --output-file zz_generated.openapi.go \
+      --report-filename "$work/openapi-rule-violations.txt" "${openapi_packages[@]}" \
+      || die "openapi-gen could not generate the built-in kinds' OpenAPI models"
+  ) >&2 || exit 1
+  log "building the API server (Kubernetes v$k8s_version) with $(basename "$goroot")"
   (
     cd "$gopath/src/ota-test-apiserver"
-    GOROOT="$goroot" GO111MODULE=off GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS= \
-      GOPATH="$gopath:$root/usr/share/gocode" GOCACHE="$work/gocache" \
-      "$goroot/bin/go" build -o "$out.tmp/bin/ota-test-apiserver" -ldflags "\
+    env "${go_env[@]}" "$goroot/bin/go" build -o "$out.tmp/bin/ota-test-apiserver" -ldflags "\
         -X k8s.io/component-base/version.gitVersion=v$k8s_version \
         -X k8s.io/component-base/version.gitMajor=1 \
         -X k8s.io/component-base/version.gitMinor=$minor" .
@@ -107,7 +137,7 @@ build() {
   printf '%s\n' "${versions[@]}" > "$out.tmp/versions"
   rm -rf "$out"; mv "$out.tmp" "$out"
   # The unpacked sources and the Go build cache take gigabytes; only the binaries are kept.
-  rm -rf "$root" "$gopath" "$work/gocache"
+  rm -rf "$root" "$gopath" "$work/gocache" "$work/openapi-gen"
   echo "$out"
 }
 

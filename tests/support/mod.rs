@@ -162,8 +162,9 @@ pub async fn client_with_crds() -> Client {
     client().await
 }
 
-/// A namespace name no other test uses. The test API server serves no Namespace kind and
-/// accepts any valid name, so a fresh name is a fresh namespace.
+/// A namespace name no other test uses. The test API server runs without the NamespaceLifecycle
+/// admission plugin, so objects go into any valid namespace name without a Namespace object: a
+/// fresh name is a fresh namespace.
 pub fn unique_namespace(prefix: &str) -> String {
     unique_name(prefix, '-')
 }
