@@ -401,6 +401,83 @@ async fn a_normal_bundle_is_stored_with_its_manifest() {
 }
 
 #[tokio::test]
+async fn a_file_that_deflate_could_not_shrink_is_stored_raw() {
+    // Noise with a little padding: deflate saves about 1 %, and so would Brotli, which is not
+    // worth a decoding pass on every device; the zip's own compressed size tells, for free.
+    let mut nearly_noise = noise(100 * 1024, 7);
+    nearly_noise[..1500].fill(0);
+    // The same bytes stored without compression give no such hint: Brotli is tried, and kept
+    // because it is smaller.
+    let path = env_zip_with_stored(&nearly_noise);
+    let env = &path.0;
+    let synced = env.sync_file(&path.1).await.unwrap();
+    let names: Vec<&str> = synced.manifest.iter().map(|f| f.file_name.as_str()).collect();
+    assert_eq!(names, ["data/deflated.bin", "data/stored.bin.br", "index.html"]);
+    let raw = env.object(&synced.manifest[0].key).await;
+    assert!(raw == nearly_noise, "the deflated entry is not stored raw");
+    let compressed = env.object(&synced.manifest[1].key).await;
+    assert!(compressed.len() < nearly_noise.len());
+    let mut stored_content = nearly_noise.clone();
+    stored_content.push(b'!');
+    assert!(
+        brotli_decompress(&compressed) == stored_content,
+        "the stored entry's Brotli form"
+    );
+}
+
+/// A zip with index.html and `content` twice: deflated as `data/deflated.bin` and stored as
+/// `data/stored.bin` (both names without a known compressed extension).
+fn env_zip_with_stored(content: &[u8]) -> (Env, PathBuf) {
+    let env = Env::new();
+    let path = env.zip_path("mixed.zip");
+    let mut zip = ZipWriter::new(File::create(&path).unwrap());
+    zip.start_file("index.html", deflated()).unwrap();
+    zip.write_all(b"<!doctype html>").unwrap();
+    zip.start_file("data/deflated.bin", deflated()).unwrap();
+    zip.write_all(content).unwrap();
+    // A different content, so the two are stored separately.
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    zip.start_file("data/stored.bin", stored).unwrap();
+    zip.write_all(content).unwrap();
+    zip.write_all(b"!").unwrap();
+    zip.finish().unwrap();
+    (env, path)
+}
+
+#[tokio::test]
+async fn many_files_are_hashed_and_stored_right() {
+    // Several threads decompress, hash and compress: every file must still get its own hash
+    // and content.
+    let env = Env::new();
+    let mut entries = vec![index_html()];
+    let mut originals = HashMap::new();
+    for i in 0..300u64 {
+        let name: &'static str = Box::leak(format!("assets/chunk-{i}.js").into_boxed_str());
+        let content = if i % 3 == 0 {
+            noise(1000 + i as usize * 37, i)
+        } else {
+            javascript(2000 + i as usize * 97, &format!("f{i}_"))
+        };
+        originals.insert(name.to_owned(), content.clone());
+        entries.push(Entry::File(name, content));
+    }
+    let synced = env.sync_entries("many.zip", &entries).await.unwrap();
+    assert_eq!(synced.file_count, 301);
+    for file in synced.manifest.iter().filter(|f| f.file_name != "index.html") {
+        let name = file.file_name.strip_suffix(".br").unwrap_or(&file.file_name);
+        let original = &originals[name];
+        assert_eq!(file.file_hash, sha256(original), "{name}");
+        let stored = env.object(&file.key).await;
+        let content = if file.file_name.ends_with(".br") {
+            brotli_decompress(&stored)
+        } else {
+            stored
+        };
+        assert_eq!(&content, original, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn a_file_named_br_is_compressed_once_more() {
     // A pre-compressed asset (as Vite or webpack compression plugins emit): the plugin
     // Brotli-decodes every manifest entry named `*.br`, so it must be listed as `*.br.br`.
@@ -1041,97 +1118,4 @@ async fn a_source_that_is_too_large_is_refused() {
         )
         .await;
     assert_terminal(result, reason::INVALID_ARCHIVE, "too large");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Memory (run by hand: `cargo test --release --test bundle_sync -- --ignored --nocapture`)
-// ---------------------------------------------------------------------------------------------
-
-/// Peak resident memory of this process, in KiB (Linux).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Where [`write_huge_bundle`] writes, when the test binary is re-run to generate a bundle.
-const HUGE_BUNDLE_VAR: &str = "OTA_SYNC_TEST_HUGE_BUNDLE";
-
-/// Writes a 229 MB bundle of 3,000 files: mostly 40 to 80 KB files, twelve of 1 to 8 MiB; half
-/// JavaScript-like text, half noise (so Brotli keeps some and not others).
-fn write_huge_bundle(path: &FsPath) {
-    let mut zip = ZipWriter::new(std::io::BufWriter::new(File::create(path).unwrap()));
-    zip.start_file("index.html", deflated()).unwrap();
-    zip.write_all(b"<html></html>").unwrap();
-    for i in 0..2999usize {
-        let len = if i % 250 == 0 {
-            (1 + i % 8) * 1024 * 1024
-        } else {
-            40_000 + (i * 7919) % 40_000
-        };
-        zip.start_file(format!("assets/chunk-{i}.js"), deflated())
-            .unwrap();
-        let content = if i % 2 == 0 {
-            javascript(len, &format!("f{i}_"))
-        } else {
-            noise(len, i as u64)
-        };
-        zip.write_all(&content).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
-/// Not a test: the memory test re-runs the test binary with this one selected to generate its
-/// bundle in another process, so that the generator's allocations do not count.
-#[test]
-#[ignore = "helper of a_200_mb_bundle_of_3000_files_syncs_in_bounded_memory"]
-fn huge_bundle_generator() {
-    if let Some(path) = std::env::var_os(HUGE_BUNDLE_VAR) {
-        write_huge_bundle(FsPath::new(&path));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow: builds and syncs a 229 MB bundle; run with --release"]
-async fn a_200_mb_bundle_of_3000_files_syncs_in_bounded_memory() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("ota_operator=debug")
-        .with_test_writer()
-        .try_init();
-    let env = Env::new();
-    let path = env.zip_path("huge.zip");
-    let generated = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "huge_bundle_generator"])
-        .env(HUGE_BUNDLE_VAR, &path)
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
-    let sha = sha256_file(&path);
-
-    let before = peak_rss_kib();
-    let started = std::time::Instant::now();
-    let limits = SyncLimits::default();
-    let synced = env
-        .sync_with(&BundleSourceRef::File(path.clone()), &sha, &limits)
-        .await
-        .unwrap();
-    let first = started.elapsed();
-    let again = std::time::Instant::now();
-    let resynced = env
-        .sync_with(&BundleSourceRef::File(path), &sha, &limits)
-        .await
-        .unwrap();
-    let peak = peak_rss_kib();
-    eprintln!(
-        "zip {} MB, {} MB of files: synced in {first:?}, again in {:?} ({} uploaded); peak RSS {before:?} KiB before, {peak:?} KiB after",
-        synced.zip_size / 1_000_000,
-        synced.uncompressed_size / 1_000_000,
-        again.elapsed(),
-        resynced.uploaded_files,
-    );
-    assert_eq!(synced.file_count, 3000);
-    assert_eq!(resynced.uploaded_files, 0);
-    if let Some(peak) = peak {
-        assert!(peak < 48 * 1024, "peak RSS {peak} KiB");
-    }
 }

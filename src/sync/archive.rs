@@ -10,10 +10,14 @@ use std::{
     fs::File,
     io::{BufReader, Read, Seek, SeekFrom},
     path::Path as FsPath,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use sha2::{Digest, Sha256};
-use zip::ZipArchive;
+use zip::{CompressionMethod, ZipArchive};
 
 use super::{RATIO_CHECK_MIN_SIZE, SyncError, SyncLimits};
 
@@ -40,6 +44,10 @@ pub(super) struct ScannedFile {
     pub hash: String,
     /// Bytes of its content.
     pub size: u64,
+    /// Bytes of its entry's data in the zip.
+    pub compressed_size: u64,
+    /// Whether its entry is stored without compression.
+    pub stored: bool,
 }
 
 /// What the validation found.
@@ -66,6 +74,10 @@ pub(super) struct Extract {
     pub hash: String,
     /// Its size.
     pub size: u64,
+    /// Bytes of the entry's data in the zip.
+    pub compressed_size: u64,
+    /// Whether the entry is stored without compression.
+    pub stored: bool,
 }
 
 fn invalid(message: String) -> SyncError {
@@ -191,6 +203,8 @@ struct Entry {
     components: Vec<String>,
     is_dir: bool,
     size: u64,
+    compressed_size: u64,
+    stored: bool,
 }
 
 /// Checks a name and splits it into path components.
@@ -272,6 +286,7 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
         let is_dir = name.ends_with('/') || file_type == Some(S_IFDIR);
         let size = entry.size();
         let compressed = entry.compressed_size();
+        let stored = entry.compression() == CompressionMethod::Stored;
         if is_dir {
             if size > 0 {
                 return Err(invalid(format!("folder entry {name:?} has content")));
@@ -300,6 +315,8 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
             components,
             is_dir,
             size,
+            compressed_size: compressed,
+            stored,
         });
     }
 
@@ -369,37 +386,20 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
         .into_iter()
         .map(|(entry, path)| (entry.index, path))
         .collect();
-    let mut buffer = vec![0; CHUNK];
-    let mut actual_total: u64 = 0;
+    let files_entries: Vec<&Entry> = entries.iter().filter(|e| !e.is_dir).collect();
+    let hashes = hash_entries(zip_path, &mut archive, &files_entries, limits, super::workers())?;
     let mut files = Vec::with_capacity(included.len());
     let mut uncompressed_size: u64 = 0;
-    for entry in entries.iter().filter(|e| !e.is_dir) {
-        let mut hasher = Sha256::new();
-        let size = copy_entry(
-            &mut archive,
-            entry.index,
-            &entry.name,
-            entry.size,
-            &mut buffer,
-            |chunk| {
-                actual_total = actual_total.saturating_add(chunk.len() as u64);
-                if actual_total > limits.max_uncompressed_bytes {
-                    return Err(invalid(format!(
-                        "entry {:?} brings the decompressed total over the limit of {} bytes",
-                        entry.name, limits.max_uncompressed_bytes
-                    )));
-                }
-                hasher.update(chunk);
-                Ok(())
-            },
-        )?;
+    for (entry, hash) in files_entries.iter().zip(hashes) {
         if let Some(path) = included.get(&entry.index) {
-            uncompressed_size = uncompressed_size.saturating_add(size);
+            uncompressed_size = uncompressed_size.saturating_add(entry.size);
             files.push(ScannedFile {
                 index: entry.index,
                 path: path.clone(),
-                hash: hex::encode(hasher.finalize()),
-                size,
+                hash,
+                size: entry.size,
+                compressed_size: entry.compressed_size,
+                stored: entry.stored,
             });
         }
     }
@@ -421,6 +421,95 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
         uncompressed_size,
         flattened,
     })
+}
+
+/// Decompresses every entry of `entries` (files, each checked against its declared size, and all
+/// together against the total limit) and returns their SHA-256s, in the same order.
+///
+/// `workers` threads share the work, each with its own reader of the zip (`archive` is the
+/// first's), taking the next entry in archive order as they go, so the file is read nearly
+/// sequentially. When entries are refused, the refusal of the first of them in archive order is
+/// returned.
+fn hash_entries(
+    zip_path: &FsPath,
+    archive: &mut Archive,
+    entries: &[&Entry],
+    limits: &SyncLimits,
+    workers: usize,
+) -> Result<Vec<String>, SyncError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let actual_total = AtomicU64::new(0);
+    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; entries.len()]);
+    let errors: Mutex<Vec<(usize, SyncError)>> = Mutex::new(Vec::new());
+    let span = tracing::Span::current();
+    let work = |archive: &mut Archive| {
+        let _entered = span.enter();
+        let mut buffer = vec![0; CHUNK];
+        while !failed.load(Ordering::Relaxed) {
+            let position = next.fetch_add(1, Ordering::Relaxed);
+            let Some(entry) = entries.get(position) else {
+                break;
+            };
+            let mut hasher = Sha256::new();
+            let copied = copy_entry(
+                archive,
+                entry.index,
+                &entry.name,
+                entry.size,
+                &mut buffer,
+                |chunk| {
+                    let len = chunk.len() as u64;
+                    let total = actual_total.fetch_add(len, Ordering::Relaxed).saturating_add(len);
+                    if total > limits.max_uncompressed_bytes {
+                        return Err(invalid(format!(
+                            "entry {:?} brings the decompressed total over the limit of {} bytes",
+                            entry.name, limits.max_uncompressed_bytes
+                        )));
+                    }
+                    hasher.update(chunk);
+                    Ok(())
+                },
+            );
+            match copied {
+                Ok(_) => lock(&hashes)[position] = Some(hex::encode(hasher.finalize())),
+                Err(error) => {
+                    failed.store(true, Ordering::Relaxed);
+                    lock(&errors).push((position, error));
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..workers.max(1) {
+            scope.spawn(|| match open(zip_path, usize::MAX) {
+                Ok(mut own) => work(&mut own),
+                Err(error) => {
+                    failed.store(true, Ordering::Relaxed);
+                    lock(&errors).push((0, error));
+                }
+            });
+        }
+        work(archive);
+    });
+    let mut errors = errors
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    errors.sort_by_key(|(position, _)| *position);
+    if let Some((_, error)) = errors.into_iter().next() {
+        return Err(error);
+    }
+    hashes
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .into_iter()
+        .map(|hash| hash.ok_or_else(|| SyncError::Task("an entry of the zip was not hashed".to_owned())))
+        .collect()
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (it only pushes or sets).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Decompresses one entry chunk by chunk into `sink`, refusing it as soon as it yields more than

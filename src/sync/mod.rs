@@ -64,6 +64,17 @@ pub const SOURCE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many store requests (HEAD or upload) run at once.
 const STORE_CONCURRENCY: usize = 8;
 
+/// Most threads that decompress, hash and compress a bundle's files at once (each Brotli
+/// encoder holds up to about 12 MiB).
+const MAX_WORKERS: usize = 2;
+
+/// Threads that decompress, hash and compress at once: one per CPU, at most [`MAX_WORKERS`].
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_WORKERS)
+}
+
 /// Where a bundle's zip comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleSourceRef {
@@ -424,6 +435,8 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
                     brotli_required,
                     hash,
                     size,
+                    compressed_size: file.compressed_size,
+                    stored: file.stored,
                 });
             }
         }

@@ -1,18 +1,21 @@
 //! Steps 4 to 7 of a sync: what the store has, and uploading files, the zip and the manifest
 //! with bounded memory.
 //!
-//! Missing files are extracted again from the temporary zip by one blocking task, which writes
-//! each file, and its Brotli form when it is worth trying, to temporary files (so that it
-//! allocates the same few buffers over and over, whatever the files' sizes). A short queue hands
-//! them to concurrent uploads, which read a file into memory when it fits in one request and
+//! Missing files are extracted again from the temporary zip by a few threads (one per CPU, see
+//! `super::workers`), which write each file, or its Brotli form when it is worth trying, to a
+//! temporary file (so that they allocate the same few buffers over and over, whatever the files'
+//! sizes). A short queue hands them to concurrent uploads, which read a file into memory when it fits in one request and
 //! upload it in parts otherwise. The bytes those uploads hold at once are capped by
 //! [`UPLOAD_MEMORY`].
 
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
-    path::Path as FsPath,
-    sync::Arc,
+    path::{Path as FsPath, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -38,8 +41,11 @@ const PREPARED_QUEUE: usize = 4;
 /// encoder (measured: 33 to 52 MiB per encoder); quality 6 takes 4 to 12 MiB, runs about twice
 /// as fast, and its output is 1 to 5 % larger on real JavaScript.
 const BROTLI_QUALITY: u32 = 6;
-/// Brotli window: 1 MiB (a larger one costs memory for little gain on web assets).
+/// Brotli window: at most 1 MiB (a larger one costs memory for little gain on web assets), and
+/// no larger than the file (a window beyond the file's end holds nothing), but at least 256 KiB
+/// (smaller windows switch the encoder to another match finder).
 const BROTLI_LGWIN: u32 = 20;
+const BROTLI_MIN_LGWIN: u32 = 18;
 /// Brotli's output buffer.
 const BROTLI_BUFFER: usize = 64 * 1024;
 /// Buffer of reads from temporary files.
@@ -49,6 +55,12 @@ const COMPRESSED_EXTENSIONS: &[&str] = &[
     "png", "jpg", "jpeg", "gif", "webp", "avif", "heic", "woff", "woff2", "mp3", "mp4", "m4a", "aac", "ogg",
     "webm", "zip", "gz", "br", "zst", "xz", "7z",
 ];
+
+/// Whether the zip's own compression shows that a content will not shrink: deflate saved less
+/// than 2 % of it (Brotli would not save much more, and the device would decode it for nothing).
+fn incompressible(extract: &Extract) -> bool {
+    !extract.stored && extract.compressed_size.saturating_mul(50) >= extract.size.saturating_mul(49)
+}
 
 /// Whether a file is worth a Brotli pass.
 fn brotli_candidate(path: &str, size: u64) -> bool {
@@ -80,6 +92,48 @@ fn upload_memory(len: u64, part_concurrency: usize) -> usize {
     usize::try_from(len)
         .unwrap_or(usize::MAX)
         .min(PART_SIZE * (part_concurrency + 1))
+}
+
+/// Temporary files reused from one prepared content to the next. Creating and deleting a file
+/// per content costs more than the content's own I/O on some filesystems (ext4 searches past
+/// recently deleted inodes to allocate a new one), so each file goes back to the pool once
+/// uploaded, and is emptied when it is taken again.
+struct Spools {
+    dir: PathBuf,
+    free: Mutex<Vec<File>>,
+}
+
+impl Spools {
+    fn new(dir: &FsPath) -> Self {
+        Spools {
+            dir: dir.to_owned(),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty temporary file (blocking).
+    fn take(&self) -> Result<File, SyncError> {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        match reused {
+            Some(mut file) => {
+                let emptied = file.set_len(0).and_then(|()| file.seek(SeekFrom::Start(0)));
+                emptied.map_err(temp_failed("emptying a temporary file"))?;
+                Ok(file)
+            }
+            None => tempfile::tempfile_in(&self.dir).map_err(temp_failed("creating a temporary file")),
+        }
+    }
+
+    fn give(&self, file: File) {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(file);
+    }
 }
 
 fn temp_failed(action: &'static str) -> impl Fn(std::io::Error) -> SyncError {
@@ -137,13 +191,14 @@ pub(super) async fn upload_files(
     missing: Vec<Extract>,
 ) -> Result<Vec<(String, bool)>, SyncError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(PREPARED_QUEUE);
+    let spools = Arc::new(Spools::new(workdir));
     let producer = {
         let zip_path = zip_path.to_owned();
-        let workdir = workdir.to_owned();
+        let spools = Arc::clone(&spools);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
-                if let Err(error) = prepare_all(&zip_path, &workdir, missing, &sender) {
+                if let Err(error) = prepare_all(&zip_path, &spools, missing, &sender) {
                     // The receiver may be gone already; then its own error is reported.
                     let _ = sender.blocking_send(Err(error));
                 }
@@ -154,7 +209,7 @@ pub(super) async fn upload_files(
     let budget = Semaphore::new(UPLOAD_MEMORY / 1024);
     let uploaded = futures::stream::poll_fn(|cx| receiver.poll_recv(cx))
         .map(|item: Result<Prepared, SyncError>| {
-            let budget = &budget;
+            let (budget, spools) = (&budget, &spools);
             async move {
                 let prepared = item?;
                 let key = file_key(&prepared.hash, prepared.brotli);
@@ -164,7 +219,8 @@ pub(super) async fn upload_files(
                     .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
                     .await
                     .map_err(|e| SyncError::Task(e.to_string()))?;
-                upload_file(store, &path, prepared.file, prepared.len, PART_CONCURRENCY).await?;
+                let file = upload_file(store, &path, prepared.file, prepared.len, PART_CONCURRENCY).await?;
+                spools.give(file);
                 tracing::trace!(key, "uploaded");
                 Ok::<_, SyncError>((prepared.hash, prepared.brotli))
             }
@@ -187,75 +243,111 @@ pub(super) async fn upload_files(
     Ok(uploaded)
 }
 
-/// The blocking producer: every missing content, in archive order.
+/// The blocking producers: every missing content, taken in archive order by a few threads. A
+/// content that cannot be prepared is sent as an error; a closed queue stops them all.
 fn prepare_all(
     zip_path: &FsPath,
-    workdir: &FsPath,
+    spools: &Spools,
     missing: Vec<Extract>,
     sender: &tokio::sync::mpsc::Sender<Result<Prepared, SyncError>>,
 ) -> Result<(), SyncError> {
-    // Already validated, entry count included.
-    let mut archive = archive::open(zip_path, usize::MAX)?;
-    let mut buffer = vec![0; 64 * 1024];
-    for extract in missing {
-        let prepared = prepare(&mut archive, &extract, workdir, &mut buffer)?;
-        if sender.blocking_send(Ok(prepared)).is_err() {
-            break;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let span = tracing::Span::current();
+    let work = || -> Result<(), SyncError> {
+        let _entered = span.enter();
+        // Already validated, entry count included.
+        let mut archive = archive::open(zip_path, usize::MAX)?;
+        let mut buffer = vec![0; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let Some(extract) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let prepared = prepare(&mut archive, extract, spools, &mut buffer);
+            let failed = prepared.is_err();
+            if sender.blocking_send(prepared).is_err() || failed {
+                stop.store(true, Ordering::Relaxed);
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..super::workers()).map(|_| scope.spawn(work)).collect();
+        let mut result = work();
+        for other in others {
+            match other.join() {
+                Ok(outcome) => result = result.and(outcome),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        result
+    })
 }
 
-/// Extracts one content to a temporary file, and its Brotli form to another when it is worth
-/// trying; keeps the smaller.
+/// Extracts one content to a temporary file: its Brotli form when it is worth trying and comes
+/// out smaller (or is required), else the raw bytes.
 fn prepare(
     archive: &mut archive::Archive,
     extract: &Extract,
-    workdir: &FsPath,
+    spools: &Spools,
     buffer: &mut [u8],
 ) -> Result<Prepared, SyncError> {
     let name = extract.path.as_str();
-    let spool = || tempfile::tempfile_in(workdir).map_err(temp_failed("creating a temporary file"));
-    let mut raw = spool()?;
-    let mut compressor = match extract.brotli_required || brotli_candidate(name, extract.size) {
-        true => Some(brotli::CompressorWriter::new(
+    let spool = || spools.take();
+    let try_brotli =
+        extract.brotli_required || (brotli_candidate(name, extract.size) && !incompressible(extract));
+    if try_brotli {
+        let mut compressor = brotli::CompressorWriter::with_params(
             CountingWriter {
                 inner: spool()?,
                 written: 0,
                 error: None,
             },
             BROTLI_BUFFER,
-            BROTLI_QUALITY,
-            BROTLI_LGWIN,
-        )),
-        false => None,
-    };
-    archive::copy_entry(archive, extract.index, name, extract.size, buffer, |chunk| {
-        raw.write_all(chunk).map_err(temp_failed("spooling a file"))?;
-        match compressor.as_mut() {
-            Some(compressor) => compressor
+            &brotli_params(extract.size),
+        );
+        archive::copy_entry(archive, extract.index, name, extract.size, buffer, |chunk| {
+            compressor
                 .write_all(chunk)
-                .map_err(temp_failed("compressing a file")),
-            None => Ok(()),
+                .map_err(temp_failed("compressing a file"))
+        })?;
+        // `into_inner` finishes the Brotli stream but drops write errors: the writer keeps them.
+        match compressor.into_inner() {
+            CountingWriter {
+                error: Some(error), ..
+            } => {
+                return Err(SyncError::TempStorage {
+                    action: "compressing a file",
+                    source: error,
+                });
+            }
+            CountingWriter { inner, written, .. } if written < extract.size || extract.brotli_required => {
+                return rewound(inner, extract, written, true);
+            }
+            // Not smaller (rare for a file worth trying): extract it again, raw.
+            CountingWriter { inner, .. } => spools.give(inner),
         }
+    }
+    let mut raw = spool()?;
+    archive::copy_entry(archive, extract.index, name, extract.size, buffer, |chunk| {
+        raw.write_all(chunk).map_err(temp_failed("spooling a file"))
     })?;
-    // `into_inner` finishes the Brotli stream but drops write errors: the writer keeps them.
-    let (mut file, len, brotli) = match compressor.map(brotli::CompressorWriter::into_inner) {
-        Some(CountingWriter {
-            error: Some(error), ..
-        }) => {
-            return Err(SyncError::TempStorage {
-                action: "compressing a file",
-                source: error,
-            });
-        }
-        Some(CountingWriter {
-            inner,
-            written,
-            error: None,
-        }) if written < extract.size || extract.brotli_required => (inner, written, true),
-        _ => (raw, extract.size, false),
-    };
+    rewound(raw, extract, extract.size, false)
+}
+
+/// The encoder's settings for a file of `size` bytes: the size is given up front, so that a
+/// small file gets the encoder's small tables, and the window fits the file.
+fn brotli_params(size: u64) -> brotli::enc::BrotliEncoderParams {
+    let size_bits = 64 - size.saturating_sub(1).leading_zeros();
+    brotli::enc::BrotliEncoderParams {
+        quality: BROTLI_QUALITY as i32,
+        lgwin: size_bits.clamp(BROTLI_MIN_LGWIN, BROTLI_LGWIN) as i32,
+        size_hint: usize::try_from(size).unwrap_or(usize::MAX),
+        ..brotli::enc::BrotliEncoderParams::default()
+    }
+}
+
+fn rewound(mut file: File, extract: &Extract, len: u64, brotli: bool) -> Result<Prepared, SyncError> {
     file.seek(SeekFrom::Start(0))
         .map_err(temp_failed("spooling a file"))?;
     Ok(Prepared {
@@ -325,6 +417,11 @@ impl ChunkReader {
         }
     }
 
+    /// The file, unless a read failed.
+    fn into_file(self) -> Option<File> {
+        self.file
+    }
+
     /// The next chunk, at most `max` bytes; empty at the end of the file.
     pub(super) async fn next(&mut self, max: usize) -> std::io::Result<&[u8]> {
         let Some(mut file) = self.file.take() else {
@@ -355,30 +452,31 @@ fn read_retrying(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Reads `len` bytes of a local file in a blocking task, into a vector allocated here (see
-/// [`ChunkReader`]).
-async fn read_exactly(file: File, len: u64) -> std::io::Result<Vec<u8>> {
+/// [`ChunkReader`]); gives the file back.
+async fn read_exactly(file: File, len: u64) -> std::io::Result<(File, Vec<u8>)> {
     let mut bytes = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
     tokio::task::spawn_blocking(move || {
         let mut file = file;
-        file.read_exact(&mut bytes).map(|()| bytes)
+        file.read_exact(&mut bytes).map(|()| (file, bytes))
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
 /// Uploads `len` bytes of a file: in one request up to [`PART_SIZE`], in parts above (at most
-/// `part_concurrency` parts in flight, plus one being filled).
+/// `part_concurrency` parts in flight, plus one being filled). Gives the file back.
 async fn upload_file(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     file: File,
     len: u64,
     part_concurrency: usize,
-) -> Result<(), SyncError> {
+) -> Result<File, SyncError> {
     let read_failed = temp_failed("reading a temporary file");
     if len <= PART_SIZE as u64 {
-        let bytes = read_exactly(file, len).await.map_err(read_failed)?;
-        return put(store, path, PutPayload::from(bytes)).await;
+        let (file, bytes) = read_exactly(file, len).await.map_err(read_failed)?;
+        put(store, path, PutPayload::from(bytes)).await?;
+        return Ok(file);
     }
     let upload = store
         .put_multipart(path)
@@ -405,11 +503,15 @@ async fn upload_file(
     }
     .await;
     match result {
-        Ok(()) => writer
-            .finish()
-            .await
-            .map(drop)
-            .map_err(|e| SyncError::storage("write", path, e)),
+        Ok(()) => {
+            writer
+                .finish()
+                .await
+                .map_err(|e| SyncError::storage("write", path, e))?;
+            reader
+                .into_file()
+                .ok_or_else(|| read_failed(std::io::Error::other("the file was lost after a read")))
+        }
         Err(error) => {
             if let Err(abort) = writer.abort().await {
                 tracing::debug!(error = %abort, key = %path, "could not abort a multipart upload");
