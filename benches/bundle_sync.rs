@@ -1130,11 +1130,12 @@ fn run_driver() -> anyhow::Result<()> {
     let stores = work.join("stores");
     remove_dir(&stores)?;
     std::fs::create_dir_all(&stores)?;
-    let fresh_store = std::cell::Cell::new(0u32);
-    let next_store = || {
-        fresh_store.set(fresh_store.get() + 1);
-        stores.join(fresh_store.get().to_string())
+    let attempts = std::cell::Cell::new(0u32);
+    let next_attempt = || {
+        attempts.set(attempts.get() + 1);
+        attempts.get()
     };
+    let next_store = || stores.join(next_attempt().to_string());
 
     let busy_before = wait_for_idle(Duration::from_secs(idle_wait));
     // Both sides read the zip from the page cache.
@@ -1180,14 +1181,15 @@ fn run_driver() -> anyhow::Result<()> {
     if s3_ready {
         for round in 1..=s3_rounds {
             eprintln!("round {round}/{s3_rounds}: ota sync into S3...");
-            let target = Target::S3 {
-                prefix: format!("bench/{}-{round}-{}", std::process::id(), s3.len()),
-            };
+            // A fresh prefix for every attempt.
             let synced = steady(
                 "the S3 sync",
                 retries,
                 s3_pid,
-                || sync_round(&zip, &info.sha256, &target, &tmp),
+                || {
+                    let prefix = format!("bench/{}-{}", std::process::id(), next_attempt());
+                    sync_round(&zip, &info.sha256, &Target::S3 { prefix }, &tmp)
+                },
                 || Ok(()),
             )?;
             check_synced(&synced.value.1, &info)?;
