@@ -20,9 +20,10 @@
 //! Without `--bench` (what `cargo test --benches` passes) the driver only builds the world and
 //! checks it, so a test run never starts a load.
 //!
-//! Two more roles help to dig: `wrk-script` prints the wrk Lua script, and `probe` runs the
+//! Three more roles help to dig: `wrk-script` prints the wrk Lua script, `probe` runs the
 //! latency probe alone against a server already running at `OTA_BENCH_PROBE_ADDRESS`, at
-//! `OTA_BENCH_PROBE_RATE` requests/s.
+//! `OTA_BENCH_PROBE_RATE` requests/s, and `store-rate` measures the device store's write rate
+//! alone.
 //!
 //! Client and servers share the machine's CPUs: the report gives the CPU time each server spent
 //! per request (from `/proc`), which does not depend on how the CPUs were shared, and how much
@@ -100,7 +101,17 @@ const FOREIGN_LIMIT: f64 = 0.10;
 fn main() -> ExitCode {
     let first_arg = std::env::args().nth(1);
     let role = std::env::var(ROLE_ENV).ok().or_else(|| {
-        first_arg.filter(|a| ["ota-server", "bare", "driver", "wrk-script", "probe"].contains(&a.as_str()))
+        first_arg.filter(|a| {
+            [
+                "ota-server",
+                "bare",
+                "driver",
+                "wrk-script",
+                "probe",
+                "store-rate",
+            ]
+            .contains(&a.as_str())
+        })
     });
     let result = match role.as_deref() {
         Some("ota-server") => run_ota_server(),
@@ -111,6 +122,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("probe") => run_probe_only(),
+        Some("store-rate") => run_store_rate_only(),
         _ if std::env::args().any(|a| a == "--bench") => run_driver(),
         _ => smoke(),
     };
@@ -1029,6 +1041,15 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
     drop(queue);
     let _ = flusher.await;
     Ok(rate)
+}
+
+/// The `store-rate` role: the device store's write rate alone (`OTA_BENCH_STORE_WRITES`
+/// sightings, default 50,000), for looking at the device store without the HTTP load.
+fn run_store_rate_only() -> anyhow::Result<()> {
+    let writes = usize::try_from(env_number("OTA_BENCH_STORE_WRITES", STORE_RATE_WRITES as u64)?)?;
+    let rate = server_runtime()?.block_on(device_store_rate(writes))?;
+    println!("device store: {rate:.0} device sightings/s ({writes} sightings, SQLite file)");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
