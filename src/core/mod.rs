@@ -3,6 +3,7 @@
 
 pub mod channel_self;
 pub mod cohort;
+pub mod conditions;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod snapshot;
