@@ -119,6 +119,9 @@ pub mod annotation {
     pub const ABORT: &str = "ota.dev/abort";
     /// On a Rollout: start an aborted rollout again from its first step, without a new version.
     pub const RETRY: &str = "ota.dev/retry";
+    /// On an update server's pod template: the sha256 of its ConfigMap's data, so a change of
+    /// configuration rolls the pods.
+    pub const CONFIG_HASH: &str = "ota.dev/config-hash";
 }
 
 /// The `app.kubernetes.io/managed-by` value of everything the operator creates.

@@ -1,6 +1,7 @@
 //! The pure core: decisions as functions of (spec, observed state, request, `now`) that return
 //! data. No kube client, no HTTP, no clock, no I/O in here.
 
+pub mod app_children;
 pub mod channel_self;
 pub mod cohort;
 pub mod conditions;
