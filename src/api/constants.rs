@@ -79,6 +79,9 @@ pub mod reason {
     pub const INVALID_SIGNATURE: &str = "InvalidSignature";
     /// A Bundle's deletion waits because a Channel or Rollout still uses it.
     pub const IN_USE: &str = "InUse";
+    /// A Bundle's deletion waits for another bundle of the same storage to finish its sync, so
+    /// that no file the two share is removed under it.
+    pub const WAITING_FOR_SYNC: &str = "WaitingForSync";
     /// A Rollout pause step is waiting for its duration.
     pub const PAUSE_STEP: &str = "PauseStep";
     /// A Rollout pause step is waiting for `kubectl ota promote`.

@@ -31,6 +31,7 @@
 mod archive;
 mod fetch;
 mod objects;
+mod remove;
 
 use std::{
     collections::HashMap,
@@ -44,6 +45,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
+
+pub use remove::{
+    RemoveError, file_key_is_content_addressed, is_bundle_key, remove_objects, stored_file_keys,
+};
 
 use crate::telemetry::error_chain;
 use crate::{api::constants::reason, core::snapshot::ManifestFile};
