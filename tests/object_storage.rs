@@ -95,15 +95,7 @@ fn unique_prefix(test: &str) -> String {
 }
 
 fn base_spec() -> StorageSpec {
-    StorageSpec {
-        filesystem: None,
-        s3: None,
-        gcs: None,
-        azure: None,
-        prefix: None,
-        public_base_url: None,
-        presigned_url_ttl: "1h".to_owned(),
-    }
+    StorageSpec::default()
 }
 
 /// S3 storage on the test server, path-style, keys in a Secret.

@@ -148,6 +148,22 @@ fn default_presign_ttl() -> String {
     "1h".to_owned()
 }
 
+/// No backend yet (not valid until one is set), no prefix, the default presigned URL TTL: a
+/// start for code that fills in one backend.
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            filesystem: None,
+            s3: None,
+            gcs: None,
+            azure: None,
+            prefix: None,
+            public_base_url: None,
+            presigned_url_ttl: default_presign_ttl(),
+        }
+    }
+}
+
 /// Bundles stored in a folder.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

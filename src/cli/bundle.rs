@@ -565,15 +565,7 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
 
 /// The StorageSpec that `--storage` and its flags describe.
 fn storage_spec(args: &StorageArgs) -> Result<StorageSpec, CliError> {
-    let mut spec = StorageSpec {
-        filesystem: None,
-        s3: None,
-        gcs: None,
-        azure: None,
-        prefix: None,
-        public_base_url: None,
-        presigned_url_ttl: "1h".to_owned(),
-    };
+    let mut spec = StorageSpec::default();
     let location = args.storage.as_str();
     let split = |rest: &str| -> (String, Option<String>) {
         match rest.split_once('/') {

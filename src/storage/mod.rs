@@ -655,15 +655,7 @@ mod tests {
     };
 
     fn spec() -> StorageSpec {
-        StorageSpec {
-            filesystem: None,
-            s3: None,
-            gcs: None,
-            azure: None,
-            prefix: None,
-            public_base_url: None,
-            presigned_url_ttl: "1h".to_owned(),
-        }
+        StorageSpec::default()
     }
 
     fn s3(endpoint: Option<&str>, force_path_style: bool) -> StorageSpec {
