@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_operator::{
-    cli, crdgen, server, standalone,
+    cli, controller, crdgen, server, standalone,
     telemetry::{self, LogFormat},
 };
 
@@ -79,6 +79,34 @@ enum Command {
         /// Filesystem storage paths of Apps are resolved against this folder.
         #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
         storage_root: PathBuf,
+    },
+    /// Run the operator: deploy each App's update server and report status (with leader
+    /// election for several replicas).
+    Controller {
+        /// The namespace to watch [default: every namespace].
+        #[arg(long, env = "OTA_NAMESPACE")]
+        namespace: Option<String>,
+        /// Hold a Lease before writing, so that only one of several replicas writes.
+        #[arg(long, env = "OTA_LEADER_ELECTION", default_value_t = false)]
+        leader_election: bool,
+        /// The leader Lease's name.
+        #[arg(long, env = "OTA_LEASE_NAME", default_value = "ota-operator")]
+        lease_name: String,
+        /// The leader Lease's namespace [default: the pod's namespace].
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// How long the Lease is held without renewal, in seconds.
+        #[arg(long, env = "OTA_LEASE_DURATION_SECONDS", default_value_t = 15)]
+        lease_duration_seconds: u64,
+        /// This replica's identity in the Lease and in Events [default: the host name].
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Where /metrics, /livez and /readyz are served.
+        #[arg(long, env = "OTA_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+        metrics_listen: std::net::SocketAddr,
+        /// The update-server image for Apps that name none.
+        #[arg(long, env = "OTA_SERVER_IMAGE")]
+        server_image: String,
     },
     /// Build, encrypt, check and publish bundles from mobile CI.
     #[command(after_help = cli::EXIT_CODES_HELP)]
@@ -168,6 +196,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let result = server::serve_until(boot, shutdown_signal()).await;
                 watcher.abort();
                 result.map_err(anyhow::Error::from)
+            })?;
+        }
+        Command::Controller {
+            namespace,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration_seconds,
+            identity,
+            metrics_listen,
+            server_image,
+        } => {
+            let identity = identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("ota-controller-{}", std::process::id()));
+            let options = controller::Options {
+                namespace,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                lease_duration_seconds,
+                identity,
+                default_server_image: server_image,
+            };
+            runtime()?.block_on(async move {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API")?;
+                let listener = controller::bind(metrics_listen).await?;
+                tracing::info!(address = %metrics_listen, "controller metrics and health listening");
+                controller::run(options, client, listener, shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::from)
             })?;
         }
         Command::Bundle { command } => {

@@ -1,0 +1,547 @@
+//! The App reconciler: read → render (pure) → server-side apply every child → write status only
+//! when it changed.
+
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        networking::v1::Ingress,
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
+
+use super::{Context, metrics::FailureLabels, metrics::Metrics};
+use crate::{
+    api::{
+        App, AppStatus,
+        constants::{API_VERSION, MANAGED_BY_VALUE, condition, field_manager, label, reason},
+    },
+    core::{
+        app_children::{self, AppChildren, RenderError},
+        conditions,
+    },
+};
+
+/// The kind label of this reconciler's metrics.
+const KIND: &str = "App";
+/// How often a healthy App is looked at again, to repair drift the watches missed.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How often an App that names a missing Secret is looked at again (Secrets are not watched).
+const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why a reconcile failed (transient: retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The API server refused or could not be reached.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl AppError {
+    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> AppError {
+        let action = action.into();
+        move |source| AppError::Api { action, source }
+    }
+
+    /// The metrics category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            AppError::Api { .. } => "api",
+        }
+    }
+}
+
+/// Where a reconcile got to, as the status should tell it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Every child is applied; `ready_replicas` of `replicas` pods are ready.
+    Applied {
+        /// The base URL devices reach.
+        endpoint: String,
+        /// Pods wanted.
+        replicas: i32,
+        /// Pods ready, from the Deployment's status.
+        ready_replicas: i32,
+    },
+    /// Stuck until the App (or what it names) changes.
+    Stalled {
+        /// A PascalCase reason.
+        reason: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A transient failure, retried with backoff.
+    Retrying {
+        /// The failure.
+        message: String,
+    },
+}
+
+/// The status an App should have after `outcome` (pure). Conditions other than the kstatus
+/// three and fields the controller does not own are left out: server-side apply keeps them.
+pub fn desired_status(app: &App, outcome: &Outcome, now: Timestamp) -> AppStatus {
+    let existing = app.status.clone().unwrap_or_default();
+    let generation = app.metadata.generation;
+    let (wanted, endpoint, replicas, ready_replicas) = match outcome {
+        Outcome::Applied {
+            endpoint,
+            replicas,
+            ready_replicas,
+        } => {
+            let set = if ready_replicas >= replicas {
+                conditions::ready_set(format!(
+                    "the update server is serving at {endpoint} ({ready_replicas} of {replicas} pods ready)"
+                ))
+            } else {
+                conditions::reconciling_set(
+                    reason::PROGRESSING,
+                    format!("waiting for update-server pods: {ready_replicas} of {replicas} ready"),
+                )
+            };
+            (
+                set,
+                Some(endpoint.clone()),
+                Some(*replicas),
+                Some(*ready_replicas),
+            )
+        }
+        Outcome::Stalled { reason, message } => (
+            conditions::stalled_set(reason, message.clone()),
+            existing.endpoint.clone(),
+            existing.replicas,
+            existing.ready_replicas,
+        ),
+        Outcome::Retrying { message } => (
+            conditions::reconciling_set(reason::PROGRESSING_WITH_RETRY, message.clone()),
+            existing.endpoint.clone(),
+            existing.replicas,
+            existing.ready_replicas,
+        ),
+    };
+    let merged = conditions::merge_conditions(&existing.conditions, &wanted, generation, now);
+    AppStatus {
+        conditions: merged
+            .into_iter()
+            .filter(|c| KSTATUS_TYPES.contains(&c.type_.as_str()))
+            .collect(),
+        observed_generation: generation,
+        endpoint,
+        ready_replicas,
+        replicas,
+        monthly_active_devices: None,
+    }
+}
+
+const KSTATUS_TYPES: [&str; 3] = [condition::READY, condition::RECONCILING, condition::STALLED];
+
+/// Whether writing `desired` would change what the App's status says (pure).
+pub fn status_changed(app: &App, desired: &AppStatus) -> bool {
+    let existing = app.status.clone().unwrap_or_default();
+    let ours: Vec<_> = existing
+        .conditions
+        .iter()
+        .filter(|c| KSTATUS_TYPES.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    ours != desired.conditions
+        || existing.observed_generation != desired.observed_generation
+        || existing.endpoint != desired.endpoint
+        || existing.replicas != desired.replicas
+        || existing.ready_replicas != desired.ready_replicas
+}
+
+/// The Event a status change deserves, if any: (type, reason, note).
+pub fn transition_event(app: &App, desired: &AppStatus) -> Option<(EventType, String, String)> {
+    let before = app
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::READY));
+    let after = desired.conditions.iter().find(|c| c.type_ == condition::READY)?;
+    if before.is_some_and(|b| b.status == after.status && b.reason == after.reason) {
+        return None;
+    }
+    let stalled = conditions::status_of(&desired.conditions, condition::STALLED) == Some("True");
+    let event_type = if stalled || after.reason == reason::PROGRESSING_WITH_RETRY {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    Some((event_type, after.reason.clone(), after.message.clone()))
+}
+
+/// Runs the App controller until `stop` reads `true`. `caches_synced` turns true once the App
+/// cache is filled.
+pub async fn run(
+    context: Arc<Context>,
+    namespace: Option<String>,
+    caches_synced: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = context.client.clone();
+    let apps: Api<App> = scoped(&client, namespace.as_deref());
+    let children = watcher::Config::default().labels(&format!("{}={MANAGED_BY_VALUE}", label::MANAGED_BY));
+    let controller = Controller::new(apps, watcher::Config::default())
+        .owns(
+            scoped::<ServiceAccount>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(scoped::<Role>(&client, namespace.as_deref()), children.clone())
+        .owns(
+            scoped::<RoleBinding>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(
+            scoped::<ConfigMap>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(
+            scoped::<Deployment>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(scoped::<Service>(&client, namespace.as_deref()), children.clone())
+        .owns(
+            scoped::<PodDisruptionBudget>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, namespace.as_deref()),
+            children.clone(),
+        )
+        .owns(scoped::<Ingress>(&client, namespace.as_deref()), children);
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            caches_synced.store(true, Ordering::Relaxed);
+        }
+    });
+    // A replica that becomes leader looks at every App again: while it followed, its
+    // reconciles wrote nothing.
+    let leader_gained = futures::stream::unfold(context.leader.clone(), |mut leader| async move {
+        loop {
+            leader.changed().await.ok()?;
+            if *leader.borrow_and_update() {
+                return Some(((), leader));
+            }
+        }
+    });
+    controller
+        .reconcile_all_on(leader_gained)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "App reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn object_key(app: &App) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// One reconcile of one App.
+pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, AppError> {
+    if !context.is_leader() {
+        // A follower keeps its caches warm and writes nothing; it reconciles every App when it
+        // becomes the leader.
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    let kind = Metrics::kind(KIND);
+    context.metrics.reconciles.get_or_create(&kind).inc();
+    let result = reconcile_leader(&app, &context).await;
+    context
+        .metrics
+        .durations
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((outcome, action)) => {
+            if let Outcome::Stalled { reason, .. } = &outcome {
+                context
+                    .metrics
+                    .failures
+                    .get_or_create(&failure(category_of(reason)))
+                    .inc();
+            }
+            write_status(&app, &context, &outcome).await?;
+            context.backoff.reset(&object_key(&app));
+            Ok(action)
+        }
+        Err(error) => {
+            let message = crate::telemetry::error_chain(&error);
+            tracing::warn!(app = %object_key(&app), error = %message, "App reconcile failed; retrying");
+            // Best effort: the retry comes from error_policy whether or not this write works.
+            if let Err(status_error) = write_status(&app, &context, &Outcome::Retrying { message }).await {
+                tracing::debug!(error = %status_error, "could not record the failure in status");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn failure(category: &str) -> FailureLabels {
+    FailureLabels {
+        kind: KIND.to_owned(),
+        error: category.to_owned(),
+    }
+}
+
+fn category_of(reason: &str) -> &'static str {
+    match reason {
+        reason::REFERENCE_NOT_FOUND => "reference_not_found",
+        _ => "invalid_spec",
+    }
+}
+
+/// Transient failures wait a per-object, growing, jittered delay.
+pub fn error_policy(app: Arc<App>, error: &AppError, context: Arc<Context>) -> Action {
+    context
+        .metrics
+        .failures
+        .get_or_create(&failure(error.category()))
+        .inc();
+    Action::requeue(context.backoff.next_delay(&object_key(&app)))
+}
+
+async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Action), AppError> {
+    let namespace = app.namespace().unwrap_or_default();
+    if let Some(message) = missing_secret(app, context, &namespace).await? {
+        let outcome = Outcome::Stalled {
+            reason: reason::REFERENCE_NOT_FOUND,
+            message,
+        };
+        return Ok((outcome, Action::requeue(REFERENCE_RECHECK)));
+    }
+    let children = match app_children::render(app, &context.settings) {
+        Ok(children) => children,
+        Err(
+            error
+            @ (RenderError::InvalidChildName { .. } | RenderError::AutoscalingWithoutSharedStore { .. }),
+        ) => {
+            let outcome = Outcome::Stalled {
+                reason: reason::INVALID_SPEC,
+                message: error.to_string(),
+            };
+            // Terminal: nothing to retry until the App changes (which triggers a reconcile).
+            return Ok((outcome, Action::await_change()));
+        }
+        Err(error @ RenderError::NotStored(_)) => {
+            let outcome = Outcome::Stalled {
+                reason: reason::INVALID_SPEC,
+                message: error.to_string(),
+            };
+            return Ok((outcome, Action::await_change()));
+        }
+    };
+    let deployment = apply_children(app, context, &children).await?;
+    let ready_replicas = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let outcome = Outcome::Applied {
+        endpoint: children.endpoint.clone(),
+        replicas: children.replicas,
+        ready_replicas,
+    };
+    Ok((outcome, Action::requeue(RESYNC)))
+}
+
+/// A sentence naming the first Secret (or key) the App references that does not exist.
+async fn missing_secret(app: &App, context: &Context, namespace: &str) -> Result<Option<String>, AppError> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
+    for (name, keys) in app_children::referenced_secrets(&app.spec) {
+        let secret = secrets
+            .get_opt(&name)
+            .await
+            .map_err(AppError::api(format!("reading Secret {namespace}/{name}")))?;
+        let Some(secret) = secret else {
+            return Ok(Some(format!(
+                "the Secret {name} named by the App does not exist in namespace {namespace}: create it"
+            )));
+        };
+        let has = |key: &str| {
+            secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+                || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+        };
+        if let Some(key) = keys.iter().find(|key| !has(key)) {
+            return Ok(Some(format!("the Secret {name} has no key {key}")));
+        }
+    }
+    Ok(None)
+}
+
+async fn apply<K>(context: &Context, namespace: &str, object: &K) -> Result<K, AppError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(context.client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(field_manager::CONTROLLER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(AppError::api(format!(
+        "applying {} {namespace}/{name}",
+        K::kind(&())
+    )))
+}
+
+/// Deletes the optional child `name` of kind `K` if it exists and this App controls it.
+async fn remove_if_owned<K>(context: &Context, app: &App, namespace: &str, name: &str) -> Result<(), AppError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(context.client.clone(), namespace);
+    let action = || format!("removing {} {namespace}/{name}", K::kind(&()));
+    let Some(existing) = api.get_opt(name).await.map_err(AppError::api(action()))? else {
+        return Ok(());
+    };
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|owner| owner.controller == Some(true) && Some(&owner.uid) == app.metadata.uid.as_ref());
+    if owned {
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(AppError::api(action())(error)),
+        }
+    }
+    Ok(())
+}
+
+async fn apply_children(
+    app: &App,
+    context: &Context,
+    children: &AppChildren,
+) -> Result<Deployment, AppError> {
+    let namespace = children.namespace.as_str();
+    apply(context, namespace, &children.service_account).await?;
+    apply(context, namespace, &children.role).await?;
+    apply(context, namespace, &children.role_binding).await?;
+    apply(context, namespace, &children.config_map).await?;
+    let deployment = apply(context, namespace, &children.deployment).await?;
+    apply(context, namespace, &children.service).await?;
+    match &children.pod_disruption_budget {
+        Some(pdb) => drop(apply(context, namespace, pdb).await?),
+        None => remove_if_owned::<PodDisruptionBudget>(context, app, namespace, &children.name).await?,
+    }
+    match &children.autoscaler {
+        Some(hpa) => drop(apply(context, namespace, hpa).await?),
+        None => remove_if_owned::<HorizontalPodAutoscaler>(context, app, namespace, &children.name).await?,
+    }
+    match &children.ingress {
+        Some(ingress) => drop(apply(context, namespace, ingress).await?),
+        None => remove_if_owned::<Ingress>(context, app, namespace, &children.name).await?,
+    }
+    Ok(deployment)
+}
+
+async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result<(), AppError> {
+    let desired = desired_status(app, outcome, context.clock.now());
+    if !status_changed(app, &desired) {
+        return Ok(());
+    }
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let api: Api<App> = Api::namespaced(context.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "status": desired,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(field_manager::STATUS).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(AppError::api(format!(
+        "writing the status of App {namespace}/{name}"
+    )))?;
+    context
+        .metrics
+        .status_writes
+        .get_or_create(&Metrics::kind(KIND))
+        .inc();
+    if let Some((type_, reason, note)) = transition_event(app, &desired) {
+        let event = Event {
+            type_,
+            reason,
+            note: Some(truncate(note, 1024)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &app.object_ref(&())).await {
+            tracing::warn!(app = %object_key(app), %error, "could not publish an Event");
+        }
+    }
+    Ok(())
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

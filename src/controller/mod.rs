@@ -1,0 +1,248 @@
+//! `ota controller`: the shell around the pure core. It watches Apps (and the children it
+//! renders for them), applies what the core decides with server-side apply, writes status only
+//! when it changed, and serves /metrics, /livez and /readyz.
+//!
+//! With leader election on, every replica keeps warm caches, and only the holder of the Lease
+//! writes: the others' reconciles return without touching the API.
+
+pub mod app;
+pub mod backoff;
+pub mod leader;
+pub mod metrics;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+use tokio::sync::watch;
+
+use crate::{api::constants::field_manager, core::app_children::RenderSettings};
+
+pub use backoff::Backoff;
+pub use metrics::Metrics;
+
+/// How the controller runs (set by `ota controller`'s flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace; `None` watches every namespace.
+    pub namespace: Option<String>,
+    /// Hold a Lease before writing (for several replicas).
+    pub leader_election: bool,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// The Lease's namespace.
+    pub lease_namespace: String,
+    /// How long a Lease is held without renewal, in seconds.
+    pub lease_duration_seconds: u64,
+    /// This replica's identity in the Lease and in Events (the pod name in a cluster).
+    pub identity: String,
+    /// The update-server image for Apps that name none.
+    pub default_server_image: String,
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The leader Lease could not be set up.
+    #[error("cannot set up leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// The Lease's namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// The health and metrics server failed.
+    #[error("the metrics and health server failed: {0}")]
+    Http(#[source] std::io::Error),
+    /// The leader election task ended (the process must not go on writing without it).
+    #[error("leader election stopped: {0}")]
+    LeaseLost(String),
+}
+
+/// The current time, injected so the pure core never reads a clock.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The controller's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The clock the core is given.
+    pub clock: Arc<dyn Clock>,
+    /// Settings the renderer needs.
+    pub settings: RenderSettings,
+    /// `true` while this replica may write.
+    pub leader: watch::Receiver<bool>,
+    /// Per-object retry delays.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// Whether this replica may write now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+}
+
+/// Readiness shared with the health server.
+#[derive(Clone, Default)]
+struct Health {
+    caches_synced: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+fn health_router(health: Health) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(health): State<Health>| async move {
+                if health.caches_synced.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(health): State<Health>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    health.metrics.render(),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(health)
+}
+
+/// Binds the metrics and health address.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ControllerError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(ControllerError::Http)
+}
+
+/// Runs the controller until `shutdown` resolves: leader election (if on), the App controller,
+/// and the health server on `listener`.
+pub async fn run(
+    options: Options,
+    client: Client,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let metrics = Arc::new(Metrics::default());
+    // Without leader election this replica always leads; the sender lives as long as `run`.
+    let mut _always_leader = None;
+    let (leader, lease_task) = if options.leader_election {
+        let (receiver, task) = leader::elect(&client, &options).await?;
+        (receiver, Some(task))
+    } else {
+        let (sender, receiver) = watch::channel(true);
+        _always_leader = Some(sender);
+        (receiver, None)
+    };
+    let reporter = Reporter {
+        controller: field_manager::CONTROLLER.to_owned(),
+        instance: Some(options.identity.clone()),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        metrics: Arc::clone(&metrics),
+        clock: Arc::new(SystemClock),
+        settings: RenderSettings {
+            default_image: options.default_server_image.clone(),
+        },
+        leader: leader.clone(),
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+    });
+    let health = Health {
+        caches_synced: Arc::new(AtomicBool::new(false)),
+        metrics: Arc::clone(&metrics),
+    };
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let http = {
+        let mut stop = stop_receiver.clone();
+        let router = health_router(health.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        })
+    };
+    let apps = app::run(
+        context,
+        options.namespace.clone(),
+        Arc::clone(&health.caches_synced),
+        stop_receiver.clone(),
+    );
+    let mut leader_metric = leader.clone();
+    let leader_gauge = metrics.leader.clone();
+    let leader_watch = async move {
+        loop {
+            leader_gauge.set(i64::from(*leader_metric.borrow_and_update()));
+            if leader_metric.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let lease_end = async move {
+        match lease_task {
+            Some(task) => match task.await {
+                Ok(Ok(_)) => "the lease task ended".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown => Ok(()),
+        reason = lease_end => Err(ControllerError::LeaseLost(reason)),
+        _ = leader_watch => Ok(()),
+        _ = apps => Ok(()),
+    };
+    let _ = stop_sender.send(true);
+    if let Ok(Err(error)) = http.await {
+        return Err(ControllerError::Http(error));
+    }
+    outcome
+}
