@@ -1,0 +1,332 @@
+//! The Helm chart's RBAC and controller flags, rendered by the real helm (installed into the
+//! tools cache by `tests/helm/check.sh tools`, so this test needs no cluster): the controller
+//! holds exactly the permissions it uses, cluster-wide or in the one watched namespace, plus the
+//! Lease only with leader election. Schema validation of every rendered object is check.sh's job.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    sync::OnceLock,
+};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    networking::v1::Ingress,
+    policy::v1::PodDisruptionBudget,
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+};
+use ota_operator::api::{App, Bundle, Channel, Rollout, constants::GROUP};
+use serde::de::DeserializeOwned;
+
+const RELEASE_NAMESPACE: &str = "ota-system";
+
+/// (API group, resource) → verbs.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+fn helm() -> &'static str {
+    static HELM: OnceLock<String> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/check.sh");
+        let output = Command::new(&script)
+            .arg("tools")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "tests/helm/check.sh tools could not install helm:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("UTF-8 output")
+            .lines()
+            .find_map(|line| line.strip_prefix("HELM=").map(str::to_owned))
+            .expect("check.sh tools prints HELM=<path>")
+    })
+}
+
+/// The chart rendered with `values` (a file under tests/helm/values/) and `sets`.
+fn render(values: &str, sets: &[&str]) -> Vec<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(helm());
+    command
+        .args([
+            "template",
+            "ota",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--kube-version",
+            "1.29.0",
+        ])
+        .arg(root.join("charts/ota-operator"))
+        .arg("-f")
+        .arg(root.join("tests/helm/values").join(values));
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.output().expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template with {values} {sets:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stream = String::from_utf8(output.stdout).expect("UTF-8 output");
+    serde_saphyr::from_multiple::<serde_json::Value>(&stream)
+        .expect("helm renders a YAML stream")
+        .into_iter()
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn objects<K: DeserializeOwned>(documents: &[serde_json::Value], kind: &str) -> Vec<K> {
+    documents
+        .iter()
+        .filter(|document| document["kind"] == kind)
+        .map(|document| {
+            serde_json::from_value(document.clone()).unwrap_or_else(|e| panic!("a {kind} as rendered: {e}"))
+        })
+        .collect()
+}
+
+fn grants(rules: &[PolicyRule]) -> Grants {
+    let mut grants = Grants::new();
+    for rule in rules {
+        assert!(
+            rule.resource_names.is_none(),
+            "a controller rule limited by name: {rule:?}"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                grants
+                    .entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    grants
+}
+
+fn verbs(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|verb| (*verb).to_owned()).collect()
+}
+
+fn built_in<K: k8s_openapi::Resource>() -> (String, String) {
+    (K::GROUP.to_owned(), K::URL_PATH_SEGMENT.to_owned())
+}
+
+fn custom<K: kube::Resource<DynamicType = ()>>(subresource: &str) -> (String, String) {
+    (GROUP.to_owned(), format!("{}{subresource}", K::plural(&())))
+}
+
+/// What the controller does, and so exactly what it must be allowed.
+fn controller_needs() -> Grants {
+    let mut needs = Grants::new();
+    let ota_kinds = [
+        custom::<App>,
+        custom::<Channel>,
+        custom::<Bundle>,
+        custom::<Rollout>,
+    ];
+    for kind in ota_kinds {
+        // Watched; finalizers added and removed with a patch.
+        needs.insert(kind(""), verbs(&["get", "list", "watch", "patch"]));
+        needs.insert(kind("/status"), verbs(&["get", "patch"]));
+    }
+    // Owner references with blockOwnerDeletion on every child of an App.
+    needs.insert(custom::<App>("/finalizers"), verbs(&["update"]));
+    // The update server's children: server-side applied, watched (Controller::owns), removed
+    // when the App stops asking for one.
+    let children = [
+        built_in::<ServiceAccount>(),
+        built_in::<ConfigMap>(),
+        built_in::<Service>(),
+        built_in::<Deployment>(),
+        built_in::<PodDisruptionBudget>(),
+        built_in::<HorizontalPodAutoscaler>(),
+        built_in::<Ingress>(),
+        built_in::<Role>(),
+        built_in::<RoleBinding>(),
+    ];
+    for child in children {
+        needs.insert(
+            child,
+            verbs(&["get", "list", "watch", "create", "patch", "delete"]),
+        );
+    }
+    needs.insert(built_in::<Secret>(), verbs(&["get"]));
+    needs.insert(
+        built_in::<k8s_openapi::api::events::v1::Event>(),
+        verbs(&["create", "patch"]),
+    );
+    needs.insert(
+        built_in::<k8s_openapi::api::core::v1::Event>(),
+        verbs(&["create", "patch"]),
+    );
+    needs
+}
+
+fn assert_grants_equal(actual: &Grants, expected: &Grants, what: &str) {
+    let keys: BTreeSet<_> = actual.keys().chain(expected.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|key| actual.get(*key) != expected.get(*key))
+        .map(|(group, resource)| {
+            format!(
+                "{group}/{resource}: granted {:?}, needed {:?}",
+                actual.get(&(group.clone(), resource.clone())),
+                expected.get(&(group.clone(), resource.clone()))
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{what} differs from what the controller needs:\n{}",
+        differences.join("\n")
+    );
+}
+
+fn controller_args(documents: &[serde_json::Value]) -> Vec<String> {
+    let deployments: Vec<Deployment> = objects(documents, "Deployment");
+    assert_eq!(deployments.len(), 1, "one controller Deployment");
+    let spec = deployments[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec");
+    spec.containers[0].args.clone().expect("controller args")
+}
+
+#[test]
+fn cluster_wide_by_default_with_exactly_the_needed_verbs() {
+    let documents = render("default.yaml", &[]);
+    let cluster_roles: Vec<ClusterRole> = objects(&documents, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1, "one ClusterRole");
+    let rules = cluster_roles[0].rules.as_deref().unwrap_or_default();
+    assert_grants_equal(&grants(rules), &controller_needs(), "the ClusterRole");
+
+    let bindings: Vec<ClusterRoleBinding> = objects(&documents, "ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(
+        bindings[0].role_ref.name,
+        cluster_roles[0].metadata.name.clone().unwrap()
+    );
+    let subjects = bindings[0].subjects.as_deref().unwrap_or_default();
+    let accounts: Vec<ServiceAccount> = objects(&documents, "ServiceAccount");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), accounts[0].metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace.as_deref(), Some(RELEASE_NAMESPACE));
+
+    // One replica: no Lease, no Role for it, and no --namespace (every namespace is watched).
+    assert!(
+        objects::<Role>(&documents, "Role").is_empty(),
+        "no Role without leader election"
+    );
+    let args = controller_args(&documents);
+    assert_eq!(args[0], "controller");
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--namespace") || a.starts_with("--leader-election")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn one_watched_namespace_gets_a_role_there_and_nothing_cluster_wide() {
+    let documents = render("single-namespace.yaml", &[]);
+    assert!(objects::<ClusterRole>(&documents, "ClusterRole").is_empty());
+    assert!(objects::<ClusterRoleBinding>(&documents, "ClusterRoleBinding").is_empty());
+    // The values name an existing ServiceAccount, so none is created.
+    assert!(objects::<ServiceAccount>(&documents, "ServiceAccount").is_empty());
+
+    let roles: Vec<Role> = objects(&documents, "Role");
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0].metadata.namespace.as_deref(), Some("mobile-apps"));
+    assert_grants_equal(
+        &grants(roles[0].rules.as_deref().unwrap_or_default()),
+        &controller_needs(),
+        "the Role",
+    );
+    let bindings: Vec<RoleBinding> = objects(&documents, "RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].metadata.namespace.as_deref(), Some("mobile-apps"));
+    let subject = &bindings[0].subjects.as_deref().unwrap_or_default()[0];
+    assert_eq!(subject.name, "ota-controller");
+    assert_eq!(subject.namespace.as_deref(), Some(RELEASE_NAMESPACE));
+    assert!(controller_args(&documents).contains(&"--namespace=mobile-apps".to_owned()));
+}
+
+#[test]
+fn two_replicas_elect_a_leader_on_one_lease_they_may_write() {
+    let documents = render("ha.yaml", &[]);
+    let args = controller_args(&documents);
+    let lease_name = "ota-ota-operator-leader";
+    for flag in [
+        "--leader-election".to_owned(),
+        format!("--lease-name={lease_name}"),
+        format!("--lease-namespace={RELEASE_NAMESPACE}"),
+    ] {
+        assert!(args.contains(&flag), "{flag} missing from {args:?}");
+    }
+
+    let roles: Vec<Role> = objects(&documents, "Role");
+    assert_eq!(
+        roles.len(),
+        1,
+        "only the Lease Role besides the ClusterRole: {roles:?}"
+    );
+    assert_eq!(roles[0].metadata.namespace.as_deref(), Some(RELEASE_NAMESPACE));
+    let lease = built_in::<Lease>();
+    let mut by_name = BTreeMap::new();
+    for rule in roles[0].rules.as_deref().unwrap_or_default() {
+        assert_eq!(rule.api_groups.as_deref(), Some(&[lease.0.clone()][..]));
+        assert_eq!(rule.resources.as_deref(), Some(&[lease.1.clone()][..]));
+        by_name.insert(
+            rule.resource_names.clone(),
+            rule.verbs.iter().cloned().collect::<BTreeSet<_>>(),
+        );
+    }
+    // create cannot be limited by name; everything else is limited to the one Lease.
+    assert_eq!(
+        by_name,
+        BTreeMap::from([
+            (None, verbs(&["create"])),
+            (Some(vec![lease_name.to_owned()]), verbs(&["get", "patch"])),
+        ])
+    );
+}
+
+#[test]
+fn leader_election_follows_the_replica_count_unless_set() {
+    let one = controller_args(&render("default.yaml", &["leaderElection.enabled=true"]));
+    assert!(one.contains(&"--leader-election".to_owned()), "{one:?}");
+    let two = controller_args(&render("default.yaml", &["replicas=2"]));
+    assert!(two.contains(&"--leader-election".to_owned()), "{two:?}");
+}
+
+/// The controller creates a Role for each update server; Kubernetes refuses a Role that grants
+/// more than its creator holds, so the controller must hold everything an update server reads.
+#[test]
+fn the_controller_holds_what_it_grants_each_update_server() {
+    let documents = render("default.yaml", &[]);
+    let cluster_roles: Vec<ClusterRole> = objects(&documents, "ClusterRole");
+    let held = grants(cluster_roles[0].rules.as_deref().unwrap_or_default());
+    let update_server_reads = verbs(&["get", "list", "watch"]);
+    for kind in [
+        custom::<App>(""),
+        custom::<Channel>(""),
+        custom::<Bundle>(""),
+        custom::<Rollout>(""),
+    ] {
+        let verbs = held.get(&kind).cloned().unwrap_or_default();
+        assert!(
+            update_server_reads.is_subset(&verbs),
+            "the controller cannot grant {update_server_reads:?} on {kind:?}: it holds {verbs:?}"
+        );
+    }
+}
