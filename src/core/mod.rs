@@ -4,6 +4,7 @@
 pub mod app_children;
 pub mod bundle_lifecycle;
 pub mod channel_self;
+pub mod channel_status;
 pub mod cohort;
 pub mod conditions;
 #[cfg(test)]
