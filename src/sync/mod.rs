@@ -23,9 +23,9 @@
 //!
 //! Files shared by several bundles are stored once. Syncing the same bundle again uploads
 //! nothing. The zip and every file go through temporary files, and the bytes held in memory
-//! are capped, so memory stays bounded whatever the bundle's size (a 229 MB bundle of 3,000
-//! files syncs in about 31 MiB of peak RSS for the whole process; see
-//! `tests/bundle_sync.rs`). Brotli runs at quality 6: the `brotli` crate's quality 9 needs a
+//! are capped, so memory stays bounded whatever the bundle's size (a 198 MB bundle of 3,000
+//! files syncs in about 40 MiB of peak RSS for the whole process on 2 CPUs; see
+//! `benches/bundle_sync.rs`). Brotli runs at quality 6: the `brotli` crate's quality 9 needs a
 //! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
 mod archive;
@@ -73,10 +73,14 @@ const STORE_CONCURRENCY: usize = 8;
 /// encoder holds up to about 12 MiB).
 const MAX_WORKERS: usize = 2;
 
-/// Threads that decompress, hash and compress at once: one per CPU, at most [`MAX_WORKERS`].
+/// Threads that decompress, hash and compress at once: one per CPU beyond the first, which the
+/// uploads and the rest of the process keep, at most [`MAX_WORKERS`]. On a busy 2-CPU machine a
+/// second worker was measured (benches/bundle_sync.rs) to add 20 MiB of peak RSS and 40 % of CPU
+/// time for no clear gain in wall time.
 fn workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)
+        .saturating_sub(1)
         .clamp(1, MAX_WORKERS)
 }
 
