@@ -13,15 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
 use crate::{
-    api::{
-        Bundle,
-        bundle::{BundleStatus, BundleStorageLocation},
-        constants::{condition, reason},
+    api::{Bundle, bundle::BundleStatus},
+    core::{
+        bundle_lifecycle::{self, SyncFacts, bundle_status_after_sync},
+        snapshot::{ManifestFile, Snapshot, SnapshotInputs},
     },
-    core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
     server::{self, Served, ServerState, SourceHealth, StorageSetup, storage::AppStorage},
     storage::Credentials,
     sync::{self, BundleSourceRef, SyncLimits, SyncRequest, SyncedBundle},
@@ -220,7 +217,7 @@ impl Folder {
             match storage_of.get(&(namespace.clone(), bundle.spec.app_ref.clone())) {
                 Some(app_storage) => match self.sync(&bundle, folder, app_storage).await {
                     Ok(synced) => {
-                        bundle.status = Some(synced_status(&synced, bundle.metadata.generation));
+                        bundle.status = Some(synced_status(&bundle, &synced));
                         manifests.insert(
                             (namespace, name),
                             Arc::from(synced.manifest.clone().into_boxed_slice()) as Arc<[ManifestFile]>,
@@ -325,31 +322,13 @@ impl Folder {
     }
 }
 
-/// The status the controller would write for a synced bundle.
-fn synced_status(synced: &SyncedBundle, generation: Option<i64>) -> BundleStatus {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let condition = |type_: &str| Condition {
-        type_: type_.to_owned(),
-        status: "True".to_owned(),
-        reason: reason::RECONCILED.to_owned(),
-        message: "Synced into the App's storage".to_owned(),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    };
-    BundleStatus {
-        conditions: vec![condition(condition::READY), condition(condition::SYNCED)],
-        observed_generation: generation,
-        checksum: Some(synced.sha256.clone()),
-        zip_size: i64::try_from(synced.zip_size).ok(),
-        uncompressed_size: i64::try_from(synced.uncompressed_size)
-            .ok()
-            .filter(|_| !synced.encrypted),
-        file_count: i64::try_from(synced.file_count)
-            .ok()
-            .filter(|_| !synced.encrypted),
-        storage: Some(BundleStorageLocation {
-            zip_key: synced.zip_key.clone(),
-            manifest_key: synced.stored_manifest_key().map(str::to_owned),
-        }),
-    }
+/// The status the controller writes for a synced bundle (the same pure function).
+fn synced_status(bundle: &Bundle, synced: &SyncedBundle) -> BundleStatus {
+    bundle_status_after_sync(
+        bundle,
+        &bundle_lifecycle::SyncOutcome::Synced(SyncFacts::from(synced)),
+        None,
+        0,
+    )
+    .into_status(k8s_openapi::jiff::Timestamp::now())
 }
