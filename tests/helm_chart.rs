@@ -330,3 +330,42 @@ fn the_controller_holds_what_it_grants_each_update_server() {
         );
     }
 }
+
+/// The real `ota` binary parses every flag the chart passes (clap checks each flag and value
+/// before it answers `--help`), so a renamed flag fails here rather than in a cluster.
+#[test]
+fn the_ota_binary_accepts_every_flag_the_chart_passes() {
+    let parses = |args: &[String]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("ota runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let value_sets: [(&str, &[&str]); 4] = [
+        ("default.yaml", &[]),
+        ("single-namespace.yaml", &[]),
+        ("service-monitor.yaml", &[]),
+        // ha.yaml passes a made-up extra flag to show extraArgs reach the container.
+        ("ha.yaml", &["extraArgs=null"]),
+    ];
+    for (values, sets) in value_sets {
+        let args = controller_args(&render(values, sets));
+        let (ok, stderr) = parses(&args);
+        assert!(
+            ok,
+            "ota refuses the flags the chart passes with {values}: {args:?}\n{stderr}"
+        );
+    }
+    let mut unknown = controller_args(&render("default.yaml", &[]));
+    unknown.push("--no-such-flag".to_owned());
+    let (ok, stderr) = parses(&unknown);
+    assert!(
+        !ok && stderr.contains("--no-such-flag"),
+        "an unknown flag must be refused: {stderr}"
+    );
+}
