@@ -52,6 +52,8 @@ use crate::{
 const KIND: &str = "App";
 /// How often a healthy App is looked at again, to repair drift the watches missed.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often a follower looks at an App again, to take over quickly once it leads.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
 /// How often an App that names a missing Secret is looked at again (Secrets are not watched).
 const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
 
@@ -241,23 +243,21 @@ pub async fn run(
         )
         .owns(scoped::<Ingress>(&client, namespace.as_deref()), children);
     let store = controller.store();
+    // The store's readiness wakes only its latest waiter (the controller's own runner), so this
+    // task asks again every 100 ms instead of waiting once.
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            caches_synced.store(true, Ordering::Relaxed);
-        }
-    });
-    // A replica that becomes leader looks at every App again: while it followed, its
-    // reconciles wrote nothing.
-    let leader_gained = futures::stream::unfold(context.leader.clone(), |mut leader| async move {
         loop {
-            leader.changed().await.ok()?;
-            if *leader.borrow_and_update() {
-                return Some(((), leader));
+            match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    caches_synced.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
             }
         }
     });
     controller
-        .reconcile_all_on(leader_gained)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
@@ -287,9 +287,9 @@ fn object_key(app: &App) -> String {
 /// One reconcile of one App.
 pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, AppError> {
     if !context.is_leader() {
-        // A follower keeps its caches warm and writes nothing; it reconciles every App when it
-        // becomes the leader.
-        return Ok(Action::await_change());
+        // A follower keeps its caches warm and writes nothing; it looks again soon, so that every
+        // App is reconciled within FOLLOWER_RECHECK of this replica becoming the leader.
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
     let started = Instant::now();
     let kind = Metrics::kind(KIND);
