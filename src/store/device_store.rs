@@ -352,9 +352,6 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     connection.execute("PRAGMA synchronous = NORMAL").await?;
-                    // 8 MiB of page cache (2 MiB by default): fewer index pages read again
-                    // while a batch of random device ids is written.
-                    connection.execute("PRAGMA cache_size = -8192").await?;
                     Ok(())
                 })
             }),
