@@ -364,36 +364,17 @@ pub async fn sync_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncE
 async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
     let started = Instant::now();
     let SyncRequest {
-        source,
-        expected_sha256,
         store,
         prefix,
         limits,
-        http,
+        ..
     } = request;
-    if !is_sha256_hex(expected_sha256) {
-        return Err(SyncError::InvalidChecksum(expected_sha256.to_owned()));
-    }
-    let workdir = tempfile::Builder::new()
-        .prefix("ota-sync-")
-        .tempdir()
-        .map_err(|source| SyncError::TempStorage {
-            action: "creating a temporary folder",
-            source,
-        })?;
-
-    // 1. Fetch into a temporary file, hashing on the way.
-    let zip_path = workdir.path().join("bundle.zip");
-    let fetched = fetch::fetch(source, store, prefix, limits, http, &zip_path).await?;
-    tracing::debug!(bytes = fetched.size, "fetched");
-
-    // 2. Verify.
-    if fetched.sha256 != expected_sha256 {
-        return Err(SyncError::ChecksumMismatch {
-            expected: expected_sha256.to_owned(),
-            actual: fetched.sha256,
-        });
-    }
+    // 1. and 2. Fetch into a temporary file, hashing on the way, and verify.
+    let FetchedZip {
+        workdir,
+        zip_path,
+        fetched,
+    } = fetch_verified(&request, "bundle.zip").await?;
     let sha256 = fetched.sha256;
 
     // 3. Validate the whole archive and hash every file, before storing anything.
@@ -537,15 +518,20 @@ pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBun
     sync_encrypted_inner(request).instrument(span).await
 }
 
-async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
-    let SyncRequest {
-        source,
-        expected_sha256,
-        store,
-        prefix,
-        limits,
-        http,
-    } = request;
+/// A zip fetched into a temporary folder and verified against the declared sha256.
+struct FetchedZip {
+    /// The temporary folder (removed when dropped).
+    workdir: tempfile::TempDir,
+    /// The zip inside it.
+    zip_path: std::path::PathBuf,
+    /// Its size and sha256.
+    fetched: fetch::Fetched,
+}
+
+/// Checks the declared sha256's form, fetches the source into a new temporary folder (as
+/// `file_name`), hashing on the way, and refuses a zip whose sha256 is not the declared one.
+async fn fetch_verified(request: &SyncRequest<'_>, file_name: &str) -> Result<FetchedZip, SyncError> {
+    let expected_sha256 = request.expected_sha256;
     if !is_sha256_hex(expected_sha256) {
         return Err(SyncError::InvalidChecksum(expected_sha256.to_owned()));
     }
@@ -556,14 +542,38 @@ async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, 
             action: "creating a temporary folder",
             source,
         })?;
-    let zip_path = workdir.path().join("bundle.zip.enc");
-    let fetched = fetch::fetch(source, store, prefix, limits, http, &zip_path).await?;
+    let zip_path = workdir.path().join(file_name);
+    let fetched = fetch::fetch(
+        request.source,
+        request.store,
+        request.prefix,
+        request.limits,
+        request.http,
+        &zip_path,
+    )
+    .await?;
+    tracing::debug!(bytes = fetched.size, "fetched");
     if fetched.sha256 != expected_sha256 {
         return Err(SyncError::ChecksumMismatch {
             expected: expected_sha256.to_owned(),
             actual: fetched.sha256,
         });
     }
+    Ok(FetchedZip {
+        workdir,
+        zip_path,
+        fetched,
+    })
+}
+
+async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let SyncRequest { store, prefix, .. } = request;
+    // The temporary folder lives until the zip is stored.
+    let FetchedZip {
+        workdir: _workdir,
+        zip_path,
+        fetched,
+    } = fetch_verified(&request, "bundle.zip.enc").await?;
     let zip_key = zip_key(&fetched.sha256);
     let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
     tracing::info!(
