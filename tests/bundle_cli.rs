@@ -10,14 +10,13 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::OnceLock,
 };
 
 use ota_operator::{
     api::{Bundle, Channel},
     crypto::plugin::device_verify_zip,
 };
-use support::{apply_document, client_with_crds, dynamic_api, started_by, unique_namespace};
+use support::{apply_document, client_with_crds, dynamic_api, unique_namespace};
 
 const OTA: &str = env!("CARGO_BIN_EXE_ota");
 
@@ -672,16 +671,8 @@ fn bad_inputs_get_one_clear_line_and_their_exit_code() {
 // S3
 // ---------------------------------------------------------------------------------------------
 
-const S3_KEYS: [&str; 4] = [
-    "OTA_TEST_S3_ENDPOINT",
-    "OTA_TEST_S3_ACCESS_KEY",
-    "OTA_TEST_S3_SECRET_KEY",
-    "OTA_TEST_S3_BUCKET",
-];
-
 fn s3() -> &'static HashMap<String, String> {
-    static SERVER: OnceLock<HashMap<String, String>> = OnceLock::new();
-    SERVER.get_or_init(|| started_by("tests/s3/s3.sh", &S3_KEYS))
+    support::s3_env()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     path::{Path as FsPath, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::Duration,
 };
 
@@ -47,21 +47,7 @@ use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 // Storage
 // ---------------------------------------------------------------------------------------------
 
-const S3_KEYS: [&str; 4] = [
-    "OTA_TEST_S3_ENDPOINT",
-    "OTA_TEST_S3_ACCESS_KEY",
-    "OTA_TEST_S3_SECRET_KEY",
-    "OTA_TEST_S3_BUCKET",
-];
-
-fn s3_env() -> &'static BTreeMap<String, String> {
-    static ENV: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        support::started_by("tests/s3/s3.sh", &S3_KEYS)
-            .into_iter()
-            .collect()
-    })
-}
+use support::s3_env;
 
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()

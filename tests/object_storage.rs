@@ -59,20 +59,11 @@ struct S3Server {
     bucket: String,
 }
 
-const S3_KEYS: [&str; 4] = [
-    "OTA_TEST_S3_ENDPOINT",
-    "OTA_TEST_S3_ACCESS_KEY",
-    "OTA_TEST_S3_SECRET_KEY",
-    "OTA_TEST_S3_BUCKET",
-];
-
-use support::started_by;
-
 fn s3_server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let mut env = started_by("tests/s3/s3.sh", &S3_KEYS);
-        let mut take = |key: &str| env.remove(key).expect("checked by started_by");
+        let env = support::s3_env();
+        let take = |key: &str| env[key].clone();
         S3Server {
             endpoint: take("OTA_TEST_S3_ENDPOINT"),
             access_key: take("OTA_TEST_S3_ACCESS_KEY"),

@@ -481,15 +481,7 @@ async fn changes_to_the_folder_are_served_and_a_lost_folder_degrades_without_sto
 /// server's own `/files` URL of an object-storage App redirects to a freshly presigned one.
 #[tokio::test]
 async fn an_app_on_s3_is_served_with_presigned_urls() {
-    let s3 = support::started_by(
-        "tests/s3/s3.sh",
-        &[
-            "OTA_TEST_S3_ENDPOINT",
-            "OTA_TEST_S3_ACCESS_KEY",
-            "OTA_TEST_S3_SECRET_KEY",
-            "OTA_TEST_S3_BUCKET",
-        ],
-    );
+    let s3 = support::s3_env();
     let prefix = format!("standalone-{}-{}", std::process::id(), free_port());
     let app_yaml = format!(
         "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  appId: com.example.shop\n  \

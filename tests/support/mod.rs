@@ -303,3 +303,18 @@ pub fn contains_all(
         (want, got) => Err(format!("{path}: applied {want}, read back {got}")),
     }
 }
+
+/// The variables of the test S3 server (tests/s3/s3.sh), in the order `started_by` checks them.
+pub const S3_KEYS: [&str; 4] = [
+    "OTA_TEST_S3_ENDPOINT",
+    "OTA_TEST_S3_ACCESS_KEY",
+    "OTA_TEST_S3_SECRET_KEY",
+    "OTA_TEST_S3_BUCKET",
+];
+
+/// The test S3 server's endpoint, keys and bucket (`OTA_TEST_S3_*`), started once per test
+/// binary unless the environment names one.
+pub fn s3_env() -> &'static HashMap<String, String> {
+    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| started_by("tests/s3/s3.sh", &S3_KEYS))
+}
