@@ -17,6 +17,8 @@
 
 mod support;
 
+use support::{javascript, noise, sha256};
+
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
@@ -42,7 +44,6 @@ use ota_operator::{
     },
     sync::{self, BundleSourceRef, SyncError, SyncLimits, SyncRequest, SyncedBundle},
 };
-use sha2::{Digest, Sha256};
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -127,35 +128,6 @@ fn open_s3(prefix: &str, credentials: &Credentials) -> OpenedStorage {
 // ---------------------------------------------------------------------------------------------
 // Bundles
 // ---------------------------------------------------------------------------------------------
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Incompressible bytes (xorshift), deterministic per seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-/// Compressible text that looks like a JS bundle (big enough to be stored Brotli-compressed).
-fn javascript(len: usize) -> Vec<u8> {
-    let mut text = String::new();
-    let mut i = 0;
-    while text.len() < len {
-        text.push_str(&format!("export function f{i}(a, b) {{ return a * {i} + b; }}\n"));
-        i += 1;
-    }
-    text.truncate(len);
-    text.into_bytes()
-}
 
 /// A bundle zip in a temporary folder: index.html at the root, a big JS file, a binary asset.
 struct TestBundle {

@@ -318,3 +318,34 @@ pub fn s3_env() -> &'static HashMap<String, String> {
     static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
     ENV.get_or_init(|| started_by("tests/s3/s3.sh", &S3_KEYS))
 }
+
+/// The lower-case hex sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Incompressible bytes (xorshift), deterministic per seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Compressible text that looks like a JS bundle (big enough to be stored Brotli-compressed).
+pub fn javascript(len: usize) -> Vec<u8> {
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < len {
+        text.push_str(&format!("export function f{i}(a, b) {{ return a * {i} + b; }}\n"));
+        i += 1;
+    }
+    text.truncate(len);
+    text.into_bytes()
+}
