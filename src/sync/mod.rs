@@ -348,17 +348,23 @@ const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 /// Nothing is uploaded before the zip has been verified and fully validated. The files go
 /// first, then the zip, then the manifest, so a manifest in the store means a complete sync.
 pub async fn sync_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let span = sync_span(&request, false);
+    sync_inner(request).instrument(span).await
+}
+
+/// The span of one sync: the start of the sha256, the source kind, the prefix.
+fn sync_span(request: &SyncRequest<'_>, encrypted: bool) -> tracing::Span {
     let short = request
         .expected_sha256
         .get(..12)
         .unwrap_or(request.expected_sha256);
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "bundle_sync",
         sha256 = %short,
         source = request.source.kind(),
         prefix = %request.prefix,
-    );
-    sync_inner(request).instrument(span).await
+        encrypted,
+    )
 }
 
 async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
@@ -504,17 +510,7 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
 /// so it cannot be validated or split into files. The zip is fetched, its declared SHA-256 (of
 /// the ciphertext) verified, and stored as is under `zips/<sha256>.zip`; no manifest is written.
 pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
-    let short = request
-        .expected_sha256
-        .get(..12)
-        .unwrap_or(request.expected_sha256);
-    let span = tracing::info_span!(
-        "bundle_sync",
-        sha256 = %short,
-        source = request.source.kind(),
-        prefix = %request.prefix,
-        encrypted = true,
-    );
+    let span = sync_span(&request, true);
     sync_encrypted_inner(request).instrument(span).await
 }
 
