@@ -36,6 +36,8 @@
 //! (the S3 server's pid, whose CPU then counts as the benchmark's own, not as another
 //! process's).
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -48,6 +50,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use common::{cpu_of, env_number, machine_cpu, median, mib, verdict};
 use ota_operator::{
     api::app::{FilesystemStorage, S3Storage, StorageSpec},
     storage::{self, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, Credentials},
@@ -88,16 +91,6 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-    }
-}
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={raw:?} is not a whole number")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -606,7 +599,7 @@ fn run_sync_child() -> anyhow::Result<()> {
                 path: folder,
                 persistent_volume_claim: None,
             }),
-            ..empty_spec()
+            ..StorageSpec::default()
         };
         storage::open(&spec, Path::new("/"), &Credentials::none())?
     } else {
@@ -620,7 +613,7 @@ fn run_sync_child() -> anyhow::Result<()> {
                 credentials_secret_ref: None,
             }),
             prefix: Some(prefix),
-            ..empty_spec()
+            ..StorageSpec::default()
         };
         let credentials = Credentials::from_map(BTreeMap::from([
             (
@@ -672,18 +665,6 @@ fn run_sync_child() -> anyhow::Result<()> {
     };
     println!("RESULT {}", serde_json::to_string(&report)?);
     Ok(())
-}
-
-fn empty_spec() -> StorageSpec {
-    StorageSpec {
-        filesystem: None,
-        s3: None,
-        gcs: None,
-        azure: None,
-        prefix: None,
-        public_base_url: None,
-        presigned_url_ttl: "1h".to_owned(),
-    }
 }
 
 /// Brotli's speed and output size at each quality on the bundle's text files, against their
@@ -804,44 +785,6 @@ fn smoke() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Driver: CPU and the machine
 
-/// CPU seconds (user + system) a process has used, and those of its children it waited for
-/// (from /proc/<pid>/stat, in USER_HZ = 100 ticks per second).
-fn cpu_of(pid: u32) -> (f64, f64) {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // The fields after the command name, which is in parentheses: utime is field 14.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<f64> = rest
-                .split_whitespace()
-                .skip(11)
-                .take(4)
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect();
-            (fields.len() == 4).then(|| ((fields[0] + fields[1]) / 100.0, (fields[2] + fields[3]) / 100.0))
-        })
-        .unwrap_or((0.0, 0.0))
-}
-
-/// Busy and total CPU seconds of the whole machine, all CPUs together (from /proc/stat).
-fn machine_cpu() -> (f64, f64) {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| {
-            let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-            let ticks: Vec<f64> = line
-                .split_whitespace()
-                .skip(1)
-                .take(8)
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect();
-            let total: f64 = ticks.iter().sum();
-            let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-            Some(((total - idle) / 100.0, total / 100.0))
-        })
-        .unwrap_or((0.0, 0.0))
-}
-
 /// Waits, up to `limit`, until the machine is nearly idle. Returns the last busy share seen.
 fn wait_for_idle(limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
@@ -927,27 +870,6 @@ fn disk_of(path: &Path) -> String {
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         })
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -39,6 +39,8 @@
 //! processes is run again), `OTA_BENCH_BARE_BYTES` (the bare answer's size when the `bare` role
 //! is run by hand; the driver wants 300).
 
+mod common;
+
 use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
@@ -56,6 +58,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use common::{cpu_of, env_number, machine_cpu, median, mib, verdict};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::{
@@ -140,16 +143,6 @@ fn main() -> ExitCode {
 
 // ---------------------------------------------------------------------------------------------
 // Settings
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={raw:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 fn cpu_count() -> usize {
     thread::available_parallelism().map_or(1, usize::from)
@@ -870,10 +863,6 @@ impl Drop for RssWatch {
     }
 }
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 // ---------------------------------------------------------------------------------------------
 // Driver: HTTP client
 
@@ -1239,46 +1228,8 @@ fn run_probe_only() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) a process has used, and those of its children it waited for
-/// (from /proc/<pid>/stat, in USER_HZ = 100 ticks per second).
-fn cpu_of(pid: u32) -> (f64, f64) {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // The fields after the command name, which is in parentheses: utime is field 14.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<f64> = rest
-                .split_whitespace()
-                .skip(11)
-                .take(4)
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect();
-            (fields.len() == 4).then(|| ((fields[0] + fields[1]) / 100.0, (fields[2] + fields[3]) / 100.0))
-        })
-        .unwrap_or((0.0, 0.0))
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     cpu_of(pid).0
-}
-
-/// Busy and total CPU seconds of the whole machine, all CPUs together (from /proc/stat).
-fn machine_cpu() -> (f64, f64) {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| {
-            let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-            let ticks: Vec<f64> = line
-                .split_whitespace()
-                .skip(1)
-                .take(8)
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect();
-            let total: f64 = ticks.iter().sum();
-            let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-            Some(((total - idle) / 100.0, total / 100.0))
-        })
-        .unwrap_or((0.0, 0.0))
 }
 
 /// The share of the machine's CPU in use over `window`.
@@ -1444,23 +1395,6 @@ fn wrk_version() -> String {
             text.lines().next().map(str::to_owned)
         })
         .unwrap_or_else(|| "wrk (version unknown)".to_owned())
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
 }
 
 // ---------------------------------------------------------------------------------------------
