@@ -107,6 +107,10 @@ enum Command {
         /// The update-server image for Apps that name none.
         #[arg(long, env = "OTA_SERVER_IMAGE")]
         server_image: String,
+        /// Filesystem storage paths of Apps are resolved against this folder: Bundles of such
+        /// Apps are synced into it, so it must be the volume their update servers read.
+        #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
+        storage_root: PathBuf,
     },
     /// Build, encrypt, check and publish bundles from mobile CI.
     #[command(after_help = cli::EXIT_CODES_HELP)]
@@ -207,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             metrics_listen,
             server_image,
+            storage_root,
         } => {
             let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -219,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lease_duration_seconds,
                 identity,
                 default_server_image: server_image,
+                storage_dir: storage_root,
             };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()

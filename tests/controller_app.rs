@@ -66,6 +66,7 @@ fn options(namespace: &str, leader_election: bool, identity: &str) -> Options {
         lease_duration_seconds: 6,
         identity: identity.to_owned(),
         default_server_image: IMAGE.to_owned(),
+        storage_dir: std::env::temp_dir().join("ota-controller-app-storage"),
     }
 }
 

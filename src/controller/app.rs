@@ -7,7 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::StreamExt;
@@ -26,21 +26,23 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        Controller,
-        controller::Action,
-        events::{Event, EventType},
-        watcher,
-    },
+    runtime::{Controller, controller::Action, events::EventType, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
-use super::{Context, metrics::FailureLabels, metrics::Metrics};
+use super::{
+    Context,
+    status::{
+        apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
+        ready_transition,
+    },
+    stores::scoped,
+};
 use crate::{
     api::{
         App, AppStatus,
-        constants::{API_VERSION, MANAGED_BY_VALUE, condition, field_manager, label, reason},
+        constants::{MANAGED_BY_VALUE, condition, field_manager, label, reason},
     },
     core::{
         app_children::{self, AppChildren, RenderError},
@@ -186,21 +188,8 @@ pub fn status_changed(app: &App, desired: &AppStatus) -> bool {
 
 /// The Event a status change deserves, if any: (type, reason, note).
 pub fn transition_event(app: &App, desired: &AppStatus) -> Option<(EventType, String, String)> {
-    let before = app
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::READY));
-    let after = desired.conditions.iter().find(|c| c.type_ == condition::READY)?;
-    if before.is_some_and(|b| b.status == after.status && b.reason == after.reason) {
-        return None;
-    }
-    let stalled = conditions::status_of(&desired.conditions, condition::STALLED) == Some("True");
-    let event_type = if stalled || after.reason == reason::PROGRESSING_WITH_RETRY {
-        EventType::Warning
-    } else {
-        EventType::Normal
-    };
-    Some((event_type, after.reason.clone(), after.message.clone()))
+    let before = app.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    ready_transition(before, &desired.conditions)
 }
 
 /// Runs the App controller until `stop` reads `true`. `caches_synced` turns true once the App
@@ -270,52 +259,27 @@ pub async fn run(
         .await;
 }
 
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn object_key(app: &App) -> String {
-    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
-}
-
 /// One reconcile of one App.
+#[tracing::instrument(skip_all, fields(kind = KIND, name = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, AppError> {
     if !context.is_leader() {
         // A follower keeps its caches warm and writes nothing; it looks again soon, so that every
         // App is reconciled within FOLLOWER_RECHECK of this replica becoming the leader.
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
-    let started = Instant::now();
-    let kind = Metrics::kind(KIND);
-    context.metrics.reconciles.get_or_create(&kind).inc();
-    let result = reconcile_leader(&app, &context).await;
-    context
-        .metrics
-        .durations
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
+    let result = instrumented(&context, KIND, reconcile_leader(&app, &context)).await;
     match result {
         Ok((outcome, action)) => {
             if let Outcome::Stalled { reason, .. } = &outcome {
-                context
-                    .metrics
-                    .failures
-                    .get_or_create(&failure(category_of(reason)))
-                    .inc();
+                count_failure(&context, KIND, category_of(reason));
             }
             write_status(&app, &context, &outcome).await?;
-            context.backoff.reset(&object_key(&app));
+            context.backoff.reset(&backoff_key(KIND, app.as_ref()));
             Ok(action)
         }
         Err(error) => {
             let message = crate::telemetry::error_chain(&error);
-            tracing::warn!(app = %object_key(&app), error = %message, "App reconcile failed; retrying");
+            tracing::warn!(app = %object_key(app.as_ref()), error = %message, "App reconcile failed; retrying");
             // Best effort: the retry comes from error_policy whether or not this write works.
             if let Err(status_error) = write_status(&app, &context, &Outcome::Retrying { message }).await {
                 tracing::debug!(error = %status_error, "could not record the failure in status");
@@ -325,28 +289,10 @@ pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, A
     }
 }
 
-fn failure(category: &str) -> FailureLabels {
-    FailureLabels {
-        kind: KIND.to_owned(),
-        error: category.to_owned(),
-    }
-}
-
-fn category_of(reason: &str) -> &'static str {
-    match reason {
-        reason::REFERENCE_NOT_FOUND => "reference_not_found",
-        _ => "invalid_spec",
-    }
-}
-
 /// Transient failures wait a per-object, growing, jittered delay.
 pub fn error_policy(app: Arc<App>, error: &AppError, context: Arc<Context>) -> Action {
-    context
-        .metrics
-        .failures
-        .get_or_create(&failure(error.category()))
-        .inc();
-    Action::requeue(context.backoff.next_delay(&object_key(&app)))
+    count_failure(&context, KIND, error.category());
+    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, app.as_ref())))
 }
 
 async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Action), AppError> {
@@ -495,52 +441,16 @@ async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result
     if !status_changed(app, &desired) {
         return Ok(());
     }
-    let namespace = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    let api: Api<App> = Api::namespaced(context.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "status": desired,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(field_manager::STATUS).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(AppError::api(format!(
-        "writing the status of App {namespace}/{name}"
-    )))?;
-    context
-        .metrics
-        .status_writes
-        .get_or_create(&Metrics::kind(KIND))
-        .inc();
+    apply_status(context, app, &desired)
+        .await
+        .map_err(AppError::api(format!(
+            "writing the status of App {}",
+            object_key(app)
+        )))?;
     if let Some((type_, reason, note)) = transition_event(app, &desired) {
-        let event = Event {
-            type_,
-            reason,
-            note: Some(truncate(note, 1024)),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &app.object_ref(&())).await {
-            tracing::warn!(app = %object_key(app), %error, "could not publish an Event");
-        }
+        publish(context, app, type_, &reason, note).await;
     }
     Ok(())
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 #[cfg(test)]

@@ -7,12 +7,17 @@
 
 pub mod app;
 pub mod backoff;
+pub mod bundle;
+pub mod channel;
 pub mod leader;
 pub mod metrics;
+pub mod status;
+pub mod stores;
 
 use std::{
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,10 +33,12 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::{api::constants::field_manager, core::app_children::RenderSettings};
+use crate::{api::constants::field_manager, core::app_children::RenderSettings, sync::SyncLimits};
 
 pub use backoff::Backoff;
+pub use bundle::BundleSync;
 pub use metrics::Metrics;
+pub use stores::Stores;
 
 /// How the controller runs (set by `ota controller`'s flags).
 #[derive(Clone, Debug)]
@@ -50,6 +57,9 @@ pub struct Options {
     pub identity: String,
     /// The update-server image for Apps that name none.
     pub default_server_image: String,
+    /// Filesystem storage paths of Apps are resolved against this folder (the controller syncs
+    /// Bundles into it, so it must be the volume the update servers read).
+    pub storage_dir: PathBuf,
 }
 
 /// Why the controller stopped.
@@ -72,6 +82,9 @@ pub enum ControllerError {
     /// The leader election task ended (the process must not go on writing without it).
     #[error("leader election stopped: {0}")]
     LeaseLost(String),
+    /// The HTTP client for bundle sources could not be built.
+    #[error("cannot build the HTTP client for bundle sources: {0}")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// The current time, injected so the pure core never reads a clock.
@@ -106,6 +119,10 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Per-object retry delays.
     pub backoff: Backoff,
+    /// The caches of the four custom kinds.
+    pub stores: Stores,
+    /// What the Bundle reconciler needs to sync.
+    pub bundle_sync: BundleSync,
 }
 
 impl Context {
@@ -181,6 +198,11 @@ pub async fn run(
         controller: field_manager::CONTROLLER.to_owned(),
         instance: Some(options.identity.clone()),
     };
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ControllerError::HttpClient)?;
+    let (watches, stores) = stores::Watches::new(&client, options.namespace.as_deref());
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -191,6 +213,8 @@ pub async fn run(
         },
         leader: leader.clone(),
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+        stores: stores.clone(),
+        bundle_sync: BundleSync::new(options.storage_dir.clone(), http, SyncLimits::default()),
     });
     let health = Health {
         caches_synced: Arc::new(AtomicBool::new(false)),
@@ -208,12 +232,48 @@ pub async fn run(
                 .await
         })
     };
+    let app_cache_synced = Arc::new(AtomicBool::new(false));
     let apps = app::run(
-        context,
+        Arc::clone(&context),
         options.namespace.clone(),
-        Arc::clone(&health.caches_synced),
+        Arc::clone(&app_cache_synced),
         stop_receiver.clone(),
     );
+    let channels = channel::run(
+        Arc::clone(&context),
+        watches.channels.subscribe(),
+        watches.apps.subscribe(),
+        watches.bundles.subscribe(),
+        watches.rollouts.subscribe(),
+        stop_receiver.clone(),
+    );
+    let bundles = bundle::run(
+        Arc::clone(&context),
+        watches.bundles.subscribe(),
+        watches.apps.subscribe(),
+        watches.channels.subscribe(),
+        watches.rollouts.subscribe(),
+        stop_receiver.clone(),
+    );
+    let controllers = async move {
+        tokio::join!(apps, channels, bundles);
+    };
+    // Ready once the App controller's cache and the four shared caches are filled.
+    let readiness = {
+        let caches_synced = Arc::clone(&health.caches_synced);
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            stores::poll_until(|| {
+                let stores = stores.clone();
+                let app_cache_synced = Arc::clone(&app_cache_synced);
+                Box::pin(async move {
+                    app_cache_synced.load(Ordering::Relaxed) && stores.wait_until_ready().await
+                })
+            })
+            .await;
+            caches_synced.store(true, Ordering::Relaxed);
+        })
+    };
     let mut leader_metric = leader.clone();
     let leader_gauge = metrics.leader.clone();
     let leader_watch = async move {
@@ -238,8 +298,10 @@ pub async fn run(
         _ = shutdown => Ok(()),
         reason = lease_end => Err(ControllerError::LeaseLost(reason)),
         _ = leader_watch => Ok(()),
-        _ = apps => Ok(()),
+        _ = controllers => Ok(()),
+        _ = watches.run() => Ok(()),
     };
+    readiness.abort();
     let _ = stop_sender.send(true);
     if let Ok(Err(error)) = http.await {
         return Err(ControllerError::Http(error));

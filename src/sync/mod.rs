@@ -407,10 +407,16 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
             .or_insert((position, file.size, false));
         content.2 |= objects::needs_brotli(&file.path);
     }
-    let found: Vec<(String, Option<bool>)> = futures::stream::iter(contents.iter())
-        .map(|(hash, &(_, size, brotli_required))| async move {
-            let stored = objects::find_content(store, prefix, hash, size, brotli_required).await?;
-            Ok::<_, SyncError>(((*hash).to_owned(), stored))
+    // Owned items: futures borrowing from the iterator could not be proven `Send` by a caller
+    // that runs the sync inside a spawned task (rustc's higher-ranked lifetime limitation).
+    let lookups: Vec<(String, u64, bool)> = contents
+        .iter()
+        .map(|(hash, &(_, size, brotli_required))| ((*hash).to_owned(), size, brotli_required))
+        .collect();
+    let found: Vec<(String, Option<bool>)> = futures::stream::iter(lookups)
+        .map(|(hash, size, brotli_required)| async move {
+            let stored = objects::find_content(store, prefix, &hash, size, brotli_required).await?;
+            Ok::<_, SyncError>((hash, stored))
         })
         .buffer_unordered(STORE_CONCURRENCY)
         .try_collect()

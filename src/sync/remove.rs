@@ -123,25 +123,21 @@ pub async fn stored_file_keys<'a>(
     prefix: &Path,
     sha256s: impl IntoIterator<Item = &'a str>,
 ) -> Result<BTreeMap<String, Vec<String>>, RemoveError> {
-    let mut distinct: Vec<&str> = sha256s.into_iter().collect();
+    // Owned items: futures borrowing from the iterator could not be proven `Send` by a caller
+    // that runs this inside a spawned task (rustc's higher-ranked lifetime limitation).
+    let mut distinct: Vec<String> = sha256s.into_iter().map(str::to_owned).collect();
     distinct.sort_unstable();
     distinct.dedup();
     let found: Vec<Option<(String, Vec<String>)>> = futures::stream::iter(distinct)
-        .map(|sha256| async move {
-            let key = manifest_key(sha256);
+        .map(|sha256: String| async move {
+            let key = manifest_key(&sha256);
             match read_manifest(store, prefix, &key).await {
-                Ok(files) => Ok(Some((
-                    sha256.to_owned(),
-                    files.into_iter().map(|file| file.key).collect(),
-                ))),
+                Ok(files) => Ok(Some((sha256, files.into_iter().map(|file| file.key).collect()))),
                 Err(SyncError::Storage {
                     source: object_store::Error::NotFound { .. },
                     ..
                 }) => Ok(None),
-                Err(source) => Err(RemoveError::Manifest {
-                    sha256: sha256.to_owned(),
-                    source,
-                }),
+                Err(source) => Err(RemoveError::Manifest { sha256, source }),
             }
         })
         .buffer_unordered(CONCURRENCY)

@@ -1,4 +1,5 @@
 use super::*;
+use crate::controller::status::truncate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn at(seconds: i64) -> Timestamp {

@@ -1,0 +1,660 @@
+//! The Bundle reconciler: syncs each Bundle into its App's storage (the one implementation in
+//! [`crate::sync`]), records the outcome in status, and holds a finalizer so that deleting a
+//! Bundle removes from storage what only it referenced, once nothing uses it any more.
+//!
+//! The decisions are the pure ones of [`crate::core::bundle_lifecycle`]; this module reads the
+//! caches and storage, runs the sync, and writes what those functions return.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, ReflectHandle, Store},
+    },
+};
+use tokio::sync::watch;
+
+use super::{
+    Context,
+    status::{
+        apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
+        ready_transition,
+    },
+    stores::in_namespace,
+};
+use crate::{
+    api::{
+        App, Bundle, BundleStatus, Channel, Rollout,
+        constants::{finalizer, reason},
+    },
+    core::{
+        app_children::referenced_secrets,
+        bundle_lifecycle::{
+            self, DeletionDecision, RetryState, StoredBundle, SyncDecision, SyncFacts, SyncFailure,
+            SyncOutcome, bundle_status_after_sync, deletion_decision, sync_decision,
+        },
+        conditions::merge_conditions,
+    },
+    storage::{self, Credentials, OpenedStorage},
+    sync::{self, BundleSourceRef, SyncLimits, SyncRequest},
+    telemetry::error_chain,
+};
+
+/// The kind label of this reconciler's metrics.
+const KIND: &str = "Bundle";
+/// How often a synced Bundle is looked at again although nothing changed (a look that finds it
+/// up to date reads nothing from storage and writes nothing).
+const RESYNC: Duration = Duration::from_secs(3600);
+/// How often a follower looks again, to take over quickly once it leads.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
+/// How often a Bundle whose App names a missing Secret is looked at again (Secrets are not
+/// watched).
+const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
+
+/// What the Bundle reconciler needs beyond the shared context.
+pub struct BundleSync {
+    /// Where filesystem storage folders are (their `path` is relative to it).
+    pub storage_dir: PathBuf,
+    /// The HTTP client for URL sources.
+    pub http: reqwest::Client,
+    /// Limits on the zips.
+    pub limits: SyncLimits,
+    /// Transient failures per Bundle uid, for the retry schedule (losing it on a restart only
+    /// means one earlier retry).
+    retries: Mutex<HashMap<String, RetryState>>,
+}
+
+impl BundleSync {
+    /// Sync settings for filesystem storage under `storage_dir`.
+    pub fn new(storage_dir: PathBuf, http: reqwest::Client, limits: SyncLimits) -> BundleSync {
+        BundleSync {
+            storage_dir,
+            http,
+            limits,
+            retries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn retry_of(&self, uid: &str) -> Option<RetryState> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    fn remember(&self, uid: &str, retry: Option<RetryState>) {
+        let mut retries = self
+            .retries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match retry {
+            Some(retry) => retries.insert(uid.to_owned(), retry),
+            None => retries.remove(uid),
+        };
+    }
+}
+
+/// Why a Bundle reconcile failed (transient: retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The API server refused or could not be reached.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Storage could not be read or written while cleaning up a deleted Bundle.
+    #[error("cleaning up the storage of a deleted Bundle: {0}")]
+    Cleanup(#[source] sync::RemoveError),
+}
+
+impl BundleError {
+    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> BundleError {
+        let action = action.into();
+        move |source| BundleError::Api { action, source }
+    }
+
+    fn category(&self) -> &'static str {
+        match self {
+            BundleError::Api { .. } => "api",
+            BundleError::Cleanup(_) => "storage",
+        }
+    }
+}
+
+/// Why the App's storage cannot be opened: the Bundle waits for a change.
+struct StorageProblem {
+    reason: &'static str,
+    message: String,
+    recheck: Option<Duration>,
+}
+
+/// Runs the Bundle controller until `stop` reads `true`.
+pub async fn run(
+    context: Arc<Context>,
+    bundles: ReflectHandle<Bundle>,
+    apps: ReflectHandle<App>,
+    channels: ReflectHandle<Channel>,
+    rollouts: ReflectHandle<Rollout>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let store = context.stores.bundles.clone();
+    // A new or changed App may let its Bundles sync (a storage fix, a Secret named at last).
+    let by_app = {
+        let store = store.clone();
+        move |app: Arc<App>| bundles_where(&store, app.namespace(), |b| b.spec.app_ref == app.name_any())
+    };
+    // A Channel or Rollout that lets go of a Bundle may free a held deletion.
+    let deleting = |store: &Store<Bundle>, namespace: Option<String>| {
+        bundles_where(store, namespace, |b| b.metadata.deletion_timestamp.is_some())
+    };
+    let by_channel = {
+        let store = store.clone();
+        move |channel: Arc<Channel>| deleting(&store, channel.namespace())
+    };
+    let by_rollout = {
+        let store = store.clone();
+        move |rollout: Arc<Rollout>| deleting(&store, rollout.namespace())
+    };
+    Controller::for_shared_stream(bundles, store.clone())
+        .watches_shared_stream(apps, by_app)
+        .watches_shared_stream(channels, by_channel)
+        .watches_shared_stream(rollouts, by_rollout)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "Bundle reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn bundles_where(
+    store: &Store<Bundle>,
+    namespace: Option<String>,
+    keep: impl Fn(&Bundle) -> bool,
+) -> Vec<ObjectRef<Bundle>> {
+    in_namespace(store, namespace.as_deref(), keep)
+        .iter()
+        .map(|bundle| ObjectRef::from_obj(bundle.as_ref()))
+        .collect()
+}
+
+/// One reconcile of one Bundle.
+#[tracing::instrument(skip_all, fields(kind = KIND, name = %bundle.name_any(), namespace = bundle.namespace().unwrap_or_default()))]
+pub async fn reconcile(bundle: Arc<Bundle>, context: Arc<Context>) -> Result<Action, BundleError> {
+    if !context.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
+    instrumented(&context, KIND, async {
+        let has_finalizer = bundle.finalizers().iter().any(|f| f == finalizer::BUNDLE_STORAGE);
+        let action = if bundle.metadata.deletion_timestamp.is_some() {
+            match has_finalizer {
+                true => clean_up(&bundle, &context).await?,
+                false => Action::await_change(),
+            }
+        } else {
+            if !has_finalizer {
+                add_finalizer(&bundle, &context).await?;
+            }
+            sync_if_needed(&bundle, &context).await?
+        };
+        context.backoff.reset(&backoff_key(KIND, bundle.as_ref()));
+        Ok(action)
+    })
+    .await
+}
+
+/// Transient failures wait a per-object, growing, jittered delay.
+pub fn error_policy(bundle: Arc<Bundle>, error: &BundleError, context: Arc<Context>) -> Action {
+    tracing::warn!(bundle = %object_key(bundle.as_ref()), error = %error_chain(error), "Bundle reconcile failed; retrying");
+    count_failure(&context, KIND, error.category());
+    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, bundle.as_ref())))
+}
+
+fn app_of(bundle: &Bundle, context: &Context) -> Option<Arc<App>> {
+    in_namespace(
+        &context.stores.apps,
+        bundle.metadata.namespace.as_deref(),
+        |app| app.name_any() == bundle.spec.app_ref,
+    )
+    .pop()
+}
+
+fn now_ms(now: Timestamp) -> i64 {
+    now.as_millisecond()
+}
+
+async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+    let uid = bundle.metadata.uid.clone().unwrap_or_default();
+    let sync_state = &context.bundle_sync;
+    let now = context.clock.now();
+    let retry = sync_state.retry_of(&uid);
+    let decision = sync_decision(bundle, retry.as_ref(), now_ms(now));
+    let outcome = match decision {
+        SyncDecision::UpToDate => return Ok(Action::requeue(RESYNC)),
+        SyncDecision::AwaitChange { .. } => return Ok(Action::await_change()),
+        SyncDecision::RetryAt { retry_at_ms } => return Ok(requeue_at(retry_at_ms, now)),
+        SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
+        SyncDecision::Sync(cause) => {
+            tracing::info!(?cause, "syncing");
+            match sync_now(bundle, context).await? {
+                Ok(outcome) => outcome,
+                Err(problem) => {
+                    let action = match problem.recheck {
+                        Some(after) => Action::requeue(after),
+                        None => Action::await_change(),
+                    };
+                    let failure = SyncOutcome::Failed(SyncFailure {
+                        terminal: true,
+                        reason: problem.reason,
+                        message: problem.message,
+                    });
+                    let plan = bundle_status_after_sync(bundle, &failure, None, now_ms(now));
+                    write_status(bundle, context, plan.into_status(now), None).await?;
+                    return Ok(action);
+                }
+            }
+        }
+    };
+    let plan = bundle_status_after_sync(bundle, &outcome, retry.as_ref(), now_ms(now));
+    sync_state.remember(&uid, plan.retry.clone());
+    let action = match &plan.retry {
+        Some(retry) => requeue_at(retry.retry_at_ms, now),
+        None if plan.warning.is_some() => Action::await_change(),
+        None => Action::requeue(RESYNC),
+    };
+    if plan.warning.is_some() {
+        count_failure(
+            context,
+            KIND,
+            category_of(plan.warning.as_ref().map_or("", |w| w.reason)),
+        );
+    }
+    let warning = plan.warning.clone();
+    write_status(bundle, context, plan.into_status(now), warning).await?;
+    Ok(action)
+}
+
+fn requeue_at(at_ms: i64, now: Timestamp) -> Action {
+    let wait = u64::try_from(at_ms.saturating_sub(now_ms(now))).unwrap_or(0);
+    Action::requeue(Duration::from_millis(wait.max(1)))
+}
+
+/// Runs the sync: `Ok(Err(_))` when the App or its storage cannot be used (the Bundle is Stalled
+/// until they change), `Ok(Ok(outcome))` otherwise (the sync's own failures are outcomes).
+async fn sync_now(
+    bundle: &Bundle,
+    context: &Context,
+) -> Result<Result<SyncOutcome, StorageProblem>, BundleError> {
+    let Some(app) = app_of(bundle, context) else {
+        return Ok(Err(StorageProblem {
+            reason: reason::REFERENCE_NOT_FOUND,
+            message: format!("App {} does not exist", bundle.spec.app_ref),
+            recheck: None,
+        }));
+    };
+    let source = match source_of(bundle) {
+        Ok(source) => source,
+        Err(message) => {
+            return Ok(Err(StorageProblem {
+                reason: reason::INVALID_SPEC,
+                message,
+                recheck: None,
+            }));
+        }
+    };
+    let opened = match open_storage(&app, context).await? {
+        Ok(opened) => opened,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let sync_state = &context.bundle_sync;
+    let request = SyncRequest {
+        source: &source,
+        expected_sha256: &bundle.spec.source.sha256,
+        store: &opened.store,
+        prefix: &opened.prefix,
+        limits: &sync_state.limits,
+        http: &sync_state.http,
+    };
+    let result = match bundle.spec.encryption {
+        Some(_) => sync::sync_encrypted_bundle(request).await,
+        None => sync::sync_bundle(request).await,
+    };
+    Ok(Ok(match result {
+        Ok(synced) => {
+            tracing::info!(
+                uploaded = synced.uploaded_files,
+                reused = synced.reused_files,
+                zip_size = synced.zip_size,
+                "synced"
+            );
+            SyncOutcome::Synced(SyncFacts::from(&synced))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), terminal = error.is_terminal(), "sync failed");
+            SyncOutcome::Failed(SyncFailure::from(&error))
+        }
+    }))
+}
+
+/// The Bundle's source for the controller: a URL or a storage key (a local path is for
+/// standalone mode only).
+fn source_of(bundle: &Bundle) -> Result<BundleSourceRef, String> {
+    let source = &bundle.spec.source;
+    match (&source.url, &source.storage_key, &source.path) {
+        (Some(url), None, None) => url::Url::parse(url)
+            .map(BundleSourceRef::Url)
+            .map_err(|e| format!("source.url {url:?} is not a URL: {e}")),
+        (None, Some(key), None) => Ok(BundleSourceRef::StorageKey(key.clone())),
+        (None, None, Some(_)) => Err(
+            "source.path names a file on a standalone server's disk; in a cluster use source.url or \
+             source.storageKey"
+                .to_owned(),
+        ),
+        _ => Err("source needs exactly one of url, storageKey or path".to_owned()),
+    }
+}
+
+/// Opens the App's storage with the credentials of the Secrets it names.
+async fn open_storage(
+    app: &App,
+    context: &Context,
+) -> Result<Result<OpenedStorage, StorageProblem>, BundleError> {
+    let namespace = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
+    let mut values = BTreeMap::new();
+    for (name, keys) in referenced_secrets(&app.spec) {
+        let secret = secrets
+            .get_opt(&name)
+            .await
+            .map_err(BundleError::api(format!("reading Secret {namespace}/{name}")))?;
+        let Some(secret) = secret else {
+            return Ok(Err(StorageProblem {
+                reason: reason::REFERENCE_NOT_FOUND,
+                message: format!(
+                    "the Secret {name} that App {} names for its storage does not exist",
+                    app.name_any()
+                ),
+                recheck: Some(REFERENCE_RECHECK),
+            }));
+        };
+        for key in keys {
+            let value = secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|data| data.get(key))
+                        .cloned()
+                });
+            if let Some(value) = value {
+                values.insert(key.to_owned(), value);
+            }
+        }
+    }
+    let credentials = Credentials::from_map(values);
+    Ok(
+        storage::open(&app.spec.storage, &context.bundle_sync.storage_dir, &credentials).map_err(|error| {
+            StorageProblem {
+                reason: reason::INVALID_SPEC,
+                message: format!(
+                    "the storage of App {} cannot be opened: {}",
+                    app.name_any(),
+                    credentials.redact(&error_chain(&error))
+                ),
+                recheck: None,
+            }
+        }),
+    )
+}
+
+/// Writes `status` when it differs from the stored one, with the Event its transition deserves
+/// (`warning` for a terminal failure).
+async fn write_status(
+    bundle: &Bundle,
+    context: &Context,
+    status: BundleStatus,
+    warning: Option<bundle_lifecycle::WarningEvent>,
+) -> Result<(), BundleError> {
+    if bundle.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    apply_status(context, bundle, &status)
+        .await
+        .map_err(BundleError::api(format!(
+            "writing the status of Bundle {}",
+            object_key(bundle)
+        )))?;
+    let before = bundle.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    match (warning, ready_transition(before, &status.conditions)) {
+        (Some(warning), Some(_)) => {
+            publish(context, bundle, EventType::Warning, warning.reason, warning.note).await;
+        }
+        (_, Some((event_type, reason, note))) => publish(context, bundle, event_type, &reason, note).await,
+        (_, None) => {}
+    }
+    Ok(())
+}
+
+async fn add_finalizer(bundle: &Bundle, context: &Context) -> Result<(), BundleError> {
+    patch_finalizers(bundle, context, |finalizers| {
+        finalizers.push(finalizer::BUNDLE_STORAGE.to_owned());
+    })
+    .await
+}
+
+async fn remove_finalizer(bundle: &Bundle, context: &Context) -> Result<(), BundleError> {
+    patch_finalizers(bundle, context, |finalizers| {
+        finalizers.retain(|f| f != finalizer::BUNDLE_STORAGE);
+    })
+    .await
+}
+
+/// Changes the finalizer list with a merge patch that carries the resourceVersion it started
+/// from, so that a concurrent change by someone else makes the patch fail (and the reconcile
+/// retry) instead of being overwritten.
+async fn patch_finalizers(
+    bundle: &Bundle,
+    context: &Context,
+    change: impl FnOnce(&mut Vec<String>),
+) -> Result<(), BundleError> {
+    let mut finalizers = bundle.metadata.finalizers.clone().unwrap_or_default();
+    change(&mut finalizers);
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": bundle.metadata.resource_version,
+        }
+    });
+    let api: Api<Bundle> = Api::namespaced(
+        context.client.clone(),
+        bundle.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    match api
+        .patch(&bundle.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing holds it any more.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(BundleError::Api {
+            action: format!("updating the finalizers of Bundle {}", object_key(bundle)),
+            source,
+        }),
+    }
+}
+
+/// A deleted Bundle: hold while it is used, else remove what only it referenced, then let go.
+async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+    let namespace = bundle.metadata.namespace.as_deref();
+    let Some(app) = app_of(bundle, context) else {
+        // Without its App the storage is unknown: nothing can be cleaned, so nothing may hold
+        // the Bundle back. Say so, once.
+        publish(
+            context,
+            bundle,
+            EventType::Warning,
+            reason::REFERENCE_NOT_FOUND,
+            format!(
+                "App {} no longer exists, so the Bundle's objects in its storage were left in place",
+                bundle.spec.app_ref
+            ),
+        )
+        .await;
+        remove_finalizer(bundle, context).await?;
+        return Ok(Action::await_change());
+    };
+    let channels: Vec<Channel> = in_namespace(&context.stores.channels, namespace, |_| true)
+        .into_iter()
+        .map(|c| (*c).clone())
+        .collect();
+    let rollouts: Vec<Rollout> = in_namespace(&context.stores.rollouts, namespace, |_| true)
+        .into_iter()
+        .map(|r| (*r).clone())
+        .collect();
+    // Bundles of every App that stores into the same place may share content-addressed files.
+    let same_storage: Vec<Arc<App>> = context
+        .stores
+        .apps
+        .state_filter(|other| other.spec.storage == app.spec.storage);
+    let siblings: Vec<Arc<Bundle>> = context.stores.bundles.state_filter(|other| {
+        other.metadata.uid != bundle.metadata.uid
+            && same_storage.iter().any(|owner| {
+                owner.metadata.namespace == other.metadata.namespace && owner.name_any() == other.spec.app_ref
+            })
+    });
+
+    // Deciding needs the stored manifests (which files each bundle lists): read them only when
+    // no Channel or Rollout holds the bundle, since a held bundle removes nothing anyway.
+    let held = bundle_lifecycle::bundle_users(&bundle.metadata, &channels, &rollouts);
+    let (opened, file_keys) = if held.is_empty() {
+        let opened = match open_storage(&app, context).await? {
+            Ok(opened) => opened,
+            Err(problem) => {
+                let conditions = vec![crate::core::conditions::DesiredCondition::new(
+                    crate::api::constants::condition::RECONCILING,
+                    crate::core::conditions::ConditionStatus::True,
+                    problem.reason,
+                    format!("Deletion waits: {}", problem.message),
+                )];
+                record_deletion_wait(bundle, context, &conditions).await?;
+                return Ok(Action::requeue(problem.recheck.unwrap_or(REFERENCE_RECHECK)));
+            }
+        };
+        let sha256s = std::iter::once(bundle.spec.source.sha256.as_str())
+            .chain(siblings.iter().map(|s| s.spec.source.sha256.as_str()));
+        let keys = sync::stored_file_keys(&opened.store, &opened.prefix, sha256s)
+            .await
+            .map_err(BundleError::Cleanup)?;
+        (Some(opened), keys)
+    } else {
+        (None, BTreeMap::new())
+    };
+    let stored = |b: &Bundle| file_keys.get(&b.spec.source.sha256).map(Vec::as_slice);
+    let sibling_views: Vec<StoredBundle<'_>> = siblings
+        .iter()
+        .map(|s| StoredBundle {
+            bundle: s.as_ref(),
+            file_keys: stored(s),
+        })
+        .collect();
+    let decision = deletion_decision(
+        StoredBundle {
+            bundle,
+            file_keys: stored(bundle),
+        },
+        &sibling_views,
+        &channels,
+        &rollouts,
+    );
+    match (&decision, opened) {
+        (DeletionDecision::Remove { keys }, Some(opened)) => {
+            let removed = sync::remove_objects(&opened.store, &opened.prefix, keys)
+                .await
+                .map_err(BundleError::Cleanup)?;
+            remove_finalizer(bundle, context).await?;
+            publish(
+                context,
+                bundle,
+                EventType::Normal,
+                "StorageCleaned",
+                format!("Removed {removed} objects that only this Bundle referenced from the App's storage"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        _ => {
+            let conditions = decision.conditions().unwrap_or_default();
+            record_deletion_wait(bundle, context, &conditions).await?;
+            // Channels and Rollouts are watched: a change to one of them looks again. A sync
+            // that runs elsewhere is not, so a wait for one looks again soon.
+            Ok(match decision {
+                DeletionDecision::WaitForSync { .. } => Action::requeue(Duration::from_secs(10)),
+                _ => Action::requeue(RESYNC),
+            })
+        }
+    }
+}
+
+/// Records in status why a deletion waits (only when that changed), with a Normal event.
+async fn record_deletion_wait(
+    bundle: &Bundle,
+    context: &Context,
+    conditions: &[crate::core::conditions::DesiredCondition],
+) -> Result<(), BundleError> {
+    let existing = bundle.status.clone().unwrap_or_default();
+    let merged = merge_conditions(
+        &existing.conditions,
+        conditions,
+        existing.observed_generation,
+        context.clock.now(),
+    );
+    if merged == existing.conditions {
+        return Ok(());
+    }
+    let status = BundleStatus {
+        conditions: merged,
+        ..existing
+    };
+    apply_status(context, bundle, &status)
+        .await
+        .map_err(BundleError::api(format!(
+            "writing the status of Bundle {}",
+            object_key(bundle)
+        )))?;
+    if let Some(condition) = conditions.first() {
+        publish(
+            context,
+            bundle,
+            EventType::Normal,
+            &condition.reason,
+            condition.message.clone(),
+        )
+        .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The Channel reconciler: checks its references and reports what it serves. Everything it
+//! reads comes from the shared caches, so a reconcile does no API read; it writes the status only
+//! when it changed.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, ReflectHandle, Store},
+    },
+};
+use tokio::sync::watch;
+
+use super::{
+    Context,
+    status::{
+        self, apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
+    },
+    stores::{Stores, in_namespace},
+};
+use crate::{
+    api::{App, Bundle, Channel, ChannelStatus, Rollout},
+    core::{
+        channel_status::{ChannelStatusPlan, channel_status},
+        conditions::{self, merge_conditions},
+        snapshot::{Snapshot, SnapshotInputs},
+    },
+};
+
+/// The kind label of this reconciler's metrics.
+const KIND: &str = "Channel";
+/// How often a Channel is looked at again although nothing it watches changed: a safety net for
+/// events a watch may have missed. A look that finds nothing new writes nothing.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How often a follower looks again, to take over quickly once it leads.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
+
+/// Why a Channel reconcile failed (transient: retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The status could not be written.
+    #[error("writing the status of Channel {object}: {source}")]
+    WriteStatus {
+        /// `namespace/name`.
+        object: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The status `channel` should have under `plan` (pure): the plan's conditions merged into the
+/// stored ones (timestamps move only on a flip), for the current generation.
+pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestamp) -> ChannelStatus {
+    let existing = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let generation = channel.metadata.generation;
+    ChannelStatus {
+        conditions: merge_conditions(existing, &plan.conditions, generation, now),
+        observed_generation: generation,
+        stable: plan.stable.clone(),
+        candidate: plan.candidate.clone(),
+    }
+}
+
+/// The plan for `channel` from the caches: its App, the App's Bundles and the Rollouts on this
+/// channel, in its namespace (pure given the stores' contents).
+pub fn plan(channel: &Channel, stores: &Stores) -> ChannelStatusPlan {
+    let namespace = channel.metadata.namespace.as_deref();
+    let app_ref = channel.spec.app_ref.as_str();
+    let name = channel.name_any();
+    let apps: Vec<App> = in_namespace(&stores.apps, namespace, |app| app.name_any() == app_ref)
+        .into_iter()
+        .map(|app| (*app).clone())
+        .collect();
+    let bundles: Vec<Bundle> = in_namespace(&stores.bundles, namespace, |bundle| {
+        bundle.spec.app_ref == app_ref
+    })
+    .into_iter()
+    .map(|bundle| (*bundle).clone())
+    .collect();
+    let rollouts: Vec<Rollout> = in_namespace(&stores.rollouts, namespace, |rollout| {
+        rollout.spec.channel_ref == name
+    })
+    .into_iter()
+    .map(|rollout| (*rollout).clone())
+    .collect();
+    // The snapshot of this one channel reports what the update server would refuse to serve
+    // (an unsigned bundle on a protected channel, say), so the status tells what devices get.
+    let inputs = SnapshotInputs {
+        apps,
+        channels: vec![channel.clone()],
+        bundles,
+        rollouts,
+        manifests: Default::default(),
+    };
+    let (_, problems) = Snapshot::build(&inputs);
+    channel_status(
+        channel,
+        &inputs.apps,
+        &inputs.bundles,
+        &inputs.rollouts,
+        &problems,
+    )
+}
+
+/// Runs the Channel controller until `stop` reads `true`.
+pub async fn run(
+    context: Arc<Context>,
+    channels: ReflectHandle<Channel>,
+    apps: ReflectHandle<App>,
+    bundles: ReflectHandle<Bundle>,
+    rollouts: ReflectHandle<Rollout>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let store = context.stores.channels.clone();
+    let by_app = {
+        let store = store.clone();
+        move |app: Arc<App>| channels_where(&store, app.namespace(), |c| c.spec.app_ref == app.name_any())
+    };
+    let by_bundle = {
+        let store = store.clone();
+        move |bundle: Arc<Bundle>| {
+            channels_where(&store, bundle.namespace(), |c| {
+                c.spec.app_ref == bundle.spec.app_ref
+            })
+        }
+    };
+    let by_rollout = {
+        let store = store.clone();
+        move |rollout: Arc<Rollout>| {
+            channels_where(&store, rollout.namespace(), |c| {
+                c.name_any() == rollout.spec.channel_ref
+            })
+        }
+    };
+    Controller::for_shared_stream(channels, store.clone())
+        .watches_shared_stream(apps, by_app)
+        .watches_shared_stream(bundles, by_bundle)
+        .watches_shared_stream(rollouts, by_rollout)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "Channel reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn channels_where(
+    store: &Store<Channel>,
+    namespace: Option<String>,
+    keep: impl Fn(&Channel) -> bool,
+) -> Vec<ObjectRef<Channel>> {
+    in_namespace(store, namespace.as_deref(), keep)
+        .iter()
+        .map(|channel| ObjectRef::from_obj(channel.as_ref()))
+        .collect()
+}
+
+/// One reconcile of one Channel.
+#[tracing::instrument(skip_all, fields(kind = KIND, name = %channel.name_any(), namespace = channel.namespace().unwrap_or_default()))]
+pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<Action, ChannelError> {
+    if !context.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
+    instrumented(&context, KIND, async {
+        let plan = plan(&channel, &context.stores);
+        let desired = desired_status(&channel, &plan, context.clock.now());
+        if conditions::status_of(&desired.conditions, crate::api::constants::condition::STALLED)
+            == Some("True")
+            && let Some(warning) = &plan.warning
+        {
+            count_failure(&context, KIND, category_of(warning.reason));
+        }
+        if channel.status.as_ref() != Some(&desired) {
+            apply_status(&context, channel.as_ref(), &desired)
+                .await
+                .map_err(|source| ChannelError::WriteStatus {
+                    object: object_key(channel.as_ref()),
+                    source,
+                })?;
+            let before = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+            if let Some((event_type, reason, note)) = status::ready_transition(before, &desired.conditions) {
+                publish(&context, channel.as_ref(), event_type, &reason, note).await;
+            }
+        }
+        context.backoff.reset(&backoff_key(KIND, channel.as_ref()));
+        Ok(Action::requeue(RESYNC))
+    })
+    .await
+}
+
+/// Transient failures wait a per-object, growing, jittered delay.
+pub fn error_policy(channel: Arc<Channel>, error: &ChannelError, context: Arc<Context>) -> Action {
+    tracing::warn!(channel = %object_key(channel.as_ref()), error = %crate::telemetry::error_chain(error), "Channel reconcile failed; retrying");
+    count_failure(&context, KIND, "api");
+    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, channel.as_ref())))
+}

@@ -1,0 +1,162 @@
+//! One watch per custom kind, shared by every reconciler: each kind is listed and watched once,
+//! cached once, and fanned out to the controllers that react to it.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::{Stream, StreamExt};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ReflectHandle, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::api::{App, Bundle, Channel, Rollout};
+
+/// Events a slow subscriber may lag behind before the watch waits for it.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// The caches of the four custom kinds.
+#[derive(Clone)]
+pub struct Stores {
+    /// Apps.
+    pub apps: Store<App>,
+    /// Channels.
+    pub channels: Store<Channel>,
+    /// Bundles.
+    pub bundles: Store<Bundle>,
+    /// Rollouts.
+    pub rollouts: Store<Rollout>,
+}
+
+impl Stores {
+    /// Whether every cache has been filled by its first list.
+    pub async fn wait_until_ready(&self) -> bool {
+        self.apps.wait_until_ready().await.is_ok()
+            && self.channels.wait_until_ready().await.is_ok()
+            && self.bundles.wait_until_ready().await.is_ok()
+            && self.rollouts.wait_until_ready().await.is_ok()
+    }
+}
+
+/// A shared watch of one kind: its cache, and the writer that hands out subscriptions until the
+/// watch is started.
+pub struct SharedWatch<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A new shared watch of `api` and its cache.
+    pub fn new(api: Api<K>) -> (SharedWatch<K>, Store<K>) {
+        let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        (SharedWatch { writer, api }, reader)
+    }
+
+    /// A stream of the objects as they are listed and changed, for a controller.
+    pub fn subscribe(&self) -> ReflectHandle<K> {
+        self.writer
+            .subscribe()
+            .expect("a store made by store_shared always hands out subscriptions")
+    }
+
+    /// The watch itself: it must be polled for the cache and the subscribers to see anything.
+    pub fn run(self) -> impl Stream<Item = ()> + Send {
+        let kind = K::kind(&()).to_string();
+        watcher(self.api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect_shared(self.writer)
+            .map(move |event| {
+                if let Err(error) = event {
+                    tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
+                }
+            })
+    }
+}
+
+/// Namespace-scoped or cluster-wide, as the controller is configured.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The shared watches of the four kinds, not started yet.
+pub struct Watches {
+    /// Apps.
+    pub apps: SharedWatch<App>,
+    /// Channels.
+    pub channels: SharedWatch<Channel>,
+    /// Bundles.
+    pub bundles: SharedWatch<Bundle>,
+    /// Rollouts.
+    pub rollouts: SharedWatch<Rollout>,
+}
+
+impl Watches {
+    /// The watches and their caches.
+    pub fn new(client: &Client, namespace: Option<&str>) -> (Watches, Stores) {
+        let (apps, app_store) = SharedWatch::new(scoped(client, namespace));
+        let (channels, channel_store) = SharedWatch::new(scoped(client, namespace));
+        let (bundles, bundle_store) = SharedWatch::new(scoped(client, namespace));
+        let (rollouts, rollout_store) = SharedWatch::new(scoped(client, namespace));
+        let stores = Stores {
+            apps: app_store,
+            channels: channel_store,
+            bundles: bundle_store,
+            rollouts: rollout_store,
+        };
+        (
+            Watches {
+                apps,
+                channels,
+                bundles,
+                rollouts,
+            },
+            stores,
+        )
+    }
+
+    /// Drives the four watches until the returned future is dropped.
+    pub async fn run(self) {
+        let streams = futures::stream::select_all([
+            self.apps.run().boxed(),
+            self.channels.run().boxed(),
+            self.bundles.run().boxed(),
+            self.rollouts.run().boxed(),
+        ]);
+        streams.for_each(|()| std::future::ready(())).await;
+    }
+}
+
+/// Polls `ready` every 100 ms until it holds. A store's readiness wakes only its latest waiter,
+/// so waiting once could miss the wake-up when a controller waits on the same store.
+pub async fn poll_until(mut ready: impl FnMut() -> futures::future::BoxFuture<'static, bool>) {
+    loop {
+        if let Ok(true) = tokio::time::timeout(Duration::from_millis(100), ready()).await {
+            return;
+        }
+    }
+}
+
+/// Objects of `store` in `namespace` that `keep` accepts.
+pub fn in_namespace<K>(store: &Store<K>, namespace: Option<&str>, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.state_filter(|object| object.meta().namespace.as_deref() == namespace && keep(object))
+}
