@@ -94,6 +94,26 @@ pub mod reason {
     pub const ABORTED: &str = "Aborted";
     /// The Rollout reached its last step; the candidate is the channel's stable bundle.
     pub const ROLLOUT_COMPLETED: &str = "RolloutCompleted";
+    /// A Rollout began moving its Channel to a new candidate (Event).
+    pub const ROLLOUT_STARTED: &str = "RolloutStarted";
+    /// A Rollout step offered the candidate to a larger share of devices (Event).
+    pub const PERCENT_INCREASED: &str = "PercentIncreased";
+    /// A timed pause step ran its course (Event).
+    pub const PAUSE_ENDED: &str = "PauseEnded";
+    /// A person promoted the Rollout past its current pause or analysis step (Event).
+    pub const PROMOTED: &str = "Promoted";
+    /// A person promoted the Rollout past every remaining step (Event).
+    pub const PROMOTED_FULL: &str = "PromotedFull";
+    /// A person started an aborted Rollout again from its first step (Event).
+    pub const RETRIED: &str = "Retried";
+    /// A command annotation that does not apply in the Rollout's phase (Event).
+    pub const COMMAND_IGNORED: &str = "CommandIgnored";
+    /// An analysis step found the failure rate within the policy (Event).
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    /// An analysis step waits until at least `minAttempts` devices have tried the candidate.
+    pub const WAITING_FOR_ANALYSIS: &str = "WaitingForAnalysis";
+    /// The analysis figures could not be read (or were inconsistent); the analysis waits.
+    pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
 }
 
 /// Labels the operator sets on what it creates.

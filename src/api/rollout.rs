@@ -1,5 +1,7 @@
 //! The Rollout: a staged move of a Channel from its stable Bundle to a candidate.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -236,6 +238,11 @@ pub struct RolloutStatus {
     /// A sentence for people: what happens now and what they can do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The value of each command annotation (`ota.dev/promote`, `ota.dev/pause`, ...) already
+    /// acted upon: a command acts once per new value, so setting the annotation again to another
+    /// value (the kubectl plugin writes the time) acts again, and a restart replays nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handled_commands: BTreeMap<String, String>,
 }
 
 /// The phase of a Rollout.
