@@ -296,7 +296,8 @@ pub fn progress(rollout: &Rollout, inputs: &RolloutInputs<'_>, now: Timestamp) -
     };
     run.status.observed_generation = rollout.metadata.generation;
     run.status.salt = Some(run.salt());
-    if run.status.candidate_bundle.as_deref() != Some(rollout.spec.bundle_ref.as_str()) {
+    let describes_spec = run.status.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str());
+    if !describes_spec || run.status.phase.is_none() {
         run.start(reason::ROLLOUT_STARTED);
     }
     run.handle_commands();
@@ -719,7 +720,7 @@ impl Run<'_> {
         while self.active() {
             let index = self.index();
             // A timed pause of the current step ends on its own, even under another pause.
-            if let Some(Step::Pause(Some(duration))) = self.settings.steps.get(index).copied()
+            if let Some(Step::Pause(Some(_))) = self.settings.steps.get(index)
                 && let Some(position) = self
                     .status
                     .pause_conditions
@@ -732,7 +733,15 @@ impl Run<'_> {
             {
                 self.status.pause_conditions.remove(position);
                 self.set_index(index + 1);
-                let note = format!("The pause of {duration:?} at {} ended", self.step_name(index));
+                let written = self.rollout.spec.steps[index]
+                    .pause
+                    .as_ref()
+                    .and_then(|p| p.duration.as_deref());
+                let note = format!(
+                    "The pause of {} at {} ended",
+                    written.unwrap_or_default(),
+                    self.step_name(index)
+                );
                 self.event(EventKind::Normal, reason::PAUSE_ENDED, note);
                 continue;
             }
@@ -927,11 +936,28 @@ impl Run<'_> {
                 (conditions, message, None, Some(self.candidate().to_owned()))
             }
             Some(RolloutPhase::Aborted) => {
-                let message = self
-                    .abort_message
-                    .clone()
-                    .or_else(|| previous.message.clone())
-                    .unwrap_or_else(|| format!("Aborted; {} is served to every device", self.stable_name()));
+                // The abort's own message, kept while the status still reads Aborted (an invalid
+                // spell in between replaced it: say what the status still knows).
+                let kept = previous
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == condition::STALLED && c.reason == reason::ABORTED)
+                    .then(|| previous.message.clone())
+                    .flatten();
+                let message = self.abort_message.clone().or(kept).unwrap_or_else(|| {
+                    let when = self
+                        .status
+                        .aborted_at
+                        .as_ref()
+                        .map_or(String::new(), |t| format!(" at {}", t.0));
+                    format!(
+                        "Aborted{when} (last analysis: {}); {} is served to every device. Retry with \
+                         `kubectl ota retry` (a new value of the annotation {}) or set a new bundleRef",
+                        self.figures_text(),
+                        self.stable_name(),
+                        annotation::RETRY
+                    )
+                });
                 let mut conditions = stalled_set(reason::ABORTED, message.clone());
                 conditions.push(DesiredCondition::new(
                     condition::PAUSED,

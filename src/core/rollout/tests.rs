@@ -431,6 +431,21 @@ fn an_invalid_rollout_is_stalled_keeps_its_position_and_warns_once() {
     assert_eq!(again.events, []);
     assert_eq!(again.status, plan.status);
 
+    // An aborted rollout that went through an invalid spell does not keep the stale message.
+    let mut aborted = Sim::new(staged());
+    aborted.at(0);
+    aborted.command(annotation::ABORT, "x");
+    aborted.at(10);
+    let stalled = invalid_plan(&aborted.rollout, &invalid, t(20));
+    aborted.rollout.status = Some(stalled.status);
+    let plan = aborted.at(30);
+    let message = plan.status.message.as_deref().unwrap();
+    assert!(
+        message.starts_with(&format!("Aborted at {} (last analysis: no figures yet)", t(10))),
+        "{message}"
+    );
+    assert_eq!(desired(&plan, condition::STALLED).reason, reason::ABORTED);
+
     // A spec that does not parse reaches progress too: the same plan, never a panic.
     sim.rollout.spec.steps.clear();
     let plan = sim.plan_at(10);
@@ -493,6 +508,7 @@ fn a_timed_pause_ends_exactly_at_its_deadline_then_waits_for_promotion() {
     assert_eq!(plan.requeue_at, Some(t(3600)));
 
     let plan = sim.at(3600);
+    assert_eq!(plan.events[0].note, "The pause of 1h at step 2 of 5 ended");
     assert_eq!(
         reasons(&plan),
         [
@@ -1119,6 +1135,19 @@ fn a_new_bundle_ref_also_leaves_an_aborted_rollout() {
     assert_eq!(sim.position(), (Some(Paused), 1, 10));
     assert_eq!(plan.status.aborted_at, None);
     assert_kstatus(&plan, "False", "True", "False");
+}
+
+#[test]
+fn a_status_without_a_phase_starts_the_rollout() {
+    let mut sim = Sim::new(staged());
+    sim.rollout.status = Some(RolloutStatus {
+        candidate_bundle: Some(CANDIDATE.into()),
+        current_percent: Some(40),
+        ..RolloutStatus::default()
+    });
+    let plan = sim.at(0);
+    assert_eq!(reasons(&plan)[0], reason::ROLLOUT_STARTED);
+    assert_eq!(sim.position(), (Some(Paused), 1, 10));
 }
 
 #[test]
