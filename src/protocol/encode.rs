@@ -7,7 +7,7 @@ use super::decode::DecodeError;
 use crate::core::{
     channel_self::ChannelOutcome,
     snapshot::{AppView, BundleView, ManifestFile},
-    update::{AnswerKind, UpdateAnswer},
+    update::{AnswerKind, NoUpdate, UpdateAnswer},
 };
 
 /// Where devices download a bundle's zip and its files (the storage layer decides: server
@@ -57,6 +57,45 @@ struct OfferBody<'a> {
     comment: Option<&'a str>,
 }
 
+/// A no-update answer as every plugin generation reads it (see [`error_body`]); keys in the
+/// order a `serde_json::Value` writes them.
+#[derive(Serialize)]
+struct RefusalBody<'a> {
+    error: &'a str,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    major: bool,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+}
+
+impl<'a> RefusalBody<'a> {
+    fn new(code: &'a str, message: &'a str, kind: AnswerKind) -> Self {
+        RefusalBody {
+            error: code,
+            kind: kind.as_str(),
+            major: false,
+            message,
+            old: None,
+            version: None,
+        }
+    }
+}
+
+/// Serializes an answer into a buffer of `capacity` bytes to start with.
+fn to_bytes(body: &impl Serialize, capacity: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(capacity);
+    // Serializing strings, booleans and raw JSON into a Vec cannot fail; if it ever did, the
+    // answer would be empty (the plugin reads that as "no update"), never a panic.
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+    }
+    bytes
+}
+
 /// The JSON answer to an update check, serialized. An offer never carries `error`, `kind` or
 /// `message`; a refusal always carries all three. `manifest` is the bundle's pre-rendered
 /// manifest (rendered here when absent).
@@ -87,23 +126,22 @@ pub fn update_answer(
                 link: bundle.link.as_deref().filter(|_| offer.with_metadata),
                 comment: bundle.comment.as_deref().filter(|_| offer.with_metadata),
             };
-            serde_json::to_vec(&body).unwrap_or_default()
+            // The fixed part of an offer is well under 512 bytes; the manifest is most of the rest.
+            to_bytes(&body, 512 + manifest.map_or(0, |m| m.get().len()))
         }
         UpdateAnswer::RevertToBuiltin { .. } => br#"{"version":"builtin"}"#.to_vec(),
-        UpdateAnswer::NoUpdate(no) => {
-            let mut body = error_body(no.refusal.code(), &no.message, no.refusal.kind());
-            if let Some(version) = &no.version {
-                body["version"] = json!(version);
-            }
-            if let Some(old) = &no.old {
-                body["old"] = json!(old);
-            }
-            if no.major {
-                body["major"] = json!(true);
-            }
-            serde_json::to_vec(&body).unwrap_or_default()
-        }
+        UpdateAnswer::NoUpdate(no) => refusal_bytes(no),
     }
+}
+
+fn refusal_bytes(no: &NoUpdate) -> Vec<u8> {
+    let body = RefusalBody {
+        major: no.major,
+        old: no.old.as_deref(),
+        version: no.version.as_deref(),
+        ..RefusalBody::new(no.refusal.code(), &no.message, no.refusal.kind())
+    };
+    to_bytes(&body, 128 + no.message.len())
 }
 
 /// `{error, message, kind}`: what every plugin generation reads as "no update" (≤ 7.0 on
@@ -112,9 +150,12 @@ pub fn error_body(code: &str, message: &str, kind: AnswerKind) -> Value {
     json!({"error": code, "message": message, "kind": kind.as_str()})
 }
 
-/// The update-check answer for a request that could not be decoded.
-pub fn update_decode_error(error: &DecodeError) -> Value {
-    error_body(error.code, &error.message, AnswerKind::Failed)
+/// The update-check answer for a request that could not be decoded, serialized.
+pub fn update_decode_error(error: &DecodeError) -> Vec<u8> {
+    to_bytes(
+        &RefusalBody::new(error.code, &error.message, AnswerKind::Failed),
+        128 + error.message.len(),
+    )
 }
 
 /// `{error, message}` for `/stats` and `/channel_self` errors.
@@ -154,10 +195,67 @@ pub fn channel_answer(outcome: &ChannelOutcome, app_id: &str, get_request: bool)
     }
 }
 
-/// The answer when the app is unknown (no App to build URLs from: it is always a refusal).
-pub fn update_answer_without_app(answer: &UpdateAnswer) -> Value {
+/// The answer when the app is unknown (no App to build URLs from: it is always a refusal),
+/// serialized.
+pub fn update_answer_without_app(answer: &UpdateAnswer) -> Vec<u8> {
     match answer {
-        UpdateAnswer::NoUpdate(no) => error_body(no.refusal.code(), &no.message, no.refusal.kind()),
-        _ => error_body("unknown_app", "No such app is served here", AnswerKind::Failed),
+        UpdateAnswer::NoUpdate(no) => refusal_bytes(no),
+        _ => to_bytes(
+            &RefusalBody::new("unknown_app", "No such app is served here", AnswerKind::Failed),
+            128,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::update::Refusal;
+
+    fn no_update(major: bool, old: Option<&str>, version: Option<&str>) -> NoUpdate {
+        NoUpdate {
+            refusal: Refusal::DisableAutoUpdateToMajor,
+            message: "Cannot upgrade major version \"2.0.0\" \u{e9}".into(),
+            version: version.map(str::to_owned),
+            old: old.map(str::to_owned),
+            major,
+            channel: Some("production".into()),
+        }
+    }
+
+    #[test]
+    fn refusals_are_written_as_a_json_value_writes_them() {
+        for (major, old, version) in [
+            (false, None, None),
+            (true, Some("1.0.0"), Some("2.0.0")),
+            (false, Some("1.0.0"), None),
+            (true, None, Some("2.0.0")),
+        ] {
+            let no = no_update(major, old, version);
+            let mut expected = error_body(no.refusal.code(), &no.message, no.refusal.kind());
+            if let Some(version) = version {
+                expected["version"] = json!(version);
+            }
+            if let Some(old) = old {
+                expected["old"] = json!(old);
+            }
+            if major {
+                expected["major"] = json!(true);
+            }
+            let expected = serde_json::to_vec(&expected).unwrap();
+            assert_eq!(
+                String::from_utf8(refusal_bytes(&no)).unwrap(),
+                String::from_utf8(expected.clone()).unwrap()
+            );
+            assert_eq!(update_answer_without_app(&UpdateAnswer::NoUpdate(no)), expected);
+        }
+        let error = DecodeError {
+            code: "missing_app_id",
+            message: "app_id is missing".into(),
+        };
+        assert_eq!(
+            update_decode_error(&error),
+            serde_json::to_vec(&error_body(error.code, &error.message, AnswerKind::Failed)).unwrap()
+        );
     }
 }

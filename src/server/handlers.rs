@@ -6,7 +6,7 @@ use axum::{
     Json,
     body::{Body, Bytes},
     extract::{Path, RawQuery, State},
-    http::{Method, Request, StatusCode, header},
+    http::{HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
@@ -31,6 +31,15 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A 200 answer of JSON already serialized.
+fn json_bytes(body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 fn push(state: &ServerState, write: Write) {
     if !state.queue.push(write) {
         state.metrics.writes_dropped.set(state.queue.dropped() as i64);
@@ -43,7 +52,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
         Ok(request) => request,
         Err(error) => {
             count_answer(&state, error.code);
-            return json_response(StatusCode::OK, encode::update_decode_error(&error));
+            return json_bytes(encode::update_decode_error(&error));
         }
     };
     let check = &request.check;
@@ -53,7 +62,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
     let Some(app) = served.snapshot.app(&check.app_id) else {
         let body = encode::update_answer_without_app(&answer);
         count_answer(&state, answer_label(&answer));
-        return json_response(StatusCode::OK, body);
+        return json_bytes(body);
     };
     let now = now_ms();
     push(
@@ -81,8 +90,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, body: Bytes) -> Resp
         _ => None,
     };
     let urls = served.urls(&check.app_id, state.server_urls());
-    let body = encode::update_answer(&answer, app, urls, manifest.map(|m| &**m));
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    json_bytes(encode::update_answer(&answer, app, urls, manifest.map(|m| &**m)))
 }
 
 fn answer_label(answer: &UpdateAnswer) -> &'static str {
@@ -93,13 +101,11 @@ fn answer_label(answer: &UpdateAnswer) -> &'static str {
     }
 }
 
-fn count_answer(state: &ServerState, answer: &str) {
+fn count_answer(state: &ServerState, answer: &'static str) {
     state
         .metrics
         .update_checks
-        .get_or_create(&AnswerLabels {
-            answer: answer.to_owned(),
-        })
+        .get_or_create(&AnswerLabels { answer })
         .inc();
 }
 
