@@ -1075,8 +1075,8 @@ fn counter(counters: &Counters, name: &str, kind: &str) -> f64 {
     counters
         .iter()
         .filter(|(series, _)| series.starts_with(&prefix) && series.contains(&label))
-        .map(|(_, value)| value)
-        .sum()
+        // A fold from +0.0: the sum of no f64s is -0.0, which prints as "-0".
+        .fold(0.0, |total, (_, value)| total + value)
 }
 
 /// Sums of every `ota_controller_{name}_total` series by label set, minus `before`.
@@ -1454,7 +1454,6 @@ async fn drive(settings: Settings, helpers: Vec<u32>, ota: PathBuf, work: PathBu
         }
     }
     let idle_ended = Instant::now();
-    let idle_seconds = (idle_ended - idle_started).as_secs_f64();
     let controller_cpu_idle = cpu_of(pid).0 - controller_cpu_idle0;
     let cpu_at_end = (machine_cpu(), own_cpu(&helpers, pid));
     let (idle_counters_after, rss_end, peak_rss, hwm, scrape_errors, ready_at) = {
@@ -1469,15 +1468,123 @@ async fn drive(settings: Settings, helpers: Vec<u32>, ota: PathBuf, work: PathBu
             watch.ready_at,
         )
     };
+    let controller_cpu_total = cpu_of(pid).0;
     observer.abort();
     stop_child(&mut child);
     for task in watches {
         task.abort();
     }
-
-    // The figures.
     let tracker = lock(&shared);
-    let bench_writes = bench_writes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let figures = Figures {
+        bench_writes: bench_writes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        records: records.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        changes_before_start,
+        start_phase_end,
+        idle_started,
+        idle_ended,
+        creation_seconds,
+        creation_requests,
+        busy_before,
+        baseline_seconds,
+        ota,
+        metrics_address,
+        log_path,
+        ready_at,
+        started,
+        pod_writes,
+        idle_counters_before,
+        idle_counters_after,
+        cpu_at_start,
+        cpu_at_reconciled,
+        cpu_at_end,
+        controller_cpu_start,
+        controller_cpu_idle,
+        controller_cpu_total,
+        outcome,
+        rss_at_reconciled,
+        rss_end,
+        peak_rss,
+        hwm,
+        scrape_errors,
+    };
+    print_report(&settings, &counts, &tracker, figures);
+    Ok(())
+}
+
+/// Everything the report needs, measured by [`drive`].
+struct Figures {
+    /// Deployment status writes of this process (uid, resourceVersion).
+    bench_writes: HashSet<(String, String)>,
+    /// Every request the controller sent through the proxy.
+    records: Vec<RequestRecord>,
+    /// Changes seen before the controller started (this process's own setup).
+    changes_before_start: usize,
+    start_phase_end: Instant,
+    idle_started: Instant,
+    idle_ended: Instant,
+    creation_seconds: f64,
+    creation_requests: u64,
+    /// The share of the machine other processes took just before the controller started.
+    busy_before: f64,
+    baseline_seconds: f64,
+    ota: PathBuf,
+    metrics_address: SocketAddr,
+    log_path: PathBuf,
+    ready_at: Option<Instant>,
+    /// When the controller process was started.
+    started: Instant,
+    pod_writes: u64,
+    idle_counters_before: Counters,
+    idle_counters_after: Counters,
+    /// (machine busy, machine total) and the benchmark's own CPU seconds at three moments.
+    cpu_at_start: ((f64, f64), f64),
+    cpu_at_reconciled: ((f64, f64), f64),
+    cpu_at_end: ((f64, f64), f64),
+    controller_cpu_start: f64,
+    controller_cpu_idle: f64,
+    controller_cpu_total: f64,
+    outcome: WaitEnd,
+    rss_at_reconciled: u64,
+    rss_end: u64,
+    peak_rss: u64,
+    hwm: u64,
+    scrape_errors: u64,
+}
+
+fn print_report(settings: &Settings, counts: &Counts, tracker: &Tracker, figures: Figures) {
+    let Figures {
+        bench_writes,
+        records,
+        changes_before_start,
+        start_phase_end,
+        idle_started,
+        idle_ended,
+        creation_seconds,
+        creation_requests,
+        busy_before,
+        baseline_seconds,
+        ota,
+        metrics_address,
+        log_path,
+        ready_at,
+        started,
+        pod_writes,
+        idle_counters_before,
+        idle_counters_after,
+        cpu_at_start,
+        cpu_at_reconciled,
+        cpu_at_end,
+        controller_cpu_start,
+        controller_cpu_idle,
+        controller_cpu_total,
+        outcome,
+        rss_at_reconciled,
+        rss_end,
+        peak_rss,
+        hwm,
+        scrape_errors,
+    } = figures;
+    let idle_seconds = (idle_ended - idle_started).as_secs_f64();
     let by_controller =
         |change: &&Change| !bench_writes.contains(&(change.uid.clone(), change.resource_version.clone()));
     let start_changes: Vec<&Change> = tracker.changes[changes_before_start..]
@@ -1490,7 +1597,6 @@ async fn drive(settings: Settings, helpers: Vec<u32>, ota: PathBuf, work: PathBu
         .iter()
         .filter(|c| c.at >= idle_started && c.at < idle_ended)
         .collect();
-    let records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let start_requests: Vec<&RequestRecord> = records.iter().filter(|r| r.at < start_phase_end).collect();
     let idle_requests: Vec<&RequestRecord> = records
         .iter()
@@ -1567,7 +1673,6 @@ async fn drive(settings: Settings, helpers: Vec<u32>, ota: PathBuf, work: PathBu
     if settings.proxy {
         println!("  requests until then: {}", describe_requests(&start_requests));
     }
-    let controller_cpu_total = cpu_of(pid).0;
     let machine_delta = |a: (f64, f64), b: (f64, f64)| (b.0 - a.0, b.1 - a.1);
     let (busy, total) = machine_delta(cpu_at_start.0, cpu_at_reconciled.0);
     let foreign_start = ((busy - (cpu_at_reconciled.1 - cpu_at_start.1)) / total.max(1e-9)).max(0.0);
@@ -1705,7 +1810,6 @@ async fn drive(settings: Settings, helpers: Vec<u32>, ota: PathBuf, work: PathBu
         },
         verdict(idle_writes == TARGET_IDLE_WRITES)
     );
-    Ok(())
 }
 
 /// Waits until every expected object is reconciled and the controller has been quiet for the
