@@ -354,6 +354,7 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     state.metrics.writes_dropped.set(state.queue.dropped() as i64);
+    state.metrics.sightings_skipped.set(state.queue.skipped() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub channel_requests: Family<MethodLabels, Counter>,
     /// Device-store writes dropped because the queue was full.
     pub writes_dropped: Gauge,
+    /// Device sightings not written: the row was written lately and would change only its
+    /// last-seen time.
+    pub sightings_skipped: Gauge,
     /// Apps in the served snapshot.
     pub apps_served: Gauge,
     /// 1 while the snapshot source is lost and the last good snapshot is served.
@@ -65,6 +68,12 @@ impl Default for Metrics {
             "Device-store writes dropped because the write queue was full",
             writes_dropped.clone(),
         );
+        let sightings_skipped = Gauge::default();
+        registry.register(
+            "device_store_sightings_skipped",
+            "Device sightings not written because the device's row was written lately and would change only its last-seen time",
+            sightings_skipped.clone(),
+        );
         let apps_served = Gauge::default();
         registry.register("apps_served", "Apps in the served snapshot", apps_served.clone());
         let source_degraded = Gauge::default();
@@ -80,6 +89,7 @@ impl Default for Metrics {
             stats_rejected,
             channel_requests,
             writes_dropped,
+            sightings_skipped,
             apps_served,
             source_degraded,
         }

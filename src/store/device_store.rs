@@ -243,6 +243,10 @@ impl DeviceStore {
     /// Distinct devices of an app seen in the 30 days up to `now_ms` (epoch ms).
     ///
     /// Only each device's last sighting is kept, so a device last seen after `now_ms` counts too.
+    /// Through the [`super::WriteQueue`], a device's `last_seen_ms` may lag its latest check by
+    /// less than [`super::SIGHTING_REWRITE_WINDOW`] (unchanged sightings are not rewritten
+    /// sooner): a device whose every sighting of the 30 days came within that much of its last
+    /// written one, 30 days ago, is not counted.
     pub async fn monthly_active_devices(&self, app_id: &str, now_ms: i64) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE app_id = $1 AND last_seen_ms > $2")
             .bind(app_id)

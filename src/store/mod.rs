@@ -10,17 +10,20 @@
 //!   answers the reads of statistics;
 //! - [`DeviceMemory`] is the in-memory copy of what the update check needs (overrides and failed
 //!   marks), so the hot path never queries the database;
-//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches.
+//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches;
+//!   a device checking again with nothing new within [`SIGHTING_REWRITE_WINDOW`] costs no write.
 
 mod device_store;
 mod error;
 mod location;
 mod memory;
 mod queue;
+mod recent;
 mod records;
 
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
 pub use queue::{SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue};
+pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
 pub use records::{Counter, DeviceRecord, DeviceSeen, Write};

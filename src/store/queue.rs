@@ -15,7 +15,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{DeviceMemory, DeviceSeen, DeviceStore, StoreError, Write};
+use super::{DeviceMemory, DeviceSeen, DeviceStore, StoreError, Write, recent::RecentSightings};
 
 /// The update server's queue capacity: eight batches (about 2.5 s of sightings at the
 /// benchmark's top rate; some 14 MiB at most, as sightings are packed), so a moment of the
@@ -157,6 +157,11 @@ struct QueueState {
     dropped: AtomicU64,
     /// Writes the database refused on their own while it answered other writes.
     rejected: AtomicU64,
+    /// Sightings not written because the device's row was written lately and would change only
+    /// its `last_seen_ms` (see [`super::SIGHTING_REWRITE_WINDOW`]).
+    skipped: AtomicU64,
+    /// Device rows written lately.
+    recent: RecentSightings,
 }
 
 impl QueueState {
@@ -195,6 +200,8 @@ impl WriteQueue {
             pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            recent: RecentSightings::default(),
         });
         let flusher = Flusher {
             store,
@@ -218,8 +225,22 @@ impl WriteQueue {
     ///
     /// Memory is updated even when the write is dropped: what a device reported holds for this
     /// process either way; only its persistence is lost.
+    ///
+    /// A device sighting that would change only the row's `last_seen_ms`, the row having been
+    /// written less than [`super::SIGHTING_REWRITE_WINDOW`] before, is skipped (and counted, see
+    /// [`WriteQueue::skipped`]); returns true.
     pub fn push(&self, write: Write) -> bool {
         self.memory.apply(&write);
+        let sighting = match &write {
+            Write::SeenDevice(seen) => Some(self.state.recent.key(seen)),
+            _ => None,
+        };
+        if let Some(key) = sighting
+            && self.state.recent.is_redundant(key)
+        {
+            self.state.skipped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         let capacity = self.state.capacity;
         let reserved = self
             .state
@@ -229,6 +250,9 @@ impl WriteQueue {
             })
             .is_ok();
         if reserved && self.sender.send(QueueMessage::of(write)).is_ok() {
+            if let Some(key) = sighting {
+                self.state.recent.written(key);
+            }
             return true;
         }
         if reserved {
@@ -250,6 +274,11 @@ impl WriteQueue {
     /// Writes dropped because the queue was full (or, after a crash, its flusher had stopped).
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sightings skipped because they would change only a row's `last_seen_ms`, written lately.
+    pub fn skipped(&self) -> u64 {
+        self.state.skipped.load(Ordering::Relaxed)
     }
 
     /// Writes the database refused on their own (bad data) and that were dropped.
@@ -422,6 +451,68 @@ mod tests {
             let packed = PackedSeen::pack(&original).expect("packs");
             assert_eq!(packed.unpack(), original);
         }
+    }
+
+    async fn stored_row(store: &DeviceStore, seen: &DeviceSeen) -> crate::store::DeviceRecord {
+        store
+            .device(&seen.app_id, &seen.device_id)
+            .await
+            .expect("read")
+            .expect("a row")
+    }
+
+    #[tokio::test]
+    async fn a_device_checking_again_with_nothing_new_costs_no_write() {
+        let store = DeviceStore::open("sqlite::memory:").await.expect("store");
+        let (queue, _flusher) = WriteQueue::start(
+            store.clone(),
+            DeviceMemory::empty(),
+            100,
+            100,
+            Duration::from_secs(3600),
+        );
+        let first = seen(None, None);
+        let t = first.seen_at_ms;
+        let minute = 60_000;
+        let at = |seen: &DeviceSeen, ms: i64| {
+            Write::SeenDevice(DeviceSeen {
+                seen_at_ms: ms,
+                ..seen.clone()
+            })
+        };
+        assert!(queue.push(at(&first, t)));
+        assert!(queue.push(at(&first, t + minute)));
+        assert!(queue.push(at(&first, t + 4 * minute)));
+        assert_eq!(queue.skipped(), 2);
+        queue.flush().await.expect("flush");
+        assert_eq!(stored_row(&store, &first).await.last_seen_ms, t);
+
+        // A change is written at once; so is the same row once the window has passed.
+        let updated = DeviceSeen {
+            version_name: "1.4.4".into(),
+            ..first.clone()
+        };
+        assert!(queue.push(at(&updated, t + 4 * minute + 1)));
+        queue.flush().await.expect("flush");
+        let record = stored_row(&store, &first).await;
+        assert_eq!(
+            (record.version_name.as_str(), record.last_seen_ms),
+            ("1.4.4", t + 4 * minute + 1)
+        );
+        let window = i64::try_from(super::super::SIGHTING_REWRITE_WINDOW.as_millis()).unwrap();
+        assert!(queue.push(at(&updated, t + 4 * minute + window)));
+        assert_eq!(queue.skipped(), 3, "less than the window after the last write");
+        assert!(queue.push(at(&updated, t + 4 * minute + 1 + window)));
+        queue.flush().await.expect("flush");
+        assert_eq!(
+            stored_row(&store, &first).await.last_seen_ms,
+            t + 4 * minute + 1 + window
+        );
+        assert_eq!(queue.skipped(), 3);
+        assert_eq!(
+            store.monthly_active_devices(&first.app_id, t).await.expect("MAU"),
+            1
+        );
     }
 
     #[test]
