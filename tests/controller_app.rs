@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -19,91 +19,9 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use ota_operator::{
-    api::App,
-    controller::{self, Options},
-};
+use ota_operator::api::App;
 use serde_json::json;
-use support::*;
-use tokio::sync::oneshot;
-
-const IMAGE: &str = "registry.test/ota:test";
-
-/// A controller running in this process until the handle is dropped.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    address: SocketAddr,
-    task: tokio::task::JoinHandle<Result<(), controller::ControllerError>>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(Duration::from_secs(20), &mut self.task)
-            .await
-            .expect("the controller stops within 20 s")
-            .expect("the controller task did not panic");
-        result.expect("the controller stopped without an error");
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.address))
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        (status, response.text().await.expect("a body"))
-    }
-}
-
-fn options(namespace: &str, leader_election: bool, identity: &str) -> Options {
-    Options {
-        namespace: Some(namespace.to_owned()),
-        leader_election,
-        lease_name: "ota-operator".to_owned(),
-        lease_namespace: namespace.to_owned(),
-        lease_duration_seconds: 6,
-        identity: identity.to_owned(),
-        default_server_image: IMAGE.to_owned(),
-        storage_dir: std::env::temp_dir().join("ota-controller-app-storage"),
-    }
-}
-
-async fn start(client: &Client, options: Options) -> Running {
-    let listener = controller::bind("127.0.0.1:0".parse().expect("an address"))
-        .await
-        .expect("a free port");
-    let address = listener.local_addr().expect("a bound address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(options, client.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        stop: Some(stop),
-        address,
-        task,
-    }
-}
-
-/// Polls `check` every 200 ms until it returns Some, or panics with `what` after `seconds`.
-async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {seconds} s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::{controller::*, *};
 
 fn filesystem_app(name: &str) -> serde_json::Value {
     json!({

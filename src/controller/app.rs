@@ -1,14 +1,7 @@
 //! The App reconciler: read → render (pure) → server-side apply every child → write status only
 //! when it changed.
 
-use std::{
-    fmt::Debug,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -26,7 +19,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, events::EventType, watcher},
+    runtime::{Controller, controller::Action, events::EventType, reflector::ReflectHandle, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
@@ -192,60 +185,33 @@ pub fn transition_event(app: &App, desired: &AppStatus) -> Option<(EventType, St
     ready_transition(before, &desired.conditions)
 }
 
-/// Runs the App controller until `stop` reads `true`. `caches_synced` turns true once the App
-/// cache is filled.
+/// Runs the App controller until `stop` reads `true`, on the shared App watch; the children it
+/// renders are watched (by label) so that a change or deletion of one repairs it.
 pub async fn run(
     context: Arc<Context>,
     namespace: Option<String>,
-    caches_synced: Arc<AtomicBool>,
+    apps: ReflectHandle<App>,
     mut stop: watch::Receiver<bool>,
 ) {
     let client = context.client.clone();
-    let apps: Api<App> = scoped(&client, namespace.as_deref());
+    let namespace = namespace.as_deref();
     let children = watcher::Config::default().labels(&format!("{}={MANAGED_BY_VALUE}", label::MANAGED_BY));
-    let controller = Controller::new(apps, watcher::Config::default())
+    let controller = Controller::for_shared_stream(apps, context.stores.apps.clone())
+        .owns(scoped::<ServiceAccount>(&client, namespace), children.clone())
+        .owns(scoped::<Role>(&client, namespace), children.clone())
+        .owns(scoped::<RoleBinding>(&client, namespace), children.clone())
+        .owns(scoped::<ConfigMap>(&client, namespace), children.clone())
+        .owns(scoped::<Deployment>(&client, namespace), children.clone())
+        .owns(scoped::<Service>(&client, namespace), children.clone())
         .owns(
-            scoped::<ServiceAccount>(&client, namespace.as_deref()),
-            children.clone(),
-        )
-        .owns(scoped::<Role>(&client, namespace.as_deref()), children.clone())
-        .owns(
-            scoped::<RoleBinding>(&client, namespace.as_deref()),
-            children.clone(),
-        )
-        .owns(
-            scoped::<ConfigMap>(&client, namespace.as_deref()),
+            scoped::<PodDisruptionBudget>(&client, namespace),
             children.clone(),
         )
         .owns(
-            scoped::<Deployment>(&client, namespace.as_deref()),
+            scoped::<HorizontalPodAutoscaler>(&client, namespace),
             children.clone(),
         )
-        .owns(scoped::<Service>(&client, namespace.as_deref()), children.clone())
-        .owns(
-            scoped::<PodDisruptionBudget>(&client, namespace.as_deref()),
-            children.clone(),
-        )
-        .owns(
-            scoped::<HorizontalPodAutoscaler>(&client, namespace.as_deref()),
-            children.clone(),
-        )
-        .owns(scoped::<Ingress>(&client, namespace.as_deref()), children);
-    let store = controller.store();
-    // The store's readiness wakes only its latest waiter (the controller's own runner), so this
-    // task asks again every 100 ms instead of waiting once.
-    tokio::spawn(async move {
-        loop {
-            match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    caches_synced.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
-    });
+        .owns(scoped::<Ingress>(&client, namespace), children);
     controller
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

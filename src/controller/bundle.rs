@@ -420,7 +420,7 @@ async fn open_storage(
     Ok(
         storage::open(&app.spec.storage, &context.bundle_sync.storage_dir, &credentials).map_err(|error| {
             StorageProblem {
-                reason: reason::INVALID_SPEC,
+                reason: reason::REFERENCE_NOT_READY,
                 message: format!(
                     "the storage of App {} cannot be opened: {}",
                     app.name_any(),

@@ -1,10 +1,31 @@
 //! The controller's Prometheus metrics.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use super::Stores;
+use crate::{api::constants::condition, core::conditions::status_of};
+
+/// The kstatus state of an object from its conditions: Stalled wins, then Ready, then
+/// Reconciling; `Unknown` without a status.
+fn state_of(conditions: Option<&[Condition]>) -> &'static str {
+    let Some(conditions) = conditions else {
+        return "Unknown";
+    };
+    if status_of(conditions, condition::STALLED) == Some("True") {
+        "Stalled"
+    } else if status_of(conditions, condition::READY) == Some("True") {
+        "Ready"
+    } else if conditions.is_empty() {
+        "Unknown"
+    } else {
+        "Reconciling"
+    }
+}
 
 /// Labels of reconciles.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +41,16 @@ pub struct FailureLabels {
     pub kind: String,
     /// The error category (`api`, `invalid_spec`, `reference_not_found`).
     pub error: String,
+}
+
+/// Labels of the domain gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The kind (`App`, `Channel`, `Bundle`, `Rollout`).
+    pub kind: String,
+    /// `Ready`, `Stalled`, `Reconciling` or `Unknown` (no status yet); for Rollouts also their
+    /// phase (`Progressing`, `Paused`, `Completed`, `Aborted`).
+    pub state: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -39,6 +70,10 @@ pub struct Metrics {
     pub status_writes: Family<KindLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: Gauge,
+    /// Objects by kind and state, counted from the caches at each scrape.
+    pub objects: Family<StateLabels, Gauge>,
+    /// Rollouts by phase, counted from the cache at each scrape.
+    pub rollout_phases: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,6 +106,14 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let objects = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "objects",
+            "Objects by kind and state (Ready, Stalled, Reconciling, Unknown)",
+            objects.clone(),
+        );
+        let rollout_phases = Family::<StateLabels, Gauge>::default();
+        registry.register("rollouts", "Rollouts by phase", rollout_phases.clone());
         Self {
             registry,
             reconciles,
@@ -78,6 +121,8 @@ impl Default for Metrics {
             durations,
             status_writes,
             leader,
+            objects,
+            rollout_phases,
         }
     }
 }
@@ -89,6 +134,39 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Sets the domain gauges from the caches: how many objects of each kind are in each state.
+    pub fn observe(&self, stores: &Stores) {
+        self.objects.clear();
+        self.rollout_phases.clear();
+        let count = |kind: &str, conditions: Option<&[Condition]>| {
+            let labels = StateLabels {
+                kind: kind.to_owned(),
+                state: state_of(conditions).to_owned(),
+            };
+            self.objects.get_or_create(&labels).inc();
+        };
+        for app in stores.apps.state() {
+            count("App", app.status.as_ref().map(|s| &s.conditions[..]));
+        }
+        for channel in stores.channels.state() {
+            count("Channel", channel.status.as_ref().map(|s| &s.conditions[..]));
+        }
+        for bundle in stores.bundles.state() {
+            count("Bundle", bundle.status.as_ref().map(|s| &s.conditions[..]));
+        }
+        for rollout in stores.rollouts.state() {
+            let status = rollout.status.as_ref();
+            count("Rollout", status.map(|s| &s.conditions[..]));
+            if let Some(phase) = status.and_then(|s| s.phase) {
+                let labels = StateLabels {
+                    kind: "Rollout".to_owned(),
+                    state: format!("{phase:?}"),
+                };
+                self.rollout_phases.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Labels for `kind`.
@@ -133,5 +211,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ota_controller_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn an_object_state_follows_its_kstatus_conditions() {
+        let condition = |type_: &str, status: &str| Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: "R".to_owned(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        };
+        assert_eq!(state_of(None), "Unknown");
+        assert_eq!(state_of(Some(&[])), "Unknown");
+        assert_eq!(state_of(Some(&[condition("Ready", "True")])), "Ready");
+        assert_eq!(
+            state_of(Some(&[
+                condition("Ready", "False"),
+                condition("Reconciling", "True")
+            ])),
+            "Reconciling"
+        );
+        assert_eq!(
+            state_of(Some(&[condition("Ready", "False"), condition("Stalled", "True")])),
+            "Stalled"
+        );
     }
 }

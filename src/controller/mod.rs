@@ -14,16 +14,7 @@ pub mod metrics;
 pub mod status;
 pub mod stores;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use k8s_openapi::jiff::Timestamp;
@@ -133,10 +124,10 @@ impl Context {
 }
 
 /// Readiness shared with the health server.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Health {
-    caches_synced: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    stores: Stores,
 }
 
 fn health_router(health: Health) -> Router {
@@ -145,7 +136,7 @@ fn health_router(health: Health) -> Router {
         .route(
             "/readyz",
             get(|State(health): State<Health>| async move {
-                if health.caches_synced.load(Ordering::Relaxed) {
+                if health.stores.synced() {
                     (StatusCode::OK, "ok")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
@@ -155,6 +146,7 @@ fn health_router(health: Health) -> Router {
         .route(
             "/metrics",
             get(|State(health): State<Health>| async move {
+                health.metrics.observe(&health.stores);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -217,8 +209,8 @@ pub async fn run(
         bundle_sync: BundleSync::new(options.storage_dir.clone(), http, SyncLimits::default()),
     });
     let health = Health {
-        caches_synced: Arc::new(AtomicBool::new(false)),
         metrics: Arc::clone(&metrics),
+        stores: stores.clone(),
     };
     let (stop_sender, stop_receiver) = watch::channel(false);
     let http = {
@@ -232,11 +224,10 @@ pub async fn run(
                 .await
         })
     };
-    let app_cache_synced = Arc::new(AtomicBool::new(false));
     let apps = app::run(
         Arc::clone(&context),
         options.namespace.clone(),
-        Arc::clone(&app_cache_synced),
+        watches.apps.subscribe(),
         stop_receiver.clone(),
     );
     let channels = channel::run(
@@ -257,22 +248,6 @@ pub async fn run(
     );
     let controllers = async move {
         tokio::join!(apps, channels, bundles);
-    };
-    // Ready once the App controller's cache and the four shared caches are filled.
-    let readiness = {
-        let caches_synced = Arc::clone(&health.caches_synced);
-        let stores = stores.clone();
-        tokio::spawn(async move {
-            stores::poll_until(|| {
-                let stores = stores.clone();
-                let app_cache_synced = Arc::clone(&app_cache_synced);
-                Box::pin(async move {
-                    app_cache_synced.load(Ordering::Relaxed) && stores.wait_until_ready().await
-                })
-            })
-            .await;
-            caches_synced.store(true, Ordering::Relaxed);
-        })
     };
     let mut leader_metric = leader.clone();
     let leader_gauge = metrics.leader.clone();
@@ -301,7 +276,6 @@ pub async fn run(
         _ = controllers => Ok(()),
         _ = watches.run() => Ok(()),
     };
-    readiness.abort();
     let _ = stop_sender.send(true);
     if let Ok(Err(error)) = http.await {
         return Err(ControllerError::Http(error));

@@ -1,7 +1,13 @@
 //! One watch per custom kind, shared by every reconciler: each kind is listed and watched once,
 //! cached once, and fanned out to the controllers that react to it.
 
-use std::{fmt::Debug, sync::Arc, time::Duration};
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use futures::{Stream, StreamExt};
 use kube::{
@@ -30,15 +36,17 @@ pub struct Stores {
     pub bundles: Store<Bundle>,
     /// Rollouts.
     pub rollouts: Store<Rollout>,
+    /// One flag per kind, set once its first list is in the cache.
+    synced: [Arc<AtomicBool>; 4],
 }
 
 impl Stores {
     /// Whether every cache has been filled by its first list.
-    pub async fn wait_until_ready(&self) -> bool {
-        self.apps.wait_until_ready().await.is_ok()
-            && self.channels.wait_until_ready().await.is_ok()
-            && self.bundles.wait_until_ready().await.is_ok()
-            && self.rollouts.wait_until_ready().await.is_ok()
+    ///
+    /// This reads flags the watches set, rather than waiting on the stores: a store wakes only
+    /// its latest waiter, so another waiter would take the wake-up from its controller's runner.
+    pub fn synced(&self) -> bool {
+        self.synced.iter().all(|flag| flag.load(Ordering::Relaxed))
     }
 }
 
@@ -51,6 +59,7 @@ where
 {
     writer: reflector::store::Writer<K>,
     api: Api<K>,
+    synced: Arc<AtomicBool>,
 }
 
 impl<K> SharedWatch<K>
@@ -60,7 +69,12 @@ where
     /// A new shared watch of `api` and its cache.
     pub fn new(api: Api<K>) -> (SharedWatch<K>, Store<K>) {
         let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        (SharedWatch { writer, api }, reader)
+        let watch = SharedWatch {
+            writer,
+            api,
+            synced: Arc::new(AtomicBool::new(false)),
+        };
+        (watch, reader)
     }
 
     /// A stream of the objects as they are listed and changed, for a controller.
@@ -73,13 +87,14 @@ where
     /// The watch itself: it must be polled for the cache and the subscribers to see anything.
     pub fn run(self) -> impl Stream<Item = ()> + Send {
         let kind = K::kind(&()).to_string();
-        watcher(self.api, watcher::Config::default().any_semantic())
+        let synced = self.synced;
+        watcher(self.api, watcher::Config::default())
             .default_backoff()
             .reflect_shared(self.writer)
-            .map(move |event| {
-                if let Err(error) = event {
-                    tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
-                }
+            .map(move |event| match event {
+                Ok(watcher::Event::InitDone) => synced.store(true, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%kind, %error, "watch failed; retrying with backoff"),
             })
     }
 }
@@ -119,6 +134,12 @@ impl Watches {
             channels: channel_store,
             bundles: bundle_store,
             rollouts: rollout_store,
+            synced: [
+                Arc::clone(&apps.synced),
+                Arc::clone(&channels.synced),
+                Arc::clone(&bundles.synced),
+                Arc::clone(&rollouts.synced),
+            ],
         };
         (
             Watches {
@@ -140,16 +161,6 @@ impl Watches {
             self.rollouts.run().boxed(),
         ]);
         streams.for_each(|()| std::future::ready(())).await;
-    }
-}
-
-/// Polls `ready` every 100 ms until it holds. A store's readiness wakes only its latest waiter,
-/// so waiting once could miss the wake-up when a controller waits on the same store.
-pub async fn poll_until(mut ready: impl FnMut() -> futures::future::BoxFuture<'static, bool>) {
-    loop {
-        if let Ok(true) = tokio::time::timeout(Duration::from_millis(100), ready()).await {
-            return;
-        }
     }
 }
 

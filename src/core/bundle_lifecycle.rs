@@ -58,6 +58,11 @@ pub enum SyncCause {
     StatusMismatch,
     /// An earlier attempt failed transiently and its retry time has come (or was forgotten).
     RetryDue,
+    /// An earlier attempt found the App missing, or its storage unusable (a missing Secret, a
+    /// storage spec that cannot be opened): they live outside the Bundle and may have been
+    /// mended since, so each look checks them again (the App is in the cache; a Secret costs
+    /// one read).
+    ReferenceRecheck,
 }
 
 /// What to do about a Bundle's sync.
@@ -109,6 +114,9 @@ pub fn sync_decision(bundle: &Bundle, retry: Option<&RetryState>, now_ms: i64) -
             .find(|c| c.type_ == condition::STALLED)
             .map(|c| c.reason.clone())
             .unwrap_or_default();
+        if reason == reason::REFERENCE_NOT_FOUND || reason == reason::REFERENCE_NOT_READY {
+            return SyncDecision::Sync(SyncCause::ReferenceRecheck);
+        }
         return SyncDecision::AwaitChange { reason };
     }
     match retry {
@@ -864,6 +872,30 @@ mod tests {
         }
         // Bundles failing together spread out.
         assert!(distinct.len() > 20, "{distinct:?}");
+    }
+
+    #[test]
+    fn a_missing_app_or_unusable_storage_is_checked_again_at_each_look() {
+        let bundle = unsynced("b", "1.0.0");
+        for (reason, recheck) in [
+            (reason::REFERENCE_NOT_FOUND, true),
+            (reason::REFERENCE_NOT_READY, true),
+            (reason::INVALID_SPEC, false),
+        ] {
+            let failure = SyncOutcome::Failed(SyncFailure {
+                terminal: true,
+                reason,
+                message: "the App's storage cannot be used".to_owned(),
+            });
+            let stalled = with_status(&bundle, bundle_status_after_sync(&bundle, &failure, None, 0));
+            let expected = match recheck {
+                true => SyncDecision::Sync(SyncCause::ReferenceRecheck),
+                false => SyncDecision::AwaitChange {
+                    reason: reason.to_owned(),
+                },
+            };
+            assert_eq!(sync_decision(&stalled, None, 0), expected, "{reason}");
+        }
     }
 
     #[test]

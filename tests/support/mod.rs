@@ -19,6 +19,8 @@ use kube::{
 };
 use tokio::sync::OnceCell;
 
+pub mod controller;
+
 /// The field manager the tests apply with.
 pub const TEST_MANAGER: &str = "ota-tests";
 

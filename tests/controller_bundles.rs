@@ -1,0 +1,607 @@
+//! `ota controller`'s Bundle and Channel reconcilers in-process against the real test API server
+//! and the real S3 server (tests/s3/s3.sh, which checks request signatures): Bundles are synced
+//! into S3 and served by a real `ota server` (full and delta), hostile zips and wrong checksums
+//! are Stalled with a Warning event and never served, Channels report what they serve, and
+//! deleting a Bundle is held while it is used and cleans its storage once it is not.
+//! Run with `tests/run.sh --test controller_bundles`.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Cursor, Write},
+    process::{Child, Command, Stdio},
+};
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use object_store::ObjectStoreExt;
+use ota_operator::{
+    api::{
+        Bundle, Channel,
+        app::{S3Storage, StorageSpec},
+        common::SecretReference,
+        constants::finalizer,
+    },
+    storage::{self, Credentials},
+    sync,
+};
+use serde_json::{Value, json};
+use support::{controller::*, *};
+use zip::{ZipWriter, write::SimpleFileOptions};
+
+const APP_ID: &str = "com.example.controlled";
+const SECRET: &str = "bundle-storage";
+
+/// The test S3 server's settings.
+struct S3 {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    bucket: String,
+}
+
+fn s3() -> S3 {
+    let env = s3_env();
+    S3 {
+        endpoint: env["OTA_TEST_S3_ENDPOINT"].clone(),
+        access_key: env["OTA_TEST_S3_ACCESS_KEY"].clone(),
+        secret_key: env["OTA_TEST_S3_SECRET_KEY"].clone(),
+        bucket: env["OTA_TEST_S3_BUCKET"].clone(),
+    }
+}
+
+fn storage_spec(prefix: &str) -> StorageSpec {
+    let s3 = s3();
+    StorageSpec {
+        s3: Some(S3Storage {
+            bucket: s3.bucket,
+            region: "us-east-1".to_owned(),
+            endpoint: Some(s3.endpoint),
+            force_path_style: true,
+            credentials_secret_ref: Some(SecretReference {
+                name: SECRET.to_owned(),
+            }),
+        }),
+        prefix: Some(prefix.to_owned()),
+        ..StorageSpec::default()
+    }
+}
+
+/// The App's storage, opened the way the controller opens it.
+fn open_storage(prefix: &str) -> storage::OpenedStorage {
+    let s3 = s3();
+    let credentials = Credentials::from_map(BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID".to_owned(), s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), s3.secret_key),
+    ]));
+    storage::open(
+        &storage_spec(prefix),
+        std::path::Path::new("/nonexistent"),
+        &credentials,
+    )
+    .expect("the test S3 storage opens")
+}
+
+async fn exists(storage: &storage::OpenedStorage, key: &str) -> bool {
+    let path = sync::object_path(&storage.prefix, key).expect("a clean key");
+    match storage.store.head(&path).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(error) => panic!("HEAD {key}: {error}"),
+    }
+}
+
+async fn upload(storage: &storage::OpenedStorage, key: &str, bytes: Vec<u8>) {
+    let path = sync::object_path(&storage.prefix, key).expect("a clean key");
+    storage
+        .store
+        .put(&path, bytes.into())
+        .await
+        .unwrap_or_else(|e| panic!("uploading {key}: {e}"));
+}
+
+/// A zip of `files` (name → content).
+fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, content) in files {
+        zip.start_file(*name, SimpleFileOptions::default())
+            .expect("a zip entry");
+        zip.write_all(content).expect("zip content");
+    }
+    zip.finish().expect("a finished zip").into_inner()
+}
+
+fn index_html(version: &str) -> Vec<u8> {
+    format!("<!doctype html><title>{version}</title><script src=\"app.js\"></script>").into_bytes()
+}
+
+async fn create_secret(client: &Client, namespace: &str) {
+    let s3 = s3();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    });
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(SECRET, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&secret))
+        .await
+        .expect("the Secret is created");
+}
+
+async fn apply(client: &Client, namespace: &str, document: Value) {
+    let (kind, name) = kind_and_name(&document);
+    apply_document(client, namespace, &document)
+        .await
+        .unwrap_or_else(|e| panic!("{kind} {name} was refused: {e}"));
+}
+
+fn app(prefix: &str) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "App",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "appId": APP_ID,
+            "storage": serde_json::to_value(storage_spec(prefix)).expect("a storage spec"),
+            "server": {"replicas": 1}
+        }
+    })
+}
+
+fn bundle(name: &str, version: &str, key: &str, sha256: &str) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle",
+        "metadata": {"name": name},
+        "spec": {"appRef": "shop", "version": version, "source": {"storageKey": key, "sha256": sha256}}
+    })
+}
+
+fn channel(name: &str, bundle_ref: Option<&str>) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Channel",
+        "metadata": {"name": name},
+        "spec": {"appRef": "shop", "bundleRef": bundle_ref, "public": name == "production"}
+    })
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until the Bundle's status has `type_` = `status` for its current generation.
+async fn bundle_when(client: &Client, namespace: &str, name: &str, type_: &str, status: &str) -> Bundle {
+    let api: Api<Bundle> = Api::namespaced(client.clone(), namespace);
+    eventually(60, &format!("Bundle {name} has {type_}={status}"), || async {
+        let bundle = api.get_opt(name).await.expect("a read")?;
+        let current = bundle.status.as_ref()?;
+        (current.observed_generation == bundle.metadata.generation
+            && find(&current.conditions, type_).is_some_and(|c| c.status == status))
+        .then_some(bundle)
+    })
+    .await
+}
+
+async fn channel_when(client: &Client, namespace: &str, name: &str, type_: &str, status: &str) -> Channel {
+    let api: Api<Channel> = Api::namespaced(client.clone(), namespace);
+    eventually(60, &format!("Channel {name} has {type_}={status}"), || async {
+        let channel = api.get_opt(name).await.expect("a read")?;
+        let current = channel.status.as_ref()?;
+        (current.observed_generation == channel.metadata.generation
+            && find(&current.conditions, type_).is_some_and(|c| c.status == status))
+        .then_some(channel)
+    })
+    .await
+}
+
+/// The reasons of the Events about `kind`/`name` of type `type_`.
+async fn event_reasons(client: &Client, namespace: &str, kind: &str, name: &str, type_: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("Events are listed")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+                && e.type_.as_deref() == Some(type_)
+        })
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+async fn warning_event(client: &Client, namespace: &str, kind: &str, name: &str, reason: &str) {
+    eventually(
+        30,
+        &format!("a Warning {reason} event about {kind}/{name}"),
+        || async {
+            event_reasons(client, namespace, kind, name, "Warning")
+                .await
+                .iter()
+                .any(|r| r == reason)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ota server` for the namespace, with the S3 keys in its environment as the App's Deployment
+/// gives them from the Secret.
+fn start_server(namespace: &str, dir: &std::path::Path) -> (ServerProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let s3 = s3();
+    let process = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args(["server", "--namespace", namespace, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.join("devices.db").display()))
+        .arg("--storage-root")
+        .arg(dir)
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("AWS_ACCESS_KEY_ID", s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+        .env("OTA_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ota server starts");
+    (ServerProcess(process), format!("http://127.0.0.1:{port}"))
+}
+
+fn update_check(version_name: &str) -> Value {
+    json!({
+        "app_id": APP_ID, "device_id": "0f0e0d0c-0b0a-4908-8706-050403020100",
+        "platform": "android", "version_name": version_name, "version_build": "1.0.0",
+        "version_code": "1", "version_os": "14", "plugin_version": "7.8.0",
+        "is_emulator": false, "is_prod": true, "defaultChannel": "production"
+    })
+}
+
+/// The server's answer to a device on `current` once `wanted` accepts it (within 30 s); the
+/// panic shows the last answer.
+async fn offered(
+    http: &reqwest::Client,
+    base: &str,
+    current: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let response = http
+            .post(format!("{base}/updates"))
+            .json(&update_check(current))
+            .send()
+            .await;
+        if let Ok(response) = response {
+            last = response.json().await.unwrap_or(Value::Null);
+            if wanted(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("the server never gave the expected answer to a device on {current}; last: {last}");
+}
+
+#[tokio::test]
+async fn bundles_sync_into_s3_channels_report_what_they_serve_and_the_server_serves_them() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-bundles");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+
+    // A shared file, so the second bundle is a delta of the first.
+    let shared = javascript(40_000);
+    let v1 = zip_of(&[("index.html", index_html("1.0.0")), ("app.js", shared.clone())]);
+    let v2 = zip_of(&[("index.html", index_html("1.1.0")), ("app.js", shared.clone())]);
+    let hostile = zip_of(&[
+        ("index.html", index_html("evil")),
+        ("../escape.js", b"x".to_vec()),
+    ]);
+    upload(&storage, "uploads/v1.zip", v1.clone()).await;
+    upload(&storage, "uploads/v2.zip", v2.clone()).await;
+    upload(&storage, "uploads/hostile.zip", hostile.clone()).await;
+
+    create_secret(&client, &namespace).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-1.0.0", "1.0.1", "uploads/v1.zip", &sha256(&v1)),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-1.1.0", "1.1.0", "uploads/v2.zip", &sha256(&v2)),
+    )
+    .await;
+    // The right bytes under a wrong checksum, and a zip that escapes its folder.
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-bad-sum", "1.2.0", "uploads/v1.zip", &sha256(b"other")),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-hostile", "1.3.0", "uploads/hostile.zip", &sha256(&hostile)),
+    )
+    .await;
+    apply(&client, &namespace, channel("production", Some("shop-1.0.0"))).await;
+    apply(&client, &namespace, channel("beta", Some("shop-bad-sum"))).await;
+    apply(&client, &namespace, channel("qa", Some("no-such-bundle"))).await;
+
+    let running = start(&client, options(&namespace, false, "solo")).await;
+
+    // Synced into S3: the zip, the manifest and the content-addressed files.
+    let synced = bundle_when(&client, &namespace, "shop-1.0.0", "Synced", "True").await;
+    let status = synced.status.clone().expect("a status");
+    assert_eq!(status.checksum.as_deref(), Some(sha256(&v1).as_str()));
+    assert_eq!(status.file_count, Some(2));
+    let location = status.storage.expect("storage keys");
+    assert!(exists(&storage, &location.zip_key).await, "the zip is in S3");
+    assert!(exists(&storage, location.manifest_key.as_deref().expect("a manifest")).await);
+    assert!(
+        exists(&storage, &format!("files/{}", sha256(&shared))).await
+            || exists(&storage, &format!("files/{}.br", sha256(&shared))).await
+    );
+    assert!(find(&status.conditions, "Ready").is_some_and(|c| c.status == "True"));
+    assert!(synced.finalizers().iter().any(|f| f == finalizer::BUNDLE_STORAGE));
+
+    // Terminal failures: Stalled with the reason, a Warning event, and never served.
+    let bad = bundle_when(&client, &namespace, "shop-bad-sum", "Stalled", "True").await;
+    let stalled = find(&bad.status.as_ref().expect("a status").conditions, "Stalled")
+        .cloned()
+        .expect("Stalled");
+    assert_eq!(stalled.reason, "ChecksumMismatch", "{stalled:?}");
+    warning_event(&client, &namespace, "Bundle", "shop-bad-sum", "ChecksumMismatch").await;
+    let hostile_status = bundle_when(&client, &namespace, "shop-hostile", "Stalled", "True").await;
+    let reason = &find(
+        &hostile_status.status.as_ref().expect("a status").conditions,
+        "Stalled",
+    )
+    .expect("Stalled")
+    .reason;
+    assert_eq!(reason, "InvalidArchive");
+    assert!(
+        !exists(&storage, &sync::zip_key(&sha256(&hostile))).await,
+        "a hostile zip is never stored"
+    );
+
+    // Channels: what they serve, or why they serve nothing.
+    let production = channel_when(&client, &namespace, "production", "Ready", "True").await;
+    let stable = production
+        .status
+        .as_ref()
+        .and_then(|s| s.stable.clone())
+        .expect("a stable bundle");
+    assert_eq!(
+        (stable.bundle.as_deref(), stable.version.as_str()),
+        (Some("shop-1.0.0"), "1.0.1")
+    );
+    let beta = channel_when(&client, &namespace, "beta", "Stalled", "True").await;
+    assert!(beta.status.as_ref().and_then(|s| s.stable.clone()).is_none());
+    let qa = channel_when(&client, &namespace, "qa", "Stalled", "True").await;
+    let qa_stalled = find(&qa.status.as_ref().expect("a status").conditions, "Stalled")
+        .cloned()
+        .expect("Stalled");
+    assert_eq!(qa_stalled.reason, "ReferenceNotFound");
+    assert!(
+        qa_stalled.message.contains("no-such-bundle"),
+        "{}",
+        qa_stalled.message
+    );
+    warning_event(&client, &namespace, "Channel", "qa", "ReferenceNotFound").await;
+
+    // A broken reference mended: the channel follows.
+    apply(&client, &namespace, channel("qa", Some("shop-1.1.0"))).await;
+    channel_when(&client, &namespace, "qa", "Ready", "True").await;
+
+    // The update server serves the synced bundles from S3: full, then as a delta.
+    bundle_when(&client, &namespace, "shop-1.1.0", "Synced", "True").await;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (_server, base) = start_server(&namespace, dir.path());
+    let http = reqwest::Client::new();
+    let answer = offered(&http, &base, "builtin", |a| a["version"] == "1.0.1").await;
+    let zip = http
+        .get(answer["url"].as_str().expect("a URL"))
+        .send()
+        .await
+        .expect("the zip downloads")
+        .bytes()
+        .await
+        .expect("zip bytes");
+    assert_eq!(
+        sha256(&zip),
+        sha256(&v1),
+        "the device gets exactly the synced zip"
+    );
+    assert_eq!(answer["checksum"], sha256(&v1));
+
+    // Move production to 1.1.0: a device on 1.0.1 gets a manifest and downloads only the changed
+    // file from S3.
+    apply(&client, &namespace, channel("production", Some("shop-1.1.0"))).await;
+    let delta = offered(&http, &base, "1.0.1", |a| {
+        a["version"] == "1.1.0" && a["manifest"].is_array()
+    })
+    .await;
+    let manifest = delta["manifest"].as_array().expect("a manifest");
+    let index = manifest
+        .iter()
+        .find(|f| f["file_name"] == "index.html")
+        .expect("index.html in the manifest");
+    let body = http
+        .get(index["download_url"].as_str().expect("a file URL"))
+        .send()
+        .await
+        .expect("the file downloads")
+        .bytes()
+        .await
+        .expect("file bytes");
+    assert_eq!(body.as_ref(), index_html("1.1.0").as_slice());
+
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_bundle_in_use_is_held_and_an_unused_one_cleans_its_storage() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-delete");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    let shared = javascript(30_000);
+    let only_a = noise(20_000, 1);
+    let only_b = noise(20_000, 2);
+    let a = zip_of(&[
+        ("index.html", index_html("a")),
+        ("app.js", shared.clone()),
+        ("a.bin", only_a.clone()),
+    ]);
+    let b = zip_of(&[
+        ("index.html", index_html("b")),
+        ("app.js", shared.clone()),
+        ("b.bin", only_b.clone()),
+    ]);
+    upload(&storage, "uploads/a.zip", a.clone()).await;
+    upload(&storage, "uploads/b.zip", b.clone()).await;
+    create_secret(&client, &namespace).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-a", "2.0.0", "uploads/a.zip", &sha256(&a)),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-b", "2.1.0", "uploads/b.zip", &sha256(&b)),
+    )
+    .await;
+    apply(&client, &namespace, channel("production", Some("shop-a"))).await;
+    let running = start(&client, options(&namespace, false, "solo")).await;
+    bundle_when(&client, &namespace, "shop-a", "Synced", "True").await;
+    bundle_when(&client, &namespace, "shop-b", "Synced", "True").await;
+    let shared_key = format!("files/{}.br", sha256(&shared));
+    let a_key = format!("files/{}", sha256(&only_a));
+    let b_key = format!("files/{}", sha256(&only_b));
+    assert!(
+        exists(&storage, &shared_key).await,
+        "the shared file is stored once, compressed"
+    );
+    assert!(exists(&storage, &a_key).await && exists(&storage, &b_key).await);
+
+    let bundles: Api<Bundle> = Api::namespaced(client.clone(), &namespace);
+    // In use by the production channel: held, and the status says why.
+    bundles
+        .delete("shop-a", &DeleteParams::default())
+        .await
+        .expect("the delete is accepted");
+    let held = eventually(30, "the deletion of shop-a is held", || async {
+        let bundle = bundles.get_opt("shop-a").await.expect("a read")?;
+        let reconciling = find(&bundle.status.as_ref()?.conditions, "Reconciling")?.clone();
+        (reconciling.reason == "InUse").then_some(reconciling)
+    })
+    .await;
+    assert!(held.message.contains("Channel/production"), "{}", held.message);
+    assert!(
+        exists(&storage, &sync::zip_key(&sha256(&a))).await,
+        "a held bundle keeps its storage"
+    );
+
+    // Unused: removed with what only it referenced; what shop-a shares stays.
+    bundles
+        .delete("shop-b", &DeleteParams::default())
+        .await
+        .expect("the delete is accepted");
+    eventually(30, "shop-b is gone", || async {
+        bundles
+            .get_opt("shop-b")
+            .await
+            .expect("a read")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !exists(&storage, &sync::zip_key(&sha256(&b))).await,
+        "shop-b's zip is removed"
+    );
+    assert!(
+        !exists(&storage, &b_key).await,
+        "the file only shop-b had is removed"
+    );
+    assert!(
+        exists(&storage, &shared_key).await,
+        "the file shop-a shares stays"
+    );
+    assert!(exists(&storage, &a_key).await);
+
+    // The channel lets go of shop-a: its deletion proceeds.
+    apply(&client, &namespace, channel("production", None)).await;
+    eventually(60, "shop-a is gone once nothing uses it", || async {
+        bundles
+            .get_opt("shop-a")
+            .await
+            .expect("a read")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!exists(&storage, &sync::zip_key(&sha256(&a))).await);
+    assert!(!exists(&storage, &shared_key).await && !exists(&storage, &a_key).await);
+    let normal = event_reasons(&client, &namespace, "Bundle", "shop-a", "Normal").await;
+    assert!(normal.iter().any(|r| r == "InUse"), "{normal:?}");
+    assert!(normal.iter().any(|r| r == "StorageCleaned"), "{normal:?}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_bundle_whose_app_names_a_missing_secret_waits_and_syncs_once_it_exists() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-secret");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    let zip = zip_of(&[("index.html", index_html("3.0.0"))]);
+    upload(&storage, "uploads/3.zip", zip.clone()).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-3", "3.0.0", "uploads/3.zip", &sha256(&zip)),
+    )
+    .await;
+    let running = start(&client, options(&namespace, false, "solo")).await;
+    let waiting = bundle_when(&client, &namespace, "shop-3", "Stalled", "True").await;
+    let stalled = find(&waiting.status.as_ref().expect("a status").conditions, "Stalled")
+        .cloned()
+        .expect("Stalled");
+    assert_eq!(stalled.reason, "ReferenceNotFound");
+    assert!(stalled.message.contains(SECRET), "{}", stalled.message);
+    // Secrets are not watched: the Bundle looks again on its own.
+    create_secret(&client, &namespace).await;
+    let synced = bundle_when(&client, &namespace, "shop-3", "Synced", "True").await;
+    assert!(
+        find(&synced.status.expect("a status").conditions, "Stalled").is_some_and(|c| c.status == "False")
+    );
+    running.stop().await;
+}
