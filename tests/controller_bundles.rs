@@ -605,3 +605,118 @@ async fn a_bundle_whose_app_names_a_missing_secret_waits_and_syncs_once_it_exist
     );
     running.stop().await;
 }
+
+fn rollout(name: &str, channel: &str, bundle: &str, steps: Value) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {"channelRef": channel, "bundleRef": bundle, "steps": steps}
+    })
+}
+
+#[tokio::test]
+async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-rollout");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    let stable = zip_of(&[("index.html", index_html("4.0.0"))]);
+    let candidate = zip_of(&[("index.html", index_html("4.1.0"))]);
+    upload(&storage, "uploads/4.0.zip", stable.clone()).await;
+    upload(&storage, "uploads/4.1.zip", candidate.clone()).await;
+    create_secret(&client, &namespace).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-4.0", "4.0.0", "uploads/4.0.zip", &sha256(&stable)),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-4.1", "4.1.0", "uploads/4.1.zip", &sha256(&candidate)),
+    )
+    .await;
+    apply(&client, &namespace, channel("production", Some("shop-4.0"))).await;
+    let steps = json!([{"setPercent": 10}, {"pause": {"duration": "3s"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
+    apply(
+        &client,
+        &namespace,
+        rollout("to-4.1", "production", "shop-4.1", steps.clone()),
+    )
+    .await;
+    // A Rollout naming a Channel that does not exist is Stalled, with a Warning event.
+    apply(
+        &client,
+        &namespace,
+        rollout("nowhere", "no-such-channel", "shop-4.1", steps),
+    )
+    .await;
+    let running = start(&client, options(&namespace, false, "solo")).await;
+
+    let rollouts: Api<ota_operator::api::Rollout> = Api::namespaced(client.clone(), &namespace);
+    let status_of = |name: &'static str| {
+        let rollouts = rollouts.clone();
+        async move {
+            let rollout = rollouts.get(name).await.expect("the Rollout");
+            let status = rollout.status.clone()?;
+            (status.observed_generation == rollout.metadata.generation).then_some(status)
+        }
+    };
+    let stalled = eventually(30, "the Rollout on a missing Channel is Stalled", || async {
+        let status = status_of("nowhere").await?;
+        find(&status.conditions, "Stalled")
+            .filter(|c| c.status == "True")
+            .cloned()
+    })
+    .await;
+    assert_eq!(stalled.reason, "ReferenceNotFound");
+    warning_event(&client, &namespace, "Rollout", "nowhere", "ReferenceNotFound").await;
+
+    // 10% once the candidate is synced, then 50% after the timed pause, then a wait for a person.
+    let waiting = eventually(60, "the Rollout waits for promotion at 50%", || async {
+        let status = status_of("to-4.1").await?;
+        (status.current_percent == Some(50)
+            && status
+                .pause_conditions
+                .iter()
+                .any(|p| p.reason == "WaitingForPromotion"))
+        .then_some(status)
+    })
+    .await;
+    assert_eq!(waiting.stable_bundle.as_deref(), Some("shop-4.0"));
+    assert_eq!(waiting.candidate_bundle.as_deref(), Some("shop-4.1"));
+    assert_eq!(waiting.current_step_index, Some(3));
+    // The Channel reports the candidate and its share.
+    let channel = channel_when(&client, &namespace, "production", "Ready", "True").await;
+    eventually(30, "the Channel reports the candidate at 50%", || async {
+        let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
+        let channel = channels.get("production").await.expect("the Channel");
+        let candidate = channel.status?.candidate?;
+        (candidate.bundle == "shop-4.1" && candidate.percent == 50).then_some(())
+    })
+    .await;
+    drop(channel);
+
+    // Promote: the annotation moves it past the pause, to 100% and Completed.
+    let promote = json!({"metadata": {"annotations": {ota_operator::api::constants::annotation::PROMOTE: "2026-11-27T00:00:00Z"}}});
+    rollouts
+        .patch("to-4.1", &PatchParams::default(), &Patch::Merge(&promote))
+        .await
+        .expect("the promotion is written");
+    let done = eventually(30, "the Rollout completes", || async {
+        let status = status_of("to-4.1").await?;
+        (status.phase == Some(ota_operator::api::rollout::RolloutPhase::Completed)).then_some(status)
+    })
+    .await;
+    assert_eq!(done.current_percent, Some(100));
+    assert!(
+        find(&done.conditions, "Ready").is_some_and(|c| c.status == "True"),
+        "{:?}",
+        done.conditions
+    );
+    let normal = event_reasons(&client, &namespace, "Rollout", "to-4.1", "Normal").await;
+    assert!(normal.len() >= 3, "every transition is an Event: {normal:?}");
+    running.stop().await;
+}

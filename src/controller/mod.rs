@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod channel;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod status;
 pub mod stores;
 
@@ -246,8 +247,15 @@ pub async fn run(
         watches.rollouts.subscribe(),
         stop_receiver.clone(),
     );
+    let rollouts = rollout::run(
+        Arc::clone(&context),
+        watches.rollouts.subscribe(),
+        watches.channels.subscribe(),
+        watches.bundles.subscribe(),
+        stop_receiver.clone(),
+    );
     let controllers = async move {
-        tokio::join!(apps, channels, bundles);
+        tokio::join!(apps, channels, bundles, rollouts);
     };
     let mut leader_metric = leader.clone();
     let leader_gauge = metrics.leader.clone();
