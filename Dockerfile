@@ -18,6 +18,7 @@ RUN mkdir -p src benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/update_server.rs \
     && echo 'fn main() {}' > benches/bundle_sync.rs \
+    && echo 'fn main() {}' > benches/controller.rs \
     && cargo build --release --locked --bin ota \
     && rm -rf src benches
 
