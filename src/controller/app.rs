@@ -46,9 +46,10 @@ use crate::{
 /// The kind label of this reconciler's metrics.
 const KIND: &str = "App";
 /// How often a healthy App is looked at again, to repair drift the watches missed.
-const RESYNC: Duration = Duration::from_secs(300);
-/// How often a follower looks at an App again, to take over quickly once it leads.
-const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
+/// Children are watched, so a change or deletion of one triggers a reconcile at once; this is a
+/// safety net, and long enough that an idle controller does not re-apply every child (each
+/// apply is a write request even when it changes nothing).
+const RESYNC: Duration = Duration::from_secs(3600);
 /// How often an App that names a missing Secret is looked at again (Secrets are not watched).
 const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
 
@@ -228,10 +229,8 @@ pub async fn run(
 /// One reconcile of one App.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, AppError> {
-    if !context.is_leader() {
-        // A follower keeps its caches warm and writes nothing; it looks again soon, so that every
-        // App is reconciled within FOLLOWER_RECHECK of this replica becoming the leader.
-        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    if let Some(wait) = context.not_now() {
+        return Ok(Action::requeue(wait));
     }
     let result = instrumented(&context, KIND, reconcile_leader(&app, &context)).await;
     match result {

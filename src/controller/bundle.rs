@@ -57,8 +57,6 @@ const KIND: &str = "Bundle";
 /// How often a synced Bundle is looked at again although nothing changed (a look that finds it
 /// up to date reads nothing from storage and writes nothing).
 const RESYNC: Duration = Duration::from_secs(3600);
-/// How often a follower looks again, to take over quickly once it leads.
-const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
 /// How often a Bundle whose App names a missing Secret is looked at again (Secrets are not
 /// watched).
 const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
@@ -202,8 +200,8 @@ fn bundles_where(
 /// One reconcile of one Bundle.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %bundle.name_any(), namespace = bundle.namespace().unwrap_or_default()))]
 pub async fn reconcile(bundle: Arc<Bundle>, context: Arc<Context>) -> Result<Action, BundleError> {
-    if !context.is_leader() {
-        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    if let Some(wait) = context.not_now() {
+        return Ok(Action::requeue(wait));
     }
     instrumented(&context, KIND, async {
         let has_finalizer = bundle.finalizers().iter().any(|f| f == finalizer::BUNDLE_STORAGE);

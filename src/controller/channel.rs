@@ -37,8 +37,6 @@ const KIND: &str = "Channel";
 /// How often a Channel is looked at again although nothing it watches changed: a safety net for
 /// events a watch may have missed. A look that finds nothing new writes nothing.
 const RESYNC: Duration = Duration::from_secs(600);
-/// How often a follower looks again, to take over quickly once it leads.
-const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
 
 /// Why a Channel reconcile failed (transient: retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -77,18 +75,23 @@ pub fn plan(channel: &Channel, stores: &Stores) -> ChannelStatusPlan {
         .into_iter()
         .map(|app| (*app).clone())
         .collect();
-    let bundles: Vec<Bundle> = in_namespace(&stores.bundles, namespace, |bundle| {
-        bundle.spec.app_ref == app_ref
-    })
-    .into_iter()
-    .map(|bundle| (*bundle).clone())
-    .collect();
     let rollouts: Vec<Rollout> = in_namespace(&stores.rollouts, namespace, |rollout| {
         rollout.spec.channel_ref == name
     })
     .into_iter()
     .map(|rollout| (*rollout).clone())
     .collect();
+    // Only the Bundles this channel names, directly or through its Rollouts, bear on its status;
+    // judging a few instead of every Bundle of the App keeps a reconcile cheap.
+    let named = |bundle: &Bundle| {
+        let bundle_name = bundle.name_any();
+        channel.spec.bundle_ref.as_deref() == Some(bundle_name.as_str())
+            || rollouts.iter().any(|r| r.spec.bundle_ref == bundle_name)
+    };
+    let bundles: Vec<Bundle> = in_namespace(&stores.bundles, namespace, named)
+        .into_iter()
+        .map(|bundle| (*bundle).clone())
+        .collect();
     // The snapshot of this one channel reports what the update server would refuse to serve
     // (an unsigned bundle on a protected channel, say), so the status tells what devices get.
     let inputs = SnapshotInputs {
@@ -168,8 +171,8 @@ fn channels_where(
 /// One reconcile of one Channel.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %channel.name_any(), namespace = channel.namespace().unwrap_or_default()))]
 pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<Action, ChannelError> {
-    if !context.is_leader() {
-        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    if let Some(wait) = context.not_now() {
+        return Ok(Action::requeue(wait));
     }
     instrumented(&context, KIND, async {
         let plan = plan(&channel, &context.stores);

@@ -117,12 +117,32 @@ pub struct Context {
     pub bundle_sync: BundleSync,
 }
 
+/// How soon a reconcile that found the caches still filling looks again.
+const CACHES_RECHECK: Duration = Duration::from_millis(250);
+
 impl Context {
     /// Whether this replica may write now.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()
     }
+
+    /// When a reconcile must not decide now, the delay before it looks again: while this
+    /// replica does not lead (it keeps its caches warm and writes nothing), and until every
+    /// cache holds its first list (a Channel judged before the Bundle cache is filled would be
+    /// reported Stalled for a Bundle that exists).
+    pub fn not_now(&self) -> Option<Duration> {
+        if !self.is_leader() {
+            Some(FOLLOWER_RECHECK)
+        } else if !self.stores.synced() {
+            Some(CACHES_RECHECK)
+        } else {
+            None
+        }
+    }
 }
+
+/// How often a follower looks at an object again, to take over quickly once it leads.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
 
 /// Readiness shared with the health server.
 #[derive(Clone)]

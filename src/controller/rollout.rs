@@ -37,8 +37,6 @@ use crate::{
 const KIND: &str = "Rollout";
 /// How often a Rollout with no deadline is looked at again although nothing changed.
 const RESYNC: Duration = Duration::from_secs(600);
-/// How often a follower looks again, to take over quickly once it leads.
-const FOLLOWER_RECHECK: Duration = Duration::from_secs(5);
 
 /// Why a Rollout reconcile failed (transient: retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +148,8 @@ pub fn plan(rollout: &Rollout, context: &Context, now: Timestamp) -> RolloutPlan
 /// One reconcile of one Rollout.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %rollout.name_any(), namespace = rollout.namespace().unwrap_or_default()))]
 pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Action, RolloutError> {
-    if !context.is_leader() {
-        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    if let Some(wait) = context.not_now() {
+        return Ok(Action::requeue(wait));
     }
     instrumented(&context, KIND, async {
         let now = context.clock.now();
