@@ -3,7 +3,6 @@
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
@@ -30,7 +29,7 @@ use super::{
         apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
         ready_transition,
     },
-    stores::scoped,
+    stores::{drive, scoped},
 };
 use crate::{
     api::{
@@ -192,7 +191,7 @@ pub async fn run(
     context: Arc<Context>,
     namespace: Option<String>,
     apps: ReflectHandle<App>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let client = context.client.clone();
     let namespace = namespace.as_deref();
@@ -213,17 +212,7 @@ pub async fn run(
             children.clone(),
         )
         .owns(scoped::<Ingress>(&client, namespace), children);
-    controller
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "App reconcile ended with an error");
-            }
-        })
-        .await;
+    drive(controller, reconcile, error_policy, context, stop).await;
 }
 
 /// One reconcile of one App.

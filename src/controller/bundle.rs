@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
@@ -21,7 +20,7 @@ use kube::{
         Controller,
         controller::Action,
         events::EventType,
-        reflector::{ObjectRef, ReflectHandle, Store},
+        reflector::{ReflectHandle, Store},
     },
 };
 use tokio::sync::watch;
@@ -32,7 +31,7 @@ use super::{
         apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
         ready_transition,
     },
-    stores::in_namespace,
+    stores::{drive, in_namespace, refs_where},
 };
 use crate::{
     api::{
@@ -150,17 +149,17 @@ pub async fn run(
     apps: ReflectHandle<App>,
     channels: ReflectHandle<Channel>,
     rollouts: ReflectHandle<Rollout>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let store = context.stores.bundles.clone();
     // A new or changed App may let its Bundles sync (a storage fix, a Secret named at last).
     let by_app = {
         let store = store.clone();
-        move |app: Arc<App>| bundles_where(&store, app.namespace(), |b| b.spec.app_ref == app.name_any())
+        move |app: Arc<App>| refs_where(&store, app.namespace(), |b| b.spec.app_ref == app.name_any())
     };
     // A Channel or Rollout that lets go of a Bundle may free a held deletion.
     let deleting = |store: &Store<Bundle>, namespace: Option<String>| {
-        bundles_where(store, namespace, |b| b.metadata.deletion_timestamp.is_some())
+        refs_where(store, namespace, |b| b.metadata.deletion_timestamp.is_some())
     };
     let by_channel = {
         let store = store.clone();
@@ -170,31 +169,11 @@ pub async fn run(
         let store = store.clone();
         move |rollout: Arc<Rollout>| deleting(&store, rollout.namespace())
     };
-    Controller::for_shared_stream(bundles, store.clone())
+    let controller = Controller::for_shared_stream(bundles, store.clone())
         .watches_shared_stream(apps, by_app)
         .watches_shared_stream(channels, by_channel)
-        .watches_shared_stream(rollouts, by_rollout)
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Bundle reconcile ended with an error");
-            }
-        })
-        .await;
-}
-
-fn bundles_where(
-    store: &Store<Bundle>,
-    namespace: Option<String>,
-    keep: impl Fn(&Bundle) -> bool,
-) -> Vec<ObjectRef<Bundle>> {
-    in_namespace(store, namespace.as_deref(), keep)
-        .iter()
-        .map(|bundle| ObjectRef::from_obj(bundle.as_ref()))
-        .collect()
+        .watches_shared_stream(rollouts, by_rollout);
+    drive(controller, reconcile, error_policy, context, stop).await;
 }
 
 /// One reconcile of one Bundle.

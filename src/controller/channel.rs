@@ -4,15 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{
-        Controller,
-        controller::Action,
-        reflector::{ObjectRef, ReflectHandle, Store},
-    },
+    runtime::{Controller, controller::Action, reflector::ReflectHandle},
 };
 use tokio::sync::watch;
 
@@ -21,7 +16,7 @@ use super::{
     status::{
         self, apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
     },
-    stores::{Stores, in_namespace},
+    stores::{Stores, drive, in_namespace, refs_where},
 };
 use crate::{
     api::{App, Bundle, Channel, ChannelStatus, Rollout},
@@ -118,17 +113,17 @@ pub async fn run(
     apps: ReflectHandle<App>,
     bundles: ReflectHandle<Bundle>,
     rollouts: ReflectHandle<Rollout>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let store = context.stores.channels.clone();
     let by_app = {
         let store = store.clone();
-        move |app: Arc<App>| channels_where(&store, app.namespace(), |c| c.spec.app_ref == app.name_any())
+        move |app: Arc<App>| refs_where(&store, app.namespace(), |c| c.spec.app_ref == app.name_any())
     };
     let by_bundle = {
         let store = store.clone();
         move |bundle: Arc<Bundle>| {
-            channels_where(&store, bundle.namespace(), |c| {
+            refs_where(&store, bundle.namespace(), |c| {
                 c.spec.app_ref == bundle.spec.app_ref
             })
         }
@@ -136,36 +131,16 @@ pub async fn run(
     let by_rollout = {
         let store = store.clone();
         move |rollout: Arc<Rollout>| {
-            channels_where(&store, rollout.namespace(), |c| {
+            refs_where(&store, rollout.namespace(), |c| {
                 c.name_any() == rollout.spec.channel_ref
             })
         }
     };
-    Controller::for_shared_stream(channels, store.clone())
+    let controller = Controller::for_shared_stream(channels, store.clone())
         .watches_shared_stream(apps, by_app)
         .watches_shared_stream(bundles, by_bundle)
-        .watches_shared_stream(rollouts, by_rollout)
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Channel reconcile ended with an error");
-            }
-        })
-        .await;
-}
-
-fn channels_where(
-    store: &Store<Channel>,
-    namespace: Option<String>,
-    keep: impl Fn(&Channel) -> bool,
-) -> Vec<ObjectRef<Channel>> {
-    in_namespace(store, namespace.as_deref(), keep)
-        .iter()
-        .map(|channel| ObjectRef::from_obj(channel.as_ref()))
-        .collect()
+        .watches_shared_stream(rollouts, by_rollout);
+    drive(controller, reconcile, error_policy, context, stop).await;
 }
 
 /// One reconcile of one Channel.

@@ -8,23 +8,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{
-        Controller,
-        controller::Action,
-        events::EventType,
-        reflector::{ObjectRef, ReflectHandle, Store},
-    },
+    runtime::{Controller, controller::Action, events::EventType, reflector::ReflectHandle},
 };
 use tokio::sync::watch;
 
 use super::{
     Context,
     status::{apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish},
-    stores::in_namespace,
+    stores::{drive, in_namespace, refs_where},
 };
 use crate::{
     api::{Bundle, Channel, Rollout, constants::reason},
@@ -58,13 +52,13 @@ pub async fn run(
     rollouts: ReflectHandle<Rollout>,
     channels: ReflectHandle<Channel>,
     bundles: ReflectHandle<Bundle>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let store = context.stores.rollouts.clone();
     let by_channel = {
         let store = store.clone();
         move |channel: Arc<Channel>| {
-            rollouts_where(&store, channel.namespace(), |r| {
+            refs_where(&store, channel.namespace(), |r| {
                 r.spec.channel_ref == channel.name_any()
             })
         }
@@ -72,35 +66,15 @@ pub async fn run(
     let by_bundle = {
         let store = store.clone();
         move |bundle: Arc<Bundle>| {
-            rollouts_where(&store, bundle.namespace(), |r| {
+            refs_where(&store, bundle.namespace(), |r| {
                 r.spec.bundle_ref == bundle.name_any()
             })
         }
     };
-    Controller::for_shared_stream(rollouts, store.clone())
+    let controller = Controller::for_shared_stream(rollouts, store.clone())
         .watches_shared_stream(channels, by_channel)
-        .watches_shared_stream(bundles, by_bundle)
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Rollout reconcile ended with an error");
-            }
-        })
-        .await;
-}
-
-fn rollouts_where(
-    store: &Store<Rollout>,
-    namespace: Option<String>,
-    keep: impl Fn(&Rollout) -> bool,
-) -> Vec<ObjectRef<Rollout>> {
-    in_namespace(store, namespace.as_deref(), keep)
-        .iter()
-        .map(|rollout| ObjectRef::from_obj(rollout.as_ref()))
-        .collect()
+        .watches_shared_stream(bundles, by_bundle);
+    drive(controller, reconcile, error_policy, context, stop).await;
 }
 
 /// The plan for `rollout` from the caches (pure given their contents and `now`).

@@ -13,13 +13,15 @@ use futures::{Stream, StreamExt};
 use kube::{
     Api, Client, Resource,
     runtime::{
-        WatchStreamExt,
-        reflector::{self, ReflectHandle, Store},
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef, ReflectHandle, Store},
         watcher,
     },
 };
 use serde::de::DeserializeOwned;
 
+use super::Context;
 use crate::api::{App, Bundle, Channel, Rollout};
 
 /// Events a slow subscriber may lag behind before the watch waits for it.
@@ -170,4 +172,47 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     store.state_filter(|object| object.meta().namespace.as_deref() == namespace && keep(object))
+}
+
+/// References to the objects of `store` in `namespace` that `keep` accepts: what a watch of
+/// another kind maps its events to.
+pub fn refs_where<K>(
+    store: &Store<K>,
+    namespace: Option<String>,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    in_namespace(store, namespace.as_deref(), keep)
+        .iter()
+        .map(|object| ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
+
+/// Runs `controller` until `stop` reads `true`, with the reconciler and error policy of its kind.
+pub async fn drive<K, Fut, E>(
+    controller: Controller<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut,
+    error_policy: impl Fn(Arc<K>, &E, Arc<Context>) -> Action,
+    context: Arc<Context>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    Fut: futures::TryFuture<Ok = Action, Error = E> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    controller
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(error) = result {
+                tracing::debug!(%kind, %error, "a reconcile ended with an error");
+            }
+            std::future::ready(())
+        })
+        .await;
 }
