@@ -228,8 +228,8 @@ fn plugin_version(object: &(impl Fields + ?Sized)) -> Result<semver::Version, De
 /// same body parsed as a map, error for error (a property test holds the two together).
 pub fn decode_update(body: &[u8]) -> Result<UpdateRequest, DecodeError> {
     match serde_json::from_slice::<UpdateBody<'_>>(body) {
-        Ok(UpdateBody::Object(fields)) => decode_update_object(&fields),
-        Ok(UpdateBody::NotObject) => Err(not_an_object()),
+        Ok(UpdateBody(Some(fields))) => decode_update_object(&fields),
+        Ok(UpdateBody(None)) => Err(not_an_object()),
         Err(e) => Err(not_json(&e)),
     }
 }
@@ -452,11 +452,8 @@ impl<'de> Deserialize<'de> for FieldKey {
     }
 }
 
-/// An update-check body: its fields, or the fact that it is JSON but not an object.
-enum UpdateBody<'a> {
-    Object(UpdateFields<'a>),
-    NotObject,
-}
+/// An update-check body: its fields, or None when it is JSON but not an object.
+struct UpdateBody<'a>(Option<UpdateFields<'a>>);
 
 impl<'de> Deserialize<'de> for UpdateBody<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -476,29 +473,29 @@ impl<'de> Deserialize<'de> for UpdateBody<'de> {
                         }
                     }
                 }
-                Ok(UpdateBody::Object(fields))
+                Ok(UpdateBody(Some(fields)))
             }
             // Valid JSON that is not an object is read to its end (it must still be JSON).
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                skip_seq(seq).map(|()| UpdateBody::NotObject)
+                skip_seq(seq).map(|()| UpdateBody(None))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(UpdateBody::NotObject)
+                Ok(UpdateBody(None))
             }
         }
         deserializer.deserialize_any(BodyVisitor)

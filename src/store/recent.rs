@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, RandomState},
     sync::{Mutex, PoisonError},
     time::Duration,
 };
@@ -85,10 +85,8 @@ impl RecentSightings {
 
     /// The hashes of a sighting.
     pub fn key(&self, seen: &DeviceSeen) -> SightingKey {
-        let mut device = self.hasher.build_hasher();
-        (&seen.app_id, &seen.device_id).hash(&mut device);
-        let mut row = self.hasher.build_hasher();
-        (
+        let device = self.hasher.hash_one((&seen.app_id, &seen.device_id));
+        let row = self.hasher.hash_one((
             &seen.platform,
             &seen.plugin_version,
             &seen.native_version,
@@ -97,11 +95,10 @@ impl RecentSightings {
             &seen.default_channel,
             seen.is_prod,
             seen.is_emulator,
-        )
-            .hash(&mut row);
+        ));
         SightingKey {
-            device: device.finish(),
-            row: row.finish(),
+            device,
+            row,
             at_ms: seen.seen_at_ms,
         }
     }
