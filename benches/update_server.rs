@@ -963,13 +963,14 @@ async fn sample_answers(address: SocketAddr, requests: usize) -> anyhow::Result<
     Ok(mix)
 }
 
-/// `ota_server_update_checks_total` by answer, and the dropped device-store writes.
-async fn server_counters(address: SocketAddr) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
+/// `ota_server_update_checks_total` by answer, the dropped device-store writes and the skipped
+/// (unchanged, recently written) device sightings.
+async fn server_counters(address: SocketAddr) -> anyhow::Result<(BTreeMap<String, u64>, u64, u64)> {
     let mut sender = connect(address).await?;
     let (_, body) = send(&mut sender, "GET", "/metrics", Bytes::new()).await?;
     let text = String::from_utf8_lossy(&body);
     let mut answers = BTreeMap::new();
-    let mut dropped = 0;
+    let (mut dropped, mut skipped) = (0, 0);
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("ota_server_update_checks_total{answer=\"") {
             if let Some((label, value)) = rest.split_once("\"} ") {
@@ -977,9 +978,11 @@ async fn server_counters(address: SocketAddr) -> anyhow::Result<(BTreeMap<String
             }
         } else if let Some(value) = line.strip_prefix("ota_server_device_store_writes_dropped ") {
             dropped = value.trim().parse().unwrap_or(0);
+        } else if let Some(value) = line.strip_prefix("ota_server_device_store_sightings_skipped ") {
+            skipped = value.trim().parse().unwrap_or(0);
         }
     }
-    Ok((answers, dropped))
+    Ok((answers, dropped, skipped))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1551,7 +1554,7 @@ fn run_driver() -> anyhow::Result<()> {
     let ota_peak = ota_watch.peak();
     let bare_end = read_rss(bare.pid()).unwrap_or_default();
     let bare_peak = bare_watch.peak();
-    let (counters, dropped) = runtime.block_on(server_counters(ota.address))?;
+    let (counters, dropped, skipped) = runtime.block_on(server_counters(ota.address))?;
     drop(ota_watch);
     drop(bare_watch);
     drop(ota);
@@ -1782,7 +1785,9 @@ fn run_driver() -> anyhow::Result<()> {
     ));
     let total: u64 = counters.values().sum();
     line(format!(
-        "update server counters over the whole run (/metrics): {total} update checks, {dropped} device-store writes dropped"
+        "update server counters over the whole run (/metrics): {total} update checks, {dropped} device-store writes dropped, \
+         {skipped} device sightings skipped (unchanged, written less than {} s before)",
+        ota_operator::store::SIGHTING_REWRITE_WINDOW.as_secs()
     ));
     for (label, count) in &counters {
         line(format!(
