@@ -366,7 +366,7 @@ fn without_out_files_the_bundle_and_the_channel_patch_go_to_stdout() {
 }
 
 #[test]
-fn an_encrypted_push_stores_only_the_ciphertext_and_devices_can_open_it() {
+fn an_encrypted_push_stores_ciphertext_only_and_devices_can_open_the_zip_and_each_delta_file() {
     let project = project();
     let dist = project.path().join("dist");
     let storage = tempfile::tempdir().unwrap();
@@ -391,12 +391,41 @@ fn an_encrypted_push_stores_only_the_ciphertext_and_devices_can_open_it() {
     let bundle: Bundle = serde_json::from_value(documents(&stdout(&output))[0].clone()).unwrap();
     let encryption = bundle.spec.encryption.clone().expect("spec.encryption");
     assert_eq!(encryption.encrypted_checksum.len(), 512);
-    // Only the zip: no files, no manifest (the server cannot read ciphertext).
-    assert!(!storage.path().join("files").exists());
-    assert!(!storage.path().join("manifests").exists());
     let stored = storage
         .path()
         .join(bundle.spec.source.storage_key.as_deref().unwrap());
+    // The delta files: encrypted one by one, listed by a manifest under the encrypted zip's
+    // sha256 with encrypted hashes; a device opens each to the dist folder's bytes.
+    let public = std::fs::read_to_string(fixture("app.key.pub")).unwrap();
+    let manifest_path = storage
+        .path()
+        .join(format!("manifests/{}.json", bundle.spec.source.sha256));
+    let manifest: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("a manifest")).unwrap();
+    assert_eq!(manifest.len(), 3, "{manifest:?}");
+    let mut names = Vec::new();
+    for entry in &manifest {
+        let file_name = entry["file_name"].as_str().unwrap();
+        let file_hash = entry["file_hash"].as_str().unwrap();
+        assert_eq!(file_hash.len(), 512, "an encrypted hash, hex: {file_hash}");
+        let downloaded = std::fs::read(storage.path().join(entry["key"].as_str().unwrap())).unwrap();
+        let content = ota_operator::crypto::plugin::device_verify_manifest_file(
+            &public,
+            &encryption.session_key,
+            file_name,
+            file_hash,
+            &downloaded,
+        )
+        .unwrap_or_else(|e| panic!("a device refuses {file_name}: {e}"));
+        let original = file_name.strip_suffix(".br").unwrap_or(file_name);
+        assert_eq!(content, std::fs::read(dist.join(original)).unwrap(), "{original}");
+        // Nothing in storage is plaintext.
+        assert_ne!(downloaded, content);
+        names.push(file_name.to_owned());
+    }
+    names.sort();
+    // app.js is large enough to be Brotli-compressed before encryption.
+    assert_eq!(names, ["assets/app.js.br", "assets/logo.svg", "index.html"]);
 
     // The plain zip of the same folder, and what a device decrypts from the stored one.
     let plain = work.path().join("plain.zip");
@@ -411,7 +440,6 @@ fn an_encrypted_push_stores_only_the_ciphertext_and_devices_can_open_it() {
         &[],
     );
     succeeded(&zipped);
-    let public = std::fs::read_to_string(fixture("app.key.pub")).unwrap();
     let opened = work.path().join("device.zip");
     let sha = device_verify_zip(
         &public,

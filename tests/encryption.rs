@@ -135,3 +135,92 @@ async fn the_sync_stores_an_encrypted_zip_as_is_after_checking_its_sha256() {
     assert!(matches!(error, SyncError::ChecksumMismatch { .. }), "{error}");
     assert!(error.is_terminal());
 }
+
+#[tokio::test]
+async fn encrypted_delta_files_are_stored_checked_by_the_sync_and_open_on_a_device() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("bundle.zip");
+    let script: String = (0..2000)
+        .map(|i| format!("export const v{i} = {i} * 2;\n"))
+        .collect();
+    {
+        let mut writer = zip::ZipWriter::new(std::fs::File::create(&zip).unwrap());
+        for (name, content) in [
+            (
+                "index.html",
+                "<!doctype html><script src=app.js></script>".to_owned(),
+            ),
+            ("app.js", script.clone()),
+        ] {
+            writer
+                .start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(content.as_bytes()).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    let key = SigningKey::from_pem(&std::fs::read_to_string(fixture("app.key")).unwrap()).unwrap();
+    let encrypted = dir.path().join("bundle.enc");
+    let result = encrypt_zip(&zip, &encrypted, &key, ChecksumFormat::Hex).unwrap();
+    let session =
+        ota_operator::crypto::SessionKey::open(&result.encryption.session_key, &key.verifying_key()).unwrap();
+    let root = dir.path().join("storage");
+    std::fs::create_dir_all(&root).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+    let prefix = StorePath::from("apps/shop");
+    let sha = result.encrypted_sha256.as_str();
+    let files = sync::store_encrypted_files(&store, &prefix, &zip, &session, &key, ChecksumFormat::Hex, sha)
+        .await
+        .unwrap();
+    assert_eq!((files.manifest.len(), files.uploaded, files.reused), (2, 2, 0));
+    // Again: the same objects are there already.
+    let again = sync::store_encrypted_files(&store, &prefix, &zip, &session, &key, ChecksumFormat::Hex, sha)
+        .await
+        .unwrap();
+    assert_eq!((again.uploaded, again.reused), (0, 2));
+
+    let source = BundleSourceRef::File(encrypted.clone());
+    let http = reqwest::Client::new();
+    let limits = SyncLimits::default();
+    let request = SyncRequest {
+        source: &source,
+        expected_sha256: sha,
+        store: &store,
+        prefix: &prefix,
+        limits: &limits,
+        http: &http,
+    };
+    let synced = sync::sync_encrypted_bundle(request).await.unwrap();
+    assert_eq!(synced.stored_manifest_key(), Some(files.manifest_key.as_str()));
+    assert_eq!(synced.manifest, files.manifest);
+    let public = std::fs::read_to_string(fixture("app.key.pub")).unwrap();
+    for file in &synced.manifest {
+        let downloaded = std::fs::read(root.join("apps/shop").join(&file.key)).unwrap();
+        let content = ota_operator::crypto::plugin::device_verify_manifest_file(
+            &public,
+            &result.encryption.session_key,
+            &file.file_name,
+            &file.file_hash,
+            &downloaded,
+        )
+        .unwrap_or_else(|e| panic!("a device refuses {}: {e}", file.file_name));
+        if file.file_name.starts_with("app.js") {
+            assert_eq!(file.file_name, "app.js.br", "compressed before encryption");
+            assert_eq!(content, script.as_bytes());
+        }
+    }
+
+    // A manifest naming a file storage lacks is refused (a device would fail on it).
+    std::fs::remove_file(root.join("apps/shop").join(&synced.manifest[0].key)).unwrap();
+    let request = SyncRequest {
+        source: &source,
+        expected_sha256: sha,
+        store: &store,
+        prefix: &prefix,
+        limits: &limits,
+        http: &http,
+    };
+    let error = sync::sync_encrypted_bundle(request).await.unwrap_err();
+    assert!(matches!(error, SyncError::InvalidManifest { .. }), "{error}");
+}

@@ -245,6 +245,38 @@ fn load_signing_key(path: &Path) -> Result<SigningKey, CliError> {
     SigningKey::from_pem(&pem).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
 }
 
+/// Encrypts and stores the delta files of the plaintext zip with the session key of `encryption`,
+/// so that devices can download only the files they lack.
+async fn store_encrypted_delta(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &object_store::path::Path,
+    plaintext_zip: &Path,
+    encryption: &BundleEncryption,
+    key: &crypto::SigningKey,
+    args: &PushArgs,
+    encrypted_sha256: &str,
+) -> Result<(), SyncError> {
+    let session = crypto::SessionKey::open(&encryption.session_key, &key.verifying_key())
+        .map_err(|e| SyncError::Task(format!("cannot reopen the session key just made: {e}")))?;
+    let stored = sync::store_encrypted_files(
+        store,
+        prefix,
+        plaintext_zip,
+        &session,
+        key,
+        args.checksum_format.into(),
+        encrypted_sha256,
+    )
+    .await?;
+    eprintln!(
+        "encrypted delta files: {} ({} uploaded, {} already stored)",
+        stored.manifest.len(),
+        stored.uploaded,
+        stored.reused
+    );
+    Ok(())
+}
+
 fn encrypt(args: &EncryptArgs) -> Result<(), CliError> {
     let key = load_signing_key(&args.key)?;
     let out = args.out.clone().unwrap_or_else(|| {
@@ -441,6 +473,7 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
         built.size,
         built.sha256
     );
+    let plaintext_zip = zip_path.clone();
     let (upload_path, sha256, encryption) = match &key {
         Some(key) => {
             let encrypted_path = workdir.path().join("bundle.zip.enc");
@@ -492,9 +525,25 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
             http: &http,
         };
         let progress = Progress::start(counters);
-        let result = match encryption {
-            Some(_) => sync::sync_encrypted_bundle(request).await,
-            None => sync::sync_bundle(request).await,
+        let result = match (&encryption, &key) {
+            // The delta files first: the sync then finds their manifest, checks it and reports it.
+            (Some(encryption), Some(key)) => {
+                match store_encrypted_delta(
+                    &store,
+                    &opened.prefix,
+                    &plaintext_zip,
+                    encryption,
+                    key,
+                    args,
+                    &sha256,
+                )
+                .await
+                {
+                    Ok(()) => sync::sync_encrypted_bundle(request).await,
+                    Err(error) => Err(error),
+                }
+            }
+            _ => sync::sync_bundle(request).await,
         };
         let (bytes, objects, elapsed) = progress.finish();
         let synced = result.map_err(sync_error)?;

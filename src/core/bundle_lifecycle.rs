@@ -138,9 +138,13 @@ fn stored_sync_matches(bundle: &Bundle, status: &BundleStatus) -> bool {
         && status.checksum.as_deref() == Some(sha256.as_str())
         && status.storage.as_ref().is_some_and(|storage| {
             storage.zip_key == zip_key(sha256)
-                && match &storage.manifest_key {
-                    Some(key) => !encrypted && *key == manifest_key(sha256),
-                    None => encrypted,
+                // An encrypted bundle has a manifest only when its delta files were stored; its
+                // uncompressed size is unknown, so a status with one describes a plain sync.
+                && match (&storage.manifest_key, encrypted) {
+                    (Some(key), _) => {
+                        *key == manifest_key(sha256) && status.uncompressed_size.is_some() != encrypted
+                    }
+                    (None, encrypted) => encrypted,
                 }
         })
 }
@@ -191,7 +195,7 @@ impl From<&SyncedBundle> for SyncFacts {
             sha256: synced.sha256.clone(),
             zip_size: synced.zip_size,
             uncompressed_size: (!synced.encrypted).then_some(synced.uncompressed_size),
-            file_count: (!synced.encrypted).then_some(synced.file_count),
+            file_count: (!synced.encrypted || synced.file_count > 0).then_some(synced.file_count),
             zip_key: synced.zip_key.clone(),
             manifest_key: synced.stored_manifest_key().map(str::to_owned),
         }
@@ -324,6 +328,10 @@ fn synced_plan(base: BundleStatus, facts: &SyncFacts) -> BundleStatusPlan {
     let message = match (facts.file_count, facts.uncompressed_size) {
         (Some(files), Some(bytes)) => format!(
             "Synced into the App's storage: a {}-byte zip of {files} files ({bytes} bytes unzipped)",
+            facts.zip_size
+        ),
+        (Some(files), None) => format!(
+            "Synced into the App's storage: an encrypted {}-byte zip and its {files} encrypted delta files",
             facts.zip_size
         ),
         _ => format!(
@@ -1046,7 +1054,8 @@ mod tests {
         let encrypted = SyncFacts::from(&SyncedBundle {
             encrypted: true,
             manifest_key: String::new(),
-            ..synced
+            file_count: 0,
+            ..synced.clone()
         });
         assert_eq!(
             (
@@ -1055,6 +1064,25 @@ mod tests {
                 encrypted.manifest_key
             ),
             (None, None, None)
+        );
+        // Encrypted with its delta files stored: the manifest and the file count, no size.
+        let with_delta = SyncFacts::from(&SyncedBundle {
+            encrypted: true,
+            ..synced
+        });
+        assert_eq!(
+            (
+                with_delta.file_count,
+                with_delta.uncompressed_size,
+                with_delta.manifest_key.clone()
+            ),
+            (Some(2), None, Some(manifest_key(&sha("x"))))
+        );
+        let plan = synced_plan(BundleStatus::default(), &with_delta);
+        assert!(
+            plan.conditions[0].message.contains("2 encrypted delta files"),
+            "{}",
+            plan.conditions[0].message
         );
     }
 

@@ -29,6 +29,7 @@
 //! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
 mod archive;
+mod encrypted;
 mod fetch;
 mod objects;
 mod remove;
@@ -46,6 +47,7 @@ use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+pub use encrypted::{EncryptedFiles, store_encrypted_files};
 pub use remove::{
     RemoveError, file_key_is_content_addressed, is_bundle_key, remove_objects, stored_file_keys,
 };
@@ -185,16 +187,18 @@ pub struct SyncedBundle {
     pub uploaded_files: u64,
     /// Distinct file contents that were already in the store.
     pub reused_files: u64,
-    /// The zip is encrypted with the plugin's v2 scheme ([`sync_encrypted_bundle`]): only the zip
-    /// was stored, with no manifest (`manifest_key` is empty, `manifest` too), so devices get it
-    /// whole, never as a delta; `uncompressed_size` and `file_count` are 0 (unknown).
+    /// The zip is encrypted with the plugin's v2 scheme ([`sync_encrypted_bundle`]): the zip is
+    /// stored as is, and `uncompressed_size` is 0 (unknown). Its delta files and manifest are
+    /// there only when who encrypted it stored them; otherwise `manifest_key` is empty,
+    /// `manifest` too and `file_count` 0, and devices get the zip whole.
     pub encrypted: bool,
 }
 
 impl SyncedBundle {
-    /// The manifest's key, when a manifest was stored (not for an encrypted bundle).
+    /// The manifest's key, when a manifest was stored (an encrypted bundle has one only when
+    /// its delta files were stored with it).
     pub fn stored_manifest_key(&self) -> Option<&str> {
-        (!self.encrypted).then_some(self.manifest_key.as_str())
+        (!self.manifest_key.is_empty()).then_some(self.manifest_key.as_str())
     }
 }
 
@@ -514,7 +518,9 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
 /// Syncs a bundle encrypted with the plugin's v2 scheme (a Bundle with `spec.encryption`): its
 /// zip is AES ciphertext that only devices can decrypt (the server never holds the private key),
 /// so it cannot be validated or split into files. The zip is fetched, its declared SHA-256 (of
-/// the ciphertext) verified, and stored as is under `zips/<sha256>.zip`; no manifest is written.
+/// the ciphertext) verified, and stored as is under `zips/<sha256>.zip`. When its encrypted
+/// delta files are stored already ([`store_encrypted_files`], by who holds the private key),
+/// their manifest is checked and recorded.
 pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
     let span = sync_span(&request, true);
     sync_encrypted_inner(request).instrument(span).await
@@ -578,23 +584,72 @@ async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, 
     } = fetch_verified(&request, "bundle.zip.enc").await?;
     let zip_key = zip_key(&fetched.sha256);
     let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
+    // Delta files exist only when who encrypted the bundle stored them (`ota bundle push
+    // --encrypt`); the server cannot make them.
+    let manifest = stored_encrypted_manifest(store, prefix, &fetched.sha256).await?;
     tracing::info!(
         zip_size = fetched.size,
         zip_uploaded,
-        "encrypted bundle synced (zip only, no delta)"
+        delta_files = manifest.as_ref().map_or(0, |(_, files)| files.len()),
+        "encrypted bundle synced"
     );
+    let (manifest_key, manifest) = manifest.unwrap_or_default();
     Ok(SyncedBundle {
         sha256: fetched.sha256,
         zip_size: fetched.size,
         uncompressed_size: 0,
-        file_count: 0,
+        file_count: manifest.len() as u64,
         zip_key,
-        manifest_key: String::new(),
-        manifest: Vec::new(),
+        manifest_key,
+        manifest,
         uploaded_files: 0,
         reused_files: 0,
         encrypted: true,
     })
+}
+
+/// The manifest of an encrypted bundle's delta files, when one is stored: every file it lists
+/// must be in the store (a device would fail on a missing one), else it is refused.
+async fn stored_encrypted_manifest(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    sha256: &str,
+) -> Result<Option<(String, Vec<ManifestFile>)>, SyncError> {
+    let key = manifest_key(sha256);
+    let files = match read_manifest(store, prefix, &key).await {
+        Ok(files) => files,
+        Err(SyncError::Storage {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    // Owned keys: a stream over borrowed items could not be proven `Send` by the controller.
+    let keys: Vec<String> = files.iter().map(|file| file.key.clone()).collect();
+    let missing = futures::stream::iter(keys)
+        .map(|file_key: String| async move {
+            let path = object_path(prefix, &file_key);
+            let found = match &path {
+                Some(path) => match store.head(path).await {
+                    Ok(_) => true,
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    Err(e) => return Err(SyncError::storage("check", path, e)),
+                },
+                None => false,
+            };
+            Ok((!found).then_some(file_key))
+        })
+        .buffer_unordered(STORE_CONCURRENCY)
+        .try_collect::<Vec<Option<String>>>()
+        .await?;
+    let missing: Vec<String> = missing.into_iter().flatten().collect();
+    if let Some(first) = missing.first() {
+        return Err(SyncError::InvalidManifest {
+            key,
+            message: format!("{} of its files are not in storage, e.g. {first}", missing.len()),
+        });
+    }
+    Ok(Some((key, files)))
 }
 
 /// A blocking task that reads the archive died: the archive reader panicked on this input, which
@@ -607,8 +662,18 @@ fn archive_task_failed(error: &tokio::task::JoinError) -> SyncError {
     }
 }
 
-/// Reads a manifest previously written by [`sync_bundle`] (the update server loads these at
-/// start).
+/// Whether `value` has the form of a hash encrypted with a 2048-bit RSA key, as the delta files
+/// of an encrypted bundle list them: 256 bytes, in hex (current plugins) or base64 (older ones).
+fn is_encrypted_checksum(value: &str) -> bool {
+    use base64::Engine as _;
+    let hex = value.len() == 512 && value.bytes().all(|b| b.is_ascii_hexdigit());
+    hex || base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .is_ok_and(|bytes| bytes.len() == 256)
+}
+
+/// Reads a manifest previously written by [`sync_bundle`] or [`store_encrypted_files`] (the
+/// update server loads these at start).
 pub async fn read_manifest(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
@@ -654,7 +719,7 @@ pub async fn read_manifest(
             if !name_ok {
                 return Err(invalid(format!("bad file name {:?}", entry.file_name)));
             }
-            if !is_sha256_hex(&entry.file_hash) {
+            if !is_sha256_hex(&entry.file_hash) && !is_encrypted_checksum(&entry.file_hash) {
                 return Err(invalid(format!(
                     "bad hash {:?} for {}",
                     entry.file_hash, entry.file_name
@@ -691,6 +756,20 @@ fn manifest_json(manifest: &[ManifestFile]) -> Result<Vec<u8>, SyncError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encrypted_hashes_are_256_bytes_in_hex_or_base64() {
+        use base64::Engine as _;
+        assert!(is_encrypted_checksum(&"ab".repeat(256)));
+        assert!(is_encrypted_checksum(
+            &base64::engine::general_purpose::STANDARD.encode([7u8; 256])
+        ));
+        assert!(!is_encrypted_checksum(&"ab".repeat(32)), "a plain sha256");
+        assert!(!is_encrypted_checksum(&"zz".repeat(256)));
+        assert!(!is_encrypted_checksum(
+            &base64::engine::general_purpose::STANDARD.encode([7u8; 128])
+        ));
+    }
 
     #[test]
     fn object_paths_are_clean_and_prefixed() {

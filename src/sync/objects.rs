@@ -79,11 +79,11 @@ fn brotli_candidate(path: &str, size: u64) -> bool {
 
 /// One file ready for upload: a temporary file, rewound.
 #[derive(Debug)]
-struct Prepared {
-    hash: String,
-    brotli: bool,
-    file: File,
-    len: u64,
+pub(super) struct Prepared {
+    pub(super) hash: String,
+    pub(super) brotli: bool,
+    pub(super) file: File,
+    pub(super) len: u64,
 }
 
 /// The memory an upload of `len` bytes holds: the whole object, or the parts in flight and the
@@ -98,13 +98,13 @@ fn upload_memory(len: u64, part_concurrency: usize) -> usize {
 /// per content costs more than the content's own I/O on some filesystems (ext4 searches past
 /// recently deleted inodes to allocate a new one), so each file goes back to the pool once
 /// uploaded, and is emptied when it is taken again.
-struct Spools {
+pub(super) struct Spools {
     dir: PathBuf,
     free: Mutex<Vec<File>>,
 }
 
 impl Spools {
-    fn new(dir: &FsPath) -> Self {
+    pub(super) fn new(dir: &FsPath) -> Self {
         Spools {
             dir: dir.to_owned(),
             free: Mutex::new(Vec::new()),
@@ -112,7 +112,7 @@ impl Spools {
     }
 
     /// An empty temporary file (blocking).
-    fn take(&self) -> Result<File, SyncError> {
+    pub(super) fn take(&self) -> Result<File, SyncError> {
         let reused = self
             .free
             .lock()
@@ -128,7 +128,7 @@ impl Spools {
         }
     }
 
-    fn give(&self, file: File) {
+    pub(super) fn give(&self, file: File) {
         self.free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -286,7 +286,7 @@ fn prepare_all(
 
 /// Extracts one content to a temporary file: its Brotli form when it is worth trying and comes
 /// out smaller (or is required), else the raw bytes.
-fn prepare(
+pub(super) fn prepare(
     archive: &mut archive::Archive,
     extract: &Extract,
     spools: &Spools,
@@ -519,6 +519,31 @@ async fn upload_file(
             Err(error)
         }
     }
+}
+
+/// Stores one prepared file under `key` unless the store has an object of its size there
+/// already (keys are content-addressed); returns whether it uploaded. The file goes back to
+/// `spools`.
+pub(super) async fn store_file(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    key: &str,
+    file: File,
+    len: u64,
+    spools: &Spools,
+) -> Result<bool, SyncError> {
+    let path = path_of(prefix, key)?;
+    match store.head(&path).await {
+        Ok(meta) if meta.size == len => {
+            spools.give(file);
+            return Ok(false);
+        }
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(SyncError::storage("check", &path, e)),
+    }
+    let file = upload_file(store, &path, file, len, PART_CONCURRENCY).await?;
+    spools.give(file);
+    Ok(true)
 }
 
 /// Stores the zip unless the store has it already; returns whether it uploaded.

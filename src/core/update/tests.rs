@@ -550,6 +550,28 @@ fn encrypted_bundles_send_the_encrypted_checksum_and_session_key() {
 }
 
 #[test]
+fn an_encrypted_bundle_with_stored_delta_files_is_offered_as_a_delta() {
+    let mut c = check();
+    c.key_id = Some("MIIBCgKCAQEApnI9VDgv".into());
+    assert!(
+        !offered(&answer(&encrypted_world(), &c)).with_manifest,
+        "without delta files it is sent whole"
+    );
+    let mut world = encrypted_world();
+    world
+        .manifests
+        .insert((NS.into(), "shop-1.4.2".into()), manifest_for("1.4.2"));
+    let snap = snapshot(&world);
+    let a = decide_update(&snap, &c, &DeviceFacts::default());
+    let offer = offered(&a);
+    assert!(offer.with_manifest);
+    assert_eq!(
+        offer.session_key, "aXY=:a2V5",
+        "the files are opened with the session key"
+    );
+}
+
+#[test]
 fn key_ids_must_match_for_plugins_that_enforce_them() {
     let mut c = check();
     c.key_id = Some("MIIBCgKCAQEAzzzzzzzz".into());
