@@ -720,3 +720,70 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     assert!(normal.len() >= 3, "every transition is an Event: {normal:?}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn every_object_of_the_examples_gets_a_status_for_its_generation_that_says_what_is_wrong() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-examples");
+    for file in ["app.yaml", "bundles.yaml", "channels.yaml", "rollout.yaml"] {
+        for document in yaml_documents(&repo_root().join("examples").join(file)) {
+            apply(&client, &namespace, document).await;
+        }
+    }
+    let running = start(&client, options(&namespace, false, "solo")).await;
+    // The example names Secrets that do not exist here: the App says so and waits.
+    let apps: Api<ota_operator::api::App> = Api::namespaced(client.clone(), &namespace);
+    let app = eventually(30, "the example App is Stalled on its missing Secret", || async {
+        let app = apps.get("shop").await.expect("the App");
+        let status = app.status.clone()?;
+        let stalled = find(&status.conditions, "Stalled")?.clone();
+        (status.observed_generation == app.metadata.generation && stalled.status == "True").then_some(stalled)
+    })
+    .await;
+    assert_eq!(app.reason, "ReferenceNotFound");
+    assert!(app.message.contains("shop-ota"), "{}", app.message);
+    // Every other object has a status for its generation with a Ready condition and a reason.
+    let bundles: Api<Bundle> = Api::namespaced(client.clone(), &namespace);
+    let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
+    let rollouts: Api<ota_operator::api::Rollout> = Api::namespaced(client.clone(), &namespace);
+    let described = |generation: Option<i64>, observed: Option<i64>, conditions: &[Condition]| {
+        observed == generation && find(conditions, "Ready").is_some_and(|c| !c.reason.is_empty())
+    };
+    eventually(
+        60,
+        "every example object has a status for its generation",
+        || async {
+            let all_bundles = bundles.list(&ListParams::default()).await.expect("Bundles");
+            let all_channels = channels.list(&ListParams::default()).await.expect("Channels");
+            let all_rollouts = rollouts.list(&ListParams::default()).await.expect("Rollouts");
+            let bundles_done = all_bundles.items.iter().all(|b| {
+                b.status
+                    .as_ref()
+                    .is_some_and(|s| described(b.metadata.generation, s.observed_generation, &s.conditions))
+            });
+            let channels_done = all_channels.items.iter().all(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| described(c.metadata.generation, s.observed_generation, &s.conditions))
+            });
+            let rollouts_done = all_rollouts.items.iter().all(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| described(r.metadata.generation, s.observed_generation, &s.conditions))
+            });
+            (bundles_done && channels_done && rollouts_done && all_bundles.items.len() == 3).then_some(())
+        },
+    )
+    .await;
+    // The Bundles cannot reach their App's storage: not Ready, and never reported as synced.
+    for bundle in bundles.list(&ListParams::default()).await.expect("Bundles").items {
+        let status = bundle.status.expect("a status");
+        assert!(
+            find(&status.conditions, "Ready").is_some_and(|c| c.status == "False"),
+            "{:?}",
+            status.conditions
+        );
+        assert!(status.storage.is_none() && status.checksum.is_none());
+    }
+    running.stop().await;
+}
