@@ -13,8 +13,9 @@ WORKDIR /build
 # The dependency layer: the manifest, the lock file, build.rs, and empty targets in place of the
 # real ones (cargo reads every target the manifest declares, benches included).
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src benches \
+RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > src/bin/kubectl-ota.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/update_server.rs \
     && echo 'fn main() {}' > benches/bundle_sync.rs \

@@ -787,3 +787,96 @@ async fn every_object_of_the_examples_gets_a_status_for_its_generation_that_says
     }
     running.stop().await;
 }
+
+/// Runs `kubectl-ota` against the test API server; returns its exit code and output. Awaited, so
+/// that the controller in this process goes on working meanwhile.
+async fn kubectl_ota(namespace: &str, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ota"))
+        .args(["--namespace", namespace])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .await
+        .expect("kubectl-ota runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn the_kubectl_plugin_shows_promotes_aborts_and_waits_for_rollouts() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-kubectl");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    let stable = zip_of(&[("index.html", index_html("5.0.0"))]);
+    let candidate = zip_of(&[("index.html", index_html("5.1.0"))]);
+    upload(&storage, "uploads/5.0.zip", stable.clone()).await;
+    upload(&storage, "uploads/5.1.zip", candidate.clone()).await;
+    create_secret(&client, &namespace).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-5.0", "5.0.0", "uploads/5.0.zip", &sha256(&stable)),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-5.1", "5.1.0", "uploads/5.1.zip", &sha256(&candidate)),
+    )
+    .await;
+    apply(&client, &namespace, channel("production", Some("shop-5.0"))).await;
+    apply(&client, &namespace, channel("beta", Some("shop-5.0"))).await;
+    let steps = json!([{"setPercent": 20}, {"pause": {}}, {"setPercent": 100}]);
+    apply(
+        &client,
+        &namespace,
+        rollout("to-5.1", "production", "shop-5.1", steps.clone()),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        rollout("beta-5.1", "beta", "shop-5.1", steps),
+    )
+    .await;
+    let running = start(&client, options(&namespace, false, "solo")).await;
+
+    let view = eventually(60, "the Rollout waits for promotion", || async {
+        let (code, view) = kubectl_ota(&namespace, &["get", "rollout", "to-5.1"]).await;
+        (code == 0 && view.contains("->  1. pause until promoted")).then_some(view)
+    })
+    .await;
+    assert!(view.contains("Percent:   20%"), "{view}");
+    assert!(view.contains("Bundles:   shop-5.0 -> shop-5.1"), "{view}");
+    // Still waiting: `status` gives up with its own exit code.
+    let (code, output) = kubectl_ota(&namespace, &["status", "to-5.1", "--timeout", "2"]).await;
+    assert_eq!(code, 4, "{output}");
+    // Promote, and `status` waits for the completion.
+    let (code, output) = kubectl_ota(&namespace, &["promote", "to-5.1"]).await;
+    assert_eq!(code, 0, "{output}");
+    let (code, output) = kubectl_ota(&namespace, &["status", "to-5.1", "--timeout", "60"]).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Completed"), "{output}");
+
+    // Abort the other one: `status` says so with exit code 3.
+    eventually(60, "the beta Rollout is at 20%", || async {
+        let (_, view) = kubectl_ota(&namespace, &["get", "rollout", "beta-5.1"]).await;
+        view.contains("Percent:   20%").then_some(())
+    })
+    .await;
+    let (code, output) = kubectl_ota(&namespace, &["abort", "beta-5.1"]).await;
+    assert_eq!(code, 0, "{output}");
+    let (code, output) = kubectl_ota(&namespace, &["status", "beta-5.1", "--timeout", "60"]).await;
+    assert_eq!(code, 3, "{output}");
+    // No such rollout: a clear error and exit code 1.
+    let (code, output) = kubectl_ota(&namespace, &["promote", "nope"]).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("nope"), "{output}");
+    running.stop().await;
+}

@@ -9,6 +9,7 @@
 pub mod bundle;
 mod dist;
 pub mod keys;
+pub mod kubectl;
 mod native;
 mod progress;
 
