@@ -92,6 +92,11 @@ where
         let synced = self.synced;
         watcher(self.api, watcher::Config::default())
             .default_backoff()
+            // Managed fields are most of an object's size and no reconciler reads them: the
+            // cache keeps objects without them.
+            .modify(|object: &mut K| {
+                object.meta_mut().managed_fields = None;
+            })
             .reflect_shared(self.writer)
             .map(move |event| match event {
                 Ok(watcher::Event::InitDone) => synced.store(true, Ordering::Relaxed),
