@@ -395,12 +395,15 @@ async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result
     if !status_changed(app, &desired) {
         return Ok(());
     }
-    apply_status(context, app, &desired)
+    let written = apply_status(context, app, &desired)
         .await
         .map_err(AppError::api(format!(
             "writing the status of App {}",
             object_key(app)
         )))?;
+    if !written {
+        return Ok(());
+    }
     if let Some((type_, reason, note)) = transition_event(app, &desired) {
         publish(context, app, type_, &reason, note).await;
     }

@@ -152,10 +152,15 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let store = context.stores.bundles.clone();
-    // A new or changed App may let its Bundles sync (a storage fix, a Secret named at last).
+    // A new or changed App may let its Bundles sync (a storage fix, a Secret named at last);
+    // those already synced have nothing to gain (an App's status changes often).
     let by_app = {
         let store = store.clone();
-        move |app: Arc<App>| refs_where(&store, app.namespace(), |b| b.spec.app_ref == app.name_any())
+        move |app: Arc<App>| {
+            refs_where(&store, app.namespace(), |b| {
+                b.spec.app_ref == app.name_any() && sync_decision(b, None, 0) != SyncDecision::UpToDate
+            })
+        }
     };
     // A Channel or Rollout that lets go of a Bundle may free a held deletion.
     let deleting = |store: &Store<Bundle>, namespace: Option<String>| {
@@ -420,12 +425,15 @@ async fn write_status(
     if bundle.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    apply_status(context, bundle, &status)
+    let written = apply_status(context, bundle, &status)
         .await
         .map_err(BundleError::api(format!(
             "writing the status of Bundle {}",
             object_key(bundle)
         )))?;
+    if !written {
+        return Ok(());
+    }
     let before = bundle.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
     match (warning, ready_transition(before, &status.conditions)) {
         (Some(warning), Some(_)) => {
@@ -617,13 +625,13 @@ async fn record_deletion_wait(
         conditions: merged,
         ..existing
     };
-    apply_status(context, bundle, &status)
+    let written = apply_status(context, bundle, &status)
         .await
         .map_err(BundleError::api(format!(
             "writing the status of Bundle {}",
             object_key(bundle)
         )))?;
-    if let Some(condition) = conditions.first() {
+    if let Some(condition) = conditions.first().filter(|_| written) {
         publish(
             context,
             bundle,

@@ -159,14 +159,16 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
             count_failure(&context, KIND, category_of(warning.reason));
         }
         if channel.status.as_ref() != Some(&desired) {
-            apply_status(&context, channel.as_ref(), &desired)
+            let written = apply_status(&context, channel.as_ref(), &desired)
                 .await
                 .map_err(|source| ChannelError::WriteStatus {
                     object: object_key(channel.as_ref()),
                     source,
                 })?;
             let before = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-            if let Some((event_type, reason, note)) = status::ready_transition(before, &desired.conditions) {
+            if let Some((event_type, reason, note)) =
+                status::ready_transition(before, &desired.conditions).filter(|_| written)
+            {
                 publish(&context, channel.as_ref(), event_type, &reason, note).await;
             }
         }

@@ -115,6 +115,8 @@ pub struct Context {
     pub stores: Stores,
     /// What the Bundle reconciler needs to sync.
     pub bundle_sync: BundleSync,
+    /// The statuses this replica wrote last.
+    pub written: status::WrittenStatuses,
 }
 
 /// How soon a reconcile that found the caches still filling looks again.
@@ -139,6 +141,42 @@ impl Context {
             None
         }
     }
+}
+
+/// How often the record of written statuses forgets deleted objects.
+const WRITTEN_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Forgets the written statuses of objects no cache holds any more.
+fn prune_written(context: &Context) {
+    let stores = &context.stores;
+    let uids: std::collections::HashSet<String> = stores
+        .apps
+        .state()
+        .iter()
+        .filter_map(|o| o.metadata.uid.clone())
+        .chain(
+            stores
+                .channels
+                .state()
+                .iter()
+                .filter_map(|o| o.metadata.uid.clone()),
+        )
+        .chain(
+            stores
+                .bundles
+                .state()
+                .iter()
+                .filter_map(|o| o.metadata.uid.clone()),
+        )
+        .chain(
+            stores
+                .rollouts
+                .state()
+                .iter()
+                .filter_map(|o| o.metadata.uid.clone()),
+        )
+        .collect();
+    context.written.retain(|_, uid| uids.contains(uid));
 }
 
 /// How often a follower looks at an object again, to take over quickly once it leads.
@@ -228,6 +266,7 @@ pub async fn run(
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
         stores: stores.clone(),
         bundle_sync: BundleSync::new(options.storage_dir.clone(), http, SyncLimits::default()),
+        written: status::WrittenStatuses::default(),
     });
     let health = Health {
         metrics: Arc::clone(&metrics),
@@ -274,8 +313,18 @@ pub async fn run(
         watches.bundles.subscribe(),
         stop_receiver.clone(),
     );
+    let pruning = {
+        let context = Arc::clone(&context);
+        async move {
+            let mut every = tokio::time::interval(WRITTEN_PRUNE_INTERVAL);
+            loop {
+                every.tick().await;
+                prune_written(&context);
+            }
+        }
+    };
     let controllers = async move {
-        tokio::join!(apps, channels, bundles, rollouts);
+        tokio::join!(apps, channels, bundles, rollouts, pruning);
     };
     let mut leader_metric = leader.clone();
     let leader_gauge = metrics.leader.clone();

@@ -129,13 +129,13 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
         let now = context.clock.now();
         let plan = plan(&rollout, &context, now);
         if rollout.status.as_ref() != Some(&plan.status) {
-            apply_status(&context, rollout.as_ref(), &plan.status)
+            let written = apply_status(&context, rollout.as_ref(), &plan.status)
                 .await
                 .map_err(|source| RolloutError::WriteStatus {
                     object: object_key(rollout.as_ref()),
                     source,
                 })?;
-            for event in &plan.events {
+            for event in plan.events.iter().filter(|_| written) {
                 let event_type = match event.kind {
                     EventKind::Normal => EventType::Normal,
                     EventKind::Warning => {

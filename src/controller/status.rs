@@ -1,7 +1,14 @@
 //! What every reconciler does the same way: write a status with server-side apply, publish the
 //! Event a Ready transition deserves, and count its work in the metrics.
 
-use std::{fmt::Debug, future::Future, time::Instant};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    future::Future,
+    hash::{Hash, Hasher},
+    sync::Mutex,
+    time::Instant,
+};
 
 use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
@@ -32,13 +39,63 @@ pub fn backoff_key<K: Resource>(kind: &str, object: &K) -> String {
     format!("{kind}/{}", object_key(object))
 }
 
+/// What this replica wrote last into each object's status: the object's resourceVersion before
+/// the write, and a digest of the status written. A reconcile that runs before the cache has
+/// seen that write reads the older status and would write (and announce) the same change again.
+#[derive(Debug, Default)]
+pub struct WrittenStatuses(Mutex<HashMap<String, (Option<String>, u64)>>);
+
+impl WrittenStatuses {
+    fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+        format!(
+            "{}/{}",
+            K::kind(&()),
+            object.meta().uid.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Whether `digest` is what was written last over exactly this cached version of `object`.
+    fn already_written<K: Resource<DynamicType = ()>>(&self, object: &K, digest: u64) -> bool {
+        let written = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        written
+            .get(&Self::key(object))
+            .is_some_and(|(version, last)| *last == digest && *version == object.meta().resource_version)
+    }
+
+    fn record<K: Resource<DynamicType = ()>>(&self, object: &K, digest: u64) {
+        let mut written = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        written.insert(
+            Self::key(object),
+            (object.meta().resource_version.clone(), digest),
+        );
+    }
+
+    /// Forgets the objects that `exists` does not know any more (deleted ones), so the map does
+    /// not grow with every object ever written.
+    pub fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut written = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        written.retain(|key, _| key.split_once('/').is_some_and(|(kind, uid)| exists(kind, uid)));
+    }
+}
+
 /// Writes `status` as the object's whole status with the status field manager (forced).
-pub async fn apply_status<K, S>(context: &Context, object: &K, status: &S) -> Result<(), kube::Error>
+/// Returns `false`, writing nothing, when this replica wrote the same status over the same
+/// version of the object already (the cache has not caught up with that write yet).
+pub async fn apply_status<K, S>(context: &Context, object: &K, status: &S) -> Result<bool, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
     S: Serialize,
 {
     let kind = K::kind(&());
+    let encoded = serde_json::to_vec(status).map_err(kube::Error::SerdeError)?;
+    let digest = {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        encoded.hash(&mut hasher);
+        hasher.finish()
+    };
+    if context.written.already_written(object, digest) {
+        return Ok(false);
+    }
     let api: Api<K> = Api::namespaced(
         context.client.clone(),
         object.meta().namespace.as_deref().unwrap_or_default(),
@@ -54,12 +111,13 @@ where
         &Patch::Apply(&patch),
     )
     .await?;
+    context.written.record(object, digest);
     context
         .metrics
         .status_writes
         .get_or_create(&Metrics::kind(&kind))
         .inc();
-    Ok(())
+    Ok(true)
 }
 
 /// The Event a change of conditions deserves, if any: (type, reason, note). Only a change of
