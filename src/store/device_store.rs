@@ -19,12 +19,6 @@ use super::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections to an SQLite file: one writer at a time in any case; WAL lets readers run beside it.
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
-/// Pages the SQLite WAL may hold before it is copied into the database file (SQLite's default
-/// is 1,000): a batch of sightings of random devices dirties thousands of pages, so with the
-/// default every batch paid a checkpoint, while a larger WAL copies a page changed by several
-/// batches once. 8,000 pages (32 MiB of disk, no memory) cut the store's CPU per sighting by
-/// some 7% (`OTA_BENCH_ROLE=store-rate`, 300,000 sightings, three runs each).
-const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 8_000;
 /// Connections to PostgreSQL, per replica.
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 /// The window of [`DeviceStore::monthly_active_devices`].
@@ -362,11 +356,6 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     connection.execute("PRAGMA synchronous = NORMAL").await?;
-                    connection
-                        .execute(
-                            format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}").as_str(),
-                        )
-                        .await?;
                     Ok(())
                 })
             }),
