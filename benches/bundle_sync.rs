@@ -821,41 +821,6 @@ fn measured<T>(helper: Option<u32>, phase: impl FnOnce() -> anyhow::Result<T>) -
     Ok((result, foreign / (machine1.1 - machine0.1).max(1e-9)))
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cpus = thread::available_parallelism().map_or(1, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "?".to_owned(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
-        );
-    let os = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|r| {
-            r.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cpus} CPUs, {cpu}, Linux {kernel}, {memory} RAM, {os}")
-}
-
 /// The filesystem and device a path is on (`df`), to show that everything shares one disk.
 fn disk_of(path: &Path) -> String {
     Command::new("df")
@@ -1146,7 +1111,7 @@ fn run_driver() -> anyhow::Result<()> {
     let sample = fs_reports.first().copied().cloned().unwrap_or_default();
 
     println!("bundle sync benchmark (benches/bundle_sync.rs)");
-    println!("machine: {}", machine());
+    println!("machine: {}", common::machine());
     println!(
         "disk: zip, copies, storage and temporary files all on {}",
         disk_of(&work)

@@ -1348,46 +1348,6 @@ fn ms(us: u64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Driver: machine
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let nproc = Command::new("nproc")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| cpu_count().to_string());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "?".to_owned(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
-        );
-    let os = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|r| {
-            r.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap_or_default();
-    format!("nproc {nproc}, {cpu}, Linux {kernel}, {memory} RAM, {os}")
-}
-
 fn wrk_version() -> String {
     Command::new("wrk")
         .arg("-v")
@@ -1567,7 +1527,7 @@ fn run_driver() -> anyhow::Result<()> {
         out.push('\n');
     };
     line("== ota-operator update server benchmark: POST /updates vs a bare hyper server ==".into());
-    line(format!("machine: {}", machine()));
+    line(format!("machine: {}", common::machine()));
     line(format!(
         "note: wrk, the latency probe and both servers share these {} CPUs (client and server compete for them); \
          the machine was {:.0}% busy just before the run",
