@@ -70,41 +70,61 @@ pub async fn store_encrypted_files(
             source,
         })?;
     let spools = Arc::new(Spools::new(workdir.path()));
-    let mut manifest = Vec::with_capacity(scan.files.len());
+    // One blocking producer reads the archive once, in order, and hands each sealed file over a
+    // short queue to the uploads here.
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Sealed, SyncError>>(SEALED_QUEUE);
+    let producer = {
+        let (zip, spools, session) = (plaintext_zip.to_owned(), Arc::clone(&spools), session.clone());
+        let files = scan.files;
+        tokio::task::spawn_blocking(move || {
+            let sealed_all = || -> Result<(), SyncError> {
+                let mut archive = archive::open(&zip, usize::MAX)?;
+                let mut buffer = vec![0; 64 * 1024];
+                for file in files {
+                    let sealed = seal_file(&mut archive, file, &spools, &session, &mut buffer);
+                    let failed = sealed.is_err();
+                    if sender.blocking_send(sealed).is_err() || failed {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            if let Err(error) = sealed_all() {
+                let _ = sender.blocking_send(Err(error));
+            }
+        })
+    };
+    let mut manifest = Vec::new();
     let (mut uploaded, mut reused) = (0, 0);
-    for file in scan.files {
-        let extract = archive::Extract {
-            index: file.index,
-            brotli_required: objects::needs_brotli(&file.path),
-            path: file.path.clone(),
-            hash: file.hash.clone(),
-            size: file.size,
-            compressed_size: file.compressed_size,
-            stored: file.stored,
-        };
-        let sealed = {
-            let (zip, spools, session) = (plaintext_zip.to_owned(), Arc::clone(&spools), session.clone());
-            tokio::task::spawn_blocking(move || seal_file(&zip, &extract, &spools, &session))
-                .await
-                .map_err(|e| super::archive_task_failed(&e))??
-        };
-        let key = file_key(&sealed.sha256, false);
-        if objects::store_file(store, prefix, &key, sealed.file, sealed.len, &spools).await? {
-            uploaded += 1;
-        } else {
-            reused += 1;
+    let result: Result<(), SyncError> = async {
+        while let Some(sealed) = receiver.recv().await {
+            let sealed = sealed?;
+            let key = file_key(&sealed.sha256, false);
+            if objects::store_file(store, prefix, &key, sealed.file, sealed.len, &spools).await? {
+                uploaded += 1;
+            } else {
+                reused += 1;
+            }
+            let file_hash = encrypt_checksum(&sealed.plain_sha256, signing, format)
+                .map_err(|e| SyncError::Task(format!("cannot encrypt the hash of {}: {e}", sealed.path)))?;
+            manifest.push(ManifestFile {
+                file_name: match sealed.brotli {
+                    true => format!("{}.br", sealed.path),
+                    false => sealed.path,
+                },
+                file_hash,
+                key,
+            });
         }
-        let file_hash = encrypt_checksum(&file.hash, signing, format)
-            .map_err(|e| SyncError::Task(format!("cannot encrypt the hash of {}: {e}", file.path)))?;
-        manifest.push(ManifestFile {
-            file_name: match sealed.brotli {
-                true => format!("{}.br", file.path),
-                false => file.path,
-            },
-            file_hash,
-            key,
-        });
+        Ok(())
     }
+    .await;
+    // Stop the producer (its next send fails) and wait for it, so its temporary files are
+    // closed before the folder is removed.
+    drop(receiver);
+    let joined = producer.await;
+    result?;
+    joined.map_err(|e| super::archive_task_failed(&e))?;
     let manifest_key = manifest_key(encrypted_sha256);
     objects::store_manifest(store, prefix, &manifest_key, &manifest).await?;
     Ok(EncryptedFiles {
@@ -115,10 +135,18 @@ pub async fn store_encrypted_files(
     })
 }
 
+/// Sealed files waiting for an upload.
+const SEALED_QUEUE: usize = 4;
+
 /// One file, encrypted, in a temporary file.
 struct Sealed {
+    /// Its path in the bundle.
+    path: String,
+    /// SHA-256 of its original content.
+    plain_sha256: String,
     file: File,
     len: u64,
+    /// SHA-256 of the encrypted bytes (the object's key).
     sha256: String,
     brotli: bool,
 }
@@ -126,14 +154,22 @@ struct Sealed {
 /// Extracts one file (Brotli-compressed where smaller, as a plain sync stores it) and encrypts it
 /// into a second temporary file, hashing the ciphertext on the way.
 fn seal_file(
-    zip: &FsPath,
-    extract: &archive::Extract,
+    archive: &mut archive::Archive,
+    file: archive::ScannedFile,
     spools: &Spools,
     session: &SessionKey,
+    buffer: &mut [u8],
 ) -> Result<Sealed, SyncError> {
-    let mut archive = archive::open(zip, usize::MAX)?;
-    let mut buffer = vec![0; 64 * 1024];
-    let prepared = objects::prepare(&mut archive, extract, spools, &mut buffer)?;
+    let extract = archive::Extract {
+        index: file.index,
+        brotli_required: objects::needs_brotli(&file.path),
+        path: file.path,
+        hash: file.hash,
+        size: file.size,
+        compressed_size: file.compressed_size,
+        stored: file.stored,
+    };
+    let prepared = objects::prepare(archive, &extract, spools, buffer)?;
     let (brotli, plain) = (prepared.brotli, prepared.file);
     let mut sink = HashingFile {
         file: spools.take()?,
@@ -149,6 +185,8 @@ fn seal_file(
             source,
         })?;
     Ok(Sealed {
+        path: extract.path,
+        plain_sha256: extract.hash,
         file,
         len,
         sha256: hex::encode(hasher.finalize()),
