@@ -222,10 +222,11 @@ pub fn summary(rollout: &Rollout) -> String {
     };
     let phase = status.phase.map_or("Pending".to_owned(), |p| format!("{p:?}"));
     let steps = rollout.spec.steps.len();
-    let step = status.current_step_index.unwrap_or(0);
+    // A status is data anyone with access may have written: a negative index reads as 0.
+    let step = usize::try_from(status.current_step_index.unwrap_or(0)).unwrap_or(0);
     format!(
         "rollout {name}: {phase}, step {}/{steps}, {}% on {}{}",
-        (step as usize + 1).min(steps),
+        step.saturating_add(1).min(steps),
         status.current_percent.unwrap_or(0),
         rollout.spec.bundle_ref,
         status
@@ -351,6 +352,8 @@ mod tests {
             "rollout shop-1.5.0: Completed, step 5/5, 100% on shop-1.5.0"
         );
         assert!(summary(&rollout(serde_json::Value::Null)).contains("no status yet"));
+        let odd = rollout(serde_json::json!({"phase": "Progressing", "currentStepIndex": -3}));
+        assert!(summary(&odd).contains("step 1/5"), "{}", summary(&odd));
     }
 
     #[test]
