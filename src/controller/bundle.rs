@@ -425,12 +425,7 @@ async fn write_status(
     if bundle.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let written = apply_status(context, bundle, &status)
-        .await
-        .map_err(BundleError::api(format!(
-            "writing the status of Bundle {}",
-            object_key(bundle)
-        )))?;
+    let written = apply_bundle_status(context, bundle, &status).await?;
     if !written {
         return Ok(());
     }
@@ -443,6 +438,20 @@ async fn write_status(
         (_, None) => {}
     }
     Ok(())
+}
+
+/// [`apply_status`] for a Bundle, its error naming the Bundle.
+async fn apply_bundle_status(
+    context: &Context,
+    bundle: &Bundle,
+    status: &BundleStatus,
+) -> Result<bool, BundleError> {
+    apply_status(context, bundle, status)
+        .await
+        .map_err(BundleError::api(format!(
+            "writing the status of Bundle {}",
+            object_key(bundle)
+        )))
 }
 
 async fn add_finalizer(bundle: &Bundle, context: &Context) -> Result<(), BundleError> {
@@ -625,12 +634,7 @@ async fn record_deletion_wait(
         conditions: merged,
         ..existing
     };
-    let written = apply_status(context, bundle, &status)
-        .await
-        .map_err(BundleError::api(format!(
-            "writing the status of Bundle {}",
-            object_key(bundle)
-        )))?;
+    let written = apply_bundle_status(context, bundle, &status).await?;
     if let Some(condition) = conditions.first().filter(|_| written) {
         publish(
             context,
