@@ -51,6 +51,10 @@ enum Command {
         /// How often the folder is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         poll_ms: u64,
+        /// Where the internal listener serves rollout figures, /metrics and /healthz (never
+        /// through the public Ingress) [default: no internal listener].
+        #[arg(long, env = "OTA_INTERNAL_LISTEN")]
+        internal_listen: Option<std::net::SocketAddr>,
     },
     /// Serve devices from the App, Channel, Bundle and Rollout objects of a cluster (what the
     /// controller deploys for each App). Object storage credentials come from the environment
@@ -79,6 +83,10 @@ enum Command {
         /// Filesystem storage paths of Apps are resolved against this folder.
         #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
         storage_root: PathBuf,
+        /// Where the internal listener serves rollout figures, /metrics and /healthz (never
+        /// through the public Ingress) [default: no internal listener].
+        #[arg(long, env = "OTA_INTERNAL_LISTEN")]
+        internal_listen: Option<std::net::SocketAddr>,
     },
     /// Run the operator: deploy each App's update server and report status (with leader
     /// election for several replicas).
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             database,
             poll_ms,
+            internal_listen,
         } => {
             let options = standalone::Options {
                 dir,
@@ -170,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 database,
                 poll_interval: std::time::Duration::from_millis(poll_ms.max(50)),
                 credentials: ota_operator::storage::Credentials::from_env(),
+                internal_listen,
             };
             runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
         }
@@ -180,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             database,
             storage_root,
+            internal_listen,
         } => {
             let source = server::kube_source::KubeSourceOptions { namespace, app };
             let storage = server::StorageSetup {
@@ -190,7 +201,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let client = kube::Client::try_default()
                     .await
                     .context("cannot reach the Kubernetes API")?;
-                let boot = server::boot(&database, listen, public_url.as_deref(), storage).await?;
+                let mut boot = server::boot(&database, listen, public_url.as_deref(), storage).await?;
+                if let Some(internal) = internal_listen {
+                    boot.bind_internal(internal).await?;
+                }
                 tracing::info!(address = %boot.address, "update server listening");
                 let watcher = tokio::spawn(server::kube_source::run(
                     client,

@@ -16,7 +16,10 @@ use std::{
 
 use ota_operator::{
     core::update::DeviceFacts,
-    store::{Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, StoreError, Write, WriteQueue},
+    store::{
+        Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, OutcomeFigures, OutcomeReport,
+        RolloutStateRow, StoreError, Write, WriteQueue,
+    },
 };
 use sqlx::{Connection, Executor, postgres::PgConnection};
 
@@ -198,6 +201,25 @@ fn facts(channel: Option<&str>, failed_versions: &[&str]) -> DeviceFacts {
         self_set_channel: channel.map(str::to_owned),
         failed_versions: failed_versions.iter().map(|v| (*v).to_owned()).collect(),
     }
+}
+
+fn outcome(device_id: &str, version: &str, channel: &str, failed: bool, at_ms: i64) -> Write {
+    Write::Outcome(OutcomeReport {
+        app_id: APP.to_owned(),
+        version: version.to_owned(),
+        device_id: device_id.to_owned(),
+        channel: channel.to_owned(),
+        failed,
+        at_ms,
+    })
+}
+
+async fn figures(store: &DeviceStore, channel: &str, version: &str, since_ms: i64) -> (u64, u64) {
+    let OutcomeFigures { attempts, failures } = store
+        .outcome_figures(APP, channel, version, since_ms)
+        .await
+        .expect("figures");
+    (attempts, failures)
 }
 
 async fn apply(store: &DeviceStore, batch: &[Write]) {
@@ -401,6 +423,186 @@ async fn a_large_batch_writes_every_device(database: &TestDatabase) {
         .await
         .expect("the device with a current bundle");
     assert_eq!(current.current_bundle.as_deref(), Some("1.5.0"));
+}
+
+/// Outcomes count devices, not reports: a failure is sticky, the latest report sets the time and
+/// the channel, within a batch as across batches; figures filter by app, channel, version and
+/// time.
+async fn outcomes_count_devices_with_sticky_failures(database: &TestDatabase) {
+    let store = database.open().await;
+    let minute = 60_000;
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (0, 0));
+    apply(
+        &store,
+        &[
+            outcome("d1", "1.5.0", "production", false, NOW_MS),
+            // d2 fails, then reports a set: still a failure, at the later time.
+            outcome("d2", "1.5.0", "production", true, NOW_MS),
+            outcome("d2", "1.5.0", "production", false, NOW_MS + minute),
+            // d3 reported on beta first, then production (in one batch, out of order).
+            outcome("d3", "1.5.0", "production", false, NOW_MS + 2 * minute),
+            outcome("d3", "1.5.0", "beta", false, NOW_MS + minute),
+            // Other versions, apps and channels do not count.
+            outcome("d4", "1.4.2", "production", true, NOW_MS),
+            outcome("d5", "1.5.0", "beta", true, NOW_MS),
+            Write::Outcome(OutcomeReport {
+                app_id: OTHER_APP.to_owned(),
+                ..match outcome("d6", "1.5.0", "production", true, NOW_MS) {
+                    Write::Outcome(report) => report,
+                    _ => unreachable!(),
+                }
+            }),
+            Write::SeenDevice(seen("d1", NOW_MS)),
+            count("1.5.0", "set", NOW_MS / DAY_MS, 1),
+        ],
+    )
+    .await;
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (3, 1));
+    assert_eq!(figures(&store, "production", "1.5.0", NOW_MS + 1).await, (2, 1));
+    assert_eq!(
+        figures(&store, "production", "1.5.0", NOW_MS + minute + 1).await,
+        (1, 0)
+    );
+    assert_eq!(
+        figures(&store, "production", "1.5.0", NOW_MS + 3 * minute).await,
+        (0, 0)
+    );
+    assert_eq!(figures(&store, "beta", "1.5.0", 0).await, (1, 1));
+    assert_eq!(figures(&store, "production", "1.4.2", 0).await, (1, 1));
+    assert_eq!(
+        store
+            .outcome_figures(OTHER_APP, "production", "1.5.0", 0)
+            .await
+            .expect("figures"),
+        OutcomeFigures {
+            attempts: 1,
+            failures: 1
+        }
+    );
+
+    // Across batches: d1 fails now (sticky from here on), d3 moves to beta with a later report,
+    // and an older report changes neither time nor channel.
+    apply(
+        &store,
+        &[
+            outcome("d1", "1.5.0", "production", true, NOW_MS + 5 * minute),
+            outcome("d1", "1.5.0", "production", false, NOW_MS + 6 * minute),
+            outcome("d3", "1.5.0", "beta", false, NOW_MS + 5 * minute),
+            outcome("d2", "1.5.0", "beta", false, NOW_MS - minute),
+        ],
+    )
+    .await;
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (2, 2));
+    assert_eq!(
+        figures(&store, "production", "1.5.0", NOW_MS + 6 * minute).await,
+        (1, 1)
+    );
+    assert_eq!(figures(&store, "beta", "1.5.0", 0).await, (2, 1));
+    assert_eq!(
+        figures(&store, "beta", "1.5.0", NOW_MS + 5 * minute).await,
+        (1, 0)
+    );
+
+    // Through the write queue, as the server writes them.
+    let (queue, _flusher) = WriteQueue::start(
+        store.clone(),
+        DeviceMemory::empty(),
+        100,
+        100,
+        Duration::from_secs(3600),
+    );
+    for i in 0..10 {
+        assert!(queue.push(outcome(
+            &format!("q{i}"),
+            "1.6.0",
+            "production",
+            i % 5 == 0,
+            NOW_MS + i
+        )));
+    }
+    queue.flush().await.expect("flush");
+    assert_eq!(figures(&store, "production", "1.6.0", NOW_MS).await, (10, 2));
+    assert_eq!(figures(&store, "production", "1.6.0", NOW_MS + 5).await, (5, 1));
+}
+
+/// Many devices in one batch (several statement sizes) all count.
+async fn outcomes_of_many_devices_all_count(database: &TestDatabase) {
+    let store = database.open().await;
+    let batch: Vec<Write> = (0..1_000)
+        .map(|i| {
+            outcome(
+                &format!("many-{i:04}"),
+                "1.5.0",
+                "production",
+                i % 10 == 0,
+                NOW_MS + i,
+            )
+        })
+        .collect();
+    apply(&store, &batch).await;
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (1_000, 100));
+    assert_eq!(
+        figures(&store, "production", "1.5.0", NOW_MS + 500).await,
+        (500, 50)
+    );
+}
+
+/// Rollout states are saved (replacing the previous one), listed in order, deleted, and on a
+/// persistent store still there after a reopen.
+async fn rollout_states_are_saved_listed_and_deleted(database: &TestDatabase) {
+    let row = |namespace: &str, name: &str, json: &str, at_ms: i64| RolloutStateRow {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        json: json.to_owned(),
+        at_ms,
+    };
+    let store = database.open().await;
+    assert_eq!(store.rollout_states().await.expect("states"), vec![]);
+    let first = r#"{"phase":"Progressing","currentStepIndex":0}"#;
+    let second = r#"{"phase":"Paused","currentStepIndex":1,"note":"é ✓"}"#;
+    store
+        .save_rollout_state("shop", "shop-1.5.0", first, NOW_MS)
+        .await
+        .expect("save");
+    store
+        .save_rollout_state("default", "zeta", "{}", NOW_MS + 1)
+        .await
+        .expect("save");
+    store
+        .save_rollout_state("shop", "alpha", "{}", NOW_MS + 2)
+        .await
+        .expect("save");
+    store
+        .save_rollout_state("shop", "shop-1.5.0", second, NOW_MS + 3)
+        .await
+        .expect("replace");
+    let expected = vec![
+        row("default", "zeta", "{}", NOW_MS + 1),
+        row("shop", "alpha", "{}", NOW_MS + 2),
+        row("shop", "shop-1.5.0", second, NOW_MS + 3),
+    ];
+    assert_eq!(store.rollout_states().await.expect("states"), expected);
+    assert!(store.delete_rollout_state("shop", "alpha").await.expect("delete"));
+    assert!(
+        !store
+            .delete_rollout_state("shop", "alpha")
+            .await
+            .expect("delete again")
+    );
+    assert!(
+        !store
+            .delete_rollout_state("other", "zeta")
+            .await
+            .expect("another namespace")
+    );
+    drop(store);
+    if database.persistent() {
+        let reopened = database.open().await;
+        assert_eq!(
+            reopened.rollout_states().await.expect("states"),
+            vec![expected[0].clone(), expected[2].clone()]
+        );
+    }
 }
 
 /// Identical increments add up within a batch and across batches; reads filter by app,
@@ -731,7 +933,44 @@ mod sqlite_file {
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
+        outcomes_count_devices_with_sticky_failures,
+        outcomes_of_many_devices_all_count,
+        rollout_states_are_saved_listed_and_deleted,
     );
+
+    /// The figures are one range scan of the covering index (never a scan of the table).
+    #[tokio::test]
+    async fn outcome_figures_read_only_their_index() {
+        use sqlx::{Row, sqlite::SqliteConnection};
+        let database = TestDatabase::new(Backend::SqliteFile, "figures_plan").await;
+        let store = database.open().await;
+        let mut connection = SqliteConnection::connect(&database.url).await.expect("connect");
+        let plan: Vec<String> = sqlx::query(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) AS attempts, COUNT(CASE WHEN failed <> 0 THEN 1 END) \
+             AS failures FROM device_outcomes WHERE app_id = ?1 AND channel = ?2 AND version = ?3 \
+             AND at_ms >= ?4",
+        )
+        .bind(APP)
+        .bind("production")
+        .bind("1.5.0")
+        .bind(0_i64)
+        .fetch_all(&mut connection)
+        .await
+        .expect("plan")
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+        assert_eq!(
+            plan,
+            vec![
+                "SEARCH device_outcomes USING COVERING INDEX device_outcomes_by_channel_and_time \
+                 (app_id=? AND channel=? AND version=? AND at_ms>?)"
+            ]
+        );
+        let _ = connection.close().await;
+        drop(store);
+        database.remove().await;
+    }
 
     /// The file is created in WAL mode.
     #[tokio::test]
@@ -766,6 +1005,9 @@ mod sqlite_memory {
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
+        outcomes_count_devices_with_sticky_failures,
+        outcomes_of_many_devices_all_count,
+        rollout_states_are_saved_listed_and_deleted,
     );
 }
 
@@ -783,6 +1025,9 @@ mod postgres {
         the_write_queue_writes_on_its_own,
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
+        outcomes_count_devices_with_sticky_failures,
+        outcomes_of_many_devices_all_count,
+        rollout_states_are_saved_listed_and_deleted,
     );
 
     /// A write PostgreSQL refuses (a NUL byte in text) fails its batch with an error, and in the

@@ -47,6 +47,30 @@ pub fn is_failure(action: &str) -> bool {
     action.ends_with("_fail") || action == "checksum_required" || action == "insufficient_disk_space"
 }
 
+/// What an event says about how a bundle version fared on the device, for rollout analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionOutcome {
+    /// The device runs this version (a `set`).
+    Succeeded(String),
+    /// The device reported a failure with this version (any failure action, except those
+    /// [`classify`] treats as meaningless).
+    Failed(String),
+}
+
+impl VersionOutcome {
+    /// The version the outcome is about.
+    pub fn version(&self) -> &str {
+        match self {
+            VersionOutcome::Succeeded(version) | VersionOutcome::Failed(version) => version,
+        }
+    }
+
+    /// Whether it is a failure.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, VersionOutcome::Failed(_))
+    }
+}
+
 /// What the store does with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatEffect {
@@ -59,6 +83,9 @@ pub struct StatEffect {
     /// Refresh the device's last-seen time (every event except failures, whose version is the
     /// failed one rather than the running one, as in Capgo).
     pub touch_device: bool,
+    /// The device's outcome with the version the event names: a `set` is a success, a failure
+    /// action a failure; None for other actions and events that name no bundle.
+    pub outcome: Option<VersionOutcome>,
 }
 
 /// Versions that name no bundle.
@@ -78,6 +105,13 @@ pub fn classify(event: &StatEvent) -> StatEffect {
             _ => false,
         });
     let bundle = names_a_bundle(&event.version_name).then(|| event.version_name.clone());
+    let outcome = match &bundle {
+        Some(version) if event.action == "set" => Some(VersionOutcome::Succeeded(version.clone())),
+        Some(version) if failure && !meaningless_download_fail => {
+            Some(VersionOutcome::Failed(version.clone()))
+        }
+        _ => None,
+    };
     StatEffect {
         count: if meaningless_download_fail {
             None
@@ -91,6 +125,7 @@ pub fn classify(event: &StatEvent) -> StatEffect {
             None
         },
         touch_device: !failure,
+        outcome,
     }
 }
 
@@ -182,6 +217,60 @@ mod tests {
         assert_eq!(effect.count, None);
         assert!(effect.touch_device);
         assert_eq!(classify(&event("set", "", "8.51.14")).current_bundle, None);
+    }
+
+    #[test]
+    fn a_set_is_a_success_and_every_failure_action_a_failure() {
+        assert_eq!(
+            classify(&event("set", "1.4.2", "8.51.14")).outcome,
+            Some(VersionOutcome::Succeeded("1.4.2".into()))
+        );
+        for action in [
+            "update_fail",
+            "set_fail",
+            "checksum_fail",
+            "checksum_required",
+            "decrypt_fail",
+            "unzip_fail",
+            "download_fail",
+            "download_manifest_brotli_fail",
+            "insufficient_disk_space",
+            "some_future_fail",
+        ] {
+            let outcome = classify(&event(action, "1.5.0", "8.51.14")).outcome;
+            assert_eq!(outcome, Some(VersionOutcome::Failed("1.5.0".into())), "{action}");
+            assert!(outcome.as_ref().is_some_and(VersionOutcome::is_failure));
+            assert_eq!(outcome.as_ref().map(VersionOutcome::version), Some("1.5.0"));
+        }
+    }
+
+    #[test]
+    fn other_actions_and_meaningless_failures_have_no_outcome() {
+        for (action, version, plugin) in [
+            ("get", "1.5.0", "8.51.14"),
+            ("download_complete", "1.5.0", "8.51.14"),
+            ("app_moved_to_foreground", "1.5.0", "8.51.14"),
+            ("set_channel", "1.5.0", "8.51.14"),
+            // Old plugins sent download_fail when there was no update at all.
+            ("download_fail", "1.5.0", "7.16.9"),
+            ("download_fail", "1.5.0", "6.14.24"),
+            ("download_fail", "1.5.0", "5.9.0"),
+            // No bundle named.
+            ("set", "builtin", "8.51.14"),
+            ("update_fail", "", "8.51.14"),
+            ("update_fail", "unknown", "8.51.14"),
+        ] {
+            assert_eq!(
+                classify(&event(action, version, plugin)).outcome,
+                None,
+                "{action} {version} {plugin}"
+            );
+        }
+        assert!(
+            classify(&event("download_fail", "1.5.0", "7.17.0"))
+                .outcome
+                .is_some_and(|outcome| outcome.is_failure())
+        );
     }
 
     #[test]

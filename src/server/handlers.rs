@@ -15,14 +15,15 @@ use super::{ServerState, SourceHealth, files, metrics::AnswerLabels, now_ms};
 use crate::{
     core::{
         channel_self::{self, OverrideChange},
+        snapshot::AppView,
         stats::classify,
-        update::{UpdateAnswer, decide_update},
+        update::{DeviceChannelInputs, UpdateAnswer, decide_update, device_channel},
     },
     protocol::{
         decode::{self, DecodeError},
         encode,
     },
-    store::{DeviceSeen, Write},
+    store::{DeviceSeen, OutcomeReport, Write},
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -144,8 +145,8 @@ pub async fn stats(State(state): State<Arc<ServerState>>, body: Bytes) -> Respon
                 // Stats are unauthenticated: only Apps served here get rows in the store, so
                 // arbitrary app ids cannot grow it. The answer is "ok" either way, as the plugin
                 // must not retry or drop its queue over it.
-                if served.snapshot.app(&event.event.app_id).is_some() {
-                    record_stat(&state, event, now);
+                if let Some(app) = served.snapshot.app(&event.event.app_id) {
+                    record_stat(&state, app, event, now);
                 }
                 results.push(json!({"status": "ok", "index": index}));
             }
@@ -170,13 +171,39 @@ pub async fn stats(State(state): State<Arc<ServerState>>, body: Bytes) -> Respon
     }
 }
 
-fn record_stat(state: &ServerState, stat: &decode::StatsEvent, now: i64) {
+fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) {
     let event = &stat.event;
     let effect = classify(event);
     let at = stat
         .timestamp_ms
         .filter(|t| (0..=now + DAY_MS).contains(t))
         .unwrap_or(now);
+    if let Some(outcome) = &effect.outcome {
+        // The channel the device's update check would resolve now (before this event's own
+        // effects, which never change it).
+        let facts = state.memory.facts(&event.app_id, &event.device_id);
+        let device = DeviceChannelInputs {
+            device_id: &event.device_id,
+            platform: decode::known_platform(&stat.platform),
+            default_channel: stat.default_channel.as_deref(),
+        };
+        match device_channel(app, &device, &facts) {
+            Some(channel) => push(
+                state,
+                Write::Outcome(OutcomeReport {
+                    app_id: event.app_id.clone(),
+                    version: outcome.version().to_owned(),
+                    device_id: event.device_id.clone(),
+                    channel: channel.name.clone(),
+                    failed: outcome.is_failure(),
+                    at_ms: at,
+                }),
+            ),
+            None => {
+                state.metrics.outcomes_without_channel.inc();
+            }
+        }
+    }
     if let Some((version, action)) = effect.count {
         push(
             state,

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub stats_events: Counter,
     /// Stats events that could not be decoded.
     pub stats_rejected: Counter,
+    /// Outcomes (a `set` or a failure of a version) not recorded for rollout analysis because
+    /// no channel resolves for the device.
+    pub outcomes_without_channel: Counter,
+    /// Requests for rollout figures on the internal listener that the store could not answer.
+    pub figures_unavailable: Counter,
     /// `/channel_self` requests by method.
     pub channel_requests: Family<MethodLabels, Counter>,
     /// Device-store writes dropped because the queue was full.
@@ -55,6 +60,18 @@ impl Default for Metrics {
             "stats_rejected",
             "Stats events that could not be decoded",
             stats_rejected.clone(),
+        );
+        let outcomes_without_channel = Counter::default();
+        registry.register(
+            "outcomes_without_channel",
+            "Version outcomes from stats events not recorded because no channel resolves for the device",
+            outcomes_without_channel.clone(),
+        );
+        let figures_unavailable = Counter::default();
+        registry.register(
+            "rollout_figures_unavailable",
+            "Rollout-figure requests answered 503 because the device store could not be read",
+            figures_unavailable.clone(),
         );
         let channel_requests = Family::<MethodLabels, Counter>::default();
         registry.register(
@@ -87,6 +104,8 @@ impl Default for Metrics {
             update_checks,
             stats_events,
             stats_rejected,
+            outcomes_without_channel,
+            figures_unavailable,
             channel_requests,
             writes_dropped,
             sightings_skipped,

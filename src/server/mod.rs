@@ -4,6 +4,7 @@
 
 pub mod files;
 mod handlers;
+pub mod internal;
 pub mod kube_source;
 pub mod metrics;
 pub mod storage;
@@ -28,7 +29,7 @@ use crate::{
     core::snapshot::Snapshot,
     protocol::{MAX_INFO_BODY, MAX_STATS_BODY, encode::BundleUrls},
     storage::{Credentials, StorageUrls, UrlMode},
-    store::{self, DeviceMemory, WriteQueue},
+    store::{self, DeviceMemory, DeviceStore, WriteQueue},
 };
 
 /// What the server serves, swapped whole when the source changes.
@@ -70,6 +71,9 @@ pub struct ServerState {
     pub memory: DeviceMemory,
     /// Device-store writes, never awaited by a request.
     pub queue: WriteQueue,
+    /// The device store, for reads off the device path (the internal listener's figures) and
+    /// for standalone mode's own durable writes.
+    pub store: DeviceStore,
     /// Metrics.
     pub metrics: metrics::Metrics,
     /// The server's own `/files` URLs, for Apps without a storage of their own.
@@ -85,6 +89,7 @@ impl ServerState {
     pub fn new(
         public_base_url: &str,
         storage: StorageSetup,
+        store: DeviceStore,
         memory: DeviceMemory,
         queue: WriteQueue,
     ) -> Self {
@@ -93,6 +98,7 @@ impl ServerState {
             health: ArcSwap::from_pointee(SourceHealth::Starting),
             memory,
             queue,
+            store,
             metrics: metrics::Metrics::default(),
             urls: StorageUrls::server(public_base_url),
             storages: AppStorages::new(&storage.base_dir, storage.credentials, public_base_url),
@@ -298,6 +304,19 @@ pub struct Boot {
     pub address: SocketAddr,
     /// The device-store write queue's flusher task.
     pub flusher: tokio::task::JoinHandle<()>,
+    /// The internal listener (rollout figures, metrics, health), when one was bound with
+    /// [`Boot::bind_internal`].
+    pub internal: Option<(tokio::net::TcpListener, SocketAddr)>,
+}
+
+impl Boot {
+    /// Binds the internal listener (see [`internal`]) on `address` (port 0 picks a free one);
+    /// [`serve_until`] serves it beside the devices' listener. Returns its real address.
+    pub async fn bind_internal(&mut self, address: SocketAddr) -> Result<SocketAddr, ServerError> {
+        let (listener, bound) = bind(address).await?;
+        self.internal = Some((listener, bound));
+        Ok(bound)
+    }
 }
 
 /// Where Apps' storages are: filesystem paths are relative to `base_dir`; object stores use
@@ -321,7 +340,7 @@ pub async fn boot(
     let store = store::DeviceStore::open(database).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
-        store,
+        store.clone(),
         memory.clone(),
         store::SERVER_QUEUE_CAPACITY,
         store::SERVER_MAX_BATCH,
@@ -329,12 +348,13 @@ pub async fn boot(
     );
     let (listener, address) = bind(listen).await?;
     let base = public_url.map_or_else(|| format!("http://{address}"), str::to_owned);
-    let state = Arc::new(ServerState::new(&base, storage, memory, queue));
+    let state = Arc::new(ServerState::new(&base, storage, store, memory, queue));
     Ok(Boot {
         state,
         listener,
         address,
         flusher,
+        internal: None,
     })
 }
 
@@ -347,10 +367,31 @@ pub async fn serve_until(
         state,
         listener,
         flusher,
+        internal,
         ..
     } = boot;
     let presigner = tokio::spawn(keep_presigned_urls_fresh(Arc::clone(&state)));
+    let (stop_internal, internal_stopped) = tokio::sync::oneshot::channel::<()>();
+    let internal = internal.map(|(listener, address)| {
+        tracing::info!(%address, "internal listener (rollout figures, metrics, health) listening");
+        let app = internal::router(Arc::clone(&state));
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = internal_stopped.await;
+                })
+                .await
+        })
+    });
     let result = serve(listener, Arc::clone(&state), shutdown).await;
+    let _ = stop_internal.send(());
+    if let Some(internal) = internal {
+        match internal.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the internal listener failed"),
+            Err(error) => tracing::warn!(%error, "the internal listener's task failed"),
+        }
+    }
     presigner.abort();
     if let Err(error) = state.queue.flush().await {
         tracing::warn!(%error, "device-store writes could not all be flushed at shutdown");

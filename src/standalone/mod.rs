@@ -39,6 +39,9 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Credentials of Apps on object storage (from the environment).
     pub credentials: Credentials,
+    /// Where the internal listener (rollout figures, metrics, health) listens; None: no
+    /// internal listener.
+    pub internal_listen: Option<SocketAddr>,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -99,7 +102,10 @@ pub async fn run(
         base_dir: options.dir.clone(),
         credentials: options.credentials.clone(),
     };
-    let boot = server::boot(&database, options.listen, options.public_url.as_deref(), storage).await?;
+    let mut boot = server::boot(&database, options.listen, options.public_url.as_deref(), storage).await?;
+    if let Some(internal) = options.internal_listen {
+        boot.bind_internal(internal).await?;
+    }
     let state = Arc::clone(&boot.state);
     let address = boot.address;
     let http = reqwest::Client::builder()

@@ -10,7 +10,8 @@ use sqlx::{
 };
 
 use super::{
-    Counter, DeviceMemory, DeviceRecord, DeviceSeen, StoreError, Write,
+    Counter, DeviceMemory, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, RolloutStateRow,
+    StoreError, Write,
     location::{Location, UrlSecrets, redact_url},
     memory::RememberedApps,
 };
@@ -214,6 +215,13 @@ impl DeviceStore {
                 .await
                 .map_err(StoreError::database("write a failed mark"))?;
         }
+        let outcomes: Vec<(&(&str, &str, &str), &MergedOutcome<'_>)> = plan.outcomes.iter().collect();
+        for (shape, chunk) in row_chunks(&outcomes) {
+            outcomes_query(self.backend, shape, chunk)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::database("write device outcomes"))?;
+        }
         for ((app_id, version, action, day), n) in &plan.counts {
             sqlx::query(
                 "INSERT INTO counters (app_id, version, action, day, count) VALUES ($1, $2, $3, $4, $5) \
@@ -235,9 +243,97 @@ impl DeviceStore {
         tracing::debug!(
             writes = batch.len(),
             counters = plan.counts.len(),
+            outcomes = plan.outcomes.len(),
             "device store batch written"
         );
         Ok(())
+    }
+
+    /// The failure figures of `version` in `channel` of `app_id`: the devices whose latest
+    /// outcome with that version (a `set` or a failure, see [`Write::Outcome`]) came at or after
+    /// `since_ms` while they were on that channel, and how many of them ever failed with it.
+    ///
+    /// One range scan of an index that holds every column it reads.
+    pub async fn outcome_figures(
+        &self,
+        app_id: &str,
+        channel: &str,
+        version: &str,
+        since_ms: i64,
+    ) -> Result<OutcomeFigures, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS attempts, COUNT(CASE WHEN failed <> 0 THEN 1 END) AS failures \
+             FROM device_outcomes WHERE app_id = $1 AND channel = $2 AND version = $3 AND at_ms >= $4",
+        )
+        .bind(app_id)
+        .bind(channel)
+        .bind(version)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::database("count the outcomes of a version"))?;
+        let count = |column: &str| -> Result<u64, sqlx::Error> {
+            let value: i64 = row.try_get(column)?;
+            Ok(u64::try_from(value).unwrap_or(0))
+        };
+        Ok(OutcomeFigures {
+            attempts: count("attempts").map_err(StoreError::database("read the outcome figures"))?,
+            failures: count("failures").map_err(StoreError::database("read the outcome figures"))?,
+        })
+    }
+
+    /// Saves the state of a standalone Rollout (replacing the one saved before), and returns
+    /// once it is durable.
+    pub async fn save_rollout_state(
+        &self,
+        namespace: &str,
+        name: &str,
+        json: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO rollout_states (namespace, name, state, at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (namespace, name) DO UPDATE SET state = excluded.state, at_ms = excluded.at_ms",
+        )
+        .bind(namespace)
+        .bind(name)
+        .bind(json)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::database("save a rollout state"))?;
+        Ok(())
+    }
+
+    /// Every saved Rollout state, by namespace then name.
+    pub async fn rollout_states(&self) -> Result<Vec<RolloutStateRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT namespace, name, state, at_ms FROM rollout_states ORDER BY namespace, name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::database("read the rollout states"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RolloutStateRow {
+                    namespace: row.try_get("namespace")?,
+                    name: row.try_get("name")?,
+                    json: row.try_get("state")?,
+                    at_ms: row.try_get("at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::database("read a rollout state"))
+    }
+
+    /// Forgets a Rollout's state; returns whether there was one.
+    pub async fn delete_rollout_state(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM rollout_states WHERE namespace = $1 AND name = $2")
+            .bind(namespace)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::database("delete a rollout state"))?;
+        Ok(deleted.rows_affected() > 0)
     }
 
     /// Distinct devices of an app seen in the 30 days up to `now_ms` (epoch ms).
@@ -367,7 +463,37 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
 struct WritePlan<'a> {
     device_steps: Vec<DeviceStep<'a>>,
     failed_marks: Vec<&'a Write>,
+    /// (app, version, device) → the outcomes of the batch merged as the upsert would merge them.
+    outcomes: BTreeMap<(&'a str, &'a str, &'a str), MergedOutcome<'a>>,
     counts: BTreeMap<(&'a str, &'a str, &'a str, i64), i64>,
+}
+
+/// A device's outcomes with one version within a batch, merged: failed if any failed, the
+/// latest time, and the channel of the latest report (of the last among equally late ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MergedOutcome<'a> {
+    channel: &'a str,
+    failed: bool,
+    at_ms: i64,
+}
+
+impl<'a> MergedOutcome<'a> {
+    fn of(report: &'a OutcomeReport) -> Self {
+        MergedOutcome {
+            channel: &report.channel,
+            failed: report.failed,
+            at_ms: report.at_ms,
+        }
+    }
+
+    fn then(self, later: &'a OutcomeReport) -> Self {
+        let latest = later.at_ms >= self.at_ms;
+        MergedOutcome {
+            channel: if latest { &later.channel } else { self.channel },
+            failed: self.failed || later.failed,
+            at_ms: self.at_ms.max(later.at_ms),
+        }
+    }
 }
 
 /// One step of writing device rows, in key order.
@@ -419,6 +545,7 @@ impl<'a> WritePlan<'a> {
         let mut plan = WritePlan {
             device_steps: Vec::new(),
             failed_marks: Vec::new(),
+            outcomes: BTreeMap::new(),
             counts: BTreeMap::new(),
         };
         for write in batch {
@@ -434,6 +561,17 @@ impl<'a> WritePlan<'a> {
                     *total = total.saturating_add(*n);
                 }
                 Write::FailedMark { .. } => plan.failed_marks.push(write),
+                Write::Outcome(report) => {
+                    let key = (
+                        report.app_id.as_str(),
+                        report.version.as_str(),
+                        report.device_id.as_str(),
+                    );
+                    plan.outcomes
+                        .entry(key)
+                        .and_modify(|merged| *merged = merged.then(report))
+                        .or_insert_with(|| MergedOutcome::of(report));
+                }
                 Write::SeenDevice(_)
                 | Write::CurrentBundle { .. }
                 | Write::SetChannelOverride { .. }
@@ -490,13 +628,19 @@ const SIGHTING_CHUNK_ROWS: [usize; 4] = [256, 32, 4, 1];
 
 /// Cuts sightings into chunks of the sizes of [`SIGHTING_CHUNK_ROWS`], in order; each chunk
 /// comes with the index of its size.
-fn sighting_chunks<'s, 'a>(mut sightings: &'s [Sighting<'a>]) -> Vec<(usize, &'s [Sighting<'a>])> {
+fn sighting_chunks<'s, 'a>(sightings: &'s [Sighting<'a>]) -> Vec<(usize, &'s [Sighting<'a>])> {
+    row_chunks(sightings)
+}
+
+/// Cuts rows into chunks of the sizes of [`SIGHTING_CHUNK_ROWS`] (also used for outcomes), in
+/// order; each chunk comes with the index of its size.
+fn row_chunks<T>(mut rows: &[T]) -> Vec<(usize, &[T])> {
     let mut chunks = Vec::new();
-    for (shape, rows) in SIGHTING_CHUNK_ROWS.into_iter().enumerate() {
-        while sightings.len() >= rows {
-            let (chunk, rest) = sightings.split_at(rows);
+    for (shape, size) in SIGHTING_CHUNK_ROWS.into_iter().enumerate() {
+        while rows.len() >= size {
+            let (chunk, rest) = rows.split_at(size);
             chunks.push((shape, chunk));
-            sightings = rest;
+            rows = rest;
         }
     }
     chunks
@@ -525,6 +669,7 @@ fn row_key(write: &Write) -> (&str, &str, &str) {
             action,
             ..
         } => (app_id, version, action),
+        Write::Outcome(report) => (&report.app_id, &report.device_id, &report.version),
     }
 }
 
@@ -578,8 +723,8 @@ async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Re
         .bind(device_id)
         .bind(version)
         .bind(*at_ms),
-        // Sightings and counters are written in bulk (see WritePlan).
-        Write::SeenDevice(_) | Write::Count { .. } => return Ok(()),
+        // Sightings, outcomes and counters are written in bulk (see WritePlan).
+        Write::SeenDevice(_) | Write::Count { .. } | Write::Outcome(_) => return Ok(()),
     };
     query.execute(connection).await?;
     Ok(())
@@ -629,18 +774,6 @@ fn seen_devices_sql(backend: Backend, shape: usize) -> &'static str {
         Backend::Postgres => 1,
     };
     SQL[slot][shape].get_or_init(|| {
-        const COLUMNS: usize = 11;
-        let values: Vec<String> = (0..rows)
-            .map(|row| {
-                let placeholders: Vec<String> = (1..=COLUMNS)
-                    .map(|column| match backend {
-                        Backend::Sqlite => "?".to_owned(),
-                        Backend::Postgres => format!("${}", row * COLUMNS + column),
-                    })
-                    .collect();
-                format!("({})", placeholders.join(", "))
-            })
-            .collect();
         format!(
             "INSERT INTO devices (app_id, device_id, platform, plugin_version, native_version, version_name, \
              custom_id, default_channel, is_prod, is_emulator, last_seen_ms) VALUES {} \
@@ -651,9 +784,70 @@ fn seen_devices_sql(backend: Backend, shape: usize) -> &'static str {
              default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
              is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
              WHERE excluded.last_seen_ms >= devices.last_seen_ms",
-            values.join(", ")
+            values_placeholders(backend, rows, 11)
         )
     })
+}
+
+/// The multi-row upsert of merged outcomes of distinct (app, version, device) rows: `failed`
+/// stays set once set, `at_ms` keeps the latest time and `channel` follows it.
+/// `shape` is the index in [`SIGHTING_CHUNK_ROWS`] of the number of rows.
+fn outcomes_query<'q>(
+    backend: Backend,
+    shape: usize,
+    outcomes: &'q [(&'q (&'q str, &'q str, &'q str), &'q MergedOutcome<'q>)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let sql = outcomes_sql(backend, shape);
+    let mut query = sqlx::query(sql);
+    for ((app_id, version, device_id), merged) in outcomes {
+        query = query
+            .bind(*app_id)
+            .bind(*version)
+            .bind(*device_id)
+            .bind(merged.channel)
+            .bind(i64::from(merged.failed))
+            .bind(merged.at_ms);
+    }
+    query
+}
+
+/// The SQL of [`outcomes_query`] (built once per backend and shape; placeholders as in
+/// [`seen_devices_sql`]).
+fn outcomes_sql(backend: Backend, shape: usize) -> &'static str {
+    static SQL: [[std::sync::OnceLock<String>; SIGHTING_CHUNK_ROWS.len()]; 2] =
+        [const { [const { std::sync::OnceLock::new() }; SIGHTING_CHUNK_ROWS.len()] }; 2];
+    let slot = match backend {
+        Backend::Sqlite => 0,
+        Backend::Postgres => 1,
+    };
+    SQL[slot][shape].get_or_init(|| {
+        format!(
+            "INSERT INTO device_outcomes (app_id, version, device_id, channel, failed, at_ms) VALUES {} \
+             ON CONFLICT (app_id, version, device_id) DO UPDATE SET \
+             channel = CASE WHEN excluded.at_ms >= device_outcomes.at_ms \
+             THEN excluded.channel ELSE device_outcomes.channel END, \
+             failed = CASE WHEN excluded.failed <> 0 OR device_outcomes.failed <> 0 THEN 1 ELSE 0 END, \
+             at_ms = CASE WHEN excluded.at_ms > device_outcomes.at_ms \
+             THEN excluded.at_ms ELSE device_outcomes.at_ms END",
+            values_placeholders(backend, SIGHTING_CHUNK_ROWS[shape], 6)
+        )
+    })
+}
+
+/// `(?, ?), (?, ?)` for SQLite, `($1, $2), ($3, $4)` for PostgreSQL: `rows` rows of `columns`.
+fn values_placeholders(backend: Backend, rows: usize, columns: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let placeholders: Vec<String> = (1..=columns)
+                .map(|column| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", row * columns + column),
+                })
+                .collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    values.join(", ")
 }
 
 /// (app_id, device_id, `third`) of a row, all text.

@@ -103,7 +103,7 @@ impl RememberedApps {
                 version,
                 ..
             } => self.mark_failed(app_id, device_id, version),
-            Write::SeenDevice(_) | Write::CurrentBundle { .. } | Write::Count { .. } => {}
+            Write::SeenDevice(_) | Write::CurrentBundle { .. } | Write::Count { .. } | Write::Outcome(_) => {}
         }
     }
 

@@ -1,6 +1,7 @@
 //! The device store of the update server: what is known of each device (its last update check,
 //! the bundle it runs, a channel it set for itself on the server), per-bundle counters of stats
-//! events, and the bundles each device reported as failed.
+//! events, the bundles each device reported as failed, each device's outcome with each version
+//! (for rollout analysis), and the state of standalone rollouts.
 //!
 //! The database is an SQLite file by default (one replica) or PostgreSQL (shared by replicas).
 //! One implementation serves both, through sqlx's `Any` driver: portable SQL, and one folder of
@@ -26,4 +27,4 @@ pub use error::StoreError;
 pub use memory::DeviceMemory;
 pub use queue::{SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue};
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
-pub use records::{Counter, DeviceRecord, DeviceSeen, Write};
+pub use records::{Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, RolloutStateRow, Write};

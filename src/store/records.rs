@@ -54,6 +54,49 @@ pub enum Write {
         /// The device.
         device_id: String,
     },
+    /// How a bundle version fared on a device (a `set`, or a failure), for rollout analysis:
+    /// one row per (app, version, device), failed for good once any report failed.
+    Outcome(OutcomeReport),
+}
+
+/// A device's report of a bundle version: it runs it, or it failed with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeReport {
+    /// The app.
+    pub app_id: String,
+    /// The bundle version.
+    pub version: String,
+    /// The device.
+    pub device_id: String,
+    /// The channel the device resolves to when it reports.
+    pub channel: String,
+    /// Whether the report is a failure.
+    pub failed: bool,
+    /// When (milliseconds since the epoch).
+    pub at_ms: i64,
+}
+
+/// The failure figures of one version in one channel: devices that reported it since a time,
+/// and how many of them ever failed with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutcomeFigures {
+    /// Devices with an outcome for the version in the channel since the time asked.
+    pub attempts: u64,
+    /// How many of them failed.
+    pub failures: u64,
+}
+
+/// A standalone rollout's last state, kept in the store so a restart resumes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutStateRow {
+    /// The Rollout's namespace.
+    pub namespace: String,
+    /// The Rollout's name.
+    pub name: String,
+    /// The state, as the caller serialized it.
+    pub json: String,
+    /// When it was saved (milliseconds since the epoch).
+    pub at_ms: i64,
 }
 
 /// What an update check or a stats event tells about a device.

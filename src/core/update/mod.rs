@@ -257,12 +257,13 @@ enum Resolution {
 /// channel serving the platform > the App's `defaultChannel`.
 fn resolve_channel<'a>(
     app: &'a AppView,
-    check: &UpdateCheck,
+    device: &DeviceChannelInputs<'_>,
     facts: &DeviceFacts,
 ) -> Option<(&'a ChannelView, Resolution)> {
+    let serves = |channel: &ChannelView| device.platform.is_some_and(|p| channel.serves_platform(p));
     if let Some(channel) = app
         .device_overrides
-        .get(&check.device_id)
+        .get(device.device_id)
         .and_then(|name| app.channels.get(name))
     {
         return Some((channel, Resolution::Pinned));
@@ -274,24 +275,42 @@ fn resolve_channel<'a>(
     {
         return Some((channel, Resolution::SelfSet));
     }
-    if let Some(requested) = &check.default_channel {
+    if let Some(requested) = device.default_channel {
         return app
             .channels
             .get(requested)
-            .filter(|c| (c.spec.public || c.spec.allow_device_self_set) && c.serves_platform(check.platform))
+            .filter(|c| (c.spec.public || c.spec.allow_device_self_set) && serves(c))
             .map(|c| (c, Resolution::Requested));
     }
-    if let Some(channel) = app
-        .channels
-        .values()
-        .find(|c| c.spec.public && c.serves_platform(check.platform))
-    {
+    if let Some(channel) = app.channels.values().find(|c| c.spec.public && serves(c)) {
         return Some((channel, Resolution::Public));
     }
     app.default_channel
         .as_ref()
         .and_then(|name| app.channels.get(name))
         .map(|c| (c, Resolution::AppDefault))
+}
+
+/// What channel resolution reads of a device (an update check, or a stats event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceChannelInputs<'a> {
+    /// `device_id`, lower-cased.
+    pub device_id: &'a str,
+    /// The platform; None when the device sent one the server does not serve (then only a
+    /// pinned or self-set channel can resolve).
+    pub platform: Option<Platform>,
+    /// `defaultChannel`, when not empty.
+    pub default_channel: Option<&'a str>,
+}
+
+/// The channel an update check of this device would resolve now, by the same rules as
+/// [`decide_update`]; None when no channel matches.
+pub fn device_channel<'a>(
+    app: &'a AppView,
+    device: &DeviceChannelInputs<'_>,
+    facts: &DeviceFacts,
+) -> Option<&'a ChannelView> {
+    resolve_channel(app, device, facts).map(|(channel, _)| channel)
 }
 
 /// The target of a device on a channel: the rollout's candidate when the device is in the cohort
@@ -361,7 +380,12 @@ pub fn decide_update(snapshot: &Snapshot, check: &UpdateCheck, facts: &DeviceFac
             ),
         );
     }
-    let Some((channel, resolution)) = resolve_channel(app, check, facts) else {
+    let device = DeviceChannelInputs {
+        device_id: &check.device_id,
+        platform: Some(check.platform),
+        default_channel: check.default_channel.as_deref(),
+    };
+    let Some((channel, resolution)) = resolve_channel(app, &device, facts) else {
         return no_update(Refusal::NoChannel, "No channel matches this device");
     };
     let with_channel = |answer: UpdateAnswer| match answer {

@@ -625,3 +625,59 @@ fn protected_channels_refuse_unsigned_bundles() {
     );
     assert!(no.message.contains("SignatureRequired"), "{}", no.message);
 }
+
+#[test]
+fn device_channel_resolves_as_the_update_check_does() {
+    let mut inputs = inputs();
+    inputs.channels.push(channel(
+        "qa",
+        Some("shop-1.5.0"),
+        json!({"deviceOverrides": [{"deviceId": DEVICE}]}),
+    ));
+    let snap = snapshot(&inputs);
+    let app = snap.app(APP_ID).expect("the app");
+    let other = "0c4f3f8e-5a0d-4d6e-8f7a-1b2c3d4e5f60";
+    let resolve =
+        |device_id: &str, platform: Option<Platform>, requested: Option<&str>, facts: &DeviceFacts| {
+            let device = DeviceChannelInputs {
+                device_id,
+                platform,
+                default_channel: requested,
+            };
+            device_channel(app, &device, facts).map(|channel| channel.name.clone())
+        };
+    let self_set = DeviceFacts {
+        self_set_channel: Some("beta".into()),
+        failed_versions: vec![],
+    };
+    let none = DeviceFacts::default();
+    let android = Some(Platform::Android);
+    // Pinned > self-set > requested > public, as decide_update picks them.
+    assert_eq!(
+        resolve(DEVICE, android, Some("beta"), &self_set).as_deref(),
+        Some("qa")
+    );
+    assert_eq!(resolve(other, android, None, &self_set).as_deref(), Some("beta"));
+    assert_eq!(
+        resolve(other, android, Some("beta"), &none).as_deref(),
+        Some("beta")
+    );
+    assert_eq!(
+        resolve(other, android, None, &none).as_deref(),
+        Some("production")
+    );
+    assert_eq!(resolve(other, android, Some("qa"), &none), None);
+    let mut c = check();
+    c.device_id = other.into();
+    for (requested, facts) in [(None, &self_set), (Some("beta"), &none), (None, &none)] {
+        c.default_channel = requested.map(str::to_owned);
+        assert_eq!(
+            Some(offered(&decide_update(&snap, &c, facts)).channel.clone()),
+            resolve(other, android, requested, facts)
+        );
+    }
+    // A platform the server does not serve: only a pinned or self-set channel resolves.
+    assert_eq!(resolve(DEVICE, None, None, &none).as_deref(), Some("qa"));
+    assert_eq!(resolve(other, None, None, &self_set).as_deref(), Some("beta"));
+    assert_eq!(resolve(other, None, Some("beta"), &none), None);
+}
