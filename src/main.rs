@@ -119,6 +119,11 @@ enum Command {
         /// Apps are synced into it, so it must be the volume their update servers read.
         #[arg(long, env = "OTA_STORAGE_ROOT", default_value = "/var/lib/ota/storage")]
         storage_root: PathBuf,
+        /// Where rollout analysis reads failure figures: the base URL of each App's update-server
+        /// internal listener, with {namespace}, {app} (the App's name) and {service} (its
+        /// Service) placeholders [default: the App's Service in the cluster].
+        #[arg(long, env = "OTA_FIGURES_URL")]
+        figures_url: Option<String>,
     },
     /// Build, encrypt, check and publish bundles from mobile CI.
     #[command(after_help = cli::EXIT_CODES_HELP)]
@@ -226,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
             server_image,
             storage_root,
+            figures_url,
         } => {
             let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -239,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 default_server_image: server_image,
                 storage_dir: storage_root,
+                figures_url_template: figures_url.unwrap_or_else(controller::figures::default_url_template),
             };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()

@@ -167,6 +167,61 @@ fn channel(name: &str, bundle_ref: Option<&str>) -> Value {
     })
 }
 
+/// One POST a webhook receiver got: its headers of interest and its body.
+#[derive(Debug, Clone)]
+struct Received {
+    signature: String,
+    delivery: String,
+    event: String,
+    body: Vec<u8>,
+}
+
+/// A real webhook receiver on 127.0.0.1 that answers 503 to the first POST (so the sender must
+/// retry) and 200 to the others, and keeps what it got.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    use axum::{body::Bytes, http::HeaderMap, http::StatusCode, routing::post};
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let kept = received.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let mut kept = kept.lock().unwrap();
+            kept.push(Received {
+                signature: header("x-ota-signature-256"),
+                delivery: header("x-ota-delivery"),
+                event: header("x-ota-event"),
+                body: body.to_vec(),
+            });
+            match kept.len() {
+                1 => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::OK,
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{address}/hook"), received)
+}
+
+/// HMAC-SHA256 of `body` under `key`, as the receiver checks it (written here from the
+/// algorithm, not through the crate's signer).
+fn expected_signature(key: &[u8], body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
@@ -640,12 +695,23 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     .await;
     apply(&client, &namespace, channel("production", Some("shop-4.0"))).await;
     let steps = json!([{"setPercent": 10}, {"pause": {"duration": "3s"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
-    apply(
-        &client,
-        &namespace,
-        rollout("to-4.1", "production", "shop-4.1", steps.clone()),
-    )
-    .await;
+    // Every transition goes to a webhook, signed with the Secret's key.
+    let (hook_url, received) = webhook_receiver().await;
+    const SIGNING_KEY: &str = "a shared secret of the receiver";
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .patch(
+            "hooks",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks"},
+                "stringData": {"url": hook_url, "signingKey": SIGNING_KEY}
+            })),
+        )
+        .await
+        .expect("the webhook Secret is created");
+    let mut notified = rollout("to-4.1", "production", "shop-4.1", steps.clone());
+    notified["spec"]["notifications"] = json!({"webhook": {"secretRef": {"name": "hooks"}}});
+    apply(&client, &namespace, notified).await;
     // A Rollout naming a Channel that does not exist is Stalled, with a Warning event.
     apply(
         &client,
@@ -718,6 +784,74 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     );
     let normal = event_reasons(&client, &namespace, "Rollout", "to-4.1", "Normal").await;
     assert!(normal.len() >= 3, "every transition is an Event: {normal:?}");
+
+    // The candidate is recorded as the Channel's stable bundle (in status: spec.bundleRef is
+    // git's and stays as it was), and the Channel then reports it as what it serves.
+    let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
+    let channel = eventually(
+        30,
+        "the Channel serves the completed candidate as stable",
+        || async {
+            let channel = channels.get("production").await.expect("the Channel");
+            let status = channel.status.as_ref()?;
+            (status.stable.as_ref()?.bundle.as_deref() == Some("shop-4.1")).then_some(channel)
+        },
+    )
+    .await;
+    let promoted = channel
+        .status
+        .as_ref()
+        .and_then(|s| s.promoted.clone())
+        .expect("promoted");
+    assert_eq!(promoted.bundle, "shop-4.1");
+    assert_eq!(promoted.over_bundle_ref.as_deref(), Some("shop-4.0"));
+    assert_eq!(promoted.rollout, "to-4.1");
+    assert_eq!(channel.spec.bundle_ref.as_deref(), Some("shop-4.0"));
+    let recorded = event_reasons(&client, &namespace, "Channel", "production", "Normal").await;
+    assert!(recorded.iter().any(|r| r == "StableRecorded"), "{recorded:?}");
+
+    // Every transition reached the webhook, signed; the refused first POST was sent again with
+    // the same delivery id.
+    let received = eventually(30, "the webhook gets the completion", || async {
+        let received = received.lock().unwrap().clone();
+        received
+            .iter()
+            .any(|r| r.event == "RolloutCompleted")
+            .then_some(received)
+    })
+    .await;
+    for post in &received {
+        assert_eq!(
+            post.signature,
+            expected_signature(SIGNING_KEY.as_bytes(), &post.body),
+            "{post:?}"
+        );
+        let body: Value = serde_json::from_slice(&post.body).expect("a JSON body");
+        assert_eq!(body["kind"], "RolloutEvent");
+        assert_eq!(body["reason"], post.event.as_str());
+        assert_eq!(body["id"], post.delivery.as_str());
+        assert_eq!(body["rollout"]["name"], "to-4.1");
+        assert_eq!(body["channel"], "production");
+        assert_eq!(body["candidateBundle"], "shop-4.1");
+    }
+    assert!(
+        received[1..]
+            .iter()
+            .any(|r| r.delivery == received[0].delivery && r.body == received[0].body),
+        "the refused first delivery was sent again, unchanged"
+    );
+    let reasons: Vec<&str> = received.iter().map(|r| r.event.as_str()).collect();
+    for reason in [
+        "RolloutStarted",
+        "PercentIncreased",
+        "Promoted",
+        "RolloutCompleted",
+    ] {
+        assert!(reasons.contains(&reason), "{reason} missing from {reasons:?}");
+    }
+    let body: Value = serde_json::from_slice(&received.last().unwrap().body).expect("JSON");
+    assert_eq!(body["phase"], "Completed");
+    assert_eq!(body["percent"], 100);
     running.stop().await;
 }
 

@@ -261,6 +261,11 @@ async fn every_kind_has_a_status_subresource_that_keeps_what_the_controller_writ
             version: "1.4.2".into(),
         }),
         candidate: None,
+        promoted: Some(ota_operator::api::channel::PromotedBundle {
+            bundle: "shop-1.4.2".into(),
+            over_bundle_ref: Some("shop-1.4.1".into()),
+            rollout: "to-1.4.2".into(),
+        }),
     })
     .unwrap();
     status_round_trip::<Channel>(&client, &namespace, "production", channel_status).await;
@@ -278,6 +283,7 @@ async fn every_kind_has_a_status_subresource_that_keeps_what_the_controller_writ
         storage: Some(BundleStorageLocation {
             zip_key: "shop/zips/1.4.2.zip".into(),
             manifest_key: Some("shop/manifests/1.4.2.json".into()),
+            compressed_variants: true,
         }),
     })
     .unwrap();

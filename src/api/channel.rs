@@ -173,6 +173,38 @@ pub struct ChannelStatus {
     /// The candidate of a Rollout in progress and the share of devices offered it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<CandidateBundle>,
+    /// The candidate of the last completed Rollout, recorded by the controller as this
+    /// channel's stable bundle while `spec.bundleRef` stays what it was when the rollout
+    /// completed (the controller never rewrites a spec that git owns; changing
+    /// `spec.bundleRef` hands the choice back to git).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<PromotedBundle>,
+}
+
+/// A candidate a completed Rollout made the channel's stable bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotedBundle {
+    /// The Bundle now served as stable.
+    pub bundle: String,
+    /// The channel's `spec.bundleRef` when the rollout completed (absent: none, the builtin
+    /// assets). The promotion holds while `spec.bundleRef` is still this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_bundle_ref: Option<String>,
+    /// The Rollout that completed.
+    pub rollout: String,
+}
+
+impl Channel {
+    /// The Bundle this channel serves outside any rollout's cohort (`None`: the builtin
+    /// assets): a recorded promotion while `spec.bundleRef` is unchanged since, else
+    /// `spec.bundleRef`.
+    pub fn stable_bundle_ref(&self) -> Option<&str> {
+        match self.status.as_ref().and_then(|status| status.promoted.as_ref()) {
+            Some(promoted) if promoted.over_bundle_ref == self.spec.bundle_ref => Some(&promoted.bundle),
+            _ => self.spec.bundle_ref.as_deref(),
+        }
+    }
 }
 
 /// A bundle a channel serves.

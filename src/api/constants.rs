@@ -20,6 +20,9 @@ pub mod field_manager {
     pub const CONTROLLER: &str = "ota-operator";
     /// Owns `.status` and finalizers of the custom resources.
     pub const STATUS: &str = "ota-operator-status";
+    /// Owns `.status.promoted` of Channels: the Rollout reconciler records a completed
+    /// candidate there, apart from the rest of the status that the Channel reconciler owns.
+    pub const PROMOTION: &str = "ota-operator-promotion";
     /// Owns what `ota bundle push` writes.
     pub const CLI: &str = "ota-cli";
     /// Owns what the kubectl plugin writes (promote, pause, abort, retry annotations).
@@ -114,6 +117,8 @@ pub mod reason {
     pub const WAITING_FOR_ANALYSIS: &str = "WaitingForAnalysis";
     /// The analysis figures could not be read (or were inconsistent); the analysis waits.
     pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
+    /// A completed Rollout's candidate was recorded as its Channel's stable bundle.
+    pub const STABLE_RECORDED: &str = "StableRecorded";
 }
 
 /// Labels the operator sets on what it creates.

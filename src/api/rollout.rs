@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DURATION_RULE, IMMUTABLE_RULE, OBJECT_NAME_RULE, conditions_schema};
+use super::common::{DURATION_RULE, IMMUTABLE_RULE, OBJECT_NAME_RULE, SecretReference, conditions_schema};
 
 /// A Rollout moves a Channel from its stable Bundle to a candidate Bundle through steps: a
 /// growing percentage of devices (chosen by a salted hash of their device id, so the cohort is
@@ -76,6 +76,28 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub salt: Option<String>,
+
+    /// Where every transition of this Rollout is announced, besides its Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
+}
+
+/// Where a Rollout's transitions are announced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    /// A webhook that receives each transition as a signed JSON POST.
+    pub webhook: WebhookNotification,
+}
+
+/// A webhook for a Rollout's transitions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookNotification {
+    /// A Secret in the Rollout's namespace with the keys `url` (where to POST) and `signingKey`
+    /// (the HMAC-SHA256 key of the `X-Ota-Signature-256` header). A Secret, because the URL
+    /// of a chat or incident webhook is itself a credential.
+    pub secret_ref: SecretReference,
 }
 
 /// One step: exactly one of `setPercent`, `pause` or `analysis`.

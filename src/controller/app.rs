@@ -261,8 +261,9 @@ async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Acti
     let children = match app_children::render(app, &context.settings) {
         Ok(children) => children,
         Err(
-            error
-            @ (RenderError::InvalidChildName { .. } | RenderError::AutoscalingWithoutSharedStore { .. }),
+            error @ (RenderError::InvalidChildName { .. }
+            | RenderError::AutoscalingWithoutSharedStore { .. }
+            | RenderError::ServicePortTaken),
         ) => {
             let outcome = Outcome::Stalled {
                 reason: reason::INVALID_SPEC,

@@ -57,6 +57,8 @@ pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestam
         observed_generation: generation,
         stable: plan.stable.clone(),
         candidate: plan.candidate.clone(),
+        // Owned by the Rollout reconciler's field manager: kept as it is, never applied here.
+        promoted: channel.status.as_ref().and_then(|s| s.promoted.clone()),
     }
 }
 
@@ -81,6 +83,7 @@ pub fn plan(channel: &Channel, stores: &Stores) -> ChannelStatusPlan {
     let named = |bundle: &Bundle| {
         let bundle_name = bundle.name_any();
         channel.spec.bundle_ref.as_deref() == Some(bundle_name.as_str())
+            || channel.stable_bundle_ref() == Some(bundle_name.as_str())
             || rollouts.iter().any(|r| r.spec.bundle_ref == bundle_name)
     };
     let bundles: Vec<Bundle> = in_namespace(&stores.bundles, namespace, named)
@@ -159,7 +162,12 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
             count_failure(&context, KIND, category_of(warning.reason));
         }
         if channel.status.as_ref() != Some(&desired) {
-            let written = apply_status(&context, channel.as_ref(), &desired)
+            // Apply only what this reconciler owns: leaving `promoted` out keeps its owner.
+            let owned = ChannelStatus {
+                promoted: None,
+                ..desired.clone()
+            };
+            let written = apply_status(&context, channel.as_ref(), &owned)
                 .await
                 .map_err(|source| ChannelError::WriteStatus {
                     object: object_key(channel.as_ref()),

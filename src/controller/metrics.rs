@@ -43,6 +43,13 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// Labels of notification deliveries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `delivered`, `failed`, `queue_full` or `stopped`.
+    pub outcome: String,
+}
+
 /// Labels of the domain gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -74,6 +81,8 @@ pub struct Metrics {
     pub objects: Family<StateLabels, Gauge>,
     /// Rollouts by phase, counted from the cache at each scrape.
     pub rollout_phases: Family<StateLabels, Gauge>,
+    /// Rollout webhook notifications, by outcome.
+    pub notifications: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -114,6 +123,12 @@ impl Default for Metrics {
         );
         let rollout_phases = Family::<StateLabels, Gauge>::default();
         registry.register("rollouts", "Rollouts by phase", rollout_phases.clone());
+        let notifications = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Rollout webhook notifications, by outcome (delivered, failed, queue_full, stopped)",
+            notifications.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -123,6 +138,7 @@ impl Default for Metrics {
             leader,
             objects,
             rollout_phases,
+            notifications,
         }
     }
 }

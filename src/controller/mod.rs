@@ -9,8 +9,10 @@ pub mod app;
 pub mod backoff;
 pub mod bundle;
 pub mod channel;
+pub mod figures;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod rollout;
 pub mod status;
 pub mod stores;
@@ -52,6 +54,9 @@ pub struct Options {
     /// Filesystem storage paths of Apps are resolved against this folder (the controller syncs
     /// Bundles into it, so it must be the volume the update servers read).
     pub storage_dir: PathBuf,
+    /// The base URL of each App's update-server internal listener, with `{namespace}`,
+    /// `{app}` and `{service}` placeholders ([`figures::default_url_template`] in a cluster).
+    pub figures_url_template: String,
 }
 
 /// Why the controller stopped.
@@ -117,6 +122,10 @@ pub struct Context {
     pub bundle_sync: BundleSync,
     /// The statuses this replica wrote last.
     pub written: status::WrittenStatuses,
+    /// Reads rollout failure figures from the update servers.
+    pub figures: figures::FiguresClient,
+    /// Sends Rollout webhook notifications.
+    pub notifier: notify::Notifier,
 }
 
 /// How soon a reconcile that found the caches still filling looks again.
@@ -265,8 +274,10 @@ pub async fn run(
         leader: leader.clone(),
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
         stores: stores.clone(),
-        bundle_sync: BundleSync::new(options.storage_dir.clone(), http, SyncLimits::default()),
+        bundle_sync: BundleSync::new(options.storage_dir.clone(), http.clone(), SyncLimits::default()),
         written: status::WrittenStatuses::default(),
+        figures: figures::FiguresClient::new(http.clone(), options.figures_url_template.clone()),
+        notifier: notify::Notifier::start(http),
     });
     let health = Health {
         metrics: Arc::clone(&metrics),

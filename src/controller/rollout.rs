@@ -2,9 +2,10 @@
 //! steps with the pure [`crate::core::rollout`] decisions, writing the status they return (only
 //! when it changed), publishing their Events, and waking at their exact next deadline.
 //!
-//! Failure figures: the controller has no access to the devices' reports yet (they live in each
-//! App's device store), so it decides with `figures: None`; analysis steps and the background
-//! analysis then wait and say so in status, while percent and pause steps proceed.
+//! Failure figures come from the App's update server ([`super::figures`]): while they cannot be
+//! read, analysis steps and the background analysis wait and say so in status, while percent
+//! and pause steps proceed. A completed candidate is recorded as its Channel's stable bundle in
+//! the Channel's `status.promoted`, under a field manager of its own.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,13 +18,24 @@ use tokio::sync::watch;
 
 use super::{
     Context,
-    status::{apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish},
+    figures::FiguresQuery,
+    status::{
+        apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented, object_key,
+        publish,
+    },
     stores::{drive, in_namespace, refs_where},
 };
 use crate::{
-    api::{Bundle, Channel, Rollout, constants::reason},
+    api::{
+        App, Bundle, Channel, ChannelStatus, Rollout,
+        channel::PromotedBundle,
+        constants::{field_manager, reason},
+        rollout::RolloutPhase,
+    },
+    core::notification::webhook_event,
     core::rollout::{
-        CandidateSync, EventKind, Invalid, RolloutInputs, RolloutPlan, invalid_plan, progress, validate,
+        CandidateSync, EventKind, FailureCounts, Invalid, RolloutInputs, RolloutPlan, figures_since,
+        invalid_plan, progress, validate,
     },
 };
 
@@ -40,6 +52,17 @@ pub enum RolloutError {
     WriteStatus {
         /// `namespace/name`.
         object: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The completed candidate could not be recorded on its Channel.
+    #[error("recording Bundle {bundle} as the stable bundle of Channel {channel}: {source}")]
+    RecordStable {
+        /// `namespace/name` of the Channel.
+        channel: String,
+        /// The candidate.
+        bundle: String,
         /// The cause.
         #[source]
         source: kube::Error,
@@ -77,8 +100,131 @@ pub async fn run(
     drive(controller, reconcile, error_policy, context, stop).await;
 }
 
-/// The plan for `rollout` from the caches (pure given their contents and `now`).
-pub fn plan(rollout: &Rollout, context: &Context, now: Timestamp) -> RolloutPlan {
+/// The Channel a Rollout names, from the cache.
+fn channel_of(rollout: &Rollout, context: &Context) -> Option<Arc<Channel>> {
+    in_namespace(
+        &context.stores.channels,
+        rollout.metadata.namespace.as_deref(),
+        |c| c.name_any() == rollout.spec.channel_ref,
+    )
+    .into_iter()
+    .next()
+}
+
+/// Whether the status says the spec's candidate is completed or aborted: nothing to analyse.
+fn settled(rollout: &Rollout) -> bool {
+    rollout.status.as_ref().is_some_and(|status| {
+        status.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
+            && matches!(
+                status.phase,
+                Some(RolloutPhase::Completed | RolloutPhase::Aborted)
+            )
+    })
+}
+
+/// The failure figures of the candidate in its channel, from the App's update server; `None`
+/// when they are not needed (a settled rollout), its references are missing (the plan reports
+/// that), or the server cannot tell (logged; the analysis waits and says so).
+async fn read_figures(rollout: &Rollout, context: &Context, now: Timestamp) -> Option<FailureCounts> {
+    if settled(rollout) {
+        return None;
+    }
+    let namespace = rollout.metadata.namespace.as_deref();
+    let channel = channel_of(rollout, context)?;
+    let candidate = in_namespace(&context.stores.bundles, namespace, |b| {
+        b.name_any() == rollout.spec.bundle_ref
+    })
+    .into_iter()
+    .next()?;
+    let app: Arc<App> = in_namespace(&context.stores.apps, namespace, |a| {
+        a.name_any() == channel.spec.app_ref
+    })
+    .into_iter()
+    .next()?;
+    let since = figures_since(rollout, now).ok()?;
+    let query = FiguresQuery {
+        namespace: namespace.unwrap_or_default(),
+        app_name: &channel.spec.app_ref,
+        app_id: &app.spec.app_id,
+        channel: &rollout.spec.channel_ref,
+        version: &candidate.spec.version,
+        since,
+    };
+    match context.figures.fetch(&query).await {
+        Ok(counts) => Some(counts),
+        Err(error) => {
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), "failure figures unavailable; the analysis waits");
+            count_failure(context, KIND, "figures");
+            None
+        }
+    }
+}
+
+/// Records a completed rollout's candidate as its Channel's stable bundle (`status.promoted`),
+/// unless the Channel already serves it as stable.
+async fn record_stable(rollout: &Rollout, context: &Context, candidate: &str) -> Result<(), RolloutError> {
+    let Some(channel) = channel_of(rollout, context) else {
+        return Ok(()); // deleted meanwhile: nothing to record on
+    };
+    // Recorded once per completion: when git has since set spec.bundleRef of the Channel to
+    // something else, that choice stands and is not recorded over again.
+    let already_recorded = channel
+        .status
+        .as_ref()
+        .and_then(|s| s.promoted.as_ref())
+        .is_some_and(|p| p.bundle == candidate && p.rollout == rollout.name_any());
+    if already_recorded || channel.stable_bundle_ref() == Some(candidate) {
+        return Ok(());
+    }
+    let promoted = PromotedBundle {
+        bundle: candidate.to_owned(),
+        over_bundle_ref: channel.spec.bundle_ref.clone(),
+        rollout: rollout.name_any(),
+    };
+    let status = ChannelStatus {
+        promoted: Some(promoted),
+        ..Default::default()
+    };
+    apply_status_as(context, channel.as_ref(), &status, field_manager::PROMOTION)
+        .await
+        .map_err(|source| RolloutError::RecordStable {
+            channel: object_key(channel.as_ref()),
+            bundle: candidate.to_owned(),
+            source,
+        })?;
+    let note = format!(
+        "Bundle {candidate} is the stable bundle of Channel {} (Rollout {} completed); it stays so \
+         while spec.bundleRef of the Channel is unchanged",
+        channel.name_any(),
+        rollout.name_any()
+    );
+    publish(
+        context,
+        rollout,
+        EventType::Normal,
+        reason::STABLE_RECORDED,
+        note.clone(),
+    )
+    .await;
+    publish(
+        context,
+        channel.as_ref(),
+        EventType::Normal,
+        reason::STABLE_RECORDED,
+        note,
+    )
+    .await;
+    Ok(())
+}
+
+/// The plan for `rollout` from the caches and the failure figures read (pure given their
+/// contents and `now`).
+pub fn plan(
+    rollout: &Rollout,
+    context: &Context,
+    now: Timestamp,
+    figures: Option<FailureCounts>,
+) -> RolloutPlan {
     let namespace = rollout.metadata.namespace.as_deref();
     let channels: Vec<Channel> = in_namespace(&context.stores.channels, namespace, |c| {
         c.name_any() == rollout.spec.channel_ref
@@ -112,9 +258,9 @@ pub fn plan(rollout: &Rollout, context: &Context, now: Timestamp) -> RolloutPlan
         }
     };
     let inputs = RolloutInputs {
-        channel_stable: channel.spec.bundle_ref.as_deref(),
+        channel_stable: channel.stable_bundle_ref(),
         candidate: CandidateSync::of(candidate),
-        figures: None,
+        figures,
     };
     progress(rollout, &inputs, now)
 }
@@ -127,7 +273,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
     }
     instrumented(&context, KIND, async {
         let now = context.clock.now();
-        let plan = plan(&rollout, &context, now);
+        let figures = read_figures(&rollout, &context, now).await;
+        let plan = plan(&rollout, &context, now, figures);
         if rollout.status.as_ref() != Some(&plan.status) {
             let written = apply_status(&context, rollout.as_ref(), &plan.status)
                 .await
@@ -135,7 +282,14 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
                     object: object_key(rollout.as_ref()),
                     source,
                 })?;
-            for event in plan.events.iter().filter(|_| written) {
+            let after = Rollout {
+                status: Some(plan.status.clone()),
+                ..(*rollout).clone()
+            };
+            for (sequence, event) in plan.events.iter().enumerate().filter(|_| written) {
+                context
+                    .notifier
+                    .send(&context, &after, webhook_event(&after, event, sequence, now));
                 let event_type = match event.kind {
                     EventKind::Normal => EventType::Normal,
                     EventKind::Warning => {
@@ -152,6 +306,9 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
                 )
                 .await;
             }
+        }
+        if let Some(candidate) = &plan.record_stable {
+            record_stable(&rollout, &context, candidate).await?;
         }
         context.backoff.reset(&backoff_key(KIND, rollout.as_ref()));
         Ok(match plan.requeue_at {

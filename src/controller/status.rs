@@ -86,7 +86,6 @@ where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
     S: Serialize,
 {
-    let kind = K::kind(&());
     let encoded = serde_json::to_vec(status).map_err(kube::Error::SerdeError)?;
     let digest = {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -96,6 +95,24 @@ where
     if context.written.already_written(object, digest) {
         return Ok(false);
     }
+    apply_status_as(context, object, status, field_manager::STATUS).await?;
+    context.written.record(object, digest);
+    Ok(true)
+}
+
+/// Applies `status` (the fields `manager` owns, and only those) to the object's status with
+/// server-side apply, forced, and counts the write.
+pub async fn apply_status_as<K, S>(
+    context: &Context,
+    object: &K,
+    status: &S,
+    manager: &str,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+    S: Serialize,
+{
+    let kind = K::kind(&());
     let api: Api<K> = Api::namespaced(
         context.client.clone(),
         object.meta().namespace.as_deref().unwrap_or_default(),
@@ -107,17 +124,16 @@ where
     });
     api.patch_status(
         &object.name_any(),
-        &PatchParams::apply(field_manager::STATUS).force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(&patch),
     )
     .await?;
-    context.written.record(object, digest);
     context
         .metrics
         .status_writes
         .get_or_create(&Metrics::kind(&kind))
         .inc();
-    Ok(true)
+    Ok(())
 }
 
 /// The Event a change of conditions deserves, if any: (type, reason, note). Only a change of

@@ -46,6 +46,11 @@ use crate::api::{
 pub const SERVER_PORT: i32 = 8080;
 /// The name of that port, used by the probes, the Service and the Ingress.
 pub const PORT_NAME: &str = "http";
+/// The port of the update server's internal listener (rollout failure figures, metrics): on
+/// the Service for the controller, never behind the Ingress.
+pub const INTERNAL_PORT: i32 = 9091;
+/// The name of that port.
+pub const INTERNAL_PORT_NAME: &str = "internal";
 /// Where the data volume (SQLite device store, filesystem storage) is mounted.
 pub const DATA_DIR: &str = "/var/lib/ota";
 /// Filesystem storage paths are resolved under this folder.
@@ -126,6 +131,12 @@ pub enum RenderError {
         /// The autoscaler's maximum.
         max_replicas: i32,
     },
+    /// The Service port asked for is the one the internal listener takes.
+    #[error(
+        "server.service.port {INTERNAL_PORT} is taken by the update server's internal port (rollout \
+         figures for the controller): choose another port"
+    )]
+    ServicePortTaken,
 }
 
 /// The name of every child of the App called `app_name`.
@@ -296,6 +307,9 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
     }
     let spec = &app.spec;
     let server = spec.server.clone().unwrap_or_else(default_server);
+    if server.service.port == INTERNAL_PORT {
+        return Err(RenderError::ServicePortTaken);
+    }
     let shared_store = spec.device_store.as_ref().is_some_and(|d| d.postgres.is_some());
     if let Some(autoscaling) = &server.autoscaling
         && autoscaling.max_replicas > 1
@@ -359,6 +373,10 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
         ("OTA_NAMESPACE".to_owned(), namespace.clone()),
         ("OTA_APP".to_owned(), app_name.clone()),
         ("OTA_LISTEN".to_owned(), format!("0.0.0.0:{SERVER_PORT}")),
+        (
+            "OTA_INTERNAL_LISTEN".to_owned(),
+            format!("0.0.0.0:{INTERNAL_PORT}"),
+        ),
         ("OTA_PUBLIC_URL".to_owned(), endpoint.clone()),
         ("OTA_STORAGE_ROOT".to_owned(), STORAGE_ROOT.to_owned()),
         ("OTA_LOG_FORMAT".to_owned(), "json".to_owned()),
@@ -383,13 +401,22 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
         spec: Some(K8sServiceSpec {
             type_: Some(format!("{:?}", server.service.type_)),
             selector: Some(selector_labels(&app_name)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_owned()),
-                port: server.service.port,
-                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some(PORT_NAME.to_owned()),
+                    port: server.service.port,
+                    target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some(INTERNAL_PORT_NAME.to_owned()),
+                    port: INTERNAL_PORT,
+                    target_port: Some(IntOrString::String(INTERNAL_PORT_NAME.to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                },
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -590,12 +617,20 @@ fn render_deployment(
             ..Default::default()
         }]),
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.to_owned()),
-            container_port: SERVER_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(PORT_NAME.to_owned()),
+                container_port: SERVER_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some(INTERNAL_PORT_NAME.to_owned()),
+                container_port: INTERNAL_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+        ]),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: server.resources.clone(),

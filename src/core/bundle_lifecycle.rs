@@ -519,7 +519,8 @@ pub fn bundle_users(
             s.stable.as_ref().and_then(|b| b.bundle.as_deref()) == Some(name)
                 || s.candidate.as_ref().is_some_and(|c| c.bundle == name)
         });
-        if channel.spec.bundle_ref.as_deref() == Some(name) || served {
+        let promoted = status.and_then(|s| s.promoted.as_ref()).is_some_and(|p| p.bundle == name);
+        if channel.spec.bundle_ref.as_deref() == Some(name) || served || promoted {
             users.insert(format!("Channel/{}", name_of(&channel.metadata)));
         }
     }
@@ -1182,6 +1183,28 @@ mod tests {
             &[],
         );
         assert!(matches!(decision, DeletionDecision::Hold { .. }), "{decision:?}");
+    }
+
+    #[test]
+    fn a_bundle_recorded_as_a_channels_promoted_stable_is_held() {
+        let bundle = synced("b", "1.0.0", json!({}));
+        let mut promoted_on = channel("production", Some("old"), json!({}));
+        promoted_on.status = Some(crate::api::ChannelStatus {
+            promoted: Some(crate::api::channel::PromotedBundle {
+                bundle: "b".into(),
+                over_bundle_ref: Some("old".into()),
+                rollout: "ro".into(),
+            }),
+            ..Default::default()
+        });
+        let stored = StoredBundle {
+            bundle: &bundle,
+            file_keys: None,
+        };
+        let DeletionDecision::Hold { users, .. } = deletion_decision(stored, &[], &[promoted_on], &[]) else {
+            panic!("expected Hold")
+        };
+        assert_eq!(users, ["Channel/production"]);
     }
 
     #[test]

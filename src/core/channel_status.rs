@@ -103,7 +103,7 @@ pub fn channel_status(
         Ok(bundle)
     };
 
-    let stable = match channel.spec.bundle_ref.as_deref() {
+    let stable = match channel.stable_bundle_ref() {
         None => Ok(ServedBundle {
             bundle: None,
             version: BUILTIN_VERSION.to_owned(),

@@ -9,6 +9,7 @@ pub mod cohort;
 pub mod conditions;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod notification;
 pub mod rollout;
 pub mod snapshot;
 pub mod stats;

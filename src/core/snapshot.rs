@@ -259,7 +259,7 @@ impl Snapshot {
                 .get(&(namespace.clone(), app.name.clone()))
                 .copied()
                 .flatten();
-            let stable = match &channel.spec.bundle_ref {
+            let stable = match channel.stable_bundle_ref() {
                 None => StableTarget::Builtin,
                 Some(bundle) => match bundle_target(&namespace, &app.name, bundle).and_then(|view| {
                     match channel.spec.require_signed {
@@ -274,7 +274,7 @@ impl Snapshot {
                             message: reason.clone(),
                         });
                         StableTarget::Unavailable {
-                            bundle: bundle.clone(),
+                            bundle: bundle.to_owned(),
                             reason,
                         }
                     }
@@ -523,6 +523,40 @@ mod tests {
         assert!(
             matches!(&app.channels["production"].stable, StableTarget::Bundle(b) if b.version == "1.4.2")
         );
+    }
+
+    fn promoted(bundle: &str, over: Option<&str>) -> crate::api::ChannelStatus {
+        crate::api::ChannelStatus {
+            promoted: Some(crate::api::channel::PromotedBundle {
+                bundle: bundle.into(),
+                over_bundle_ref: over.map(str::to_owned),
+                rollout: "shop".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn stable_version(inputs: &SnapshotInputs) -> String {
+        let snapshot = super::super::fixtures::snapshot(inputs);
+        match &snapshot.app(APP_ID).expect("the app").channels["production"].stable {
+            StableTarget::Bundle(view) => view.version.clone(),
+            other => panic!("not a bundle: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_promoted_candidate_is_the_stable_bundle_while_the_channels_bundle_ref_is_unchanged() {
+        let mut inputs = inputs();
+        inputs.channels[0].status = Some(promoted("shop-1.5.0", Some("shop-1.4.2")));
+        assert_eq!(stable_version(&inputs), "1.5.0");
+        // Git moved spec.bundleRef since: its choice stands.
+        inputs.channels[0].spec.bundle_ref = Some("shop-1.5.0-beta.1".into());
+        assert_eq!(stable_version(&inputs), "1.5.0-beta.1");
+        // A promotion over "no bundleRef" (the builtin assets) holds only while there is none.
+        inputs.channels[0].status = Some(promoted("shop-1.5.0", None));
+        assert_eq!(stable_version(&inputs), "1.5.0-beta.1");
+        inputs.channels[0].spec.bundle_ref = None;
+        assert_eq!(stable_version(&inputs), "1.5.0");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub fn options(namespace: &str, leader_election: bool, identity: &str) -> Option
         identity: identity.to_owned(),
         default_server_image: IMAGE.to_owned(),
         storage_dir: std::env::temp_dir().join(format!("ota-controller-storage-{namespace}")),
+        // Outside a cluster the App's Service does not resolve; a port nobody listens on
+        // fails at once (tests that run an update server point this at it).
+        figures_url_template: "http://127.0.0.1:1".to_owned(),
     }
 }
 

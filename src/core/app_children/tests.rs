@@ -438,6 +438,47 @@ fn the_service_follows_the_spec() {
 }
 
 #[test]
+fn the_internal_port_is_on_the_service_and_the_pod_but_never_behind_the_ingress() {
+    let app = example_app();
+    let children = render_ok(&app);
+    let service_ports = children.service.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    let internal = service_ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(INTERNAL_PORT_NAME))
+        .expect("the Service has the internal port");
+    assert_eq!(internal.port, INTERNAL_PORT);
+    let pod = children
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let container_ports = pod.containers[0].ports.as_ref().unwrap();
+    assert!(container_ports.iter().any(|p| p.container_port == INTERNAL_PORT));
+    assert_eq!(
+        children.config_map.data.as_ref().unwrap()["OTA_INTERNAL_LISTEN"],
+        format!("0.0.0.0:{INTERNAL_PORT}")
+    );
+    if let Some(ingress) = &children.ingress {
+        for rule in ingress.spec.as_ref().unwrap().rules.as_ref().unwrap() {
+            for path in &rule.http.as_ref().unwrap().paths {
+                let port = path.backend.service.as_ref().unwrap().port.as_ref().unwrap();
+                assert_eq!(port.name.as_deref(), Some(PORT_NAME));
+            }
+        }
+    }
+
+    let mut app = example_app();
+    app.spec.server.as_mut().unwrap().service.port = INTERNAL_PORT;
+    let error = render(&app, &settings()).expect_err("refused");
+    assert_eq!(error, RenderError::ServicePortTaken);
+    assert!(error.to_string().contains("9091"), "{error}");
+}
+
+#[test]
 fn replicas_above_one_get_a_pdb_and_one_replica_does_not() {
     let children = render_ok(&example_app());
     assert_eq!(children.replicas, 2);

@@ -1,0 +1,238 @@
+//! Failure figures for rollout analysis. The devices' reports live in each App's device store,
+//! behind its update server; the controller asks the server's internal listener (on the App's
+//! Service, never behind its Ingress) how many devices tried the candidate in the channel and
+//! how many of them failed.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use serde::Deserialize;
+
+use crate::core::{
+    app_children::{INTERNAL_PORT, child_name},
+    rollout::FailureCounts,
+};
+
+/// The path of the figures on the update server's internal listener.
+pub const FIGURES_PATH: &str = "/internal/v1/rollout-figures";
+/// The default template of the internal listener's base URL, inside the cluster.
+pub fn default_url_template() -> String {
+    format!("http://{{service}}.{{namespace}}.svc:{INTERNAL_PORT}")
+}
+/// How long one request for figures may take: the reconcile waits for it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why figures could not be read (the analysis then waits and says so in status).
+#[derive(Debug, thiserror::Error)]
+pub enum FiguresError {
+    /// The request failed: the server is unreachable, slow, or answered with an error.
+    #[error("asking {url} for failure figures: {reason}")]
+    Request {
+        /// The URL asked (without its query).
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a rollout's analysis asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FiguresQuery<'a> {
+    /// The App object's namespace.
+    pub namespace: &'a str,
+    /// The App object's name.
+    pub app_name: &'a str,
+    /// The app id devices send (`spec.appId`).
+    pub app_id: &'a str,
+    /// The Channel's name.
+    pub channel: &'a str,
+    /// The candidate's version.
+    pub version: &'a str,
+    /// Count devices that reported since then.
+    pub since: Timestamp,
+}
+
+/// Asks update servers for failure figures.
+#[derive(Debug, Clone)]
+pub struct FiguresClient {
+    http: reqwest::Client,
+    /// The base URL with `{namespace}`, `{app}` and `{service}` placeholders.
+    template: String,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    attempts: i64,
+    failures: i64,
+}
+
+impl FiguresClient {
+    /// A client that expands `template` (`{namespace}`, `{app}`: the App's name, `{service}`:
+    /// its update server's Service) into each App's base URL.
+    pub fn new(http: reqwest::Client, template: String) -> Self {
+        FiguresClient { http, template }
+    }
+
+    /// The internal listener's base URL of an App's update server (pure).
+    pub fn base_url(&self, namespace: &str, app_name: &str) -> String {
+        self.template
+            .replace("{namespace}", namespace)
+            .replace("{app}", app_name)
+            .replace("{service}", &child_name(app_name))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The figures the update server of `query.app_name` holds.
+    pub async fn fetch(&self, query: &FiguresQuery<'_>) -> Result<FailureCounts, FiguresError> {
+        let base = format!("{}{FIGURES_PATH}", self.base_url(query.namespace, query.app_name));
+        let failed = |reason: String| FiguresError::Request {
+            url: base.clone(),
+            reason,
+        };
+        let mut url = url::Url::parse(&base).map_err(|error| failed(format!("not a URL: {error}")))?;
+        url.query_pairs_mut()
+            .append_pair("app_id", query.app_id)
+            .append_pair("channel", query.channel)
+            .append_pair("version", query.version)
+            .append_pair("since_ms", &query.since.as_millisecond().to_string());
+        let response = self
+            .http
+            .get(url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|error| failed(crate::telemetry::error_chain(&error)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(200).collect();
+            return Err(failed(format!("HTTP {status}: {body}")));
+        }
+        let answer: Answer = response
+            .json()
+            .await
+            .map_err(|error| failed(format!("unreadable answer: {error}")))?;
+        if answer.attempts < 0 || answer.failures < 0 || answer.failures > answer.attempts {
+            return Err(failed(format!(
+                "inconsistent answer: {} failures in {} attempts",
+                answer.failures, answer.attempts
+            )));
+        }
+        Ok(FailureCounts {
+            attempts: answer.attempts,
+            failures: answer.failures,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_template_names_the_apps_service_and_internal_port() {
+        let client = FiguresClient::new(reqwest::Client::new(), default_url_template());
+        assert_eq!(
+            client.base_url("shop-ns", "shop"),
+            format!("http://{}.shop-ns.svc:{INTERNAL_PORT}", child_name("shop"))
+        );
+    }
+
+    /// A real HTTP server on 127.0.0.1 that answers the figures path with `status` and `body`,
+    /// and remembers the query it was asked.
+    async fn server(
+        status: u16,
+        body: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+        use axum::{extract::RawQuery, http::StatusCode, routing::get};
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let remember = asked.clone();
+        let router = axum::Router::new().route(
+            FIGURES_PATH,
+            get(move |RawQuery(query): RawQuery| async move {
+                *remember.lock().unwrap() = query;
+                (StatusCode::from_u16(status).unwrap(), body)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (format!("http://{address}"), asked)
+    }
+
+    fn query(since: Timestamp) -> FiguresQuery<'static> {
+        FiguresQuery {
+            namespace: "ns",
+            app_name: "shop",
+            app_id: "com.example.shop",
+            channel: "production",
+            version: "1.2.0+build 7",
+            since,
+        }
+    }
+
+    #[tokio::test]
+    async fn figures_are_read_from_the_internal_listener_with_the_query_encoded() {
+        let (base, asked) = server(200, r#"{"attempts":120,"failures":7}"#).await;
+        let client = FiguresClient::new(reqwest::Client::new(), base);
+        let since = Timestamp::from_millisecond(1_700_000_000_123).unwrap();
+        let counts = client.fetch(&query(since)).await.expect("figures");
+        assert_eq!(
+            counts,
+            FailureCounts {
+                attempts: 120,
+                failures: 7
+            }
+        );
+        let asked = asked.lock().unwrap().clone().expect("a query");
+        assert_eq!(
+            asked,
+            "app_id=com.example.shop&channel=production&version=1.2.0%2Bbuild+7&since_ms=1700000000123"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_status_an_unreadable_or_inconsistent_answer_and_no_server_are_errors() {
+        let since = Timestamp::from_millisecond(0).unwrap();
+        for (status, body, expected) in [
+            (503, "device store unavailable", "HTTP 503"),
+            (200, "{\"attempts\":", "unreadable answer"),
+            (
+                200,
+                r#"{"attempts":3,"failures":4}"#,
+                "inconsistent answer: 4 failures in 3 attempts",
+            ),
+            (200, r#"{"attempts":-1,"failures":0}"#, "inconsistent answer"),
+        ] {
+            let (base, _) = server(status, body).await;
+            let client = FiguresClient::new(reqwest::Client::new(), base);
+            let error = client.fetch(&query(since)).await.expect_err(body).to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.contains(FIGURES_PATH), "{error}");
+        }
+        // A port nobody listens on: bind one, then free it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let client = FiguresClient::new(reqwest::Client::new(), format!("http://{address}"));
+        let error = client
+            .fetch(&query(since))
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(&address.to_string()), "{error}");
+    }
+
+    #[test]
+    fn a_template_for_runs_outside_the_cluster_may_use_every_placeholder() {
+        let client = FiguresClient::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9999/{namespace}/{app}/{service}/".to_owned(),
+        );
+        assert_eq!(
+            client.base_url("ns", "shop"),
+            format!("http://127.0.0.1:9999/ns/shop/{}", child_name("shop"))
+        );
+    }
+}
