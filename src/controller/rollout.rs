@@ -34,8 +34,7 @@ use crate::{
     },
     core::notification::webhook_event,
     core::rollout::{
-        CandidateSync, EventKind, FailureCounts, Invalid, RolloutInputs, RolloutPlan, figures_since,
-        invalid_plan, progress, validate,
+        EventKind, FailureCounts, RolloutPlan, decide, figures_since,
     },
 };
 
@@ -238,31 +237,7 @@ pub fn plan(
     .iter()
     .map(|b| (**b).clone())
     .collect();
-    let (channel, candidate) = match (
-        validate(rollout, &channels, &bundles),
-        channels.first(),
-        bundles.first(),
-    ) {
-        (Ok(()), Some(channel), Some(candidate)) => (channel, candidate),
-        (Err(invalid), _, _) => return invalid_plan(rollout, &invalid, now),
-        // validate() checks both references; this only keeps the decision total.
-        (Ok(()), _, _) => {
-            let invalid = Invalid {
-                reason: reason::REFERENCE_NOT_FOUND,
-                message: format!(
-                    "Channel {} or Bundle {} does not exist",
-                    rollout.spec.channel_ref, rollout.spec.bundle_ref
-                ),
-            };
-            return invalid_plan(rollout, &invalid, now);
-        }
-    };
-    let inputs = RolloutInputs {
-        channel_stable: channel.stable_bundle_ref(),
-        candidate: CandidateSync::of(candidate),
-        figures,
-    };
-    progress(rollout, &inputs, now)
+    decide(rollout, &channels, &bundles, figures, now)
 }
 
 /// One reconcile of one Rollout.

@@ -87,6 +87,15 @@ fn name_of(meta: &kube::api::ObjectMeta) -> &str {
 /// candidate Bundle exists and belongs to the Channel's App. A missing object gives
 /// [`reason::REFERENCE_NOT_FOUND`], anything else [`reason::INVALID_SPEC`].
 pub fn validate(rollout: &Rollout, channels: &[Channel], bundles: &[Bundle]) -> Result<(), Invalid> {
+    named(rollout, channels, bundles).map(|_| ())
+}
+
+/// [`validate`], giving the Channel and the candidate it found.
+fn named<'a>(
+    rollout: &Rollout,
+    channels: &'a [Channel],
+    bundles: &'a [Bundle],
+) -> Result<(&'a Channel, &'a Bundle), Invalid> {
     Settings::parse(&rollout.spec)?;
     let namespace = rollout.metadata.namespace.as_deref();
     let in_namespace = |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == namespace;
@@ -111,7 +120,7 @@ pub fn validate(rollout: &Rollout, channels: &[Channel], bundles: &[Bundle]) -> 
             spec.bundle_ref, bundle.spec.app_ref, spec.channel_ref, channel.spec.app_ref
         )));
     }
-    Ok(())
+    Ok((channel, bundle))
 }
 
 /// Whether the candidate Bundle can be served.
@@ -272,6 +281,28 @@ pub fn invalid_plan(rollout: &Rollout, invalid: &Invalid, now: Timestamp) -> Rol
         requeue_at: None,
         record_stable: None,
     }
+}
+
+/// The whole decision for `rollout` at `now`: [`validate`] against the Channels and Bundles of
+/// its namespace that it names (others are ignored), then [`progress`] from its Channel's
+/// stable bundle, its candidate's sync state and the failure figures the shell read.
+pub fn decide(
+    rollout: &Rollout,
+    channels: &[Channel],
+    bundles: &[Bundle],
+    figures: Option<FailureCounts>,
+    now: Timestamp,
+) -> RolloutPlan {
+    let (channel, candidate) = match named(rollout, channels, bundles) {
+        Ok(found) => found,
+        Err(invalid) => return invalid_plan(rollout, &invalid, now),
+    };
+    let inputs = RolloutInputs {
+        channel_stable: channel.stable_bundle_ref(),
+        candidate: CandidateSync::of(candidate),
+        figures,
+    };
+    progress(rollout, &inputs, now)
 }
 
 /// The next status of `rollout` at `now`, given what the shell observed. A spec that does not

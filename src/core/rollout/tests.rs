@@ -361,6 +361,34 @@ fn every_bad_spec_is_refused_with_a_clear_reason() {
 }
 
 #[test]
+fn decide_starts_from_the_channels_stable_bundle_a_promotion_included_and_refuses_bad_references() {
+    let (mut channels, bundles) = world();
+    let plan = decide(&staged(), &channels, &bundles, None, t(0));
+    assert_eq!(plan.status.stable_bundle.as_deref(), Some("shop-1.4.2"));
+    assert_eq!(plan.status.candidate_bundle.as_deref(), Some(CANDIDATE));
+    assert_eq!(plan.status.current_percent, Some(10));
+
+    // A candidate an earlier Rollout promoted is where the next one starts.
+    channels[0].status = Some(crate::api::ChannelStatus {
+        promoted: Some(crate::api::channel::PromotedBundle {
+            bundle: "shop-1.5.0-beta.1".into(),
+            over_bundle_ref: Some("shop-1.4.2".into()),
+            rollout: "earlier".into(),
+        }),
+        ..Default::default()
+    });
+    let plan = decide(&staged(), &channels, &bundles, None, t(0));
+    assert_eq!(plan.status.stable_bundle.as_deref(), Some("shop-1.5.0-beta.1"));
+
+    let mut lost = staged();
+    lost.spec.channel_ref = "nowhere".into();
+    let plan = decide(&lost, &channels, &bundles, None, t(0));
+    assert_eq!(plan.events[0].reason, reason::REFERENCE_NOT_FOUND);
+    assert_eq!(plan.events[0].note, "Channel nowhere does not exist");
+    assert_kstatus(&plan, "False", "False", "True");
+}
+
+#[test]
 fn missing_or_foreign_references_are_refused() {
     let (mut channels, mut bundles) = world();
     let mut rollout = staged();
