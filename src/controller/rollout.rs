@@ -33,9 +33,7 @@ use crate::{
         rollout::RolloutPhase,
     },
     core::notification::webhook_event,
-    core::rollout::{
-        EventKind, FailureCounts, RolloutPlan, decide, figures_since,
-    },
+    core::rollout::{EventKind, FailureCounts, RolloutPlan, decide, figures_since},
 };
 
 /// The kind label of this reconciler's metrics.
