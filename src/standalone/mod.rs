@@ -1,9 +1,11 @@
 //! Standalone mode: the same YAML as in a cluster, read from a folder, served on one machine with
 //! no cluster. The folder is re-read when it changes; bundles are synced (through the one sync
 //! module) into each App's storage (a folder, or object storage with credentials from the
-//! environment); devices are served by the same update server.
+//! environment); devices are served by the same update server. Rollouts are driven by the same
+//! pure core as in a cluster, with their state in the device store ([`rollouts`]).
 
 pub mod load;
+pub mod rollouts;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,6 +14,8 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     api::{Bundle, bundle::BundleStatus},
@@ -56,6 +60,9 @@ pub enum StandaloneError {
     /// The HTTP client for bundle sources cannot be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    /// The saved rollout states cannot be read at start.
+    #[error("cannot read the saved rollout states: {0}")]
+    RolloutStates(#[source] crate::store::StoreError),
 }
 
 /// A bundle sync, remembered so that unchanged bundles are not synced again.
@@ -117,7 +124,13 @@ pub async fn run(
         http,
         syncs: HashMap::new(),
         last_problems: Vec::new(),
+        world: None,
     };
+    let mut driver = rollouts::RolloutDriver::open(state.store.clone())
+        .await
+        .map_err(StandaloneError::RolloutStates)?;
+    // When the rollouts must be decided again although the folder did not change.
+    let mut rollouts_due: Option<Timestamp> = None;
 
     let base = options
         .public_url
@@ -134,27 +147,44 @@ pub async fn run(
     let mut interval = tokio::time::interval(options.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let rollouts_wake = rollouts::sleep_until(rollouts_due);
         tokio::select! {
             _ = interval.tick() => {}
+            () = rollouts_wake => {}
             _ = stop_rx.changed() => break,
         }
-        let fingerprint = match load::fingerprint(&options.dir) {
-            Ok(fingerprint) => fingerprint,
-            Err(error) => {
-                degrade(&state, error.to_string());
-                continue;
-            }
-        };
-        let changed = last_fingerprint.as_ref() != Some(&fingerprint);
-        if !changed && !folder.retry_due() {
-            continue;
-        }
-        match folder.refresh(&state).await {
-            Ok(served) => {
-                state.publish(served);
-                last_fingerprint = Some(fingerprint);
+        let mut reloaded = false;
+        match load::fingerprint(&options.dir) {
+            Ok(fingerprint) => {
+                let changed = last_fingerprint.as_ref() != Some(&fingerprint);
+                if changed || folder.retry_due() {
+                    match folder.refresh(&state).await {
+                        Ok(()) => {
+                            reloaded = true;
+                            last_fingerprint = Some(fingerprint);
+                        }
+                        Err(error) => degrade(&state, error.to_string()),
+                    }
+                }
             }
             Err(error) => degrade(&state, error.to_string()),
+        }
+        let now = Timestamp::now();
+        if !reloaded && rollouts_due.is_none_or(|due| due > now) {
+            continue;
+        }
+        let Some(world) = &folder.world else { continue };
+        rollouts_due = driver.drive(&world.load(), now).await;
+        let served = folder.served(&driver);
+        // A reload serves what it read; a rollout decision only what changes the answers.
+        if reloaded {
+            tracing::info!(
+                apps = served.snapshot.apps().count(),
+                "serving the folder's configuration"
+            );
+        }
+        if reloaded || served.snapshot != state.served().snapshot {
+            state.publish(served);
         }
     }
     match server.await {
@@ -177,6 +207,32 @@ struct Folder {
     http: reqwest::Client,
     syncs: HashMap<SyncKey, SyncOutcome>,
     last_problems: Vec<String>,
+    /// The last load, kept so rollout decisions can serve new statuses without reading again.
+    world: Option<World>,
+}
+
+/// What a load of the folder gave: the objects (Bundles with their sync status), the storages
+/// and the problems found on the way.
+struct World {
+    inputs: SnapshotInputs,
+    storage: HashMap<String, Arc<AppStorage>>,
+    problems: Vec<String>,
+    /// Every document was read (nothing skipped as unreadable).
+    complete: bool,
+}
+
+impl World {
+    fn load(&self) -> rollouts::Load<'_> {
+        rollouts::Load {
+            objects: rollouts::Objects {
+                apps: &self.inputs.apps,
+                channels: &self.inputs.channels,
+                bundles: &self.inputs.bundles,
+            },
+            rollouts: &self.inputs.rollouts,
+            complete: self.complete,
+        }
+    }
 }
 
 impl Folder {
@@ -187,9 +243,10 @@ impl Folder {
             .any(|o| matches!(o, SyncOutcome::Retry { retry_at, .. } if *retry_at <= now))
     }
 
-    /// Reads the folder, syncs what changed, and builds what to serve.
-    async fn refresh(&mut self, state: &ServerState) -> Result<Served, load::LoadError> {
+    /// Reads the folder and syncs what changed.
+    async fn refresh(&mut self, state: &ServerState) -> Result<(), load::LoadError> {
         let loaded = load::load(&self.dir)?;
+        let complete = loaded.problems.is_empty();
         let mut problems = loaded.problems.clone();
         let mut storage = HashMap::new();
         let mut storage_of: BTreeMap<(String, String), Arc<AppStorage>> = BTreeMap::new();
@@ -245,6 +302,27 @@ impl Folder {
             rollouts: loaded.rollouts,
             manifests,
         };
+        self.world = Some(World {
+            inputs,
+            storage,
+            problems,
+            complete,
+        });
+        Ok(())
+    }
+
+    /// What to serve: the last load with the Rollouts' statuses and the Channels' promotions.
+    fn served(&mut self, driver: &rollouts::RolloutDriver) -> Served {
+        let Some(world) = &self.world else {
+            return Served::default();
+        };
+        let (rollouts, channels) = driver.served(&world.load());
+        let inputs = SnapshotInputs {
+            channels,
+            rollouts,
+            ..world.inputs.clone()
+        };
+        let mut problems = world.problems.clone();
         let (snapshot, snapshot_problems) = Snapshot::build(&inputs);
         problems.extend(
             snapshot_problems
@@ -257,15 +335,11 @@ impl Folder {
             }
             self.last_problems = problems;
         }
-        tracing::info!(
-            apps = snapshot.apps().count(),
-            "serving the folder's configuration"
-        );
-        Ok(Served {
+        Served {
             snapshot,
-            storage,
+            storage: world.storage.clone(),
             manifests: HashMap::new(),
-        })
+        }
     }
 
     async fn sync(

@@ -1,0 +1,475 @@
+//! Rollouts in standalone mode, driven by the same pure core as the controller
+//! ([`crate::core::rollout`]), with their state kept in the device store instead of a status
+//! subresource.
+//!
+//! On every load of the folder and whenever the core asks to look again (`requeue_at`), each
+//! Rollout is decided with its last status by [`crate::core::rollout::decide`]: validation, then
+//! progress from the channel's stable bundle (a recorded promotion, else `spec.bundleRef`), the
+//! candidate's sync state and the failure figures the device store counted since
+//! [`figures_since`]. A status that changed is
+//! saved (and durable) before it is served or its events are logged, so a killed process resumes
+//! at the same step with the same cohort. Standalone mode has no Kubernetes Events: each event
+//! of a plan is logged (info, or warn for a failure or an abort).
+//!
+//! Commands are the cluster's annotations (`ota.dev/promote`, `ota.dev/pause`, ...) written on the
+//! Rollout's YAML: the core reads them from the object and acts once per value.
+//!
+//! A completed Rollout's candidate is recorded as its channel's promoted stable bundle (over the
+//! channel's `spec.bundleRef` of that moment, as the controller records `status.promoted`), saved
+//! before the status that says Completed, so a crash between the two loses nothing.
+//!
+//! Rows of the store's `rollout_states` table: a Rollout's status under its own name, a channel's
+//! promotion under `Channel/<name>` (a `/` is never in an object name, so the two cannot meet).
+//! State of a Rollout or Channel that left the folder is forgotten, but only after a load in which
+//! every document was read, so a half-saved edit does not reset a rollout.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::{
+        App, Bundle, Channel, Rollout, RolloutStatus,
+        channel::{ChannelStatus, PromotedBundle},
+        rollout::RolloutPhase,
+    },
+    core::rollout::{
+        EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide, figures_since,
+    },
+    store::{DeviceStore, StoreError},
+};
+
+/// How soon a decision whose state could not be saved is tried again.
+const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The prefix of the store key of a channel's promotion.
+const CHANNEL_KEY_PREFIX: &str = "Channel/";
+
+/// `(namespace, name)` of an object.
+pub type ObjectKey = (String, String);
+
+fn key_of(meta: &kube::api::ObjectMeta) -> ObjectKey {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// One row of the store's `rollout_states`, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum StoredState {
+    /// A Rollout's last status.
+    Rollout {
+        /// The status.
+        status: Box<RolloutStatus>,
+    },
+    /// The candidate a completed Rollout made a channel's stable bundle.
+    Channel {
+        /// The promotion.
+        promoted: PromotedBundle,
+    },
+}
+
+/// The states read back from the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct States {
+    /// Rollout statuses.
+    pub rollouts: BTreeMap<ObjectKey, RolloutStatus>,
+    /// Channel promotions.
+    pub promotions: BTreeMap<ObjectKey, PromotedBundle>,
+    /// Rows that could not be read, and why (they are ignored).
+    pub unreadable: Vec<String>,
+}
+
+impl States {
+    /// Sorts the rows of the store into statuses and promotions.
+    pub fn from_rows(rows: &[crate::store::RolloutStateRow]) -> States {
+        let mut states = States::default();
+        for row in rows {
+            let what = format!("{}/{}", row.namespace, row.name);
+            match serde_json::from_str::<StoredState>(&row.json) {
+                Ok(StoredState::Rollout { status }) if !row.name.contains('/') => {
+                    states
+                        .rollouts
+                        .insert((row.namespace.clone(), row.name.clone()), *status);
+                }
+                Ok(StoredState::Channel { promoted }) => match row.name.strip_prefix(CHANNEL_KEY_PREFIX) {
+                    Some(channel) => {
+                        states
+                            .promotions
+                            .insert((row.namespace.clone(), channel.to_owned()), promoted);
+                    }
+                    None => states
+                        .unreadable
+                        .push(format!("{what}: a channel promotion under a Rollout's name")),
+                },
+                Ok(StoredState::Rollout { .. }) => states
+                    .unreadable
+                    .push(format!("{what}: a Rollout status under a channel's name")),
+                Err(error) => states
+                    .unreadable
+                    .push(format!("{what}: not a saved rollout state: {error}")),
+            }
+        }
+        states
+    }
+}
+
+/// Reads every saved state (for people and tests: what `kubectl get rollout` shows in a cluster).
+pub async fn read_states(store: &DeviceStore) -> Result<States, StoreError> {
+    Ok(States::from_rows(&store.rollout_states().await?))
+}
+
+/// The objects of a load that a decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Objects<'a> {
+    /// Apps.
+    pub apps: &'a [App],
+    /// Channels, with their recorded promotions in `status.promoted`.
+    pub channels: &'a [Channel],
+    /// Bundles, with the status their sync gave them.
+    pub bundles: &'a [Bundle],
+}
+
+impl Objects<'_> {
+    fn channel_of(&self, rollout: &Rollout) -> Option<&Channel> {
+        let namespace = rollout.metadata.namespace.as_deref();
+        self.channels.iter().find(|c| {
+            c.metadata.namespace.as_deref() == namespace
+                && c.metadata.name.as_deref() == Some(&rollout.spec.channel_ref)
+        })
+    }
+
+    fn candidate_of(&self, rollout: &Rollout) -> Option<&Bundle> {
+        let namespace = rollout.metadata.namespace.as_deref();
+        self.bundles.iter().find(|b| {
+            b.metadata.namespace.as_deref() == namespace
+                && b.metadata.name.as_deref() == Some(&rollout.spec.bundle_ref)
+        })
+    }
+}
+
+/// What the device store is asked for one decision: the candidate's figures in its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiguresQuery {
+    /// The App's app id.
+    pub app_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The candidate's version.
+    pub version: String,
+    /// Reports at or after this time (epoch ms) count ([`figures_since`]).
+    pub since_ms: i64,
+}
+
+/// The figures `rollout` (with its last status) needs at `now`; `None` when no device can have
+/// reported anything it counts (its Channel, candidate or App is missing, or its spec does not
+/// parse: the decision then does not read figures).
+pub fn figures_query(rollout: &Rollout, objects: &Objects<'_>, now: Timestamp) -> Option<FiguresQuery> {
+    let channel = objects.channel_of(rollout)?;
+    let candidate = objects.candidate_of(rollout)?;
+    let namespace = rollout.metadata.namespace.as_deref();
+    let app = objects.apps.iter().find(|a| {
+        a.metadata.namespace.as_deref() == namespace
+            && a.metadata.name.as_deref() == Some(&channel.spec.app_ref)
+    })?;
+    let since = figures_since(rollout, now).ok()?;
+    Some(FiguresQuery {
+        app_id: app.spec.app_id.clone(),
+        channel: rollout.spec.channel_ref.clone(),
+        version: candidate.spec.version.clone(),
+        since_ms: since.as_millisecond(),
+    })
+}
+
+/// The decision for `rollout` (with its last status) at `now`, as the controller makes it
+/// ([`crate::core::rollout::decide`]): validated against the folder's objects, then moved on by
+/// the core. `figures`: what the device store counted for [`figures_query`] (`None`: it could
+/// not be read).
+pub fn decide(
+    rollout: &Rollout,
+    objects: &Objects<'_>,
+    figures: Option<FailureCounts>,
+    now: Timestamp,
+) -> RolloutPlan {
+    core_decide(rollout, objects.channels, objects.bundles, figures, now)
+}
+
+/// The promotion to record for a plan, if this decision completed the rollout: the candidate
+/// over the channel's current `spec.bundleRef`. Only the completing decision records (a
+/// completed rollout repeats `record_stable` on every decision; recording it again after git
+/// moved the channel's `bundleRef` would take the choice back from git).
+pub fn promotion_of(
+    rollout: &Rollout,
+    previous: Option<&RolloutStatus>,
+    plan: &RolloutPlan,
+    channel: &Channel,
+) -> Option<PromotedBundle> {
+    let completed = |status: Option<&RolloutStatus>| {
+        status.is_some_and(|s| {
+            s.phase == Some(RolloutPhase::Completed)
+                && s.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
+        })
+    };
+    if completed(previous) || !completed(Some(&plan.status)) {
+        return None;
+    }
+    let bundle = plan.record_stable.clone()?;
+    Some(PromotedBundle {
+        bundle,
+        over_bundle_ref: channel.spec.bundle_ref.clone(),
+        rollout: rollout.metadata.name.clone().unwrap_or_default(),
+    })
+}
+
+/// `channels` with the recorded promotions in their status.
+pub fn with_promotions(
+    channels: &[Channel],
+    promotions: &BTreeMap<ObjectKey, PromotedBundle>,
+) -> Vec<Channel> {
+    channels
+        .iter()
+        .map(|channel| {
+            let mut channel = channel.clone();
+            if let Some(promoted) = promotions.get(&key_of(&channel.metadata)) {
+                let status = channel.status.get_or_insert_with(ChannelStatus::default);
+                status.promoted = Some(promoted.clone());
+            }
+            channel
+        })
+        .collect()
+}
+
+/// `rollouts` with their last statuses.
+pub fn with_statuses(rollouts: &[Rollout], statuses: &BTreeMap<ObjectKey, RolloutStatus>) -> Vec<Rollout> {
+    rollouts
+        .iter()
+        .map(|rollout| {
+            let mut rollout = rollout.clone();
+            rollout.status = statuses.get(&key_of(&rollout.metadata)).cloned();
+            rollout
+        })
+        .collect()
+}
+
+/// Logs an event of a plan (standalone mode's Kubernetes Events).
+fn log_event(rollout: &ObjectKey, event: &RolloutEvent) {
+    let name = format!("{}/{}", rollout.0, rollout.1);
+    match event.kind {
+        EventKind::Normal => tracing::info!(rollout = %name, reason = event.reason, "{}", event.note),
+        EventKind::Warning => tracing::warn!(rollout = %name, reason = event.reason, "{}", event.note),
+    }
+}
+
+/// The folder's objects as one load gave them.
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a> {
+    /// Apps, Channels (as written) and Bundles (with their sync status).
+    pub objects: Objects<'a>,
+    /// The Rollouts, as written (no status).
+    pub rollouts: &'a [Rollout],
+    /// Every document of the folder was read: state of objects that are gone may be forgotten.
+    pub complete: bool,
+}
+
+/// Drives the folder's Rollouts and keeps their state in the device store.
+pub struct RolloutDriver {
+    store: DeviceStore,
+    states: States,
+}
+
+impl RolloutDriver {
+    /// Reads the saved states (rows that cannot be read are reported and ignored).
+    pub async fn open(store: DeviceStore) -> Result<RolloutDriver, StoreError> {
+        let states = read_states(&store).await?;
+        for problem in &states.unreadable {
+            tracing::warn!(%problem, "a saved rollout state is ignored");
+        }
+        tracing::info!(
+            rollouts = states.rollouts.len(),
+            promotions = states.promotions.len(),
+            "rollout states loaded"
+        );
+        Ok(RolloutDriver { store, states })
+    }
+
+    /// The states as they are now.
+    pub fn states(&self) -> &States {
+        &self.states
+    }
+
+    /// The Rollouts with their statuses and the Channels with their promotions, to serve.
+    pub fn served(&self, load: &Load<'_>) -> (Vec<Rollout>, Vec<Channel>) {
+        (
+            with_statuses(load.rollouts, &self.states.rollouts),
+            with_promotions(load.objects.channels, &self.states.promotions),
+        )
+    }
+
+    /// Decides every Rollout of `load` at `now`, saving each state that changed before keeping
+    /// it, and logging the events of each saved decision. Returns when to decide again (`None`:
+    /// only a change of the folder matters).
+    pub async fn drive(&mut self, load: &Load<'_>, now: Timestamp) -> Option<Timestamp> {
+        if load.complete {
+            self.forget_missing(load).await;
+        }
+        let mut channels = with_promotions(load.objects.channels, &self.states.promotions);
+        let mut rollouts: Vec<&Rollout> = load.rollouts.iter().collect();
+        rollouts.sort_by_key(|r| key_of(&r.metadata));
+        let mut next: Option<Timestamp> = None;
+        let mut wake_at = |at: Timestamp| next = Some(next.map_or(at, |n: Timestamp| n.min(at)));
+        for written in rollouts {
+            let key = key_of(&written.metadata);
+            let previous = self.states.rollouts.get(&key).cloned();
+            let mut rollout = written.clone();
+            rollout.status = previous.clone();
+            let objects = Objects {
+                channels: &channels,
+                ..load.objects
+            };
+            let figures = match figures_query(&rollout, &objects, now) {
+                Some(query) => self.figures(&key, &query).await,
+                None => Some(FailureCounts {
+                    attempts: 0,
+                    failures: 0,
+                }),
+            };
+            let plan = decide(&rollout, &objects, figures, now);
+            if let Some(at) = plan.requeue_at {
+                wake_at(at);
+            }
+            if previous.as_ref() == Some(&plan.status) {
+                continue;
+            }
+            if let Some(channel) = objects.channel_of(&rollout)
+                && let Some(promoted) = promotion_of(&rollout, previous.as_ref(), &plan, channel)
+            {
+                let channel_key = key_of(&channel.metadata);
+                let state = StoredState::Channel {
+                    promoted: promoted.clone(),
+                };
+                let name = format!("{CHANNEL_KEY_PREFIX}{}", channel_key.1);
+                if let Err(error) = self.save(&channel_key.0, &name, &state, now).await {
+                    tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot record the completed rollout's candidate as the channel's stable bundle; trying again");
+                    wake_at(retry_at(now));
+                    continue;
+                }
+                tracing::info!(channel = %format!("{}/{}", channel_key.0, channel_key.1), bundle = %promoted.bundle, "recorded as the channel's stable bundle");
+                self.states.promotions.insert(channel_key, promoted);
+                channels = with_promotions(load.objects.channels, &self.states.promotions);
+            }
+            let state = StoredState::Rollout {
+                status: Box::new(plan.status.clone()),
+            };
+            if let Err(error) = self.save(&key.0, &key.1, &state, now).await {
+                tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot save the rollout's state; it is not served and will be decided again");
+                wake_at(retry_at(now));
+                continue;
+            }
+            for event in &plan.events {
+                log_event(&key, event);
+            }
+            self.states.rollouts.insert(key, plan.status);
+        }
+        next
+    }
+
+    async fn figures(&self, rollout: &ObjectKey, query: &FiguresQuery) -> Option<FailureCounts> {
+        match self
+            .store
+            .outcome_figures(&query.app_id, &query.channel, &query.version, query.since_ms)
+            .await
+        {
+            Ok(figures) => Some(FailureCounts {
+                attempts: i64::try_from(figures.attempts).unwrap_or(i64::MAX),
+                failures: i64::try_from(figures.failures).unwrap_or(i64::MAX),
+            }),
+            Err(error) => {
+                tracing::warn!(rollout = %format!("{}/{}", rollout.0, rollout.1), %error, "cannot read the failure figures; the analysis waits");
+                None
+            }
+        }
+    }
+
+    async fn save(
+        &self,
+        namespace: &str,
+        name: &str,
+        state: &StoredState,
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
+        self.store
+            .save_rollout_state(namespace, name, &json, now.as_millisecond())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forgets the state of Rollouts and Channels no longer in the folder.
+    async fn forget_missing(&mut self, load: &Load<'_>) {
+        let rollouts: BTreeSet<ObjectKey> = load.rollouts.iter().map(|r| key_of(&r.metadata)).collect();
+        let channels: BTreeSet<ObjectKey> = load
+            .objects
+            .channels
+            .iter()
+            .map(|c| key_of(&c.metadata))
+            .collect();
+        let gone_rollouts: Vec<ObjectKey> = self
+            .states
+            .rollouts
+            .keys()
+            .filter(|k| !rollouts.contains(*k))
+            .cloned()
+            .collect();
+        let gone_channels: Vec<ObjectKey> = self
+            .states
+            .promotions
+            .keys()
+            .filter(|k| !channels.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone_rollouts {
+            match self.store.delete_rollout_state(&key.0, &key.1).await {
+                Ok(_) => {
+                    tracing::info!(rollout = %format!("{}/{}", key.0, key.1), "the Rollout left the folder; its state is forgotten");
+                    self.states.rollouts.remove(&key);
+                }
+                Err(error) => {
+                    tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot forget the state of a Rollout that left the folder")
+                }
+            }
+        }
+        for key in gone_channels {
+            let name = format!("{CHANNEL_KEY_PREFIX}{}", key.1);
+            match self.store.delete_rollout_state(&key.0, &name).await {
+                Ok(_) => {
+                    tracing::info!(channel = %format!("{}/{}", key.0, key.1), "the Channel left the folder; its promoted bundle is forgotten");
+                    self.states.promotions.remove(&key);
+                }
+                Err(error) => {
+                    tracing::warn!(channel = %format!("{}/{}", key.0, key.1), %error, "cannot forget the promotion of a Channel that left the folder")
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at` (a hair after, so the decision then finds it past), or forever for `None`.
+pub async fn sleep_until(at: Option<Timestamp>) {
+    match at {
+        Some(at) => {
+            let wait = std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default();
+            tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn retry_at(now: Timestamp) -> Timestamp {
+    now.saturating_add(SAVE_RETRY).unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,706 @@
+//! The fleet simulation: a few hundred simulated devices speaking the plugin protocol to a real
+//! update server while a Rollout moves their channel from 1.0.0 to 1.1.0 (the devices are in
+//! tests/support/fleet.rs). Each scenario is a test, run twice:
+//!
+//! - `standalone_*`: the real `ota standalone` process, which drives the Rollout itself (state in
+//!   its device store);
+//! - `cluster_*`: the real test API server, the real `ota controller` process driving the Rollout
+//!   (figures from the update server's internal listener) and the real `ota server` process
+//!   serving the devices (`tests/run.sh --test fleet` starts the API server).
+//!
+//! Scenarios: a healthy candidate walks every step to 100% and every device ends on it; a
+//! candidate that fails on 30% of devices is aborted at the first analysis with enough attempts,
+//! and every device returns to the stable bundle (those that took the candidate too); cohorts
+//! are monotonic (no device moves back while the percent rises, and the devices on the candidate
+//! are exactly the cohort); killing the process that drives the rollout mid-rollout (SIGKILL,
+//! twice) changes nothing in the outcome.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use kube::{Api, Client};
+use object_store::ObjectStoreExt as _;
+use ota_operator::{
+    api::{Channel, Rollout, RolloutStatus, rollout::RolloutPhase},
+    core::cohort::in_cohort,
+    standalone::rollouts::read_states,
+    store::DeviceStore,
+};
+use serde_json::{Value, json};
+
+#[path = "support/fleet.rs"]
+mod fleet;
+mod support;
+
+use fleet::{
+    APP_ID, BundleFile, FailurePlan, Fleet, OtaProcess, Round, Standalone, candidate_bundle, failing_share,
+    free_address, no_failures, stable_bundle,
+};
+
+/// Devices per scenario.
+const DEVICES: usize = 300;
+/// Devices checking at once (and connections open).
+const CONCURRENCY: usize = 16;
+/// The longest any scenario may take.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(55);
+/// The Rollout's name.
+const ROLLOUT: &str = "fleet-1.1.0";
+
+/// The Rollout of the candidate on `production`, with these steps, policy and annotations.
+fn rollout(steps: Value, analysis: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": ROLLOUT, "annotations": annotations},
+        "spec": {"channelRef": "production", "bundleRef": "fleet-1.1.0", "steps": steps, "analysis": analysis},
+    })
+}
+
+/// The servers a scenario runs.
+enum Servers {
+    Standalone {
+        server: Standalone,
+        store: DeviceStore,
+    },
+    Cluster {
+        client: Client,
+        namespace: String,
+        server: OtaProcess,
+        controller: OtaProcess,
+        base: String,
+        _root: tempfile::TempDir,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    Cluster,
+}
+
+/// A scenario: the servers, the fleet on the stable bundle, and what every round did.
+struct Scenario {
+    dir: tempfile::TempDir,
+    servers: Servers,
+    fleet: Fleet,
+    stable: BundleFile,
+    candidate: BundleFile,
+    fails: FailurePlan,
+    started: Instant,
+    /// Each device's version after every round so far (index 0: before the first round).
+    history: Vec<Vec<String>>,
+}
+
+impl Scenario {
+    async fn start(mode: Mode, rollout: Value, fails: FailurePlan, seed: u32) -> Scenario {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let (stable, candidate) = (stable_bundle(), candidate_bundle());
+        let servers = match mode {
+            Mode::Standalone => {
+                fleet::write_world(
+                    dir.path(),
+                    &stable,
+                    &candidate,
+                    &serde_json::to_string(&rollout).expect("JSON"),
+                );
+                let server = Standalone::start(dir.path(), &[]).await;
+                let store = DeviceStore::open(&server.database_url())
+                    .await
+                    .expect("the server's device store opens beside it");
+                Servers::Standalone { server, store }
+            }
+            Mode::Cluster => start_cluster(dir.path(), &stable, &candidate, rollout).await,
+        };
+        let fleet = Fleet::new(seed, DEVICES, &stable.version, CONCURRENCY);
+        let history = vec![fleet.devices.iter().map(|d| d.version.clone()).collect()];
+        Scenario {
+            dir,
+            servers,
+            fleet,
+            stable,
+            candidate,
+            fails,
+            started: Instant::now(),
+            history,
+        }
+    }
+
+    fn base(&self) -> String {
+        match &self.servers {
+            Servers::Standalone { server, .. } => server.base(),
+            Servers::Cluster { base, .. } => base.clone(),
+        }
+    }
+
+    /// The Rollout's status (in a cluster, only once it describes the current generation).
+    async fn status(&self) -> Option<RolloutStatus> {
+        match &self.servers {
+            Servers::Standalone { store, .. } => read_states(store)
+                .await
+                .expect("the rollout states read")
+                .rollouts
+                .get(&("default".to_owned(), ROLLOUT.to_owned()))
+                .cloned(),
+            Servers::Cluster {
+                client, namespace, ..
+            } => {
+                let rollout = Api::<Rollout>::namespaced(client.clone(), namespace)
+                    .get(ROLLOUT)
+                    .await
+                    .expect("the Rollout");
+                let status = rollout.status?;
+                (status.observed_generation == rollout.metadata.generation).then_some(status)
+            }
+        }
+    }
+
+    /// The bundle recorded as the channel's stable one by a completed rollout.
+    async fn promoted(&self) -> Option<String> {
+        match &self.servers {
+            Servers::Standalone { store, .. } => read_states(store)
+                .await
+                .expect("the rollout states read")
+                .promotions
+                .get(&("default".to_owned(), "production".to_owned()))
+                .map(|p| p.bundle.clone()),
+            Servers::Cluster {
+                client, namespace, ..
+            } => Api::<Channel>::namespaced(client.clone(), namespace)
+                .get("production")
+                .await
+                .expect("the Channel")
+                .status
+                .and_then(|s| s.promoted)
+                .map(|p| p.bundle),
+        }
+    }
+
+    /// Replaces the Rollout (a new YAML file, or a server-side apply).
+    async fn set_rollout(&self, rollout: Value) {
+        match &self.servers {
+            Servers::Standalone { .. } => {
+                fleet::write_rollout(self.dir.path(), &serde_json::to_string(&rollout).expect("JSON"));
+            }
+            Servers::Cluster {
+                client, namespace, ..
+            } => {
+                support::apply_document(client, namespace, &rollout)
+                    .await
+                    .expect("the Rollout applies");
+            }
+        }
+    }
+
+    /// Kills (SIGKILL) the process that drives the rollout and starts it again.
+    async fn crash_the_driver(&mut self) {
+        match &mut self.servers {
+            Servers::Standalone { server, .. } => server.restart().await,
+            Servers::Cluster { controller, .. } => controller.restart().await,
+        }
+    }
+
+    /// Kills (SIGKILL) the process devices talk to and starts it again.
+    async fn crash_the_server(&mut self) {
+        match &mut self.servers {
+            Servers::Standalone { server, .. } => server.restart().await,
+            Servers::Cluster { server, .. } => server.restart().await,
+        }
+    }
+
+    fn logs(&self) -> String {
+        match &self.servers {
+            Servers::Standalone { server, .. } => server.logs(),
+            Servers::Cluster {
+                server, controller, ..
+            } => format!(
+                "--- controller\n{}\n--- server\n{}",
+                controller.logs(),
+                server.logs()
+            ),
+        }
+    }
+
+    /// One round of every device; fails the test on any protocol breakage.
+    async fn round(&mut self) -> Round {
+        assert!(
+            self.started.elapsed() < SCENARIO_LIMIT,
+            "the scenario took longer than {SCENARIO_LIMIT:?}; rollout status: {:#?}\nlogs:\n{}",
+            self.status().await,
+            self.logs()
+        );
+        let round = self.fleet.round(&self.base(), &self.fails).await;
+        let broken = round.broken();
+        assert!(broken.is_empty(), "devices saw broken answers: {broken:?}");
+        self.history
+            .push(self.fleet.devices.iter().map(|d| d.version.clone()).collect());
+        round
+    }
+
+    /// Rounds until `done` holds for the latest status (checked after each round).
+    async fn rounds_until(&mut self, done: impl Fn(&RolloutStatus, &Fleet) -> bool) -> RolloutStatus {
+        loop {
+            self.round().await;
+            if let Some(status) = self.status().await
+                && done(&status, &self.fleet)
+            {
+                return status;
+            }
+        }
+    }
+
+    fn on(&self, version: &str) -> usize {
+        self.fleet.versions().get(version).copied().unwrap_or(0)
+    }
+
+    fn on_candidate(&self) -> BTreeSet<usize> {
+        self.fleet
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.version == self.candidate.version)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// No device ever went from the candidate back to the stable bundle.
+    fn assert_no_device_moved_back(&self) {
+        for (round, pair) in self.history.windows(2).enumerate() {
+            for (device, (before, after)) in pair[0].iter().zip(&pair[1]).enumerate() {
+                assert!(
+                    !(before == &self.candidate.version && after == &self.stable.version),
+                    "device {device} went back from {before} to {after} in round {}",
+                    round + 1
+                );
+            }
+        }
+    }
+}
+
+/// Puts the zips in the App's filesystem storage under `root`, applies the App, the Bundles
+/// (synced by the controller from their storage keys), the Channel and `rollout` in a fresh
+/// namespace, and starts `ota server` (with its internal listener) and `ota controller` (asking
+/// that listener for figures) as processes.
+async fn start_cluster(
+    dir: &std::path::Path,
+    stable: &BundleFile,
+    candidate: &BundleFile,
+    rollout: Value,
+) -> Servers {
+    let client = support::client_with_crds().await;
+    let namespace = support::unique_namespace("fleet");
+    let root = tempfile::tempdir().expect("a storage root");
+    let storage: ota_operator::api::app::StorageSpec =
+        serde_json::from_value(json!({"filesystem": {"path": "fleet"}})).expect("a storage spec");
+    let opened = ota_operator::storage::open(&storage, root.path(), &Default::default())
+        .expect("the filesystem storage opens");
+    let mut documents = vec![
+        json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "fleet"},
+            "spec": {"appId": APP_ID, "platforms": ["android"], "storage": storage, "server": {"replicas": 1}},
+        }),
+        json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
+            "spec": {"appRef": "fleet", "bundleRef": stable.name, "public": true, "android": true},
+        }),
+    ];
+    for bundle in [stable, candidate] {
+        let key = format!("uploads/{}.zip", bundle.name);
+        let path = ota_operator::sync::object_path(&opened.prefix, &key).expect("a clean key");
+        opened
+            .store
+            .put(&path, bundle.zip.clone().into())
+            .await
+            .expect("the zip is in storage");
+        documents.push(json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle", "metadata": {"name": bundle.name},
+            "spec": {"appRef": "fleet", "version": bundle.version, "source": {"storageKey": key, "sha256": bundle.sha256}},
+        }));
+    }
+    documents.push(rollout);
+    for document in &documents {
+        support::apply_document(&client, &namespace, document)
+            .await
+            .unwrap_or_else(|e| panic!("{document} does not apply: {e}"));
+    }
+    let kubeconfig = support::kubeconfig_path().display().to_string();
+    let root_path = root.path().display().to_string();
+    let (listen, internal) = (free_address(), free_address());
+    let server = OtaProcess::start(
+        "server",
+        &[
+            "server".to_owned(),
+            "--namespace".to_owned(),
+            namespace.clone(),
+            "--listen".to_owned(),
+            listen.to_string(),
+            "--internal-listen".to_owned(),
+            internal.to_string(),
+            "--database".to_owned(),
+            format!("sqlite://{}", dir.join("devices.db").display()),
+            "--storage-root".to_owned(),
+            root_path.clone(),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+        &format!("http://{listen}/readyz"),
+        &dir.join("logs"),
+    )
+    .await;
+    let metrics = free_address();
+    let controller = OtaProcess::start(
+        "controller",
+        &[
+            "controller".to_owned(),
+            "--namespace".to_owned(),
+            namespace.clone(),
+            "--lease-namespace".to_owned(),
+            namespace.clone(),
+            "--server-image".to_owned(),
+            support::controller::IMAGE.to_owned(),
+            "--metrics-listen".to_owned(),
+            metrics.to_string(),
+            "--storage-root".to_owned(),
+            root_path,
+            "--figures-url".to_owned(),
+            format!("http://{internal}"),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+        &format!("http://{metrics}/readyz"),
+        &dir.join("logs"),
+    )
+    .await;
+    Servers::Cluster {
+        client,
+        namespace,
+        server,
+        controller,
+        base: format!("http://{listen}"),
+        _root: root,
+    }
+}
+
+fn phase(status: &RolloutStatus) -> Option<RolloutPhase> {
+    status.phase
+}
+
+/// Checks, after a round, that the devices on the candidate are exactly the cohort: every device
+/// in it at the round's start took the candidate, none outside it at the round's end did, and
+/// none left it since the previous round.
+fn assert_exactly_the_cohort(
+    scenario: &Scenario,
+    before: &BTreeSet<usize>,
+    percent_before: i32,
+    status: &RolloutStatus,
+) -> BTreeSet<usize> {
+    let on_candidate = scenario.on_candidate();
+    assert!(
+        on_candidate.is_superset(before),
+        "devices left the cohort: {:?}",
+        before.difference(&on_candidate).collect::<Vec<_>>()
+    );
+    let salt = status.salt.as_deref().expect("a salt");
+    let percent_after = status.current_percent.unwrap_or(0);
+    for (index, device) in scenario.fleet.devices.iter().enumerate() {
+        if in_cohort(salt, &device.id, percent_before as u32) {
+            assert!(
+                on_candidate.contains(&index),
+                "device {index} is in the {percent_before}% cohort"
+            );
+        }
+        if on_candidate.contains(&index) {
+            assert!(
+                in_cohort(salt, &device.id, percent_after as u32),
+                "device {index} took the candidate outside the {percent_after}% cohort"
+            );
+        }
+    }
+    on_candidate
+}
+
+// ---------------------------------------------------------------- the scenarios
+
+async fn healthy_candidate_walks_every_step(mode: Mode) {
+    let rollout = rollout(
+        json!([{"setPercent": 10}, {"pause": {"duration": "1s"}}, {"setPercent": 30}, {"analysis": {}},
+               {"pause": {"duration": "1s"}}, {"setPercent": 60}, {"pause": {"duration": "1s"}}, {"setPercent": 100}]),
+        json!({"interval": "1s", "minAttempts": 20, "maxFailureRate": 0.05, "window": "1h", "action": "rollback"}),
+        json!({}),
+    );
+    let mut scenario = Scenario::start(mode, rollout, no_failures(), 1).await;
+    let status = scenario
+        .rounds_until(|status, fleet| {
+            phase(status) == Some(RolloutPhase::Completed)
+                && fleet.devices.iter().all(|d| d.version == "1.1.0")
+        })
+        .await;
+    // The walk went through its steps, and the analysis passed with enough attempts.
+    assert_eq!(status.current_percent, Some(100));
+    assert_eq!(status.current_step_index, Some(8));
+    let figures = status.analysis.as_ref().expect("analysis figures");
+    assert!(figures.attempts >= 20, "{figures:?}");
+    assert_eq!(figures.failures, 0);
+    assert_eq!(scenario.on("1.1.0"), DEVICES);
+    scenario.assert_no_device_moved_back();
+    // The share rose in steps (each step was served to the fleet).
+    let shares: BTreeSet<usize> = scenario
+        .history
+        .iter()
+        .map(|versions| versions.iter().filter(|v| *v == "1.1.0").count())
+        .collect();
+    assert!(shares.len() >= 3, "the share rose in steps: {shares:?}");
+    if mode == Mode::Standalone {
+        // Standalone mode logs the events a cluster would publish.
+        let logs = scenario.logs();
+        for percent in [10, 30, 60] {
+            assert!(
+                logs.contains(&format!("is offered to {percent}% of devices")),
+                "no {percent}% step in the logs:\n{logs}"
+            );
+        }
+        assert!(logs.contains("AnalysisPassed"), "{logs}");
+        assert!(logs.contains("RolloutCompleted"), "{logs}");
+    }
+    // The candidate is now the channel's stable bundle: a device never seen before gets it.
+    let promoted = fleet::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "the candidate recorded as the channel's stable bundle",
+        || scenario.promoted(),
+    )
+    .await;
+    assert_eq!(promoted, "fleet-1.1.0");
+    let mut newcomers = Fleet::new(99, 20, "1.0.0", 4);
+    newcomers.round(&scenario.base(), &no_failures()).await;
+    assert_eq!(newcomers.versions().get("1.1.0"), Some(&20));
+}
+
+async fn failing_candidate_is_aborted(mode: Mode) {
+    const MIN_ATTEMPTS: i64 = 30;
+    let rollout = rollout(
+        json!([{"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]),
+        json!({"interval": "1s", "minAttempts": MIN_ATTEMPTS, "maxFailureRate": 0.05, "window": "1h", "action": "rollback"}),
+        json!({}),
+    );
+    let mut scenario = Scenario::start(mode, rollout, failing_share("1.1.0", 30), 2).await;
+    let mut took_candidate = BTreeSet::new();
+    let mut failed = 0;
+    let aborted = loop {
+        let round = scenario.round().await;
+        for (device, (_, outcome)) in round.outcomes.iter().enumerate() {
+            match outcome {
+                fleet::Outcome::Set(version) if version == "1.1.0" => {
+                    took_candidate.insert(device);
+                }
+                fleet::Outcome::Failed(_) => failed += 1,
+                _ => {}
+            }
+        }
+        let Some(status) = scenario.status().await else {
+            continue;
+        };
+        if phase(&status) == Some(RolloutPhase::Aborted) {
+            break status;
+        }
+        // Every analysis with enough attempts aborts: a status that counted as many and still
+        // runs would be an analysis that let the candidate through.
+        if let Some(figures) = &status.analysis {
+            assert!(
+                figures.attempts < MIN_ATTEMPTS,
+                "an analysis with {} attempts did not abort: {status:#?}",
+                figures.attempts
+            );
+        }
+    };
+    let figures = aborted.analysis.as_ref().expect("the figures of the abort");
+    assert!(figures.attempts >= MIN_ATTEMPTS, "{figures:?}");
+    let rate = figures.failures as f64 / figures.attempts as f64;
+    assert!(
+        (0.15..=0.45).contains(&rate),
+        "a failure rate near 30%: {figures:?}"
+    );
+    assert!(figures.lower_bound > 0.05, "{figures:?}");
+    assert_eq!(aborted.current_percent, Some(0));
+    assert!(
+        failed > 0 && !took_candidate.is_empty(),
+        "some devices tried the candidate"
+    );
+    if mode == Mode::Standalone {
+        let logs = scenario.logs();
+        assert!(logs.contains("Aborted by the background analysis"), "{logs}");
+    }
+    // Every device goes back to 1.0.0, including those that took 1.1.0 (the server may take a
+    // moment to serve the abort).
+    for _ in 0..10 {
+        scenario.round().await;
+        if scenario.on("1.0.0") == DEVICES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(scenario.on("1.0.0"), DEVICES, "{:?}", scenario.fleet.versions());
+    // And nobody is offered the candidate again.
+    let round = scenario.round().await;
+    let offered: Vec<_> = round
+        .outcomes
+        .iter()
+        .filter(|(_, o)| o.offered().is_some())
+        .collect();
+    assert!(offered.is_empty(), "{offered:?}");
+    assert_eq!(
+        scenario.status().await.and_then(|s| s.phase),
+        Some(RolloutPhase::Aborted),
+        "an aborted rollout stays aborted"
+    );
+}
+
+async fn cohorts_are_monotonic(mode: Mode) {
+    let rollout = rollout(
+        json!([{"setPercent": 5}, {"pause": {"duration": "1s"}}, {"setPercent": 15}, {"pause": {"duration": "1s"}},
+               {"setPercent": 35}, {"pause": {"duration": "1s"}}, {"setPercent": 65}, {"pause": {"duration": "1s"}},
+               {"setPercent": 100}]),
+        json!({"interval": "1h"}),
+        json!({}),
+    );
+    let mut scenario = Scenario::start(mode, rollout, no_failures(), 3).await;
+    let mut on_candidate = BTreeSet::new();
+    loop {
+        let percent_before = scenario
+            .status()
+            .await
+            .and_then(|s| s.current_percent)
+            .unwrap_or(0);
+        scenario.round().await;
+        let Some(status) = scenario.status().await else {
+            continue;
+        };
+        on_candidate = assert_exactly_the_cohort(&scenario, &on_candidate, percent_before, &status);
+        if phase(&status) == Some(RolloutPhase::Completed) && on_candidate.len() == DEVICES {
+            break;
+        }
+    }
+    scenario.assert_no_device_moved_back();
+    let shares: BTreeSet<usize> = scenario
+        .history
+        .iter()
+        .map(|versions| versions.iter().filter(|v| *v == "1.1.0").count())
+        .collect();
+    assert!(shares.len() >= 4, "the share rose in steps: {shares:?}");
+}
+
+async fn a_crash_mid_rollout_changes_nothing(mode: Mode) {
+    let steps = json!([{"setPercent": 20}, {"pause": {"duration": "3s"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
+    let analysis = json!({"interval": "1h"});
+    let mut scenario = Scenario::start(
+        mode,
+        rollout(steps.clone(), analysis.clone(), json!({})),
+        no_failures(),
+        4,
+    )
+    .await;
+    // Mid-pause at 20%: kill, restart, and the pause still ends at its first deadline.
+    let paused = scenario
+        .rounds_until(|status, _| status.current_percent == Some(20) && status.current_step_index == Some(1))
+        .await;
+    let on_candidate_before = scenario.on_candidate();
+    scenario.crash_the_driver().await;
+    let after_restart = scenario.status().await.expect("the status survived");
+    assert_eq!(after_restart.salt, paused.salt);
+    assert_eq!(after_restart.started_at, paused.started_at);
+    assert_eq!(after_restart.pause_conditions, paused.pause_conditions);
+    // The same cohort: nobody on the candidate leaves it.
+    scenario.round().await;
+    assert!(scenario.on_candidate().is_superset(&on_candidate_before));
+    // Waiting at 50% for a person.
+    let waiting = scenario
+        .rounds_until(|status, _| status.current_percent == Some(50) && status.current_step_index == Some(3))
+        .await;
+    // Rounds take the new half of the cohort to the candidate (once the server serves 50%: in a
+    // cluster it follows the status within a second); then nothing moves.
+    let salt = waiting.salt.clone().expect("a salt");
+    let cohort: BTreeSet<usize> = (0..DEVICES)
+        .filter(|i| in_cohort(&salt, &scenario.fleet.devices[*i].id, 50))
+        .collect();
+    while scenario.on_candidate() != cohort {
+        scenario.round().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_candidate = scenario.on_candidate();
+    let round = scenario.round().await;
+    assert!(
+        round.outcomes.iter().all(|(_, o)| o.offered().is_none()),
+        "settled at 50%"
+    );
+    // Kill the driver again, and the server devices talk to (in standalone mode, one process).
+    scenario.crash_the_driver().await;
+    if mode == Mode::Cluster {
+        scenario.crash_the_server().await;
+    }
+    let after_restart = scenario.status().await.expect("the status survived");
+    assert_eq!(after_restart.current_step_index, waiting.current_step_index);
+    assert_eq!(after_restart.salt, waiting.salt);
+    let round = scenario.round().await;
+    assert!(
+        round.outcomes.iter().all(|(_, o)| o.offered().is_none()),
+        "after the restarts every device is offered what it already runs"
+    );
+    assert_eq!(scenario.on_candidate(), on_candidate);
+    // Promoted by a person: to 100%.
+    scenario
+        .set_rollout(rollout(steps, analysis, json!({"ota.dev/promote": "1"})))
+        .await;
+    let status = scenario
+        .rounds_until(|status, fleet| {
+            phase(status) == Some(RolloutPhase::Completed)
+                && fleet.devices.iter().all(|d| d.version == "1.1.0")
+        })
+        .await;
+    assert_eq!(status.salt, paused.salt);
+    assert_eq!(status.started_at, paused.started_at);
+    scenario.assert_no_device_moved_back();
+    if mode == Mode::Standalone {
+        let logs = scenario.logs();
+        assert!(logs.contains("Promoted past step 4 of 5"), "{logs}");
+    }
+}
+
+#[tokio::test]
+async fn standalone_a_healthy_candidate_walks_every_step_to_100_percent_and_every_device_ends_on_it() {
+    healthy_candidate_walks_every_step(Mode::Standalone).await;
+}
+
+#[tokio::test]
+async fn standalone_a_candidate_failing_on_30_percent_of_devices_is_aborted_and_every_device_returns_to_stable()
+ {
+    failing_candidate_is_aborted(Mode::Standalone).await;
+}
+
+#[tokio::test]
+async fn standalone_cohorts_are_monotonic_no_device_flips_back_while_the_percent_rises() {
+    cohorts_are_monotonic(Mode::Standalone).await;
+}
+
+#[tokio::test]
+async fn standalone_killing_the_server_mid_rollout_changes_nothing_in_the_outcome() {
+    a_crash_mid_rollout_changes_nothing(Mode::Standalone).await;
+}
+
+#[tokio::test]
+async fn cluster_a_healthy_candidate_walks_every_step_to_100_percent_and_every_device_ends_on_it() {
+    healthy_candidate_walks_every_step(Mode::Cluster).await;
+}
+
+#[tokio::test]
+async fn cluster_a_candidate_failing_on_30_percent_of_devices_is_aborted_and_every_device_returns_to_stable()
+{
+    failing_candidate_is_aborted(Mode::Cluster).await;
+}
+
+#[tokio::test]
+async fn cluster_cohorts_are_monotonic_no_device_flips_back_while_the_percent_rises() {
+    cohorts_are_monotonic(Mode::Cluster).await;
+}
+
+#[tokio::test]
+async fn cluster_killing_the_controller_mid_rollout_changes_nothing_in_the_outcome() {
+    a_crash_mid_rollout_changes_nothing(Mode::Cluster).await;
+}
