@@ -95,7 +95,7 @@ use ota_operator::{
         constants::{API_VERSION, condition, field_manager, finalizer},
     },
     core::bundle_lifecycle::{SyncDecision, SyncFacts, SyncOutcome, bundle_status_after_sync, sync_decision},
-    sync::{manifest_key, zip_key},
+    sync::{variant_manifest_key, zip_key},
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -307,7 +307,9 @@ fn presynced_status(bundle: &Bundle, now: Timestamp) -> api::BundleStatus {
     let sha256 = bundle.spec.source.sha256.clone();
     let facts = SyncFacts {
         zip_key: zip_key(&sha256),
-        manifest_key: Some(manifest_key(&sha256)),
+        // The variants are done too: a Bundle whose variants are not needs storage I/O.
+        manifest_key: Some(variant_manifest_key(&sha256)),
+        compressed_variants: true,
         sha256,
         zip_size: 4_812_345,
         uncompressed_size: Some(11_234_567),

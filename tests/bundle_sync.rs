@@ -63,7 +63,8 @@ impl Env {
         self.dir.path().join("src").join(name)
     }
 
-    async fn sync_with(
+    /// The first step alone: the bundle as it is served once Synced.
+    async fn first_step(
         &self,
         source: &BundleSourceRef,
         sha256: &str,
@@ -78,6 +79,18 @@ impl Env {
             http: &self.http,
         })
         .await
+    }
+
+    /// Both steps, as the controller runs them: the sync, then the Brotli variants.
+    async fn sync_with(
+        &self,
+        source: &BundleSourceRef,
+        sha256: &str,
+        limits: &SyncLimits,
+    ) -> Result<SyncedBundle, SyncError> {
+        let synced = self.first_step(source, sha256, limits).await?;
+        let variants = sync::compress_variants(&self.store, &self.prefix, &synced.sha256).await?;
+        Ok(synced.with_variants(variants))
     }
 
     /// Syncs a zip file from disk with default limits.
@@ -331,7 +344,8 @@ async fn a_normal_bundle_is_stored_with_its_manifest() {
     let total = index.len() + app.len() + logo.len() + small_css.len();
     assert_eq!(synced.uncompressed_size, total as u64);
     assert_eq!(synced.zip_key, format!("zips/{zip_sha}.zip"));
-    assert_eq!(synced.manifest_key, format!("manifests/{zip_sha}.json"));
+    assert_eq!(synced.manifest_key, format!("manifests/{zip_sha}.br.json"));
+    assert!(synced.compressed_variants);
     assert_eq!((synced.uploaded_files, synced.reused_files), (5, 0));
 
     // The manifest: sorted, `.br` only for the big compressible file, hashes of the originals.
@@ -387,47 +401,162 @@ async fn a_normal_bundle_is_stored_with_its_manifest() {
 }
 
 #[tokio::test]
-async fn a_file_that_deflate_could_not_shrink_is_stored_raw() {
-    // Noise with a little padding: deflate saves about 1 %, and so would Brotli, which is not
-    // worth a decoding pass on every device; the zip's own compressed size tells, for free.
-    let mut nearly_noise = noise(100 * 1024, 7);
-    nearly_noise[..1500].fill(0);
-    // The same bytes stored without compression give no such hint: Brotli is tried, and kept
-    // because it is smaller.
-    let path = env_zip_with_stored(&nearly_noise);
-    let env = &path.0;
-    let synced = env.sync_file(&path.1).await.unwrap();
-    let names: Vec<&str> = synced.manifest.iter().map(|f| f.file_name.as_str()).collect();
-    assert_eq!(names, ["data/deflated.bin", "data/stored.bin.br", "index.html"]);
-    let raw = env.object(&synced.manifest[0].key).await;
-    assert!(raw == nearly_noise, "the deflated entry is not stored raw");
-    let compressed = env.object(&synced.manifest[1].key).await;
-    assert!(compressed.len() < nearly_noise.len());
-    let mut stored_content = nearly_noise.clone();
-    stored_content.push(b'!');
+async fn the_first_step_serves_raw_files_and_the_second_adds_the_variants() {
+    let env = Env::new();
+    let app = javascript(64 * 1024, "app");
+    let path = env.zip_path("steps.zip");
+    write_zip(&path, &[index_html(), Entry::File("assets/app.js", app.clone())]);
+    let sha = sha256_file(&path);
+    let first = env
+        .first_step(&BundleSourceRef::File(path.clone()), &sha, &SyncLimits::default())
+        .await
+        .unwrap();
+    // Servable at once: every file raw, under the first manifest, and no variant yet.
+    assert!(!first.compressed_variants);
+    assert_eq!(first.manifest_key, format!("manifests/{sha}.json"));
     assert!(
-        brotli_decompress(&compressed) == stored_content,
-        "the stored entry's Brotli form"
+        first
+            .manifest
+            .iter()
+            .all(|f| f.key == format!("files/{}", f.file_hash))
+    );
+    assert_eq!(env.object(&first.manifest[0].key).await, app);
+    assert!(
+        env.listing()
+            .await
+            .iter()
+            .all(|(key, _, _)| !key.ends_with(".br")),
+        "no variant before the second step"
+    );
+    assert_eq!(
+        sync::read_manifest(&env.store, &env.prefix, &first.manifest_key)
+            .await
+            .unwrap(),
+        first.manifest
+    );
+
+    let variants = sync::compress_variants(&env.store, &env.prefix, &sha)
+        .await
+        .unwrap();
+    assert_eq!((variants.variants, variants.made), (1, 1));
+    assert_eq!(variants.manifest_key, format!("manifests/{sha}.br.json"));
+    let names: Vec<&str> = variants.manifest.iter().map(|f| f.file_name.as_str()).collect();
+    assert_eq!(names, ["assets/app.js.br", "index.html"]);
+    assert_eq!(
+        sync::read_manifest(&env.store, &env.prefix, &variants.manifest_key)
+            .await
+            .unwrap(),
+        variants.manifest
+    );
+    // The raw file stays (devices that got the first manifest may still download it).
+    assert_eq!(env.object(&format!("files/{}", sha256(&app))).await, app);
+    let compressed = env.object(&format!("files/{}.br", sha256(&app))).await;
+    assert_eq!(brotli_decompress(&compressed), app);
+}
+
+#[tokio::test]
+async fn the_second_step_is_idempotent_and_makes_only_missing_variants() {
+    let env = Env::new();
+    let a = javascript(40 * 1024, "a");
+    let b = javascript(50 * 1024, "b");
+    let path = env.zip_path("resume.zip");
+    write_zip(
+        &path,
+        &[
+            index_html(),
+            Entry::File("a.js", a.clone()),
+            Entry::File("b.js", b.clone()),
+        ],
+    );
+    let done = env.sync_file(&path).await.unwrap();
+    assert_eq!(done.manifest.iter().filter(|f| f.key.ends_with(".br")).count(), 2);
+    let before = env.listing().await;
+
+    // Run again (a restart after the variants were stored): nothing is made or rewritten.
+    let again = sync::compress_variants(&env.store, &env.prefix, &done.sha256)
+        .await
+        .unwrap();
+    assert_eq!((again.variants, again.made), (2, 0));
+    assert_eq!(again.manifest, done.manifest);
+    assert_eq!(env.listing().await, before, "no object was rewritten");
+
+    // Interrupted after one variant: the next run makes only the other.
+    let b_variant = format!("files/{}.br", sha256(&b));
+    env.store
+        .delete(&Path::parse(format!("apps/shop/{b_variant}")).unwrap())
+        .await
+        .unwrap();
+    let resumed = sync::compress_variants(&env.store, &env.prefix, &done.sha256)
+        .await
+        .unwrap();
+    assert_eq!((resumed.variants, resumed.made), (2, 1));
+    assert_eq!(brotli_decompress(&env.object(&b_variant).await), b);
+}
+
+#[tokio::test]
+async fn compressed_formats_are_never_tried_and_what_brotli_cannot_shrink_stays_raw() {
+    let env = Env::new();
+    // A PNG signature before very compressible bytes: recognized by its first bytes, never
+    // tried (whatever its name says).
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    // Noise without a signature is tried, and Brotli cannot make it smaller.
+    let random = noise(64 * 1024, 9);
+    let text = javascript(64 * 1024, "t");
+    let synced = env
+        .sync_entries(
+            "formats.zip",
+            &[
+                index_html(),
+                Entry::File("data/picture.bin", png.clone()),
+                Entry::File("data/random.bin", random.clone()),
+                Entry::File("data/text.js", text.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    let names: Vec<&str> = synced.manifest.iter().map(|f| f.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "data/picture.bin",
+            "data/random.bin",
+            "data/text.js.br",
+            "index.html"
+        ]
+    );
+    assert_eq!(env.object(&synced.manifest[0].key).await, png);
+    assert_eq!(env.object(&synced.manifest[1].key).await, random);
+    assert!(
+        env.listing()
+            .await
+            .iter()
+            .all(|(key, _, _)| !key.ends_with(&format!("{}.br", sha256(&png)))),
+        "the PNG was never compressed"
     );
 }
 
-/// A zip with index.html and `content` twice: deflated as `data/deflated.bin` and stored as
-/// `data/stored.bin` (both names without a known compressed extension).
-fn env_zip_with_stored(content: &[u8]) -> (Env, PathBuf) {
+#[tokio::test]
+async fn the_second_step_refuses_a_bundle_that_was_never_synced() {
     let env = Env::new();
-    let path = env.zip_path("mixed.zip");
-    let mut zip = ZipWriter::new(File::create(&path).unwrap());
-    zip.start_file("index.html", deflated()).unwrap();
-    zip.write_all(b"<!doctype html>").unwrap();
-    zip.start_file("data/deflated.bin", deflated()).unwrap();
-    zip.write_all(content).unwrap();
-    // A different content, so the two are stored separately.
-    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-    zip.start_file("data/stored.bin", stored).unwrap();
-    zip.write_all(content).unwrap();
-    zip.write_all(b"!").unwrap();
-    zip.finish().unwrap();
-    (env, path)
+    let error = sync::compress_variants(&env.store, &env.prefix, &"0".repeat(64))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            SyncError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_terminal());
+    let error = sync::compress_variants(&env.store, &env.prefix, "not-a-sha")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SyncError::InvalidChecksum(_)), "{error:?}");
 }
 
 #[tokio::test]
@@ -657,7 +786,10 @@ async fn bundles_sharing_files_store_them_once() {
         .into_iter()
         .filter(|(key, _, _)| key.contains("/files/"))
         .count();
-    assert_eq!(files, 4, "two index.html, one vendor.js, one logo");
+    assert_eq!(
+        files, 5,
+        "two index.html, vendor.js raw and its Brotli variant, one logo"
+    );
 }
 
 #[tokio::test]

@@ -216,4 +216,9 @@ pub struct BundleStorageLocation {
     /// Key of the per-file manifest (file names, hashes and content-addressed keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_key: Option<String>,
+    /// The Brotli variants of the bundle's files are stored, and `manifestKey` names the manifest
+    /// that lists them (`manifests/<sha256>.br.json`). The bundle is served as soon as it is
+    /// synced, with raw files until then; the controller makes the variants right after.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compressed_variants: bool,
 }

@@ -119,6 +119,10 @@ pub enum BundleError {
     /// Storage could not be read or written while cleaning up a deleted Bundle.
     #[error("cleaning up the storage of a deleted Bundle: {0}")]
     Cleanup(#[source] sync::RemoveError),
+    /// The Brotli variants of a synced Bundle could not be made (it is served with raw files
+    /// meanwhile).
+    #[error("making the Brotli variants of the Bundle's files: {0}")]
+    Variants(#[source] sync::SyncError),
 }
 
 impl BundleError {
@@ -130,7 +134,7 @@ impl BundleError {
     fn category(&self) -> &'static str {
         match self {
             BundleError::Api { .. } => "api",
-            BundleError::Cleanup(_) => "storage",
+            BundleError::Cleanup(_) | BundleError::Variants(_) => "storage",
         }
     }
 }
@@ -234,6 +238,7 @@ async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, Bu
     let decision = sync_decision(bundle, retry.as_ref(), now_ms(now));
     let outcome = match decision {
         SyncDecision::UpToDate => return Ok(Action::requeue(RESYNC)),
+        SyncDecision::CompressVariants => return compress_variants(bundle, context).await,
         SyncDecision::AwaitChange { .. } => return Ok(Action::await_change()),
         SyncDecision::RetryAt { retry_at_ms } => return Ok(requeue_at(retry_at_ms, now)),
         SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
@@ -275,6 +280,29 @@ async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, Bu
     let warning = plan.warning.clone();
     write_status(bundle, context, plan.into_status(now), warning).await?;
     Ok(action)
+}
+
+/// The second step of a sync, once Synced is recorded (the status write wakes this reconcile):
+/// the Brotli variants, then the status that names their manifest. Failures retry with the
+/// reconciler's backoff; the bundle is served with raw files meanwhile.
+async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+    let opened = match app_of(bundle, context) {
+        Some(app) => open_storage(&app, context).await?,
+        None => return Ok(Action::requeue(REFERENCE_RECHECK)),
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(problem) => return Ok(Action::requeue(problem.recheck.unwrap_or(REFERENCE_RECHECK))),
+    };
+    let variants = sync::compress_variants(&opened.store, &opened.prefix, &bundle.spec.source.sha256)
+        .await
+        .map_err(BundleError::Variants)?;
+    let status = bundle_lifecycle::status_with_variants(
+        &bundle.status.clone().unwrap_or_default(),
+        &variants.manifest_key,
+    );
+    write_status(bundle, context, status, None).await?;
+    Ok(Action::requeue(RESYNC))
 }
 
 fn requeue_at(at_ms: i64, now: Timestamp) -> Action {

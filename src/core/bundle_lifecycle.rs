@@ -24,7 +24,9 @@ use crate::{
     core::conditions::{
         ConditionStatus, DesiredCondition, merge_conditions, ready_set, stalled_set, status_of,
     },
-    sync::{SyncError, SyncedBundle, file_key_is_content_addressed, manifest_key, zip_key},
+    sync::{
+        SyncError, SyncedBundle, file_key_is_content_addressed, manifest_key, variant_manifest_key, zip_key,
+    },
     telemetry::error_chain,
 };
 
@@ -72,6 +74,10 @@ pub enum SyncDecision {
     Sync(SyncCause),
     /// The stored sync matches the spec and the status describes this generation: nothing to do.
     UpToDate,
+    /// The bundle is synced (and served with raw files), but the Brotli variants of its files
+    /// are not recorded as done: make them ([`crate::sync::compress_variants`]), then record them
+    /// with [`status_with_variants`].
+    CompressVariants,
     /// The stored sync matches the spec (same sha256, same encryption mode), but the spec changed
     /// elsewhere (a link, a comment, a new URL of the same bytes): write the status again for
     /// this generation with [`SyncOutcome::AlreadyStored`], without fetching anything.
@@ -103,6 +109,7 @@ pub fn sync_decision(bundle: &Bundle, retry: Option<&RetryState>, now_ms: i64) -
     }
     if status_of(&status.conditions, condition::SYNCED) == Some("True") {
         return match stored_matches {
+            true if variants_pending(bundle, status) => SyncDecision::CompressVariants,
             true => SyncDecision::UpToDate,
             false => SyncDecision::Sync(SyncCause::StatusMismatch),
         };
@@ -129,8 +136,31 @@ pub fn sync_decision(bundle: &Bundle, retry: Option<&RetryState>, now_ms: i64) -
     }
 }
 
+/// Whether a synced plain bundle's status does not record its Brotli variants as done (an
+/// encrypted bundle has none: who encrypted it compressed its delta files).
+fn variants_pending(bundle: &Bundle, status: &BundleStatus) -> bool {
+    bundle.spec.encryption.is_none()
+        && status
+            .storage
+            .as_ref()
+            .is_some_and(|storage| storage.manifest_key.is_some() && !storage.compressed_variants)
+}
+
+/// The status once the Brotli variants of a synced bundle are stored: the same, with the manifest
+/// that names them (`manifest_key`, from [`crate::sync::CompressedVariants`]) and
+/// `compressedVariants` set. Its conditions do not change: the bundle was served already.
+pub fn status_with_variants(status: &BundleStatus, manifest_key: &str) -> BundleStatus {
+    let mut status = status.clone();
+    if let Some(storage) = status.storage.as_mut() {
+        storage.manifest_key = Some(manifest_key.to_owned());
+        storage.compressed_variants = true;
+    }
+    status
+}
+
 /// Whether the status records a successful sync of exactly what the spec asks for: Synced, the
-/// spec's sha256, its zip key, and a manifest key exactly when the bundle is not encrypted.
+/// spec's sha256, its zip key, and a manifest key exactly when the bundle is not encrypted (the
+/// first step's, or the one that names the Brotli variants once they are done).
 fn stored_sync_matches(bundle: &Bundle, status: &BundleStatus) -> bool {
     let sha256 = &bundle.spec.source.sha256;
     let encrypted = bundle.spec.encryption.is_some();
@@ -142,7 +172,11 @@ fn stored_sync_matches(bundle: &Bundle, status: &BundleStatus) -> bool {
                 // uncompressed size is unknown, so a status with one describes a plain sync.
                 && match (&storage.manifest_key, encrypted) {
                     (Some(key), _) => {
-                        *key == manifest_key(sha256) && status.uncompressed_size.is_some() != encrypted
+                        let expected = match storage.compressed_variants {
+                            true => variant_manifest_key(sha256),
+                            false => manifest_key(sha256),
+                        };
+                        *key == expected && status.uncompressed_size.is_some() != encrypted
                     }
                     (None, encrypted) => encrypted,
                 }
@@ -187,6 +221,8 @@ pub struct SyncFacts {
     pub zip_key: String,
     /// Key of the manifest (`None` for an encrypted bundle).
     pub manifest_key: Option<String>,
+    /// The manifest names the Brotli variants ([`crate::sync::compress_variants`] is done).
+    pub compressed_variants: bool,
 }
 
 impl From<&SyncedBundle> for SyncFacts {
@@ -198,6 +234,7 @@ impl From<&SyncedBundle> for SyncFacts {
             file_count: (!synced.encrypted || synced.file_count > 0).then_some(synced.file_count),
             zip_key: synced.zip_key.clone(),
             manifest_key: synced.stored_manifest_key().map(str::to_owned),
+            compressed_variants: synced.compressed_variants,
         }
     }
 }
@@ -321,6 +358,7 @@ fn facts_from_status(status: &BundleStatus) -> Option<SyncFacts> {
         file_count: status.file_count.and_then(|v| u64::try_from(v).ok()),
         zip_key: storage.zip_key.clone(),
         manifest_key: storage.manifest_key.clone(),
+        compressed_variants: storage.compressed_variants,
     })
 }
 
@@ -356,6 +394,7 @@ fn synced_plan(base: BundleStatus, facts: &SyncFacts) -> BundleStatusPlan {
             storage: Some(BundleStorageLocation {
                 zip_key: facts.zip_key.clone(),
                 manifest_key: facts.manifest_key.clone(),
+                compressed_variants: facts.compressed_variants,
             }),
             ..base
         },
@@ -519,7 +558,9 @@ pub fn bundle_users(
             s.stable.as_ref().and_then(|b| b.bundle.as_deref()) == Some(name)
                 || s.candidate.as_ref().is_some_and(|c| c.bundle == name)
         });
-        let promoted = status.and_then(|s| s.promoted.as_ref()).is_some_and(|p| p.bundle == name);
+        let promoted = status
+            .and_then(|s| s.promoted.as_ref())
+            .is_some_and(|p| p.bundle == name);
         if channel.spec.bundle_ref.as_deref() == Some(name) || served || promoted {
             users.insert(format!("Channel/{}", name_of(&channel.metadata)));
         }
@@ -578,17 +619,27 @@ pub fn deletion_decision(
         .collect();
 
     let mut protected: BTreeSet<&str> = BTreeSet::new();
-    let sibling_keys: Vec<(String, String)> = live
+    let sibling_keys: Vec<[String; 3]> = live
         .iter()
         .map(|s| {
             let sha256 = &s.bundle.spec.source.sha256;
-            (zip_key(sha256), manifest_key(sha256))
+            [
+                zip_key(sha256),
+                manifest_key(sha256),
+                variant_manifest_key(sha256),
+            ]
         })
         .collect();
-    for (zip, manifest) in &sibling_keys {
-        protected.insert(zip);
-        protected.insert(manifest);
-    }
+    protected.extend(sibling_keys.iter().flatten().map(String::as_str));
+    // A file's raw form and its Brotli variant go together: a sibling listing one may be about
+    // to make or use the other.
+    let sibling_twins: Vec<String> = live
+        .iter()
+        .filter_map(|s| s.file_keys)
+        .flatten()
+        .filter_map(|key| file_twin(key))
+        .collect();
+    protected.extend(sibling_twins.iter().map(String::as_str));
     let mut waiting = BTreeMap::new();
     for sibling in &live {
         let other = sibling.bundle;
@@ -629,16 +680,26 @@ pub fn deletion_decision(
     let mut keys: BTreeSet<String> = BTreeSet::new();
     keys.insert(zip_key(sha256));
     keys.insert(manifest_key(sha256));
-    keys.extend(
-        own_files
-            .iter()
-            .filter(|key| file_key_is_content_addressed(key))
-            .cloned(),
-    );
+    keys.insert(variant_manifest_key(sha256));
+    for key in own_files.iter().filter(|key| file_key_is_content_addressed(key)) {
+        keys.insert(key.clone());
+        keys.extend(file_twin(key));
+    }
     keys.retain(|key| !protected.contains(key.as_str()));
     DeletionDecision::Remove {
         keys: keys.into_iter().collect(),
     }
+}
+
+/// The other form of a content-addressed file key: `files/<h>.br` for `files/<h>` and back.
+fn file_twin(key: &str) -> Option<String> {
+    if !file_key_is_content_addressed(key) {
+        return None;
+    }
+    Some(match key.strip_suffix(".br") {
+        Some(raw) => raw.to_owned(),
+        None => format!("{key}.br"),
+    })
 }
 
 /// Whether a sync of `bundle` may be running or about to run: its status does not describe a
@@ -673,7 +734,7 @@ mod tests {
                     {"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
                 ],
                 "checksum": sha(version), "zipSize": 1000, "uncompressedSize": 3000, "fileCount": 3,
-                "storage": {"zipKey": format!("zips/{}.zip", sha(version)), "manifestKey": format!("manifests/{}.json", sha(version))}
+                "storage": {"zipKey": format!("zips/{}.zip", sha(version)), "manifestKey": format!("manifests/{}.br.json", sha(version)), "compressedVariants": true}
             }
         });
         merge(&mut value, patch);
@@ -715,6 +776,7 @@ mod tests {
             file_count: Some(3),
             zip_key: zip_key(&sha(version)),
             manifest_key: Some(manifest_key(&sha(version))),
+            compressed_variants: false,
         }
     }
 
@@ -992,7 +1054,8 @@ mod tests {
             status.storage,
             Some(BundleStorageLocation {
                 zip_key: zip_key(&sha("1.0.0")),
-                manifest_key: Some(manifest_key(&sha("1.0.0")))
+                manifest_key: Some(manifest_key(&sha("1.0.0"))),
+                compressed_variants: false,
             })
         );
         for (type_, want) in [
@@ -1003,9 +1066,46 @@ mod tests {
         ] {
             assert_eq!(condition(&status, type_).status, want, "{type_}");
         }
+        // Served now with raw files; the Brotli variants come next.
+        let mut synced = bundle.clone();
+        synced.status = Some(status.clone());
+        assert_eq!(sync_decision(&synced, None, 0), SyncDecision::CompressVariants);
         let mut done = bundle.clone();
-        done.status = Some(status);
+        done.status = Some(status_with_variants(
+            &status,
+            &variant_manifest_key(&sha("1.0.0")),
+        ));
+        let storage = done
+            .status
+            .as_ref()
+            .and_then(|s| s.storage.as_ref())
+            .expect("storage");
+        assert!(storage.compressed_variants);
+        assert_eq!(storage.manifest_key, Some(variant_manifest_key(&sha("1.0.0"))));
+        assert_eq!(
+            done.status.as_ref().map(|s| &s.conditions),
+            synced.status.as_ref().map(|s| &s.conditions),
+            "the conditions do not change"
+        );
         assert_eq!(sync_decision(&done, None, 0), SyncDecision::UpToDate);
+        // A status that claims the variants with the first step's manifest describes no sync.
+        let mut confused = done.clone();
+        if let Some(storage) = confused.status.as_mut().and_then(|s| s.storage.as_mut()) {
+            storage.manifest_key = Some(manifest_key(&sha("1.0.0")));
+        }
+        assert_eq!(
+            sync_decision(&confused, None, 0),
+            SyncDecision::Sync(SyncCause::StatusMismatch)
+        );
+        // A new generation with the same bytes keeps the variants (nothing is fetched again).
+        let mut relabeled = done.clone();
+        relabeled.metadata.generation = Some(2);
+        assert_eq!(sync_decision(&relabeled, None, 0), SyncDecision::RecordGeneration);
+        let kept = with_status(
+            &relabeled,
+            bundle_status_after_sync(&relabeled, &SyncOutcome::AlreadyStored, None, 0),
+        );
+        assert_eq!(sync_decision(&kept, None, 0), SyncDecision::UpToDate);
     }
 
     #[test]
@@ -1049,6 +1149,7 @@ mod tests {
             uploaded_files: 2,
             reused_files: 0,
             encrypted: false,
+            compressed_variants: false,
         };
         let plain = SyncFacts::from(&synced);
         assert_eq!((plain.file_count, plain.manifest_key.is_some()), (Some(2), true));
@@ -1127,13 +1228,50 @@ mod tests {
             &[],
         );
         assert_eq!(decision.conditions(), None);
+        // The bundle's manifest goes with its variant manifest; old-app's raw form stays, since
+        // the other bundle lists its Brotli form (the two forms go together).
         let mut want = vec![
             zip_key(&sha("1.0.0")),
             manifest_key(&sha("1.0.0")),
-            format!("files/{}", sha("old-app")),
+            variant_manifest_key(&sha("1.0.0")),
         ];
         want.sort();
         assert_eq!(keys_of(decision), want);
+        // Without that sibling, both forms of its files go.
+        let keys = keys_of(deletion_decision(
+            StoredBundle {
+                bundle: &old,
+                file_keys: Some(&old_files),
+            },
+            &[],
+            &[],
+            &[],
+        ));
+        assert!(keys.contains(&format!("files/{}", sha("old-app"))));
+        assert!(keys.contains(&format!("files/{}.br", sha("old-app"))));
+    }
+
+    #[test]
+    fn a_file_a_sibling_lists_in_one_form_is_kept_in_both() {
+        let old = synced("old", "1.0.0", json!({}));
+        let new = synced("new", "2.0.0", json!({}));
+        // The old bundle's variants are done (it lists the `.br` form); the new one's are not
+        // yet (it lists the raw form, and its second step may be about to use the variant).
+        let old_files = vec![format!("files/{}.br", sha("shared"))];
+        let new_files = vec![format!("files/{}", sha("shared"))];
+        let keys = keys_of(deletion_decision(
+            StoredBundle {
+                bundle: &old,
+                file_keys: Some(&old_files),
+            },
+            &[StoredBundle {
+                bundle: &new,
+                file_keys: Some(&new_files),
+            }],
+            &[],
+            &[],
+        ));
+        assert!(keys.iter().all(|key| !key.starts_with("files/")), "{keys:?}");
     }
 
     #[test]
@@ -1258,7 +1396,11 @@ mod tests {
         // left by an earlier unencrypted sync of the same zip.
         assert_eq!(
             keys_of(decision),
-            [manifest_key(&sha("2.0.0")), zip_key(&sha("2.0.0"))]
+            [
+                variant_manifest_key(&sha("2.0.0")),
+                manifest_key(&sha("2.0.0")),
+                zip_key(&sha("2.0.0"))
+            ]
         );
     }
 
@@ -1306,7 +1448,10 @@ mod tests {
             &[],
             &[],
         ));
-        assert_eq!(keys, [manifest_key(&sha("1.0.0"))]);
+        assert_eq!(
+            keys,
+            [variant_manifest_key(&sha("1.0.0")), manifest_key(&sha("1.0.0"))]
+        );
     }
 
     #[test]
@@ -1455,7 +1600,9 @@ mod tests {
         let mut want = vec![
             zip_key(&sha("1.0.0")),
             manifest_key(&sha("1.0.0")),
+            variant_manifest_key(&sha("1.0.0")),
             format!("files/{}", sha("index")),
+            format!("files/{}.br", sha("index")),
         ];
         want.sort();
         assert_eq!(keys, want);

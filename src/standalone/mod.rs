@@ -123,6 +123,7 @@ pub async fn run(
         dir: options.dir.clone(),
         http,
         syncs: HashMap::new(),
+        variants: HashMap::new(),
         last_problems: Vec::new(),
         world: None,
     };
@@ -206,10 +207,16 @@ struct Folder {
     dir: PathBuf,
     http: reqwest::Client,
     syncs: HashMap<SyncKey, SyncOutcome>,
+    /// The second step of each plain sync (the Brotli variants), running or finished.
+    variants: HashMap<SyncKey, VariantsTask>,
     last_problems: Vec<String>,
     /// The last load, kept so rollout decisions can serve new statuses without reading again.
     world: Option<World>,
 }
+
+/// The Brotli variants of a synced bundle, made in the background (it is served with raw files
+/// meanwhile); `None` once taken or failed (a failure is logged and not retried until restart).
+type VariantsTask = Option<tokio::task::JoinHandle<Result<sync::CompressedVariants, sync::SyncError>>>;
 
 /// What a load of the folder gave: the objects (Bundles with their sync status), the storages
 /// and the problems found on the way.
@@ -241,6 +248,7 @@ impl Folder {
         self.syncs
             .values()
             .any(|o| matches!(o, SyncOutcome::Retry { retry_at, .. } if *retry_at <= now))
+            || self.variants.values().flatten().any(|task| task.is_finished())
     }
 
     /// Reads the folder and syncs what changed.
@@ -364,7 +372,10 @@ impl Folder {
             encrypted: bundle.spec.encryption.is_some(),
         };
         match self.syncs.get(&key) {
-            Some(SyncOutcome::Done(synced)) => return Ok(Arc::clone(synced)),
+            Some(SyncOutcome::Done(synced)) => {
+                let synced = Arc::clone(synced);
+                return Ok(self.with_variants(key, synced, storage).await);
+            }
             Some(SyncOutcome::Refused(message)) => return Err(message.clone()),
             Some(SyncOutcome::Retry { message, retry_at }) if *retry_at > Instant::now() => {
                 return Err(message.clone());
@@ -394,10 +405,57 @@ impl Folder {
                 retry_at: Instant::now() + Duration::from_secs(10),
             },
         };
-        self.syncs.insert(key, outcome.clone());
+        self.syncs.insert(key.clone(), outcome.clone());
         match outcome {
-            SyncOutcome::Done(synced) => Ok(synced),
+            SyncOutcome::Done(synced) => Ok(self.with_variants(key, synced, storage).await),
             SyncOutcome::Refused(message) | SyncOutcome::Retry { message, .. } => Err(message),
+        }
+    }
+
+    /// The synced bundle with its Brotli variants once the background step made them: starts
+    /// that step the first time, and records its result when it is done.
+    async fn with_variants(
+        &mut self,
+        key: SyncKey,
+        synced: Arc<SyncedBundle>,
+        storage: &AppStorage,
+    ) -> Arc<SyncedBundle> {
+        if synced.encrypted || synced.compressed_variants {
+            return synced;
+        }
+        match self.variants.get_mut(&key) {
+            None => {
+                let (store, prefix, sha256) = (
+                    Arc::clone(&storage.opened.store),
+                    storage.opened.prefix.clone(),
+                    synced.sha256.clone(),
+                );
+                let task =
+                    tokio::spawn(async move { sync::compress_variants(&store, &prefix, &sha256).await });
+                self.variants.insert(key, Some(task));
+                synced
+            }
+            Some(slot) if slot.as_ref().is_some_and(|task| task.is_finished()) => {
+                let Some(task) = slot.take() else {
+                    return synced;
+                };
+                match task.await {
+                    Ok(Ok(variants)) => {
+                        let done = Arc::new((*synced).clone().with_variants(variants));
+                        self.syncs.insert(key, SyncOutcome::Done(Arc::clone(&done)));
+                        done
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "cannot make the Brotli variants; serving raw files");
+                        synced
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "the Brotli variants task stopped; serving raw files");
+                        synced
+                    }
+                }
+            }
+            Some(_) => synced,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Step 3 of a sync: validating the zip and hashing its files (blocking code, run in
-//! `spawn_blocking`).
+//! Step 3 of a sync: validating the zip, hashing its files and spooling them for upload, in one
+//! pass over the archive (blocking code, run in `spawn_blocking`).
 //!
 //! Nothing here trusts the archive: the entry count is checked before the central directory is
 //! loaded, every name is checked, sizes are counted while decompressing (a declared size is
@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::{BufReader, Read, Seek, SeekFrom},
+    io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write},
     path::Path as FsPath,
     sync::{
         Mutex,
@@ -48,6 +48,18 @@ pub(super) struct ScannedFile {
     pub compressed_size: u64,
     /// Whether its entry is stored without compression.
     pub stored: bool,
+    /// Where its content was spooled, when the scan spooled (see [`scan`]).
+    pub spooled: Option<Spooled>,
+}
+
+/// Where a file's content is in the scan's spool files: `size` bytes at `offset` of
+/// `Scan::spools[spool]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Spooled {
+    /// Index of the spool file.
+    pub spool: usize,
+    /// Offset of the content in it.
+    pub offset: u64,
 }
 
 /// What the validation found.
@@ -55,6 +67,9 @@ pub(super) struct ScannedFile {
 pub(super) struct Scan {
     /// The bundle's files, in archive order.
     pub files: Vec<ScannedFile>,
+    /// The spool files (one per thread that decompressed), when the scan spooled; each file's
+    /// [`ScannedFile::spooled`] says where its content is.
+    pub spools: Vec<File>,
     /// Bytes of those files.
     pub uncompressed_size: u64,
     /// The wrapping folder that was flattened away, if any.
@@ -240,8 +255,14 @@ fn ignored_at_top(component: &str) -> bool {
     component.starts_with("__MACOSX") || component.starts_with('.')
 }
 
-/// Validates the whole archive and hashes every file of the bundle.
-pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncError> {
+/// Validates the whole archive and hashes every file of the bundle. With `spool_dir`, the same
+/// pass also writes the content of every file of the bundle to spool files created there (one per
+/// thread), so that uploading them needs no second decompression.
+pub(super) fn scan(
+    zip_path: &FsPath,
+    limits: &SyncLimits,
+    spool_dir: Option<&FsPath>,
+) -> Result<Scan, SyncError> {
     let mut archive = open(zip_path, limits.max_entries)?;
     if archive.is_empty() {
         return Err(invalid("the archive is empty".into()));
@@ -386,11 +407,22 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
         .into_iter()
         .map(|(entry, path)| (entry.index, path))
         .collect();
-    let files_entries: Vec<&Entry> = entries.iter().filter(|e| !e.is_dir).collect();
-    let hashes = hash_entries(zip_path, &mut archive, &files_entries, limits, super::workers())?;
+    let files_entries: Vec<(&Entry, bool)> = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| (e, included.contains_key(&e.index)))
+        .collect();
+    let hashed = hash_entries(
+        zip_path,
+        &mut archive,
+        &files_entries,
+        limits,
+        super::workers(),
+        spool_dir,
+    )?;
     let mut files = Vec::with_capacity(included.len());
     let mut uncompressed_size: u64 = 0;
-    for (entry, hash) in files_entries.iter().zip(hashes) {
+    for ((entry, _), (hash, spooled)) in files_entries.iter().zip(hashed.hashes) {
         if let Some(path) = included.get(&entry.index) {
             uncompressed_size = uncompressed_size.saturating_add(entry.size);
             files.push(ScannedFile {
@@ -400,6 +432,7 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
                 size: entry.size,
                 compressed_size: entry.compressed_size,
                 stored: entry.stored,
+                spooled,
             });
         }
     }
@@ -418,13 +451,65 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
     }
     Ok(Scan {
         files,
+        spools: hashed.spools,
         uncompressed_size,
         flattened,
     })
 }
 
+/// One entry's SHA-256 and where it was spooled.
+type HashedEntry = (String, Option<Spooled>);
+
+/// What [`hash_entries`] found: each entry's SHA-256 and where it was spooled, and the spools.
+struct Hashed {
+    hashes: Vec<HashedEntry>,
+    spools: Vec<File>,
+}
+
+/// Buffer of a spool file's writer.
+const SPOOL_BUFFER: usize = 256 * 1024;
+
+/// One thread's spool: an unnamed temporary file written in order.
+struct SpoolWriter {
+    writer: BufWriter<File>,
+    written: u64,
+}
+
+impl SpoolWriter {
+    fn create(dir: &FsPath) -> Result<Self, SyncError> {
+        let file = tempfile::tempfile_in(dir).map_err(|source| SyncError::TempStorage {
+            action: "creating a spool file",
+            source,
+        })?;
+        Ok(SpoolWriter {
+            writer: BufWriter::with_capacity(SPOOL_BUFFER, file),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<(), SyncError> {
+        self.writer
+            .write_all(chunk)
+            .map_err(|source| SyncError::TempStorage {
+                action: "writing a spool file",
+                source,
+            })?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<File, SyncError> {
+        self.writer.into_inner().map_err(|e| SyncError::TempStorage {
+            action: "writing a spool file",
+            source: e.into_error(),
+        })
+    }
+}
+
 /// Decompresses every entry of `entries` (files, each checked against its declared size, and all
-/// together against the total limit) and returns their SHA-256s, in the same order.
+/// together against the total limit) and returns their SHA-256s, in the same order. With
+/// `spool_dir`, the content of each entry marked `true` (a file of the bundle) is written to the
+/// spool of the thread that decompressed it, and its place returned.
 ///
 /// `workers` threads share the work, each with its own reader of the zip (`archive` is the
 /// first's), taking the next entry in archive order as they go, so the file is read nearly
@@ -433,25 +518,41 @@ pub(super) fn scan(zip_path: &FsPath, limits: &SyncLimits) -> Result<Scan, SyncE
 fn hash_entries(
     zip_path: &FsPath,
     archive: &mut Archive,
-    entries: &[&Entry],
+    entries: &[(&Entry, bool)],
     limits: &SyncLimits,
     workers: usize,
-) -> Result<Vec<String>, SyncError> {
+    spool_dir: Option<&FsPath>,
+) -> Result<Hashed, SyncError> {
+    let workers = workers.max(1);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let actual_total = AtomicU64::new(0);
-    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; entries.len()]);
+    let hashes: Mutex<Vec<Option<HashedEntry>>> = Mutex::new(vec![None; entries.len()]);
     let errors: Mutex<Vec<(usize, SyncError)>> = Mutex::new(Vec::new());
+    let spools: Mutex<Vec<Option<File>>> = Mutex::new((0..workers).map(|_| None).collect());
     let span = tracing::Span::current();
-    let work = |archive: &mut Archive| {
+    let fail = |position: usize, error: SyncError| {
+        failed.store(true, Ordering::Relaxed);
+        lock(&errors).push((position, error));
+    };
+    let work = |worker: usize, archive: &mut Archive| {
         let _entered = span.enter();
+        let mut spool = match spool_dir.map(SpoolWriter::create).transpose() {
+            Ok(spool) => spool,
+            Err(error) => return fail(0, error),
+        };
         let mut buffer = vec![0; CHUNK];
         while !failed.load(Ordering::Relaxed) {
             let position = next.fetch_add(1, Ordering::Relaxed);
-            let Some(entry) = entries.get(position) else {
+            let Some(&(entry, included)) = entries.get(position) else {
                 break;
             };
             let mut hasher = Sha256::new();
+            let mut target = spool.as_mut().filter(|_| included);
+            let spooled = target.as_ref().map(|spool| Spooled {
+                spool: worker,
+                offset: spool.written,
+            });
             let copied = copy_entry(
                 archive,
                 entry.index,
@@ -468,29 +569,34 @@ fn hash_entries(
                         )));
                     }
                     hasher.update(chunk);
-                    Ok(())
+                    match target.as_mut() {
+                        Some(spool) => spool.write(chunk),
+                        None => Ok(()),
+                    }
                 },
             );
             match copied {
-                Ok(_) => lock(&hashes)[position] = Some(hex::encode(hasher.finalize())),
-                Err(error) => {
-                    failed.store(true, Ordering::Relaxed);
-                    lock(&errors).push((position, error));
-                }
+                Ok(_) => lock(&hashes)[position] = Some((hex::encode(hasher.finalize()), spooled)),
+                Err(error) => fail(position, error),
+            }
+        }
+        if let Some(spool) = spool {
+            match spool.finish() {
+                Ok(file) => lock(&spools)[worker] = Some(file),
+                Err(error) => fail(entries.len(), error),
             }
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..workers.max(1) {
-            scope.spawn(|| match open(zip_path, usize::MAX) {
-                Ok(mut own) => work(&mut own),
-                Err(error) => {
-                    failed.store(true, Ordering::Relaxed);
-                    lock(&errors).push((0, error));
-                }
+        for worker in 1..workers {
+            let work = &work;
+            let fail = &fail;
+            scope.spawn(move || match open(zip_path, usize::MAX) {
+                Ok(mut own) => work(worker, &mut own),
+                Err(error) => fail(0, error),
             });
         }
-        work(archive);
+        work(0, archive);
     });
     let mut errors = errors
         .into_inner()
@@ -499,12 +605,22 @@ fn hash_entries(
     if let Some((_, error)) = errors.into_iter().next() {
         return Err(error);
     }
-    hashes
+    let hashes = hashes
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .into_iter()
         .map(|hash| hash.ok_or_else(|| SyncError::Task("an entry of the zip was not hashed".to_owned())))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let spools = match spool_dir {
+        Some(_) => spools
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .into_iter()
+            .map(|spool| spool.ok_or_else(|| SyncError::Task("a spool file was lost".to_owned())))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Hashed { hashes, spools })
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (it only pushes or sets).

@@ -58,7 +58,7 @@ pub async fn store_encrypted_files(
     }
     let scan = {
         let zip = plaintext_zip.to_owned();
-        tokio::task::spawn_blocking(move || archive::scan(&zip, &SyncLimits::default()))
+        tokio::task::spawn_blocking(move || archive::scan(&zip, &SyncLimits::default(), None))
             .await
             .map_err(|e| super::archive_task_failed(&e))??
     };

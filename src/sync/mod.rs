@@ -10,21 +10,29 @@
 //!
 //! - `zips/<sha256>.zip`: the zip exactly as fetched (`<sha256>` is its SHA-256);
 //! - `files/<sha256>`: one file of a bundle, raw (`<sha256>` is the SHA-256 of its content);
-//! - `files/<sha256>.br`: one file of a bundle, Brotli-compressed, for files of at least 8 KiB
-//!   that Brotli makes smaller (`<sha256>` is still the hash of the original content); such a
-//!   file is listed in the manifest with `.br` appended to its name. A file whose own name ends
-//!   in `.br` is always stored this way, whatever its size, because the plugin Brotli-decodes
-//!   every entry named `*.br`;
+//! - `files/<sha256>.br`: one file of a bundle, Brotli-compressed (`<sha256>` is still the hash
+//!   of the original content); such a file is listed in a manifest with `.br` appended to its
+//!   name. A file whose own name ends in `.br` is always stored this way, whatever its size,
+//!   because the plugin Brotli-decodes every entry named `*.br`;
 //! - `manifests/<sha256>.json`: the manifest of the zip `<sha256>`, a JSON array of
-//!   `{"file_name", "file_hash", "key"}`, sorted by `file_name`.
+//!   `{"file_name", "file_hash", "key"}`, sorted by `file_name`, listing the raw files;
+//! - `manifests/<sha256>.br.json`: the same manifest once the Brotli variants are made, naming
+//!   the `.br` form of every file that has one.
+//!
+//! A sync has two steps. [`sync_bundle`] makes the bundle servable: one pass over the archive
+//! (on every CPU) validates it, hashes each file and spools it to a temporary file, then the raw
+//! files storage lacks, the zip and the manifest are stored. [`compress_variants`] then makes,
+//! off the critical path, the Brotli variants of the files that shrink (files of at least
+//! [`BROTLI_MIN_SIZE`] whose first bytes do not show a compressed format) and stores the second
+//! manifest; until it is done, devices download raw files, which the plugin takes as well. It is
+//! idempotent: a variant already in storage is not made again.
 //!
 //! A bundle encrypted with the plugin's v2 scheme goes through [`sync_encrypted_bundle`]: its zip
 //! is verified and stored as is, with no files and no manifest (the server cannot decrypt it).
 //!
 //! Files shared by several bundles are stored once. Syncing the same bundle again uploads
 //! nothing. The zip and every file go through temporary files, and the bytes held in memory
-//! are capped, so memory stays bounded whatever the bundle's size (a 198 MB bundle of 3,000
-//! files syncs in about 40 MiB of peak RSS for the whole process on 2 CPUs; see
+//! are capped, so memory stays bounded whatever the bundle's size (see
 //! `benches/bundle_sync.rs`). Brotli runs at quality 6: the `brotli` crate's quality 9 needs a
 //! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
@@ -33,6 +41,7 @@ mod encrypted;
 mod fetch;
 mod objects;
 mod remove;
+mod variants;
 
 use std::{
     collections::HashMap,
@@ -51,6 +60,7 @@ pub use encrypted::{EncryptedFiles, store_encrypted_files};
 pub use remove::{
     RemoveError, file_key_is_content_addressed, is_bundle_key, remove_objects, stored_file_keys,
 };
+pub use variants::{CompressedVariants, already_compressed, compress_variants, variant_manifest_key};
 
 use crate::telemetry::error_chain;
 use crate::{api::constants::reason, core::snapshot::ManifestFile};
@@ -71,18 +81,14 @@ pub const SOURCE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many store requests (HEAD or upload) run at once.
 const STORE_CONCURRENCY: usize = 8;
 
-/// Most threads that decompress, hash and compress a bundle's files at once (each Brotli
-/// encoder holds up to about 12 MiB).
-const MAX_WORKERS: usize = 2;
+/// Most threads that decompress and hash a bundle's files at once (each holds well under 1 MiB).
+const MAX_WORKERS: usize = 8;
 
-/// Threads that decompress, hash and compress at once: one per CPU beyond the first, which the
-/// uploads and the rest of the process keep, at most [`MAX_WORKERS`]. On a busy 2-CPU machine a
-/// second worker was measured (benches/bundle_sync.rs) to add 20 MiB of peak RSS and 40 % of CPU
-/// time for no clear gain in wall time.
+/// Threads that decompress, hash and spool a bundle's files at once: one per CPU the process
+/// may use, at most [`MAX_WORKERS`].
 fn workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .saturating_sub(1)
         .clamp(1, MAX_WORKERS)
 }
 
@@ -192,6 +198,10 @@ pub struct SyncedBundle {
     /// there only when who encrypted it stored them; otherwise `manifest_key` is empty,
     /// `manifest` too and `file_count` 0, and devices get the zip whole.
     pub encrypted: bool,
+    /// The Brotli variants are made ([`compress_variants`]): `manifest_key` is
+    /// `manifests/<sha256>.br.json` and `manifest` names the `.br` form of the files that have
+    /// one. False after [`sync_bundle`].
+    pub compressed_variants: bool,
 }
 
 impl SyncedBundle {
@@ -199,6 +209,16 @@ impl SyncedBundle {
     /// its delta files were stored with it).
     pub fn stored_manifest_key(&self) -> Option<&str> {
         (!self.manifest_key.is_empty()).then_some(self.manifest_key.as_str())
+    }
+
+    /// The bundle once [`compress_variants`] made its Brotli variants.
+    pub fn with_variants(self, variants: CompressedVariants) -> SyncedBundle {
+        SyncedBundle {
+            manifest_key: variants.manifest_key,
+            manifest: variants.manifest,
+            compressed_variants: true,
+            ..self
+        }
     }
 }
 
@@ -387,14 +407,18 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
     } = fetch_verified(&request, "bundle.zip").await?;
     let sha256 = fetched.sha256;
 
-    // 3. Validate the whole archive and hash every file, before storing anything.
+    // 3. One pass over the archive, on every CPU: validate it whole, hash every file and spool
+    // it, before storing anything.
     let scan = {
         let zip_path = zip_path.clone();
+        let spool_dir = workdir.path().to_owned();
         let limits = *limits;
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| archive::scan(&zip_path, &limits)))
-            .await
-            .map_err(|e| archive_task_failed(&e))??
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| archive::scan(&zip_path, &limits, Some(&spool_dir)))
+        })
+        .await
+        .map_err(|e| archive_task_failed(&e))??
     };
     tracing::debug!(
         files = scan.files.len(),
@@ -402,54 +426,58 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         "archive validated"
     );
 
-    // 4. Which contents does the store already have?
-    // Each distinct content: where it is first, its size, whether it must be compressed.
-    let mut contents: HashMap<&str, (usize, u64, bool)> = HashMap::new();
+    // 4. Which contents does the store already have (raw, or compressed when that is required)?
+    // Each distinct content: where it is first, whether it must be compressed.
+    let mut contents: HashMap<&str, (usize, bool)> = HashMap::new();
     for (position, file) in scan.files.iter().enumerate() {
-        let content = contents
-            .entry(file.hash.as_str())
-            .or_insert((position, file.size, false));
-        content.2 |= objects::needs_brotli(&file.path);
+        let content = contents.entry(file.hash.as_str()).or_insert((position, false));
+        content.1 |= objects::needs_brotli(&file.path);
     }
     // Owned items: futures borrowing from the iterator could not be proven `Send` by a caller
     // that runs the sync inside a spawned task (rustc's higher-ranked lifetime limitation).
-    let lookups: Vec<(String, u64, bool)> = contents
+    let lookups: Vec<(String, usize, u64, bool)> = contents
         .iter()
-        .map(|(hash, &(_, size, brotli_required))| ((*hash).to_owned(), size, brotli_required))
+        .map(|(hash, &(position, brotli_required))| {
+            (
+                (*hash).to_owned(),
+                position,
+                scan.files[position].size,
+                brotli_required,
+            )
+        })
         .collect();
-    let found: Vec<(String, Option<bool>)> = futures::stream::iter(lookups)
-        .map(|(hash, size, brotli_required)| async move {
+    let found: Vec<(String, usize, bool, Option<bool>)> = futures::stream::iter(lookups)
+        .map(|(hash, position, size, brotli_required)| async move {
             let stored = objects::find_content(store, prefix, &hash, size, brotli_required).await?;
-            Ok::<_, SyncError>((hash, stored))
+            Ok::<_, SyncError>((hash, position, brotli_required, stored))
         })
         .buffer_unordered(STORE_CONCURRENCY)
         .try_collect()
         .await?;
     let mut brotli_by_hash: HashMap<String, bool> = HashMap::with_capacity(found.len());
     let mut missing = Vec::new();
-    for (hash, stored) in found {
+    for (hash, position, brotli_required, stored) in found {
         match stored {
             Some(brotli) => {
                 brotli_by_hash.insert(hash, brotli);
             }
             None => {
-                let (position, size, brotli_required) = contents[hash.as_str()];
                 let file = &scan.files[position];
-                missing.push(archive::Extract {
-                    index: file.index,
-                    path: file.path.clone(),
-                    brotli_required,
+                let spooled = file
+                    .spooled
+                    .ok_or_else(|| SyncError::Task(format!("{} was not spooled", file.path)))?;
+                missing.push(objects::SpooledContent {
                     hash,
-                    size,
-                    compressed_size: file.compressed_size,
-                    stored: file.stored,
+                    size: file.size,
+                    spooled,
+                    brotli_required,
                 });
             }
         }
     }
     let reused_files = brotli_by_hash.len() as u64;
-    // Extract in archive order, so the temporary zip is read sequentially.
-    missing.sort_by_key(|extract| extract.index);
+    // Upload in spool order, so the spool files are read nearly sequentially.
+    missing.sort_by_key(|content| (content.spooled.spool, content.spooled.offset));
     let uploaded_files = missing.len() as u64;
     tracing::debug!(
         missing = uploaded_files,
@@ -457,16 +485,16 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         "checked the store"
     );
 
-    // 5. Upload what is missing.
-    if !missing.is_empty() {
-        let uploaded = objects::upload_files(store, prefix, &zip_path, workdir.path(), missing).await?;
-        brotli_by_hash.extend(uploaded);
-        tracing::debug!(uploaded = uploaded_files, "files uploaded");
-    }
-
-    // 6. The zip itself.
+    // 5. and 6. Upload the missing files and the zip at the same time.
     let zip_key = zip_key(&sha256);
-    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
+    let spools = Arc::new(scan.spools);
+    let (uploaded, zip_uploaded) = futures::future::try_join(
+        objects::upload_spooled(store, prefix, &spools, workdir.path(), missing),
+        objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size),
+    )
+    .await?;
+    brotli_by_hash.extend(uploaded);
+    tracing::debug!(uploaded = uploaded_files, zip_uploaded, "files and zip stored");
 
     // 7. The manifest.
     let mut manifest = Vec::with_capacity(scan.files.len());
@@ -499,6 +527,7 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         uploaded_files,
         reused_files,
         encrypted: false,
+        compressed_variants: false,
     };
     tracing::info!(
         zip_size = synced.zip_size,
@@ -605,6 +634,7 @@ async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, 
         uploaded_files: 0,
         reused_files: 0,
         encrypted: true,
+        compressed_variants: false,
     })
 }
 

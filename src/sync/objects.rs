@@ -1,21 +1,18 @@
 //! Steps 4 to 7 of a sync: what the store has, and uploading files, the zip and the manifest
 //! with bounded memory.
 //!
-//! Missing files are extracted again from the temporary zip by a few threads (one per CPU, see
-//! `super::workers`), which write each file, or its Brotli form when it is worth trying, to a
-//! temporary file (so that they allocate the same few buffers over and over, whatever the files'
-//! sizes). A short queue hands them to concurrent uploads, which read a file into memory when it fits in one request and
-//! upload it in parts otherwise. The bytes those uploads hold at once are capped by
-//! [`UPLOAD_MEMORY`].
+//! Missing files are read back from the spool files the archive scan wrote (no second
+//! decompression) by concurrent uploads, which read a file into memory when it fits in one
+//! request and upload it in parts otherwise. The bytes those uploads hold at once are capped by
+//! [`UPLOAD_MEMORY`]. The encrypted delta files ([`super::encrypted`]) are extracted and
+//! compressed one by one with [`prepare`].
 
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::FileExt,
     path::{Path as FsPath, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -24,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     BROTLI_MIN_SIZE, STORE_CONCURRENCY, SyncError,
-    archive::{self, Extract},
+    archive::{self, Extract, Spooled},
     file_key, manifest_json, object_path,
 };
 
@@ -35,8 +32,6 @@ const PART_SIZE: usize = 5 * 1024 * 1024;
 const PART_CONCURRENCY: usize = 1;
 /// Cap on the bytes that concurrent file uploads hold in memory.
 const UPLOAD_MEMORY: usize = 16 * 1024 * 1024;
-/// Prepared files waiting for an upload slot.
-const PREPARED_QUEUE: usize = 4;
 /// Brotli quality (of 11). The `brotli` crate's quality 9 allocates a 32 MiB hash table per
 /// encoder (measured: 33 to 52 MiB per encoder); quality 6 takes 4 to 12 MiB, runs about twice
 /// as fast, and its output is 1 to 5 % larger on real JavaScript.
@@ -80,7 +75,6 @@ fn brotli_candidate(path: &str, size: u64) -> bool {
 /// One file ready for upload: a temporary file, rewound.
 #[derive(Debug)]
 pub(super) struct Prepared {
-    pub(super) hash: String,
     pub(super) brotli: bool,
     pub(super) file: File,
     pub(super) len: u64,
@@ -152,9 +146,11 @@ pub(super) fn needs_brotli(path: &str) -> bool {
     path.ends_with(".br")
 }
 
-/// Whether the store holds a content: `Some(true)` compressed, `Some(false)` raw, `None` not
-/// (or only a raw object of the wrong size, which is then overwritten; or only a raw object
-/// when the compressed form is required).
+/// Whether the store holds a content in the form a sync stores it: raw (`Some(false)`, with the
+/// right size; a raw object of the wrong size is overwritten), or compressed (`Some(true)`) when
+/// the compressed form is required. `None`: it must be uploaded. A Brotli variant alone does not
+/// count for a file that may be raw: the first step always stores the raw form, which the
+/// variants are made from.
 pub(super) async fn find_content(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
@@ -162,126 +158,237 @@ pub(super) async fn find_content(
     size: u64,
     brotli_required: bool,
 ) -> Result<Option<bool>, SyncError> {
-    if brotli_required || size >= BROTLI_MIN_SIZE {
-        let path = path_of(prefix, &file_key(hash, true))?;
-        match store.head(&path).await {
-            Ok(meta) if meta.size > 0 => return Ok(Some(true)),
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(SyncError::storage("check", &path, e)),
-        }
-    }
-    if brotli_required {
-        return Ok(None);
-    }
-    let path = path_of(prefix, &file_key(hash, false))?;
+    let path = path_of(prefix, &file_key(hash, brotli_required))?;
     match store.head(&path).await {
+        Ok(meta) if brotli_required => Ok((meta.size > 0).then_some(true)),
         Ok(meta) => Ok((meta.size == size).then_some(false)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(SyncError::storage("check", &path, e)),
     }
 }
 
-/// Extracts, compresses and uploads the missing contents; returns for each its hash and whether
-/// it was stored compressed.
-pub(super) async fn upload_files(
+/// A content to upload from the spool files of the archive scan.
+#[derive(Debug, Clone)]
+pub(super) struct SpooledContent {
+    /// Its SHA-256.
+    pub hash: String,
+    /// Its size.
+    pub size: u64,
+    /// Where it is in the spools.
+    pub spooled: Spooled,
+    /// Whether it must be stored compressed ([`needs_brotli`]).
+    pub brotli_required: bool,
+}
+
+/// Reads `len` bytes at `offset` of one spool file, as [`Read`] (positioned reads, so that
+/// concurrent readers of the same file do not disturb each other).
+struct SpoolRange<'a> {
+    file: &'a File,
+    offset: u64,
+    remaining: u64,
+}
+
+impl Read for SpoolRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buf[..want], self.offset)?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.offset += read as u64;
+        self.remaining -= read as u64;
+        Ok(read)
+    }
+}
+
+/// Uploads the missing contents from the spools (raw; Brotli-compressed when required); returns
+/// for each its hash and whether it was stored compressed.
+pub(super) async fn upload_spooled(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
-    zip_path: &FsPath,
+    spools: &Arc<Vec<File>>,
     workdir: &FsPath,
-    missing: Vec<Extract>,
+    missing: Vec<SpooledContent>,
 ) -> Result<Vec<(String, bool)>, SyncError> {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(PREPARED_QUEUE);
-    let spools = Arc::new(Spools::new(workdir));
-    let producer = {
-        let zip_path = zip_path.to_owned();
-        let spools = Arc::clone(&spools);
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                if let Err(error) = prepare_all(&zip_path, &spools, missing, &sender) {
-                    // The receiver may be gone already; then its own error is reported.
-                    let _ = sender.blocking_send(Err(error));
-                }
-            })
-        })
-    };
+    let temporary = Arc::new(Spools::new(workdir));
     // Permits are KiB of memory.
     let budget = Semaphore::new(UPLOAD_MEMORY / 1024);
-    let uploaded = futures::stream::poll_fn(|cx| receiver.poll_recv(cx))
-        .map(|item: Result<Prepared, SyncError>| {
-            let (budget, spools) = (&budget, &spools);
+    futures::stream::iter(missing)
+        .map(|content| {
+            let (budget, temporary) = (&budget, &temporary);
             async move {
-                let prepared = item?;
-                let key = file_key(&prepared.hash, prepared.brotli);
+                let key = file_key(&content.hash, content.brotli_required);
                 let path = path_of(prefix, &key)?;
-                let kib = upload_memory(prepared.len, PART_CONCURRENCY).div_ceil(1024);
-                let _permits = budget
-                    .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
-                    .await
-                    .map_err(|e| SyncError::Task(e.to_string()))?;
-                let file = upload_file(store, &path, prepared.file, prepared.len, PART_CONCURRENCY).await?;
-                spools.give(file);
+                if content.brotli_required {
+                    let (file, len) = compress_spooled(spools, temporary, &content).await?;
+                    let _permits = acquire(budget, len).await?;
+                    let file = upload_file(store, &path, file, len, PART_CONCURRENCY).await?;
+                    temporary.give(file);
+                } else {
+                    let _permits = acquire(budget, content.size).await?;
+                    upload_range(store, &path, spools, content.spooled, content.size).await?;
+                }
                 tracing::trace!(key, "uploaded");
-                Ok::<_, SyncError>((prepared.hash, prepared.brotli))
+                Ok::<_, SyncError>((content.hash, content.brotli_required))
             }
         })
         .buffer_unordered(STORE_CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await;
-    // Stop the producer (its next send fails) and wait for it, so the temporary files it
-    // holds are closed before the caller removes the folder.
-    drop(receiver);
-    let joined = producer.await;
-    let uploaded = uploaded?;
-    joined.map_err(|e| {
-        if e.is_panic() {
-            SyncError::InvalidArchive("the archive reader failed on this archive".to_owned())
-        } else {
-            SyncError::Task(format!("the extraction task was cancelled: {e}"))
-        }
-    })?;
-    Ok(uploaded)
+        .try_collect()
+        .await
 }
 
-/// The blocking producers: every missing content, taken in archive order by a few threads. A
-/// content that cannot be prepared is sent as an error; a closed queue stops them all.
-fn prepare_all(
-    zip_path: &FsPath,
-    spools: &Spools,
-    missing: Vec<Extract>,
-    sender: &tokio::sync::mpsc::Sender<Result<Prepared, SyncError>>,
-) -> Result<(), SyncError> {
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let span = tracing::Span::current();
-    let work = || -> Result<(), SyncError> {
-        let _entered = span.enter();
-        // Already validated, entry count included.
-        let mut archive = archive::open(zip_path, usize::MAX)?;
-        let mut buffer = vec![0; 64 * 1024];
-        while !stop.load(Ordering::Relaxed) {
-            let Some(extract) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                break;
-            };
-            let prepared = prepare(&mut archive, extract, spools, &mut buffer);
-            let failed = prepared.is_err();
-            if sender.blocking_send(prepared).is_err() || failed {
-                stop.store(true, Ordering::Relaxed);
+/// Takes from `budget` the memory an upload of `len` bytes holds.
+async fn acquire(budget: &Semaphore, len: u64) -> Result<tokio::sync::SemaphorePermit<'_>, SyncError> {
+    let kib = upload_memory(len, PART_CONCURRENCY).div_ceil(1024);
+    budget
+        .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))
+}
+
+/// Brotli-compresses one spooled content into a temporary file (blocking task); returns it,
+/// rewound, and its length.
+async fn compress_spooled(
+    spools: &Arc<Vec<File>>,
+    temporary: &Arc<Spools>,
+    content: &SpooledContent,
+) -> Result<(File, u64), SyncError> {
+    let (spools, temporary, spooled, size) = (
+        Arc::clone(spools),
+        Arc::clone(temporary),
+        content.spooled,
+        content.size,
+    );
+    tokio::task::spawn_blocking(move || {
+        let spool = spools
+            .get(spooled.spool)
+            .ok_or_else(|| SyncError::Task("a spool file is missing".to_owned()))?;
+        let mut range = SpoolRange {
+            file: spool,
+            offset: spooled.offset,
+            remaining: size,
+        };
+        let target = temporary.take()?;
+        let (mut file, written) = compress_into(&mut range, target, size)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(temp_failed("spooling a file"))?;
+        Ok((file, written))
+    })
+    .await
+    .map_err(|e| SyncError::Task(format!("a compression task stopped: {e}")))?
+}
+
+/// Brotli-compresses everything `source` yields (`size` bytes, the size hint) into `target`;
+/// returns it and the compressed length.
+pub(super) fn compress_into(
+    source: &mut impl Read,
+    target: File,
+    size: u64,
+) -> Result<(File, u64), SyncError> {
+    let mut compressor = brotli::CompressorWriter::with_params(
+        CountingWriter {
+            inner: target,
+            written: 0,
+            error: None,
+        },
+        BROTLI_BUFFER,
+        &brotli_params(size),
+    );
+    let mut buffer = vec![0; BROTLI_BUFFER];
+    loop {
+        let read = match source.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(SyncError::TempStorage {
+                    action: "reading a file to compress",
+                    source,
+                });
             }
+        };
+        compressor
+            .write_all(&buffer[..read])
+            .map_err(temp_failed("compressing a file"))?;
+    }
+    // `into_inner` finishes the Brotli stream but drops write errors: the writer keeps them.
+    match compressor.into_inner() {
+        CountingWriter {
+            error: Some(source), ..
+        } => Err(SyncError::TempStorage {
+            action: "compressing a file",
+            source,
+        }),
+        CountingWriter { inner, written, .. } => Ok((inner, written)),
+    }
+}
+
+/// Uploads `len` bytes at `spooled` of the spools: in one request up to [`PART_SIZE`], in parts
+/// above.
+async fn upload_range(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    spools: &Arc<Vec<File>>,
+    spooled: Spooled,
+    len: u64,
+) -> Result<(), SyncError> {
+    let read_failed = temp_failed("reading a spool file");
+    let read_at = |offset: u64, want: usize| {
+        let spools = Arc::clone(spools);
+        async move {
+            let mut bytes = vec![0; want];
+            tokio::task::spawn_blocking(move || {
+                let spool = spools
+                    .get(spooled.spool)
+                    .ok_or_else(|| std::io::Error::other("a spool file is missing"))?;
+                spool.read_exact_at(&mut bytes, offset).map(|()| bytes)
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        }
+    };
+    if len <= PART_SIZE as u64 {
+        let bytes = read_at(spooled.offset, len as usize).await.map_err(read_failed)?;
+        return put(store, path, PutPayload::from(bytes)).await;
+    }
+    let upload = store
+        .put_multipart(path)
+        .await
+        .map_err(|e| SyncError::storage("write", path, e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut done = 0;
+    let result: Result<(), SyncError> = async {
+        while done < len {
+            let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(READ_CHUNK);
+            let chunk = read_at(spooled.offset + done, want).await.map_err(&read_failed)?;
+            writer
+                .wait_for_capacity(PART_CONCURRENCY)
+                .await
+                .map_err(|e| SyncError::storage("write", path, e))?;
+            writer.write(&chunk);
+            done += chunk.len() as u64;
         }
         Ok(())
-    };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = (1..super::workers()).map(|_| scope.spawn(work)).collect();
-        let mut result = work();
-        for other in others {
-            match other.join() {
-                Ok(outcome) => result = result.and(outcome),
-                Err(panic) => std::panic::resume_unwind(panic),
+    }
+    .await;
+    match result {
+        Ok(()) => writer
+            .finish()
+            .await
+            .map(drop)
+            .map_err(|e| SyncError::storage("write", path, e)),
+        Err(error) => {
+            if let Err(abort) = writer.abort().await {
+                tracing::debug!(error = %abort, key = %path, "could not abort a multipart upload");
             }
+            Err(error)
         }
-        result
-    })
+    }
 }
 
 /// Extracts one content to a temporary file: its Brotli form when it is worth trying and comes
@@ -322,7 +429,7 @@ pub(super) fn prepare(
                 });
             }
             CountingWriter { inner, written, .. } if written < extract.size || extract.brotli_required => {
-                return rewound(inner, extract, written, true);
+                return rewound(inner, written, true);
             }
             // Not smaller (rare for a file worth trying): extract it again, raw.
             CountingWriter { inner, .. } => spools.give(inner),
@@ -332,7 +439,7 @@ pub(super) fn prepare(
     archive::copy_entry(archive, extract.index, name, extract.size, buffer, |chunk| {
         raw.write_all(chunk).map_err(temp_failed("spooling a file"))
     })?;
-    rewound(raw, extract, extract.size, false)
+    rewound(raw, extract.size, false)
 }
 
 /// The encoder's settings for a file of `size` bytes: the size is given up front, so that a
@@ -347,15 +454,10 @@ fn brotli_params(size: u64) -> brotli::enc::BrotliEncoderParams {
     }
 }
 
-fn rewound(mut file: File, extract: &Extract, len: u64, brotli: bool) -> Result<Prepared, SyncError> {
+fn rewound(mut file: File, len: u64, brotli: bool) -> Result<Prepared, SyncError> {
     file.seek(SeekFrom::Start(0))
         .map_err(temp_failed("spooling a file"))?;
-    Ok(Prepared {
-        hash: extract.hash.clone(),
-        brotli,
-        file,
-        len,
-    })
+    Ok(Prepared { brotli, file, len })
 }
 
 /// A writer that counts bytes and remembers the first error (Brotli's `into_inner` drops it).
@@ -465,7 +567,7 @@ async fn read_exactly(file: File, len: u64) -> std::io::Result<(File, Vec<u8>)> 
 
 /// Uploads `len` bytes of a file: in one request up to [`PART_SIZE`], in parts above (at most
 /// `part_concurrency` parts in flight, plus one being filled). Gives the file back.
-async fn upload_file(
+pub(super) async fn upload_file(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     file: File,

@@ -19,7 +19,7 @@ const CONCURRENCY: usize = 8;
 /// Why removing objects, or reading the manifests that decide what to remove, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {
-    /// A key is not one the sync writes (`zips/<sha256>.zip`, `manifests/<sha256>.json`,
+    /// A key is not one the sync writes (`zips/<sha256>.zip`, `manifests/<sha256>[.br].json`,
     /// `files/<sha256>[.br]`). Nothing was removed.
     #[error(
         "refusing to remove {key:?}: only zips/, manifests/ and files/ keys named by a sha256 are removed"
@@ -64,15 +64,19 @@ impl RemoveError {
     }
 }
 
-/// Whether `key` is a key the sync writes: `zips/<sha256>.zip`, `manifests/<sha256>.json`, or
-/// `files/<sha256>` with an optional `.br`, where `<sha256>` is 64 lower-case hex characters.
+/// Whether `key` is a key the sync writes: `zips/<sha256>.zip`, `manifests/<sha256>.json`,
+/// `manifests/<sha256>.br.json`, or `files/<sha256>` with an optional `.br`, where `<sha256>` is
+/// 64 lower-case hex characters.
 pub fn is_bundle_key(key: &str) -> bool {
     let hash_between = |prefix: &str, suffix: &str| {
         key.strip_prefix(prefix)
             .and_then(|rest| rest.strip_suffix(suffix))
             .is_some_and(is_sha256_hex)
     };
-    hash_between("zips/", ".zip") || hash_between("manifests/", ".json") || file_key_is_content_addressed(key)
+    hash_between("zips/", ".zip")
+        || hash_between("manifests/", ".json")
+        || hash_between("manifests/", ".br.json")
+        || file_key_is_content_addressed(key)
 }
 
 /// Whether `key` is a content-addressed file key, `files/<sha256>` or `files/<sha256>.br`.
