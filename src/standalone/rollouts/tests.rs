@@ -215,6 +215,57 @@ fn a_rollout_on_a_missing_channel_or_of_another_apps_bundle_is_stalled_with_the_
     assert_eq!(plan.events[0].reason, reason::INVALID_SPEC);
 }
 
+#[tokio::test]
+async fn a_rollout_whose_spec_no_api_server_checked_is_stalled_with_the_reason_and_saved() {
+    let store = store().await;
+    let world = world();
+    // Standalone YAML skips the API server's schema: the core checks it again.
+    let bad = [
+        (
+            json!([{"setPercent": 50}, {"setPercent": 20}]),
+            json!({}),
+            "must not decrease",
+        ),
+        (
+            json!([{"pause": {"duration": "soon"}}]),
+            json!({}),
+            "is not a duration",
+        ),
+        (
+            json!([{"setPercent": 10}]),
+            json!({"interval": "0s"}),
+            "must be at least",
+        ),
+        (
+            json!([{"setPercent": 10}, {"setPercent": 20, "analysis": {}}]),
+            json!({}),
+            "exactly one of",
+        ),
+    ];
+    for (steps, analysis, why) in bad {
+        let rollout = rollout_of("bad", steps, analysis, json!({}));
+        let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+        let next = driver
+            .drive(&load(&world, std::slice::from_ref(&rollout)), at(0))
+            .await;
+        assert_eq!(next, None, "an invalid spec waits for the YAML to change");
+        let status = &driver.states().rollouts[&key("bad")];
+        assert_eq!(status.phase, None, "nothing is served: {status:?}");
+        let message = status.message.as_deref().unwrap_or_default();
+        assert!(message.contains(why), "{why}: {message}");
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .expect("Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason::INVALID_SPEC)
+        );
+        assert_eq!(read_states(&store).await.unwrap().rollouts[&key("bad")], *status);
+    }
+}
+
 #[test]
 fn a_rollout_walks_with_the_cores_decisions_and_the_salt_of_its_name() {
     let world = world();
