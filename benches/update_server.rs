@@ -996,7 +996,7 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
     let store = DeviceStore::open(&format!("sqlite://{}", folder.path().join("rate.db").display())).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
-        store,
+        store.clone(),
         memory,
         store::SERVER_QUEUE_CAPACITY,
         store::SERVER_MAX_BATCH,
@@ -1029,6 +1029,8 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
         }
         queue.flush().await?;
     }
+    // Until every sighting is merged into the devices' rows, not only appended to the log.
+    store.compact().await?;
     let rate = writes as f64 / started.elapsed().as_secs_f64();
     drop(queue);
     let _ = flusher.await;

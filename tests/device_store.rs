@@ -525,6 +525,70 @@ async fn outcomes_count_devices_with_sticky_failures(database: &TestDatabase) {
     assert_eq!(figures(&store, "production", "1.6.0", NOW_MS + 5).await, (5, 1));
 }
 
+/// Sightings of one device from several batches wait in the log together and merge as the
+/// upserts would have applied them one by one: the newest wins, an older one changes nothing,
+/// a None custom id or default channel keeps the one before.
+async fn sightings_waiting_in_the_log_merge_as_upserts_would(database: &TestDatabase) {
+    let store = database.open().await;
+    let sighting =
+        |device: &str, at_ms: i64, version: &str, custom_id: Option<&str>, channel: Option<&str>| {
+            Write::SeenDevice(DeviceSeen {
+                version_name: version.to_owned(),
+                custom_id: custom_id.map(str::to_owned),
+                default_channel: channel.map(str::to_owned),
+                ..seen(device, at_ms)
+            })
+        };
+    for batch in [
+        vec![sighting("d1", NOW_MS + 5, "1.0.0", Some("first"), Some("beta"))],
+        vec![sighting("d1", NOW_MS + 7, "1.1.0", None, None)],
+        // Older than the one before: changes nothing, not even the custom id.
+        vec![sighting("d1", NOW_MS + 6, "0.9.0", Some("stale"), Some("stale"))],
+        // As old as the latest: the later one wins.
+        vec![sighting("d1", NOW_MS + 7, "1.2.0", None, Some("production"))],
+        vec![sighting("d2", NOW_MS + 9, "2.0.0", Some("two"), None)],
+        vec![sighting("d2", NOW_MS + 8, "1.9.0", None, Some("stale"))],
+    ] {
+        apply(&store, &batch).await;
+    }
+    // A row already in devices, older than what the log holds.
+    let d1 = device(&store, "d1").await.expect("d1");
+    assert_eq!(
+        (
+            d1.version_name.as_str(),
+            d1.last_seen_ms,
+            d1.custom_id.as_deref(),
+            d1.default_channel.as_deref()
+        ),
+        ("1.2.0", NOW_MS + 7, Some("first"), Some("production"))
+    );
+    let d2 = device(&store, "d2").await.expect("d2");
+    assert_eq!(
+        (
+            d2.version_name.as_str(),
+            d2.last_seen_ms,
+            d2.custom_id.as_deref(),
+            d2.default_channel.as_deref()
+        ),
+        ("2.0.0", NOW_MS + 9, Some("two"), None)
+    );
+    // Merged rows keep their own columns; a later log of older sightings changes nothing.
+    apply(&store, &[sighting("d1", NOW_MS + 1, "0.1.0", Some("old"), None)]).await;
+    apply(&store, &[sighting("d1", NOW_MS + 10, "1.3.0", None, None)]).await;
+    assert_eq!(store.compact().await.expect("compact"), 2);
+    assert_eq!(store.compact().await.expect("nothing left"), 0);
+    let d1 = device(&store, "d1").await.expect("d1");
+    assert_eq!(
+        (
+            d1.version_name.as_str(),
+            d1.last_seen_ms,
+            d1.custom_id.as_deref(),
+            d1.default_channel.as_deref()
+        ),
+        ("1.3.0", NOW_MS + 10, Some("first"), Some("production"))
+    );
+}
+
 /// Many devices in one batch (several statement sizes) all count.
 async fn outcomes_of_many_devices_all_count(database: &TestDatabase) {
     let store = database.open().await;
@@ -935,6 +999,7 @@ mod sqlite_file {
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
         outcomes_of_many_devices_all_count,
+        sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
     );
 
@@ -1007,6 +1072,7 @@ mod sqlite_memory {
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
         outcomes_of_many_devices_all_count,
+        sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
     );
 }
@@ -1027,6 +1093,7 @@ mod postgres {
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
         outcomes_of_many_devices_all_count,
+        sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
     );
 

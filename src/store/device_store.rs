@@ -2,7 +2,14 @@
 //! driver, so one implementation (portable SQL, one migration folder) serves SQLite and
 //! PostgreSQL.
 
-use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    cmp::Ordering,
+    collections::BTreeMap,
+    fmt,
+    str::FromStr,
+    sync::{Arc, atomic::AtomicI64},
+    time::Duration,
+};
 
 use sqlx::{
     AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row,
@@ -36,6 +43,10 @@ static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 pub struct DeviceStore {
     pool: AnyPool,
     backend: Backend,
+    /// This store's id in the sightings log (drawn at open; clones share it).
+    writer: i64,
+    /// The sequence number of this store's next sighting in the log.
+    next_seq: Arc<AtomicI64>,
     /// The URL with its password redacted, for logs and `Debug`.
     redacted_url: Arc<str>,
 }
@@ -142,6 +153,8 @@ impl DeviceStore {
         Ok(DeviceStore {
             pool,
             backend,
+            writer: fastrand::i64(..),
+            next_seq: Arc::new(AtomicI64::new(0)),
             redacted_url: redacted_url.into(),
         })
     }
@@ -183,7 +196,9 @@ impl DeviceStore {
     /// Applies a batch of writes in one transaction (aggregating identical counter increments first).
     ///
     /// Writes of one device keep their order (a later override wins); an older sighting
-    /// (`seen_at_ms` below the stored one) changes nothing. Rows are written in key order, so
+    /// (`seen_at_ms` below the stored one) changes nothing. Sightings are appended to the
+    /// sightings log; [`DeviceStore::compact`] merges them into the devices' rows (the reads of
+    /// devices compact first, so they see every sighting applied). Rows are written in key order, so
     /// replicas writing the same rows at once do not deadlock.
     pub async fn apply(&self, batch: &[Write]) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -199,7 +214,10 @@ impl DeviceStore {
             match step {
                 DeviceStep::Sightings(sightings) => {
                     for (shape, chunk) in sighting_chunks(sightings) {
-                        seen_devices_query(self.backend, shape, chunk)
+                        let first_seq = self
+                            .next_seq
+                            .fetch_add(chunk.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                        seen_devices_query(self.backend, shape, chunk, self.writer, first_seq)
                             .execute(&mut *transaction)
                             .await
                             .map_err(StoreError::database("write device sightings"))?;
@@ -344,6 +362,7 @@ impl DeviceStore {
     /// sooner): a device whose every sighting of the 30 days came within that much of its last
     /// written one, 30 days ago, is not counted.
     pub async fn monthly_active_devices(&self, app_id: &str, now_ms: i64) -> Result<i64, StoreError> {
+        self.compact().await?;
         sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE app_id = $1 AND last_seen_ms > $2")
             .bind(app_id)
             .bind(now_ms.saturating_sub(MONTH_MS))
@@ -385,6 +404,7 @@ impl DeviceStore {
 
     /// One device's row.
     pub async fn device(&self, app_id: &str, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        self.compact().await?;
         let row = sqlx::query(
             "SELECT app_id, device_id, platform, plugin_version, native_version, version_name, custom_id, \
              default_channel, is_prod, is_emulator, current_bundle, channel_override, last_seen_ms \
@@ -399,6 +419,55 @@ impl DeviceStore {
             .map(device_record)
             .transpose()
             .map_err(StoreError::database("read a device"))
+    }
+
+    /// Merges the sightings log into the devices' rows, in key order, in one transaction; returns
+    /// how many sightings were merged.
+    ///
+    /// For each writer in the log it takes the rows up to the last sequence number it reads
+    /// first, so sightings appended meanwhile (by this process or, on PostgreSQL, by another
+    /// replica) wait for the next compaction, and concurrent compactions merge nothing twice
+    /// and lose nothing. The merge is the upsert of a sighting, applied in each writer's order:
+    /// the newest sighting wins, an older one changes nothing, a None custom id or default
+    /// channel keeps the one before. (PostgreSQL refuses to upsert one row twice in a
+    /// statement, so there each device's sightings are first merged with window functions,
+    /// the same way; SQLite applies them one by one.)
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        let writers: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT writer, MAX(seq) AS last FROM device_sightings GROUP BY writer")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::database("read the sightings log"))?;
+        if writers.is_empty() {
+            return Ok(0);
+        }
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::database("begin a transaction"))?;
+        let mut merged = 0;
+        for (writer, last) in writers {
+            sqlx::query(compaction_sql(self.backend))
+                .bind(writer)
+                .bind(last)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::database("merge the sightings log into the devices"))?;
+            merged += sqlx::query("DELETE FROM device_sightings WHERE writer = $1 AND seq <= $2")
+                .bind(writer)
+                .bind(last)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::database("empty the sightings log"))?
+                .rows_affected();
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(StoreError::database("commit a compaction of the sightings log"))?;
+        tracing::debug!(merged, "sightings log merged into the devices");
+        Ok(merged)
     }
 
     /// Whether the database answers (`SELECT 1`).
@@ -622,7 +691,7 @@ fn device_steps<'a>(sorted: &[&'a Write]) -> Vec<DeviceStep<'a>> {
 }
 
 /// Rows per multi-row upsert, largest first: a batch is cut into the fewest statements of these
-/// few shapes, so each connection prepares at most four of them (11 parameters a row keeps the
+/// few shapes, so each connection prepares at most four of them (13 parameters a row keeps the
 /// largest under both SQLite's and PostgreSQL's parameter limits).
 const SIGHTING_CHUNK_ROWS: [usize; 4] = [256, 32, 4, 1];
 
@@ -730,20 +799,23 @@ async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Re
     Ok(())
 }
 
-/// The multi-row upsert of sightings of distinct devices: the reported columns take the new
-/// values unless the sighting is older than the stored one; a None custom id or default channel
-/// keeps the stored one.
+/// The multi-row append of sightings of distinct devices to the sightings log, numbered from
+/// `first_seq` for `writer`.
 /// `shape` is the index in [`SIGHTING_CHUNK_ROWS`] of the number of sightings.
 fn seen_devices_query<'q>(
     backend: Backend,
     shape: usize,
     sightings: &'q [Sighting<'q>],
+    writer: i64,
+    first_seq: i64,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     let sql = seen_devices_sql(backend, shape);
     let mut query = sqlx::query(sql);
-    for sighting in sightings {
+    for (seq, sighting) in (first_seq..).zip(sightings) {
         let seen = sighting.seen;
         query = query
+            .bind(writer)
+            .bind(seq)
             .bind(seen.app_id.as_str())
             .bind(seen.device_id.as_str())
             .bind(seen.platform.as_str())
@@ -775,18 +847,71 @@ fn seen_devices_sql(backend: Backend, shape: usize) -> &'static str {
     };
     SQL[slot][shape].get_or_init(|| {
         format!(
-            "INSERT INTO devices (app_id, device_id, platform, plugin_version, native_version, version_name, \
-             custom_id, default_channel, is_prod, is_emulator, last_seen_ms) VALUES {} \
-             ON CONFLICT (app_id, device_id) DO UPDATE SET \
-             platform = excluded.platform, plugin_version = excluded.plugin_version, \
-             native_version = excluded.native_version, version_name = excluded.version_name, \
-             custom_id = COALESCE(excluded.custom_id, devices.custom_id), \
-             default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
-             is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
-             WHERE excluded.last_seen_ms >= devices.last_seen_ms",
-            values_placeholders(backend, rows, 11)
+            "INSERT INTO device_sightings (writer, seq, app_id, device_id, platform, plugin_version, \
+             native_version, version_name, custom_id, default_channel, is_prod, is_emulator, last_seen_ms) \
+             VALUES {}",
+            values_placeholders(backend, rows, 13)
         )
     })
+}
+
+/// The columns a sighting sets in `devices`.
+const SIGHTING_COLUMNS: &str = "app_id, device_id, platform, plugin_version, native_version, version_name, \
+     custom_id, default_channel, is_prod, is_emulator, last_seen_ms";
+
+/// How a sighting updates a device's row: the reported columns take the new values unless the
+/// sighting is older than the stored one; a None custom id or default channel keeps the stored one.
+const SIGHTING_UPSERT: &str = "ON CONFLICT (app_id, device_id) DO UPDATE SET \
+     platform = excluded.platform, plugin_version = excluded.plugin_version, \
+     native_version = excluded.native_version, version_name = excluded.version_name, \
+     custom_id = COALESCE(excluded.custom_id, devices.custom_id), \
+     default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
+     is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
+     WHERE excluded.last_seen_ms >= devices.last_seen_ms";
+
+/// The statement that merges one writer's sightings up to a sequence number (`$1`, `$2`) into
+/// `devices`, in key order (see [`DeviceStore::compact`]).
+fn compaction_sql(backend: Backend) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
+    match backend {
+        // SQLite applies the rows of one INSERT one after the other, in the ORDER BY's order
+        // (the WHERE also keeps the parser from reading ON CONFLICT as a join constraint).
+        Backend::Sqlite => SQL[0].get_or_init(|| {
+            format!(
+                "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM device_sightings \
+                 WHERE writer = $1 AND seq <= $2 ORDER BY app_id, device_id, seq {SIGHTING_UPSERT}"
+            )
+        }),
+        // One row per device, as applying its sightings in order would leave it: the newest
+        // sighting (the last of equally old ones), with the custom id and default channel of the
+        // last applied sighting that has one (a sighting older than the stored row or than one
+        // before it applies not).
+        Backend::Postgres => SQL[1].get_or_init(|| {
+            format!(
+                "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT app_id, device_id, platform, plugin_version, \
+                 native_version, version_name, kept_custom_id, kept_default_channel, is_prod, is_emulator, \
+                 last_seen_ms FROM (SELECT app_id, device_id, platform, plugin_version, native_version, \
+                 version_name, is_prod, is_emulator, last_seen_ms, \
+                 ROW_NUMBER() OVER (PARTITION BY app_id, device_id ORDER BY last_seen_ms DESC, seq DESC) AS rank, \
+                 FIRST_VALUE(applied_custom_id) OVER (PARTITION BY app_id, device_id \
+                 ORDER BY applied_custom_id IS NULL, seq DESC) AS kept_custom_id, \
+                 FIRST_VALUE(applied_default_channel) OVER (PARTITION BY app_id, device_id \
+                 ORDER BY applied_default_channel IS NULL, seq DESC) AS kept_default_channel \
+                 FROM (SELECT app_id, device_id, platform, plugin_version, native_version, version_name, \
+                 is_prod, is_emulator, last_seen_ms, seq, \
+                 CASE WHEN applied THEN custom_id END AS applied_custom_id, \
+                 CASE WHEN applied THEN default_channel END AS applied_default_channel \
+                 FROM (SELECT s.app_id, s.device_id, s.platform, s.plugin_version, s.native_version, \
+                 s.version_name, s.custom_id, s.default_channel, s.is_prod, s.is_emulator, s.last_seen_ms, s.seq, \
+                 s.last_seen_ms >= COALESCE(MAX(s.last_seen_ms) OVER (PARTITION BY s.app_id, s.device_id \
+                 ORDER BY s.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), s.last_seen_ms) \
+                 AND s.last_seen_ms >= COALESCE(d.last_seen_ms, s.last_seen_ms) AS applied \
+                 FROM device_sightings s LEFT JOIN devices d ON d.app_id = s.app_id AND d.device_id = s.device_id \
+                 WHERE s.writer = $1 AND s.seq <= $2) AS ordered) \
+                 AS applied_values) AS merged WHERE rank = 1 ORDER BY app_id, device_id {SIGHTING_UPSERT}"
+            )
+        }),
+    }
 }
 
 /// The multi-row upsert of merged outcomes of distinct (app, version, device) rows: `failed`
@@ -1034,9 +1159,9 @@ mod tests {
         assert!(sighting_chunks(&[]).is_empty());
         let sql = seen_devices_sql(Backend::Postgres, 2);
         assert_eq!(sql.matches("), (").count(), 3, "four rows of values");
-        assert!(sql.contains("$44)") && !sql.contains("$45"), "{sql}");
+        assert!(sql.contains("$52)") && !sql.contains("$53"), "{sql}");
         let sql = seen_devices_sql(Backend::Sqlite, 2);
-        assert_eq!(sql.matches('?').count(), 44, "{sql}");
+        assert_eq!(sql.matches('?').count(), 52, "{sql}");
         assert!(!sql.contains('$'), "{sql}");
     }
 }

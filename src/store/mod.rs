@@ -11,7 +11,8 @@
 //!   answers the reads of statistics;
 //! - [`DeviceMemory`] is the in-memory copy of what the update check needs (overrides and failed
 //!   marks), so the hot path never queries the database;
-//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches;
+//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches
+//!   (device sightings appended to a log, merged into the devices' rows in large batches);
 //!   a device checking again with nothing new within [`SIGHTING_REWRITE_WINDOW`] costs no write.
 
 mod device_store;
@@ -25,6 +26,9 @@ mod records;
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
-pub use queue::{SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue};
+pub use queue::{
+    COMPACT_AFTER_SIGHTINGS, COMPACT_WHEN_IDLE, SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY,
+    WriteQueue,
+};
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
 pub use records::{Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, RolloutStateRow, Write};
