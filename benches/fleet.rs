@@ -156,14 +156,14 @@ async fn status_of(store: &DeviceStore) -> anyhow::Result<Option<RolloutStatus>>
 }
 
 /// Waits until the server serves `percent`: the saved status says so, and a device whose bucket
-/// is in the new cohort but not the previous one is offered the candidate.
+/// is in the new cohort but not the previous one is offered the candidate. Returns the salt.
 async fn wait_served(
     server: &Standalone,
     store: &DeviceStore,
     client: &reqwest::Client,
     previous: u32,
     percent: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let salt = loop {
         if let Some(status) = status_of(store).await?
@@ -191,7 +191,7 @@ async fn wait_served(
             .as_deref()
             == Some("1.1.0")
         {
-            return Ok(());
+            return Ok(salt);
         }
         if Instant::now() > deadline {
             bail!("{percent}% was not served within 60 s");
@@ -203,6 +203,8 @@ async fn wait_served(
 struct StepFigures {
     percent: u32,
     share: f64,
+    /// The share of the fleet in the cohort, from the salted hash computed here.
+    cohort: f64,
     seconds: f64,
     checks: usize,
 }
@@ -257,7 +259,12 @@ async fn share_run(settings: &Settings) -> anyhow::Result<(Vec<StepFigures>, f64
                 &share_rollout(&format!("{{ota.dev/promote: \"{index}\"}}")),
             );
         }
-        wait_served(&server, &store, fleet.client(), previous, percent).await?;
+        let salt = wait_served(&server, &store, fleet.client(), previous, percent).await?;
+        let in_the_cohort = fleet
+            .devices
+            .iter()
+            .filter(|d| in_cohort(&salt, &d.id, percent))
+            .count();
         let round = fleet.round(&server.base(), &no_failures()).await;
         let broken = round.broken();
         if !broken.is_empty() {
@@ -271,6 +278,7 @@ async fn share_run(settings: &Settings) -> anyhow::Result<(Vec<StepFigures>, f64
         let figures = StepFigures {
             percent,
             share: on_candidate as f64 * 100.0 / settings.devices as f64,
+            cohort: in_the_cohort as f64 * 100.0 / settings.devices as f64,
             seconds: (round.finished - round.started).as_secs_f64(),
             checks: settings.devices,
         };
@@ -306,8 +314,7 @@ async fn abort_run(settings: &Settings) -> anyhow::Result<(AbortFigures, f64)> {
     let server_cpu_start = server.pid().map_or(0.0, |pid| cpu_of(pid).0);
     let store = DeviceStore::open(&server.database_url()).await?;
     let mut fleet = Fleet::new(8, settings.devices, "1.0.0", settings.concurrency);
-    wait_served(&server, &store, fleet.client(), 0, ABORT_PERCENT).await?;
-    let salt = status_of(&store).await?.and_then(|s| s.salt).context("a salt")?;
+    let salt = wait_served(&server, &store, fleet.client(), 0, ABORT_PERCENT).await?;
     // The probe runs the candidate, in the cohort: offered the stable bundle once aborted.
     let probe = Device {
         id: (0..)
@@ -422,20 +429,21 @@ async fn run() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| step percent | share on candidate | share / percent | distance (points) | round (s) | checks/s | verdict |"
+        "| step percent | share on candidate | share / percent | distance (points) | the cohort's share | round (s) | checks/s | verdict |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut all_within = true;
     for step in &steps {
         let distance = step.share - f64::from(step.percent);
         let within = distance.abs() <= SHARE_TOLERANCE_POINTS;
         all_within &= within;
         println!(
-            "| {}% | {:.3}% | {:.4} | {:+.3} | {:.1} | {:.0} | {} |",
+            "| {}% | {:.3}% | {:.4} | {:+.3} | {:.3}% | {:.1} | {:.0} | {} |",
             step.percent,
             step.share,
             step.share / f64::from(step.percent),
             distance,
+            step.cohort,
             step.seconds,
             step.checks as f64 / step.seconds.max(f64::EPSILON),
             verdict(within)

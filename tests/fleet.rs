@@ -66,8 +66,8 @@ enum Servers {
     Cluster {
         client: Client,
         namespace: String,
-        server: OtaProcess,
-        controller: OtaProcess,
+        server: Box<OtaProcess>,
+        controller: Box<OtaProcess>,
         base: String,
         _root: tempfile::TempDir,
     },
@@ -372,8 +372,8 @@ async fn start_cluster(
     Servers::Cluster {
         client,
         namespace,
-        server,
-        controller,
+        server: Box::new(server),
+        controller: Box::new(controller),
         base: format!("http://{listen}"),
         _root: root,
     }
