@@ -154,8 +154,9 @@ fn two_versions() -> (TestZip, TestZip) {
     (zip_of(&old), zip_of(&new))
 }
 
+/// Both steps of a sync, as the controller runs them: the bundle, then its Brotli variants.
 async fn sync_into(storage: &OpenedStorage, zip: &TestZip) -> SyncedBundle {
-    sync::sync_bundle(SyncRequest {
+    let synced = sync::sync_bundle(SyncRequest {
         source: &BundleSourceRef::File(zip.path.clone()),
         expected_sha256: &zip.sha256,
         store: &storage.store,
@@ -164,7 +165,11 @@ async fn sync_into(storage: &OpenedStorage, zip: &TestZip) -> SyncedBundle {
         http: &reqwest::Client::new(),
     })
     .await
-    .unwrap_or_else(|e| panic!("the sync failed: {e}"))
+    .unwrap_or_else(|e| panic!("the sync failed: {e}"));
+    let variants = sync::compress_variants(&storage.store, &storage.prefix, &synced.sha256)
+        .await
+        .unwrap_or_else(|e| panic!("the Brotli variants failed: {e}"));
+    synced.with_variants(variants)
 }
 
 /// The Bundle as the controller would have written it after `synced`.
@@ -207,12 +212,18 @@ async fn listing(storage: &OpenedStorage) -> BTreeSet<String> {
         .expect("a listing")
 }
 
+/// Every object a synced bundle has in storage: its zip, both manifests, each file's raw form
+/// and its Brotli variant when the manifest names one.
 fn layout(synced: &SyncedBundle) -> BTreeSet<String> {
     synced
         .manifest
         .iter()
-        .map(|f| f.key.clone())
-        .chain([synced.zip_key.clone(), synced.manifest_key.clone()])
+        .flat_map(|f| [f.key.clone(), f.key.trim_end_matches(".br").to_owned()])
+        .chain([
+            synced.zip_key.clone(),
+            synced.manifest_key.clone(),
+            sync::manifest_key(&synced.sha256),
+        ])
         .collect()
 }
 
@@ -240,7 +251,11 @@ async fn delete_the_old_version(storage: &OpenedStorage) -> SyncedBundle {
         "app.js and vendor.bin are stored once and shared"
     );
     let shared: BTreeSet<String> = layout(&old).intersection(&layout(&new)).cloned().collect();
-    assert_eq!(shared.len(), 2, "{shared:?}");
+    assert_eq!(
+        shared.len(),
+        3,
+        "app.js raw and its variant, vendor.bin: {shared:?}"
+    );
     assert_eq!(listing(storage).await, &layout(&old) | &layout(&new));
 
     let old_bundle = bundle_object("shop-1.0.0", "1.0.0", &old);
@@ -278,11 +293,23 @@ async fn delete_the_old_version(storage: &OpenedStorage) -> SyncedBundle {
         panic!("an unused bundle is removed")
     };
     let only_old: BTreeSet<String> = layout(&old).difference(&layout(&new)).cloned().collect();
-    assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), only_old);
+    let keys_set: BTreeSet<String> = keys.iter().cloned().collect();
+    assert!(
+        keys_set.is_superset(&only_old),
+        "{keys:?} lacks some of {only_old:?}"
+    );
+    // The other keys listed are the missing forms of its own files (never made): nothing else.
+    let stored = listing(storage).await;
+    for extra in keys_set.difference(&only_old) {
+        assert!(
+            !stored.contains(extra),
+            "{extra} is stored and shared, yet listed"
+        );
+    }
     assert_eq!(
         only_old.len(),
-        4,
-        "zip, manifest, index.html and old-only.bin: {only_old:?}"
+        5,
+        "zip, both manifests, index.html and old-only.bin: {only_old:?}"
     );
     assert_eq!(
         remove_objects(&storage.store, &storage.prefix, &keys)

@@ -239,6 +239,17 @@ async fn bundle_when(client: &Client, namespace: &str, name: &str, type_: &str, 
     .await
 }
 
+/// Waits until the Bundle's status records its Brotli variants (the second step of its sync).
+async fn variants_done(client: &Client, namespace: &str, name: &str) -> Bundle {
+    let api: Api<Bundle> = Api::namespaced(client.clone(), namespace);
+    eventually(60, &format!("Bundle {name} has its Brotli variants"), || async {
+        let bundle = api.get_opt(name).await.expect("a read")?;
+        let storage = bundle.status.as_ref()?.storage.as_ref()?;
+        storage.compressed_variants.then_some(bundle)
+    })
+    .await
+}
+
 async fn channel_when(client: &Client, namespace: &str, name: &str, type_: &str, status: &str) -> Channel {
     let api: Api<Channel> = Api::namespaced(client.clone(), namespace);
     eventually(60, &format!("Channel {name} has {type_}={status}"), || async {
@@ -556,6 +567,14 @@ async fn deleting_a_bundle_in_use_is_held_and_an_unused_one_cleans_its_storage()
     let running = start(&client, options(&namespace, false, "solo")).await;
     bundle_when(&client, &namespace, "shop-a", "Synced", "True").await;
     bundle_when(&client, &namespace, "shop-b", "Synced", "True").await;
+    for name in ["shop-a", "shop-b"] {
+        let done = variants_done(&client, &namespace, name).await;
+        let storage = done.status.and_then(|s| s.storage).expect("storage");
+        assert!(
+            storage.manifest_key.is_some_and(|key| key.ends_with(".br.json")),
+            "the status names the manifest of the variants"
+        );
+    }
     let shared_key = format!("files/{}.br", sha256(&shared));
     let a_key = format!("files/{}", sha256(&only_a));
     let b_key = format!("files/{}", sha256(&only_b));

@@ -167,8 +167,9 @@ fn test_bundle(seed: u64) -> TestBundle {
     }
 }
 
+/// Both steps of a sync, as the controller runs them: the bundle, then its Brotli variants.
 async fn sync_into(storage: &OpenedStorage, bundle: &TestBundle) -> Result<SyncedBundle, SyncError> {
-    sync::sync_bundle(SyncRequest {
+    let synced = sync::sync_bundle(SyncRequest {
         source: &BundleSourceRef::File(bundle.path.clone()),
         expected_sha256: &bundle.sha256,
         store: &storage.store,
@@ -176,7 +177,9 @@ async fn sync_into(storage: &OpenedStorage, bundle: &TestBundle) -> Result<Synce
         limits: &SyncLimits::default(),
         http: &reqwest::Client::new(),
     })
-    .await
+    .await?;
+    let variants = sync::compress_variants(&storage.store, &storage.prefix, &synced.sha256).await?;
+    Ok(synced.with_variants(variants))
 }
 
 fn app_view() -> AppView {
@@ -298,16 +301,20 @@ async fn bundle_sync_stores_every_object_in_s3() {
             .map(|meta| meta.location.to_string())
             .collect();
     listed.sort();
+    // Each file raw, and its Brotli variant when the manifest names one; the zip; both manifests.
     let mut expected: Vec<String> = synced
         .manifest
         .iter()
-        .map(|f| format!("{}/{}", storage.prefix, f.key))
+        .flat_map(|f| [f.key.clone(), f.key.trim_end_matches(".br").to_owned()])
         .chain([
-            format!("{}/{}", storage.prefix, synced.zip_key),
-            format!("{}/{}", storage.prefix, synced.manifest_key),
+            synced.zip_key.clone(),
+            synced.manifest_key.clone(),
+            sync::manifest_key(&synced.sha256),
         ])
+        .map(|key| format!("{}/{key}", storage.prefix))
         .collect();
     expected.sort();
+    expected.dedup();
     assert_eq!(listed, expected);
 
     // A second sync finds everything already there (HEAD requests) and uploads nothing.
