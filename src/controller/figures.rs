@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
 use crate::core::{
     app_children::{INTERNAL_PORT, child_name},
-    rollout::FailureCounts,
+    rollout::{FailureCounts, FiguresQuery},
 };
 
 /// The path of the figures on the update server's internal listener.
@@ -33,23 +32,6 @@ pub enum FiguresError {
         /// What went wrong.
         reason: String,
     },
-}
-
-/// What a rollout's analysis asks about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FiguresQuery<'a> {
-    /// The App object's namespace.
-    pub namespace: &'a str,
-    /// The App object's name.
-    pub app_name: &'a str,
-    /// The app id devices send (`spec.appId`).
-    pub app_id: &'a str,
-    /// The Channel's name.
-    pub channel: &'a str,
-    /// The candidate's version.
-    pub version: &'a str,
-    /// Count devices that reported since then.
-    pub since: Timestamp,
 }
 
 /// Asks update servers for failure figures.
@@ -83,19 +65,24 @@ impl FiguresClient {
             .to_owned()
     }
 
-    /// The figures the update server of `query.app_name` holds.
-    pub async fn fetch(&self, query: &FiguresQuery<'_>) -> Result<FailureCounts, FiguresError> {
-        let base = format!("{}{FIGURES_PATH}", self.base_url(query.namespace, query.app_name));
+    /// The figures that the update server of the App `app_name` in `namespace` holds.
+    pub async fn fetch(
+        &self,
+        namespace: &str,
+        app_name: &str,
+        query: &FiguresQuery,
+    ) -> Result<FailureCounts, FiguresError> {
+        let base = format!("{}{FIGURES_PATH}", self.base_url(namespace, app_name));
         let failed = |reason: String| FiguresError::Request {
             url: base.clone(),
             reason,
         };
         let mut url = url::Url::parse(&base).map_err(|error| failed(format!("not a URL: {error}")))?;
         url.query_pairs_mut()
-            .append_pair("app_id", query.app_id)
-            .append_pair("channel", query.channel)
-            .append_pair("version", query.version)
-            .append_pair("since_ms", &query.since.as_millisecond().to_string());
+            .append_pair("app_id", &query.app_id)
+            .append_pair("channel", &query.channel)
+            .append_pair("version", &query.version)
+            .append_pair("since_ms", &query.since_ms.to_string());
         let response = self
             .http
             .get(url)
@@ -161,14 +148,12 @@ mod tests {
         (format!("http://{address}"), asked)
     }
 
-    fn query(since: Timestamp) -> FiguresQuery<'static> {
+    fn query(since_ms: i64) -> FiguresQuery {
         FiguresQuery {
-            namespace: "ns",
-            app_name: "shop",
-            app_id: "com.example.shop",
-            channel: "production",
-            version: "1.2.0+build 7",
-            since,
+            app_id: "com.example.shop".into(),
+            channel: "production".into(),
+            version: "1.2.0+build 7".into(),
+            since_ms,
         }
     }
 
@@ -176,8 +161,10 @@ mod tests {
     async fn figures_are_read_from_the_internal_listener_with_the_query_encoded() {
         let (base, asked) = server(200, r#"{"attempts":120,"failures":7}"#).await;
         let client = FiguresClient::new(reqwest::Client::new(), base);
-        let since = Timestamp::from_millisecond(1_700_000_000_123).unwrap();
-        let counts = client.fetch(&query(since)).await.expect("figures");
+        let counts = client
+            .fetch("ns", "shop", &query(1_700_000_000_123))
+            .await
+            .expect("figures");
         assert_eq!(
             counts,
             FailureCounts {
@@ -194,7 +181,6 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_status_an_unreadable_or_inconsistent_answer_and_no_server_are_errors() {
-        let since = Timestamp::from_millisecond(0).unwrap();
         for (status, body, expected) in [
             (503, "device store unavailable", "HTTP 503"),
             (200, "{\"attempts\":", "unreadable answer"),
@@ -207,7 +193,11 @@ mod tests {
         ] {
             let (base, _) = server(status, body).await;
             let client = FiguresClient::new(reqwest::Client::new(), base);
-            let error = client.fetch(&query(since)).await.expect_err(body).to_string();
+            let error = client
+                .fetch("ns", "shop", &query(0))
+                .await
+                .expect_err(body)
+                .to_string();
             assert!(error.contains(expected), "{error}");
             assert!(error.contains(FIGURES_PATH), "{error}");
         }
@@ -217,7 +207,7 @@ mod tests {
         drop(listener);
         let client = FiguresClient::new(reqwest::Client::new(), format!("http://{address}"));
         let error = client
-            .fetch(&query(since))
+            .fetch("ns", "shop", &query(0))
             .await
             .expect_err("refused")
             .to_string();

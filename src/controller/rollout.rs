@@ -18,7 +18,6 @@ use tokio::sync::watch;
 
 use super::{
     Context,
-    figures::FiguresQuery,
     status::{
         apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented, object_key,
         publish,
@@ -30,10 +29,9 @@ use crate::{
         App, Bundle, Channel, ChannelStatus, Rollout,
         channel::PromotedBundle,
         constants::{field_manager, reason},
-        rollout::RolloutPhase,
     },
     core::notification::webhook_event,
-    core::rollout::{EventKind, FailureCounts, RolloutPlan, decide, figures_since},
+    core::rollout::{EventKind, FailureCounts, decide, figures_query},
 };
 
 /// The kind label of this reconciler's metrics.
@@ -97,57 +95,55 @@ pub async fn run(
     drive(controller, reconcile, error_policy, context, stop).await;
 }
 
-/// The Channel a Rollout names, from the cache.
-fn channel_of(rollout: &Rollout, context: &Context) -> Option<Arc<Channel>> {
-    in_namespace(
-        &context.stores.channels,
-        rollout.metadata.namespace.as_deref(),
-        |c| c.name_any() == rollout.spec.channel_ref,
-    )
-    .into_iter()
-    .next()
+/// The Apps, Channels and Bundles a Rollout names, from the caches.
+struct Named {
+    apps: Vec<App>,
+    channels: Vec<Channel>,
+    bundles: Vec<Bundle>,
 }
 
-/// Whether the status says the spec's candidate is completed or aborted: nothing to analyse.
-fn settled(rollout: &Rollout) -> bool {
-    rollout.status.as_ref().is_some_and(|status| {
-        status.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
-            && matches!(
-                status.phase,
-                Some(RolloutPhase::Completed | RolloutPhase::Aborted)
-            )
-    })
+impl Named {
+    fn of(rollout: &Rollout, context: &Context) -> Named {
+        let namespace = rollout.metadata.namespace.as_deref();
+        let channels: Vec<Channel> = in_namespace(&context.stores.channels, namespace, |c| {
+            c.name_any() == rollout.spec.channel_ref
+        })
+        .iter()
+        .map(|c| (**c).clone())
+        .collect();
+        let bundles: Vec<Bundle> = in_namespace(&context.stores.bundles, namespace, |b| {
+            b.name_any() == rollout.spec.bundle_ref
+        })
+        .iter()
+        .map(|b| (**b).clone())
+        .collect();
+        let apps: Vec<App> = in_namespace(&context.stores.apps, namespace, |a| {
+            channels.iter().any(|c| c.spec.app_ref == a.name_any())
+        })
+        .iter()
+        .map(|a| (**a).clone())
+        .collect();
+        Named {
+            apps,
+            channels,
+            bundles,
+        }
+    }
 }
 
 /// The failure figures of the candidate in its channel, from the App's update server; `None`
-/// when they are not needed (a settled rollout), its references are missing (the plan reports
-/// that), or the server cannot tell (logged; the analysis waits and says so).
-async fn read_figures(rollout: &Rollout, context: &Context, now: Timestamp) -> Option<FailureCounts> {
-    if settled(rollout) {
-        return None;
-    }
-    let namespace = rollout.metadata.namespace.as_deref();
-    let channel = channel_of(rollout, context)?;
-    let candidate = in_namespace(&context.stores.bundles, namespace, |b| {
-        b.name_any() == rollout.spec.bundle_ref
-    })
-    .into_iter()
-    .next()?;
-    let app: Arc<App> = in_namespace(&context.stores.apps, namespace, |a| {
-        a.name_any() == channel.spec.app_ref
-    })
-    .into_iter()
-    .next()?;
-    let since = figures_since(rollout, now).ok()?;
-    let query = FiguresQuery {
-        namespace: namespace.unwrap_or_default(),
-        app_name: &channel.spec.app_ref,
-        app_id: &app.spec.app_id,
-        channel: &rollout.spec.channel_ref,
-        version: &candidate.spec.version,
-        since,
-    };
-    match context.figures.fetch(&query).await {
+/// when the decision needs none ([`figures_query`]) or the server cannot tell (logged; the
+/// analysis waits and says so).
+async fn read_figures(
+    rollout: &Rollout,
+    named: &Named,
+    context: &Context,
+    now: Timestamp,
+) -> Option<FailureCounts> {
+    let query = figures_query(rollout, &named.apps, &named.channels, &named.bundles, now)?;
+    let app_name = &named.channels.first()?.spec.app_ref;
+    let namespace = rollout.metadata.namespace.as_deref().unwrap_or_default();
+    match context.figures.fetch(namespace, app_name, &query).await {
         Ok(counts) => Some(counts),
         Err(error) => {
             tracing::warn!(error = %crate::telemetry::error_chain(&error), "failure figures unavailable; the analysis waits");
@@ -159,8 +155,13 @@ async fn read_figures(rollout: &Rollout, context: &Context, now: Timestamp) -> O
 
 /// Records a completed rollout's candidate as its Channel's stable bundle (`status.promoted`),
 /// unless the Channel already serves it as stable.
-async fn record_stable(rollout: &Rollout, context: &Context, candidate: &str) -> Result<(), RolloutError> {
-    let Some(channel) = channel_of(rollout, context) else {
+async fn record_stable(
+    rollout: &Rollout,
+    named: &Named,
+    context: &Context,
+    candidate: &str,
+) -> Result<(), RolloutError> {
+    let Some(channel) = named.channels.first() else {
         return Ok(()); // deleted meanwhile: nothing to record on
     };
     // Recorded once per completion: when git has since set spec.bundleRef of the Channel to
@@ -182,10 +183,10 @@ async fn record_stable(rollout: &Rollout, context: &Context, candidate: &str) ->
         promoted: Some(promoted),
         ..Default::default()
     };
-    apply_status_as(context, channel.as_ref(), &status, field_manager::PROMOTION)
+    apply_status_as(context, channel, &status, field_manager::PROMOTION)
         .await
         .map_err(|source| RolloutError::RecordStable {
-            channel: object_key(channel.as_ref()),
+            channel: object_key(channel),
             bundle: candidate.to_owned(),
             source,
         })?;
@@ -203,39 +204,8 @@ async fn record_stable(rollout: &Rollout, context: &Context, candidate: &str) ->
         note.clone(),
     )
     .await;
-    publish(
-        context,
-        channel.as_ref(),
-        EventType::Normal,
-        reason::STABLE_RECORDED,
-        note,
-    )
-    .await;
+    publish(context, channel, EventType::Normal, reason::STABLE_RECORDED, note).await;
     Ok(())
-}
-
-/// The plan for `rollout` from the caches and the failure figures read (pure given their
-/// contents and `now`).
-pub fn plan(
-    rollout: &Rollout,
-    context: &Context,
-    now: Timestamp,
-    figures: Option<FailureCounts>,
-) -> RolloutPlan {
-    let namespace = rollout.metadata.namespace.as_deref();
-    let channels: Vec<Channel> = in_namespace(&context.stores.channels, namespace, |c| {
-        c.name_any() == rollout.spec.channel_ref
-    })
-    .iter()
-    .map(|c| (**c).clone())
-    .collect();
-    let bundles: Vec<Bundle> = in_namespace(&context.stores.bundles, namespace, |b| {
-        b.name_any() == rollout.spec.bundle_ref
-    })
-    .iter()
-    .map(|b| (**b).clone())
-    .collect();
-    decide(rollout, &channels, &bundles, figures, now)
 }
 
 /// One reconcile of one Rollout.
@@ -246,8 +216,9 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
     }
     instrumented(&context, KIND, async {
         let now = context.clock.now();
-        let figures = read_figures(&rollout, &context, now).await;
-        let plan = plan(&rollout, &context, now, figures);
+        let named = Named::of(&rollout, &context);
+        let figures = read_figures(&rollout, &named, &context, now).await;
+        let plan = decide(&rollout, &named.channels, &named.bundles, figures, now);
         if rollout.status.as_ref() != Some(&plan.status) {
             let written = apply_status(&context, rollout.as_ref(), &plan.status)
                 .await
@@ -281,7 +252,7 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
             }
         }
         if let Some(candidate) = &plan.record_stable {
-            record_stable(&rollout, &context, candidate).await?;
+            record_stable(&rollout, &named, &context, candidate).await?;
         }
         context.backoff.reset(&backoff_key(KIND, rollout.as_ref()));
         Ok(match plan.requeue_at {

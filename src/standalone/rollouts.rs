@@ -35,10 +35,13 @@ use crate::{
         rollout::RolloutPhase,
     },
     core::rollout::{
-        EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide, figures_since,
+        EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide,
+        figures_query as core_figures_query,
     },
     store::{DeviceStore, StoreError},
 };
+
+pub use crate::core::rollout::FiguresQuery;
 
 /// How soon a decision whose state could not be saved is tried again.
 const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -141,47 +144,12 @@ impl Objects<'_> {
                 && c.metadata.name.as_deref() == Some(&rollout.spec.channel_ref)
         })
     }
-
-    fn candidate_of(&self, rollout: &Rollout) -> Option<&Bundle> {
-        let namespace = rollout.metadata.namespace.as_deref();
-        self.bundles.iter().find(|b| {
-            b.metadata.namespace.as_deref() == namespace
-                && b.metadata.name.as_deref() == Some(&rollout.spec.bundle_ref)
-        })
-    }
 }
 
-/// What the device store is asked for one decision: the candidate's figures in its channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FiguresQuery {
-    /// The App's app id.
-    pub app_id: String,
-    /// The channel.
-    pub channel: String,
-    /// The candidate's version.
-    pub version: String,
-    /// Reports at or after this time (epoch ms) count ([`figures_since`]).
-    pub since_ms: i64,
-}
-
-/// The figures `rollout` (with its last status) needs at `now`; `None` when no device can have
-/// reported anything it counts (its Channel, candidate or App is missing, or its spec does not
-/// parse: the decision then does not read figures).
+/// The figures `rollout` (with its last status) needs at `now` from the folder's objects
+/// ([`crate::core::rollout::figures_query`]).
 pub fn figures_query(rollout: &Rollout, objects: &Objects<'_>, now: Timestamp) -> Option<FiguresQuery> {
-    let channel = objects.channel_of(rollout)?;
-    let candidate = objects.candidate_of(rollout)?;
-    let namespace = rollout.metadata.namespace.as_deref();
-    let app = objects.apps.iter().find(|a| {
-        a.metadata.namespace.as_deref() == namespace
-            && a.metadata.name.as_deref() == Some(&channel.spec.app_ref)
-    })?;
-    let since = figures_since(rollout, now).ok()?;
-    Some(FiguresQuery {
-        app_id: app.spec.app_id.clone(),
-        channel: rollout.spec.channel_ref.clone(),
-        version: candidate.spec.version.clone(),
-        since_ms: since.as_millisecond(),
-    })
+    core_figures_query(rollout, objects.apps, objects.channels, objects.bundles, now)
 }
 
 /// The decision for `rollout` (with its last status) at `now`, as the controller makes it

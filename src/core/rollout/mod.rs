@@ -48,7 +48,7 @@ pub use self::{
 };
 use crate::{
     api::{
-        Bundle, Channel, Rollout, RolloutStatus,
+        App, Bundle, Channel, Rollout, RolloutStatus,
         constants::{annotation, condition, reason},
         rollout::{AnalysisAction, AnalysisFigures, PauseCondition, RolloutPhase},
     },
@@ -247,6 +247,53 @@ pub fn figures_since(rollout: &Rollout, now: Timestamp) -> Result<Timestamp, Inv
     Ok(match status.and_then(|s| s.started_at.as_ref()) {
         Some(started) if current => window_start.max(started.0),
         _ => now,
+    })
+}
+
+/// What the analysis of a Rollout asks the device store: how many devices of `channel` reported
+/// on `version` of `app_id` since `since_ms`, and how many of them failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiguresQuery {
+    /// The App's `appId`.
+    pub app_id: String,
+    /// The Channel's name.
+    pub channel: String,
+    /// The candidate's version.
+    pub version: String,
+    /// Reports at or after this time count (milliseconds since the epoch; [`figures_since`]).
+    pub since_ms: i64,
+}
+
+/// The figures `rollout` (with its last status) needs at `now`, from the Apps, Channels and
+/// Bundles of its namespace; `None` when it needs none: it is completed or aborted, or its
+/// Channel, candidate or App is missing or its spec does not parse (the decision reports that).
+pub fn figures_query(
+    rollout: &Rollout,
+    apps: &[App],
+    channels: &[Channel],
+    bundles: &[Bundle],
+    now: Timestamp,
+) -> Option<FiguresQuery> {
+    let settled = rollout.status.as_ref().is_some_and(|status| {
+        status.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
+            && matches!(
+                status.phase,
+                Some(RolloutPhase::Completed | RolloutPhase::Aborted)
+            )
+    });
+    if settled {
+        return None;
+    }
+    let (channel, candidate) = named(rollout, channels, bundles).ok()?;
+    let namespace = rollout.metadata.namespace.as_deref();
+    let app = apps.iter().find(|a| {
+        a.metadata.namespace.as_deref() == namespace && name_of(&a.metadata) == channel.spec.app_ref
+    })?;
+    Some(FiguresQuery {
+        app_id: app.spec.app_id.clone(),
+        channel: rollout.spec.channel_ref.clone(),
+        version: candidate.spec.version.clone(),
+        since_ms: figures_since(rollout, now).ok()?.as_millisecond(),
     })
 }
 
