@@ -563,12 +563,19 @@ async fn cohorts_are_monotonic(mode: Mode) {
     );
     let mut scenario = Scenario::start(mode, rollout, no_failures(), 3).await;
     let mut on_candidate = BTreeSet::new();
+    let mut served_percent = 0;
     loop {
         let percent_before = scenario
             .status()
             .await
             .and_then(|s| s.current_percent)
             .unwrap_or(0);
+        if mode == Mode::Cluster && percent_before != served_percent {
+            // The update server learns a new status through its watch: a change is served
+            // within a second (a round of this fleet can be shorter than that).
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            served_percent = percent_before;
+        }
         scenario.round().await;
         let Some(status) = scenario.status().await else {
             continue;
