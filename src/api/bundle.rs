@@ -49,6 +49,8 @@ use super::common::{IMMUTABLE_RULE, OBJECT_NAME_RULE, SEMVER_RULE, SHA256_RULE, 
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new("!has(self.encryption) || !has(self.source.manifestKey)")
+    .message("an encrypted bundle needs its encrypted zip as source (url, storageKey or path), not source.manifestKey"))]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSpec {
     /// The App this bundle belongs to (its name in this namespace). Immutable.
@@ -94,8 +96,8 @@ pub struct BundleSpec {
 
 /// Exactly one source of the zip, and its SHA-256.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.url), has(self.storageKey), has(self.path)].filter(x, x).size() == 1")
-    .message("source needs exactly one of url, storageKey or path"))]
+#[x_kube(validation = Rule::new("[has(self.url), has(self.storageKey), has(self.manifestKey), has(self.path)].filter(x, x).size() == 1")
+    .message("source needs exactly one of url, storageKey, manifestKey or path"))]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSource {
     /// An https URL of the zip (e.g. a CI artifact or a release asset).
@@ -111,6 +113,16 @@ pub struct BundleSource {
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')")
         .message("source.storageKey must be a relative key without '..'"))]
     pub storage_key: Option<String>,
+
+    /// The key of a bundle's manifest in the App's storage (`manifests/<sha256>.json`), as
+    /// `ota bundle push` stores it: the push uploads only the files storage lacks and this
+    /// manifest, and the sync rebuilds the zip from those files (with the same zip writer) and
+    /// verifies it against `sha256`. Not for encrypted bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 16, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('manifests/') && self.endsWith('.json') && !self.contains('..')")
+        .message("source.manifestKey must be a key manifests/<sha256>.json without '..'"))]
+    pub manifest_key: Option<String>,
 
     /// A zip on the local disk, relative to the folder the YAML is in. Standalone mode only: the
     /// controller reports such a Bundle as Stalled.

@@ -39,10 +39,14 @@ pub enum BundleCommand {
     Zip(ZipArgs),
     /// Zip, (optionally) encrypt, upload into the App's storage, and write the Bundle YAML.
     ///
-    /// Only the files the storage lacks are uploaded (the same sync the operator runs, so the
-    /// operator finds everything in place). The Bundle YAML (source.storageKey and sha256, plus
-    /// spec.encryption when encrypted) goes to standard output or --out, ready to commit to the
-    /// GitOps repository.
+    /// The zip is built locally to learn its sha256, but only the bundle's files that the storage
+    /// lacks and its manifest are uploaded (the same sync the operator runs): a one-file change
+    /// uploads that file and the manifest. The Bundle YAML names the manifest (source.manifestKey
+    /// and sha256) and the operator rebuilds the zip from the stored files with the same zip
+    /// writer, so push with the ota version the operator runs (or a compatible one). With
+    /// --upload-zip, and always with --encrypt, the whole zip is uploaded as well and the Bundle
+    /// names it (source.storageKey). The YAML (plus spec.encryption when encrypted) goes to
+    /// standard output or --out, ready to commit to the GitOps repository.
     ///
     /// With --channel C, a Channel patch follows: a partial Channel named C whose only field is
     /// spec.bundleRef: the new Bundle. Commit it as a kustomize patch, or apply it with
@@ -107,9 +111,14 @@ pub struct PushArgs {
     /// Also write a Channel patch pointing this Channel at the new Bundle.
     #[arg(long, value_name = "CHANNEL")]
     channel: Option<String>,
-    /// Encrypt and sign with this private key (PEM file, e.g. .capgo_key_v2).
+    /// Encrypt and sign with this private key (PEM file, e.g. .capgo_key_v2). The encrypted zip
+    /// is uploaded whole (only devices can decrypt it, so the operator cannot rebuild it).
     #[arg(long, value_name = "PRIVATE_KEY")]
     encrypt: Option<PathBuf>,
+    /// Also upload the whole zip, and name it in the Bundle (source.storageKey) instead of the
+    /// manifest: the operator then syncs the zip as uploaded, whatever its ota version.
+    #[arg(long)]
+    upload_zip: bool,
     /// The encrypted checksum's format: hex for plugin 5.30 / 6.30 / 7.30 / 8.x and later,
     /// base64 for older plugins.
     #[arg(long, value_enum, default_value_t = Format::Hex, requires = "encrypt")]
@@ -492,6 +501,8 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
         None => (zip_path, built.sha256.clone(), None),
     };
 
+    // Files and manifest only: the operator rebuilds the zip (impossible for an encrypted one).
+    let files_only = key.is_none() && !args.upload_zip;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -543,10 +554,18 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
                     Err(error) => Err(error),
                 }
             }
+            _ if files_only => sync::sync_bundle_files(request).await,
             _ => sync::sync_bundle(request).await,
         };
         let (bytes, objects, elapsed) = progress.finish();
         let synced = result.map_err(sync_error)?;
+        // The operator rebuilds the zip from the manifest: it must list every file of the zip.
+        if files_only && synced.file_count != built.files {
+            return Err(CliError::input(format!(
+                "the manifest lists {} files but the zip holds {}: push with --upload-zip",
+                synced.file_count, built.files
+            )));
+        }
         eprintln!(
             "uploaded {objects} objects, {bytes} bytes in {:.1} s ({}); {} files uploaded, {} already stored",
             elapsed.as_secs_f64(),
@@ -568,7 +587,8 @@ fn push(args: &PushArgs) -> Result<(), CliError> {
             version: args.version.clone(),
             source: BundleSource {
                 url: None,
-                storage_key: Some(synced.zip_key.clone()),
+                storage_key: (!files_only).then(|| synced.zip_key.clone()),
+                manifest_key: files_only.then(|| synced.manifest_key.clone()),
                 path: None,
                 sha256: synced.sha256.clone(),
             },

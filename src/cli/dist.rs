@@ -1,6 +1,7 @@
 //! The zip of a web build folder, as the plugin takes it: the folder's contents at the zip's root
 //! (so `index.html` is at the root), and the same bytes, so the same SHA-256, for the same files
-//! whatever their timestamps, permissions or the order the filesystem lists them in.
+//! whatever their timestamps, permissions or the order the filesystem lists them in. The bytes
+//! come from [`DeterministicZip`], the writer the sync rebuilds pushed bundles with.
 
 use std::{
     fs::File,
@@ -8,9 +9,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use zip::{CompressionMethod, DateTime, ZipWriter, write::SimpleFileOptions};
-
 use super::CliError;
+use crate::sync::{DeterministicZip, entry_order};
 
 /// The call the plugin needs from the app after each load, or it rolls the bundle back.
 const NOTIFY_APP_READY: &[u8] = b"notifyAppReady";
@@ -61,24 +61,18 @@ pub(super) fn zip_dist(dist: &Path, out: &Path) -> Result<BuiltZip, CliError> {
     }
     let mut entries = Vec::new();
     collect(dist, "", &mut entries)?;
-    // Byte order of the names: the same on every machine.
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    // The order the sync rebuilds the zip in from stored files.
+    entries.sort_by(|a, b| entry_order(&a.name, &b.name));
 
     let file =
         File::create(out).map_err(|e| CliError::input(format!("cannot create {}: {e}", out.display())))?;
-    let mut zip = ZipWriter::new(std::io::BufWriter::new(file));
+    let mut zip = DeterministicZip::new(std::io::BufWriter::new(file));
     let write_failed =
         |e: &dyn std::fmt::Display| CliError::input(format!("cannot write {}: {e}", out.display()));
     let mut calls_notify_app_ready = false;
     let mut buffer = vec![0u8; CHUNK];
     for entry in &entries {
-        let options = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Deflated)
-            .compression_level(Some(6))
-            .last_modified_time(DateTime::default())
-            .unix_permissions(0o644)
-            .large_file(entry.size >= u64::from(u32::MAX));
-        zip.start_file(entry.name.as_str(), options)
+        zip.start_file(&entry.name, entry.size)
             .map_err(|e| write_failed(&e))?;
         let source = File::open(&entry.path)
             .map_err(|e| CliError::input(format!("cannot read {}: {e}", entry.path.display())))?;

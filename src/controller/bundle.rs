@@ -371,17 +371,23 @@ async fn sync_now(
 /// standalone mode only).
 fn source_of(bundle: &Bundle) -> Result<BundleSourceRef, String> {
     let source = &bundle.spec.source;
-    match (&source.url, &source.storage_key, &source.path) {
-        (Some(url), None, None) => url::Url::parse(url)
+    match (
+        &source.url,
+        &source.storage_key,
+        &source.manifest_key,
+        &source.path,
+    ) {
+        (Some(url), None, None, None) => url::Url::parse(url)
             .map(BundleSourceRef::Url)
             .map_err(|e| format!("source.url {url:?} is not a URL: {e}")),
-        (None, Some(key), None) => Ok(BundleSourceRef::StorageKey(key.clone())),
-        (None, None, Some(_)) => Err(
-            "source.path names a file on a standalone server's disk; in a cluster use source.url or \
-             source.storageKey"
+        (None, Some(key), None, None) => Ok(BundleSourceRef::StorageKey(key.clone())),
+        (None, None, Some(key), None) => Ok(BundleSourceRef::Manifest(key.clone())),
+        (None, None, None, Some(_)) => Err(
+            "source.path names a file on a standalone server's disk; in a cluster use source.url, \
+             source.storageKey or source.manifestKey"
                 .to_owned(),
         ),
-        _ => Err("source needs exactly one of url, storageKey or path".to_owned()),
+        _ => Err("source needs exactly one of url, storageKey, manifestKey or path".to_owned()),
     }
 }
 

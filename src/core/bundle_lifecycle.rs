@@ -652,6 +652,9 @@ pub fn deletion_decision(
         if let Some(key) = &other.spec.source.storage_key {
             protected.insert(key);
         }
+        if let Some(key) = &other.spec.source.manifest_key {
+            protected.insert(key);
+        }
         match sibling.file_keys {
             Some(keys) => protected.extend(keys.iter().map(String::as_str)),
             None if other.spec.encryption.is_none() && sync_may_be_running(other) => {

@@ -78,6 +78,9 @@ pub(super) async fn fetch(
             fetch_object(key, store, prefix, limits, &mut sink).await?;
             sink.finish().await
         }
+        BundleSourceRef::Manifest(key) => {
+            super::rebuild::rebuild_zip(key, store, prefix, limits, destination).await
+        }
     }
 }
 

@@ -37,9 +37,11 @@
 //! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
 mod archive;
+mod deterministic_zip;
 mod encrypted;
 mod fetch;
 mod objects;
+mod rebuild;
 mod remove;
 mod variants;
 
@@ -56,6 +58,7 @@ use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+pub use deterministic_zip::{DeterministicZip, entry_order};
 pub use encrypted::{EncryptedFiles, store_encrypted_files};
 pub use remove::{
     RemoveError, file_key_is_content_addressed, is_bundle_key, remove_objects, stored_file_keys,
@@ -101,6 +104,9 @@ pub enum BundleSourceRef {
     File(PathBuf),
     /// An object already in the store, by its key relative to the prefix.
     StorageKey(String),
+    /// A bundle pushed as files (`ota bundle push`): the key of its manifest in the store; the
+    /// zip is rebuilt from the files it lists with [`DeterministicZip`].
+    Manifest(String),
 }
 
 impl BundleSourceRef {
@@ -110,6 +116,7 @@ impl BundleSourceRef {
             BundleSourceRef::Url(_) => "url",
             BundleSourceRef::File(_) => "file",
             BundleSourceRef::StorageKey(_) => "storage",
+            BundleSourceRef::Manifest(_) => "manifest",
         }
     }
 }
@@ -122,6 +129,7 @@ impl fmt::Display for BundleSourceRef {
             BundleSourceRef::Url(url) => f.write_str(&fetch::redact_url(url)),
             BundleSourceRef::File(path) => write!(f, "file {}", path.display()),
             BundleSourceRef::StorageKey(key) => write!(f, "storage key {key}"),
+            BundleSourceRef::Manifest(key) => write!(f, "manifest {key}"),
         }
     }
 }
@@ -247,6 +255,23 @@ pub enum SyncError {
         /// The SHA-256 of the bytes fetched.
         actual: String,
     },
+    /// The zip rebuilt from a pushed manifest ([`BundleSourceRef::Manifest`]) is not the one
+    /// declared: the push zipped the files with another zip writer (another `ota` version), or
+    /// the stored files changed. Terminal.
+    #[error(
+        "checksum mismatch: the zip rebuilt from {manifest_key} has sha256 {actual}, not the declared \
+         {expected}; the bundle was probably pushed by a different ota version, whose zips have other \
+         bytes: push it again with this version's `ota bundle push`, or with `ota bundle push \
+         --upload-zip` (source.storageKey), which stores the zip itself"
+    )]
+    RebuiltChecksumMismatch {
+        /// The manifest the zip was rebuilt from.
+        manifest_key: String,
+        /// The SHA-256 the request declared.
+        expected: String,
+        /// The SHA-256 of the rebuilt zip.
+        actual: String,
+    },
     /// The zip is too large, malformed or hostile. Terminal.
     #[error("invalid archive: {0}")]
     InvalidArchive(String),
@@ -290,6 +315,7 @@ impl SyncError {
             SyncError::SourceRefused(_)
             | SyncError::InvalidChecksum(_)
             | SyncError::ChecksumMismatch { .. }
+            | SyncError::RebuiltChecksumMismatch { .. }
             | SyncError::InvalidArchive(_) => true,
             SyncError::SourceUnavailable(_)
             | SyncError::Storage { .. }
@@ -304,7 +330,9 @@ impl SyncError {
     pub fn reason(&self) -> &'static str {
         match self {
             SyncError::SourceRefused(_) | SyncError::SourceUnavailable(_) => reason::SOURCE_UNAVAILABLE,
-            SyncError::InvalidChecksum(_) | SyncError::ChecksumMismatch { .. } => reason::CHECKSUM_MISMATCH,
+            SyncError::InvalidChecksum(_)
+            | SyncError::ChecksumMismatch { .. }
+            | SyncError::RebuiltChecksumMismatch { .. } => reason::CHECKSUM_MISMATCH,
             SyncError::InvalidArchive(_) => reason::INVALID_ARCHIVE,
             SyncError::Storage { .. }
             | SyncError::InvalidManifest { .. }
@@ -373,7 +401,24 @@ const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 /// first, then the zip, then the manifest, so a manifest in the store means a complete sync.
 pub async fn sync_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
     let span = sync_span(&request, false);
-    sync_inner(request).instrument(span).await
+    sync_inner(request, StoreZip::Yes).instrument(span).await
+}
+
+/// [`sync_bundle`] without storing the zip: the files storage lacks and the manifest only.
+/// `ota bundle push` does this; the Bundle it writes names the manifest
+/// ([`BundleSourceRef::Manifest`]), and the sync rebuilds the zip from the stored files. The
+/// zip must come from [`DeterministicZip`] with `index.html` at its root (as `ota bundle zip`
+/// writes it), else it cannot be rebuilt: such a zip is refused here.
+pub async fn sync_bundle_files(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let span = sync_span(&request, false);
+    sync_inner(request, StoreZip::No).instrument(span).await
+}
+
+/// Whether a sync stores the zip itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreZip {
+    Yes,
+    No,
 }
 
 /// The span of one sync: the start of the sha256, the source kind, the prefix.
@@ -391,7 +436,7 @@ fn sync_span(request: &SyncRequest<'_>, encrypted: bool) -> tracing::Span {
     )
 }
 
-async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<SyncedBundle, SyncError> {
     let started = Instant::now();
     let SyncRequest {
         store,
@@ -425,6 +470,14 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
         bytes = scan.uncompressed_size,
         "archive validated"
     );
+    if store_zip == StoreZip::No
+        && let Some(folder) = &scan.flattened
+    {
+        return Err(SyncError::InvalidArchive(format!(
+            "index.html is in the folder {folder}, not at the root: a zip stored as files only must \
+             be rebuildable, with its files at the root"
+        )));
+    }
 
     // 4. Which contents does the store already have (raw, or compressed when that is required)?
     // Each distinct content: where it is first, whether it must be compressed.
@@ -490,7 +543,12 @@ async fn sync_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError>
     let spools = Arc::new(scan.spools);
     let (uploaded, zip_uploaded) = futures::future::try_join(
         objects::upload_spooled(store, prefix, &spools, workdir.path(), missing),
-        objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size),
+        async {
+            match store_zip {
+                StoreZip::Yes => objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await,
+                StoreZip::No => Ok(false),
+            }
+        },
     )
     .await?;
     brotli_by_hash.extend(uploaded);
@@ -591,9 +649,16 @@ async fn fetch_verified(request: &SyncRequest<'_>, file_name: &str) -> Result<Fe
     .await?;
     tracing::debug!(bytes = fetched.size, "fetched");
     if fetched.sha256 != expected_sha256 {
-        return Err(SyncError::ChecksumMismatch {
-            expected: expected_sha256.to_owned(),
-            actual: fetched.sha256,
+        return Err(match request.source {
+            BundleSourceRef::Manifest(manifest_key) => SyncError::RebuiltChecksumMismatch {
+                manifest_key: manifest_key.clone(),
+                expected: expected_sha256.to_owned(),
+                actual: fetched.sha256,
+            },
+            _ => SyncError::ChecksumMismatch {
+                expected: expected_sha256.to_owned(),
+                actual: fetched.sha256,
+            },
         });
     }
     Ok(FetchedZip {
@@ -605,6 +670,12 @@ async fn fetch_verified(request: &SyncRequest<'_>, file_name: &str) -> Result<Fe
 
 async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
     let SyncRequest { store, prefix, .. } = request;
+    if let BundleSourceRef::Manifest(key) = request.source {
+        return Err(SyncError::SourceRefused(format!(
+            "manifest {key}: an encrypted bundle cannot be rebuilt from files (only devices can \
+             decrypt them); its source must be the encrypted zip (url, storageKey or path)"
+        )));
+    }
     // The temporary folder lives until the zip is stored.
     let FetchedZip {
         workdir: _workdir,
