@@ -1237,3 +1237,279 @@ async fn a_source_that_is_too_large_is_refused() {
         .await;
     assert_terminal(result, reason::INVALID_ARCHIVE, "too large");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bundles pushed as files (source.manifestKey): the zip rebuilt from stored files
+// ---------------------------------------------------------------------------------------------
+
+/// Writes a zip the way `ota bundle push` does (the one deterministic writer, entries sorted).
+fn write_deterministic_zip(path: &FsPath, files: &[(&str, Vec<u8>)]) {
+    let mut sorted: Vec<&(&str, Vec<u8>)> = files.iter().collect();
+    sorted.sort_by(|a, b| sync::entry_order(a.0, b.0));
+    let mut zip = sync::DeterministicZip::new(std::io::BufWriter::new(File::create(path).unwrap()));
+    for (name, content) in sorted {
+        zip.start_file(name, content.len() as u64).unwrap();
+        zip.write_all(content).unwrap();
+    }
+    zip.finish().unwrap().flush().unwrap();
+}
+
+/// A web build with a file stored compressed whatever happens (`*.br`), an empty file, a
+/// binary asset and nested folders.
+fn pushed_files(flavour: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "index.html",
+            b"<!doctype html><script src=assets/app.js></script>".to_vec(),
+        ),
+        ("assets/app.js", javascript(40_000, flavour)),
+        ("assets/vendor.js.br", javascript(20_000, "vendor")),
+        ("assets/empty.css", Vec::new()),
+        ("assets/img/logo.bin", noise(30_000, 7)),
+        ("a", b"sorts before assets/".to_vec()),
+    ]
+}
+
+impl Env {
+    /// What `ota bundle push` does: the files storage lacks and the manifest, not the zip.
+    async fn push_files(&self, path: &FsPath) -> Result<SyncedBundle, SyncError> {
+        sync::sync_bundle_files(SyncRequest {
+            source: &BundleSourceRef::File(path.to_owned()),
+            expected_sha256: &sha256_file(path),
+            store: &self.store,
+            prefix: &self.prefix,
+            limits: &SyncLimits::default(),
+            http: &self.http,
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_bundle_pushed_as_files_is_rebuilt_from_storage_byte_for_byte() {
+    let env = Env::new();
+    let path = env.zip_path("pushed.zip");
+    write_deterministic_zip(&path, &pushed_files("app"));
+    let sha = sha256_file(&path);
+
+    let pushed = env.push_files(&path).await.unwrap();
+    assert_eq!(pushed.file_count, 6);
+    let keys: Vec<String> = env.listing().await.into_iter().map(|(key, ..)| key).collect();
+    assert!(
+        !keys.iter().any(|key| key.contains("/zips/")),
+        "the push stores no zip: {keys:?}"
+    );
+    assert!(keys.contains(&format!("apps/shop/{}", sync::manifest_key(&sha))));
+
+    // The sync (controller or standalone) rebuilds the zip, verifies it, and goes on as usual.
+    let source = BundleSourceRef::Manifest(pushed.manifest_key.clone());
+    let synced = env
+        .sync_with(&source, &sha, &SyncLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(synced.sha256, sha);
+    assert_eq!(synced.uploaded_files, 0, "every file was pushed already");
+    assert_eq!(synced.file_count, 6);
+    assert!(synced.compressed_variants);
+    assert_eq!(env.object(&synced.zip_key).await, std::fs::read(&path).unwrap());
+    // The `.br` file (stored compressed) comes back with its own bytes.
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(env.object(&synced.zip_key).await)).unwrap();
+    let mut vendor = Vec::new();
+    archive
+        .by_name("assets/vendor.js.br")
+        .unwrap()
+        .read_to_end(&mut vendor)
+        .unwrap();
+    assert_eq!(vendor, javascript(20_000, "vendor"));
+
+    // Once the variants are there, the second manifest's `.br` files rebuild the same zip too.
+    let again = env
+        .first_step(
+            &BundleSourceRef::Manifest(synced.manifest_key.clone()),
+            &sha,
+            &SyncLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.sha256, sha);
+}
+
+#[tokio::test]
+async fn a_rebuilt_zip_with_other_bytes_is_a_terminal_checksum_mismatch_that_says_why() {
+    let env = Env::new();
+    let path = env.zip_path("pushed.zip");
+    write_deterministic_zip(&path, &pushed_files("app"));
+    let pushed = env.push_files(&path).await.unwrap();
+    // The same files zipped by another writer (as another ota version might): another sha256.
+    let other = env.zip_path("other.zip");
+    let entries: Vec<Entry> = pushed_files("app")
+        .into_iter()
+        .map(|(name, content)| Entry::File(name, content))
+        .collect();
+    write_zip(&other, &entries);
+    let declared = sha256_file(&other);
+    assert_ne!(declared, sha256_file(&path));
+
+    let before = env.listing().await;
+    let result = env
+        .sync_with(
+            &BundleSourceRef::Manifest(pushed.manifest_key.clone()),
+            &declared,
+            &SyncLimits::default(),
+        )
+        .await;
+    let error = assert_terminal(
+        result,
+        reason::CHECKSUM_MISMATCH,
+        "probably pushed by a different ota version",
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&declared) && message.contains(&pushed.sha256),
+        "{message}"
+    );
+    assert!(message.contains("--upload-zip"), "{message}");
+    assert_eq!(env.listing().await, before, "nothing stored");
+}
+
+#[tokio::test]
+async fn missing_manifests_and_files_are_transient_and_say_to_push_again() {
+    let env = Env::new();
+    let path = env.zip_path("pushed.zip");
+    write_deterministic_zip(&path, &pushed_files("app"));
+    let sha = sha256_file(&path);
+    let limits = SyncLimits::default();
+
+    let missing = BundleSourceRef::Manifest(sync::manifest_key(&"a".repeat(64)));
+    let result = env.first_step(&missing, &sha, &limits).await;
+    assert_transient(result, reason::SOURCE_UNAVAILABLE, "run `ota bundle push` again");
+
+    let pushed = env.push_files(&path).await.unwrap();
+    let removed = pushed
+        .manifest
+        .iter()
+        .find(|file| file.file_name == "assets/app.js")
+        .unwrap();
+    env.store
+        .delete(&sync::object_path(&env.prefix, &removed.key).unwrap())
+        .await
+        .unwrap();
+    let source = BundleSourceRef::Manifest(pushed.manifest_key.clone());
+    let result = env.first_step(&source, &sha, &limits).await;
+    let error = assert_transient(result, reason::SOURCE_UNAVAILABLE, &removed.key);
+    assert!(
+        error.to_string().contains("run `ota bundle push` again"),
+        "{error}"
+    );
+    assert!(!env.listing().await.iter().any(|(key, ..)| key.contains("/zips/")));
+
+    // Pushing again puts the file back, and the sync then succeeds.
+    env.push_files(&path).await.unwrap();
+    assert_eq!(env.first_step(&source, &sha, &limits).await.unwrap().sha256, sha);
+}
+
+#[tokio::test]
+async fn bad_manifests_and_bad_manifest_sources_are_refused() {
+    let env = Env::new();
+    let limits = SyncLimits::default();
+    let sha = "b".repeat(64);
+    let put = |key: &str, json: serde_json::Value| {
+        let store = Arc::clone(&env.store);
+        let path = sync::object_path(&env.prefix, key).unwrap();
+        async move {
+            store
+                .put(&path, serde_json::to_vec(&json).unwrap().into())
+                .await
+                .unwrap();
+        }
+    };
+    let file_key = format!("files/{}", "c".repeat(64));
+    put(&file_key, serde_json::json!("content")).await;
+
+    // A file listed twice.
+    let twice = sync::manifest_key(&"1".repeat(64));
+    let entry = serde_json::json!({"file_name": "index.html", "file_hash": "c".repeat(64), "key": file_key});
+    put(&twice, serde_json::json!([entry, entry])).await;
+    let result = env
+        .first_step(&BundleSourceRef::Manifest(twice), &sha, &limits)
+        .await;
+    assert_transient(
+        result,
+        reason::STORAGE_UNAVAILABLE,
+        "lists the file index.html twice",
+    );
+
+    // A compressed object under a name without `.br`.
+    let unnamed = sync::manifest_key(&"2".repeat(64));
+    let entry = serde_json::json!({"file_name": "index.html", "file_hash": "c".repeat(64), "key": format!("{file_key}.br")});
+    put(&unnamed, serde_json::json!([entry])).await;
+    let result = env
+        .first_step(&BundleSourceRef::Manifest(unnamed), &sha, &limits)
+        .await;
+    assert_transient(
+        result,
+        reason::STORAGE_UNAVAILABLE,
+        "its name does not end in .br",
+    );
+
+    // A `.br` object that is not Brotli.
+    put(&format!("{file_key}.br"), serde_json::json!("not brotli")).await;
+    let broken = sync::manifest_key(&"3".repeat(64));
+    let entry = serde_json::json!({"file_name": "index.html.br", "file_hash": "c".repeat(64), "key": format!("{file_key}.br")});
+    put(&broken, serde_json::json!([entry])).await;
+    let result = env
+        .first_step(&BundleSourceRef::Manifest(broken), &sha, &limits)
+        .await;
+    assert_transient(result, reason::STORAGE_UNAVAILABLE, "cannot be read as Brotli");
+
+    // More files than the limit.
+    let few = SyncLimits {
+        max_entries: 0,
+        ..limits
+    };
+    let result = env
+        .first_step(
+            &BundleSourceRef::Manifest(sync::manifest_key(&"1".repeat(64))),
+            &sha,
+            &few,
+        )
+        .await;
+    assert_terminal(result, reason::INVALID_ARCHIVE, "the limit is 0");
+
+    // Not a manifest key.
+    let result = env
+        .first_step(&BundleSourceRef::Manifest("zips/x.zip".to_owned()), &sha, &limits)
+        .await;
+    assert_terminal(
+        result,
+        reason::SOURCE_UNAVAILABLE,
+        "not a clean key under manifests/",
+    );
+
+    // An encrypted bundle cannot be rebuilt.
+    let result = sync::sync_encrypted_bundle(SyncRequest {
+        source: &BundleSourceRef::Manifest(sync::manifest_key(&sha)),
+        expected_sha256: &sha,
+        store: &env.store,
+        prefix: &env.prefix,
+        limits: &limits,
+        http: &env.http,
+    })
+    .await;
+    assert_terminal(
+        result,
+        reason::SOURCE_UNAVAILABLE,
+        "an encrypted bundle cannot be rebuilt",
+    );
+    assert!(!env.listing().await.iter().any(|(key, ..)| key.contains("/zips/")));
+}
+
+#[tokio::test]
+async fn a_zip_that_cannot_be_rebuilt_is_not_pushed_as_files() {
+    let env = Env::new();
+    let path = env.zip_path("wrapped.zip");
+    write_deterministic_zip(&path, &[("www/index.html", b"<html>".to_vec())]);
+    let result = env.push_files(&path).await;
+    assert_terminal(result, reason::INVALID_ARCHIVE, "index.html is in the folder www");
+    assert!(env.listing().await.is_empty());
+}
