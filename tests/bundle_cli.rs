@@ -10,11 +10,14 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::Arc,
 };
 
+use object_store::{ObjectStore, ObjectStoreExt};
 use ota_operator::{
     api::{Bundle, Channel},
     crypto::plugin::device_verify_zip,
+    sync::{self, BundleSourceRef, SyncLimits, SyncRequest},
 };
 use support::{apply_document, client_with_crds, dynamic_api, unique_namespace};
 
@@ -132,6 +135,62 @@ fn upload_counts(output: &Output) -> (u64, u64) {
         before.rsplit(' ').next().unwrap().parse().unwrap()
     };
     (number_before(" files uploaded"), number_before(" already stored"))
+}
+
+/// The bytes of the "uploaded N objects, B bytes" line.
+fn uploaded_bytes(output: &Output) -> u64 {
+    let err = stderr(output);
+    let line = err
+        .lines()
+        .find(|line| line.starts_with("uploaded "))
+        .unwrap_or_else(|| panic!("no upload line in {err}"));
+    let before = line.split(" bytes").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A folder storage as the operator opens it.
+fn local_store(root: &Path) -> Arc<dyn ObjectStore> {
+    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root).unwrap())
+}
+
+/// Syncs a bundle pushed as files as the operator does (source.manifestKey: the zip rebuilt from
+/// the stored files and verified), then returns the zip it stored.
+fn rebuild_zip(store: Arc<dyn ObjectStore>, manifest_key: &str, sha256: &str) -> Vec<u8> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let prefix = object_store::path::Path::ROOT;
+        let synced = sync::sync_bundle(SyncRequest {
+            source: &BundleSourceRef::Manifest(manifest_key.to_owned()),
+            expected_sha256: sha256,
+            store: &store,
+            prefix: &prefix,
+            limits: &SyncLimits::default(),
+            http: &reqwest::Client::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the sync of {manifest_key} failed: {e}"));
+        assert_eq!(synced.sha256, sha256);
+        let path = sync::object_path(&prefix, &synced.zip_key).unwrap();
+        let zip = store.get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+        assert_eq!(ota_operator::crypto::sha256_of(zip.as_slice()).unwrap(), sha256);
+        zip
+    })
+}
+
+/// The size of the zip `ota bundle zip` makes of `dist`.
+fn zip_size(dist: &Path) -> u64 {
+    let out = tempfile::tempdir().unwrap();
+    let zip = out.path().join("b.zip");
+    succeeded(&ota(
+        &[
+            "bundle",
+            "zip",
+            dist.to_str().unwrap(),
+            "--out",
+            zip.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    std::fs::metadata(zip).unwrap().len()
 }
 
 fn documents(text: &str) -> Vec<serde_json::Value> {
@@ -256,6 +315,28 @@ fn push_to_a_folder_uploads_only_what_the_storage_lacks_and_writes_a_valid_bundl
     );
     succeeded(&third);
     assert_eq!(upload_counts(&third), (1, 2));
+    // Its bytes: that file and the manifest, nothing else.
+    let third_bundle: Bundle = serde_json::from_value(
+        documents(&std::fs::read_to_string(gitops.path().join("b3.yaml")).unwrap())[0].clone(),
+    )
+    .unwrap();
+    let third_manifest = storage
+        .path()
+        .join(third_bundle.spec.source.manifest_key.as_deref().unwrap());
+    let logo = std::fs::metadata(dist.join("assets/logo.svg")).unwrap().len();
+    assert_eq!(
+        uploaded_bytes(&third),
+        logo + std::fs::metadata(third_manifest).unwrap().len()
+    );
+    assert_eq!(
+        rebuild_zip(
+            local_store(storage.path()),
+            third_bundle.spec.source.manifest_key.as_deref().unwrap(),
+            &third_bundle.spec.source.sha256
+        )
+        .len() as u64,
+        zip_size(&dist)
+    );
 
     let docs = documents(&std::fs::read_to_string(&bundle_file).unwrap());
     assert_eq!(docs.len(), 1);
@@ -263,11 +344,19 @@ fn push_to_a_folder_uploads_only_what_the_storage_lacks_and_writes_a_valid_bundl
     assert_eq!(bundle.metadata.name.as_deref(), Some("shop-1.4.3"));
     assert_eq!(bundle.spec.app_ref, "shop");
     assert_eq!(bundle.spec.version, "1.4.3");
-    let key = bundle.spec.source.storage_key.clone().expect("a storage key");
-    let zip = std::fs::read(storage.path().join(&key)).expect("the zip in storage");
+    // The files and the manifest are stored, not the zip: the sync rebuilds it from them.
+    assert_eq!(bundle.spec.source.storage_key, None);
+    let manifest_key = bundle.spec.source.manifest_key.clone().expect("a manifest key");
     assert_eq!(
-        ota_operator::crypto::sha256_of(zip.as_slice()).unwrap(),
-        bundle.spec.source.sha256
+        manifest_key,
+        format!("manifests/{}.json", bundle.spec.source.sha256)
+    );
+    let zip_key = format!("zips/{}.zip", bundle.spec.source.sha256);
+    assert!(!storage.path().join(&zip_key).exists(), "no zip uploaded");
+    rebuild_zip(
+        local_store(storage.path()),
+        &manifest_key,
+        &bundle.spec.source.sha256,
     );
     let native = bundle.spec.native.clone().expect("native packages");
     assert_eq!(native.min_version.as_deref(), Some("1.4.0"));
@@ -331,6 +420,42 @@ fn push_to_a_folder_uploads_only_what_the_storage_lacks_and_writes_a_valid_bundl
         assert_eq!(stored.spec.bundle_ref.as_deref(), Some("shop-1.4.3"));
         assert!(stored.spec.public && !stored.spec.allow_emulator);
     });
+}
+
+#[test]
+fn push_with_upload_zip_stores_the_whole_zip_and_names_it() {
+    let project = project();
+    let dist = project.path().join("dist");
+    let storage = tempfile::tempdir().unwrap();
+    let output = ota(
+        &[
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            "1.0.0",
+            "--storage",
+            storage.path().to_str().unwrap(),
+            "--upload-zip",
+        ],
+        &[],
+    );
+    succeeded(&output);
+    let bundle: Bundle = serde_json::from_value(documents(&stdout(&output))[0].clone()).unwrap();
+    assert_eq!(bundle.spec.source.manifest_key, None);
+    let key = bundle.spec.source.storage_key.clone().expect("a storage key");
+    let zip = std::fs::read(storage.path().join(&key)).expect("the zip in storage");
+    assert_eq!(
+        ota_operator::crypto::sha256_of(zip.as_slice()).unwrap(),
+        bundle.spec.source.sha256
+    );
+    assert_eq!(zip.len() as u64, zip_size(&dist));
+    assert!(
+        uploaded_bytes(&output) > zip.len() as u64,
+        "the zip and the files"
+    );
 }
 
 #[test]
@@ -711,22 +836,28 @@ fn push_to_s3_uploads_only_what_the_bucket_lacks_and_never_prints_the_secret() {
     let prefix = unique_namespace("cli");
     let location = format!("s3://{}/apps/{prefix}", server["OTA_TEST_S3_BUCKET"]);
     let secret = server["OTA_TEST_S3_SECRET_KEY"].as_str();
+    let push_args = |version: &str| -> Vec<String> {
+        [
+            "bundle",
+            "push",
+            dist.to_str().unwrap(),
+            "--app",
+            "shop",
+            "--version",
+            version,
+            "--storage",
+            &location,
+            "--s3-endpoint",
+            &server["OTA_TEST_S3_ENDPOINT"],
+            "--s3-path-style",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    };
     let push = |version: &str, secret: &str| {
         ota(
-            &[
-                "bundle",
-                "push",
-                dist.to_str().unwrap(),
-                "--app",
-                "shop",
-                "--version",
-                version,
-                "--storage",
-                &location,
-                "--s3-endpoint",
-                &server["OTA_TEST_S3_ENDPOINT"],
-                "--s3-path-style",
-            ],
+            &push_args(version).iter().map(String::as_str).collect::<Vec<_>>(),
             &[
                 ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
                 ("AWS_SECRET_ACCESS_KEY", secret),
@@ -740,7 +871,70 @@ fn push_to_s3_uploads_only_what_the_bucket_lacks_and_never_prints_the_secret() {
     succeeded(&second);
     assert_eq!(upload_counts(&second), (0, 3));
     let bundle: Bundle = serde_json::from_value(documents(&stdout(&first))[0].clone()).unwrap();
-    assert!(bundle.spec.source.storage_key.unwrap().starts_with("zips/"));
+    let manifest_key = bundle.spec.source.manifest_key.clone().expect("a manifest key");
+    // The whole-zip push works against S3 too: the files are there, only the zip is missing.
+    let mut zipped = push_args("1.0.3");
+    zipped.push("--upload-zip".to_owned());
+    let with_zip = ota(
+        &zipped.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ],
+    );
+    succeeded(&with_zip);
+    let zipped: Bundle = serde_json::from_value(documents(&stdout(&with_zip))[0].clone()).unwrap();
+    assert!(zipped.spec.source.storage_key.unwrap().starts_with("zips/"));
+    assert_eq!(
+        uploaded_bytes(&with_zip),
+        zip_size(&dist),
+        "only the zip was missing"
+    );
+    // The operator's sync rebuilds the zip from the files in the bucket: the same bytes.
+    let opened = ota_operator::storage::open(
+        &ota_operator::api::app::StorageSpec {
+            s3: Some(ota_operator::api::app::S3Storage {
+                bucket: server["OTA_TEST_S3_BUCKET"].clone(),
+                region: "us-east-1".to_owned(),
+                endpoint: Some(server["OTA_TEST_S3_ENDPOINT"].clone()),
+                force_path_style: true,
+                credentials_secret_ref: None,
+            }),
+            prefix: Some(format!("apps/{prefix}")),
+            ..Default::default()
+        },
+        Path::new("/nonexistent"),
+        &ota_operator::storage::Credentials::from_map(
+            [
+                ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
+                ("AWS_SECRET_ACCESS_KEY", &server["OTA_TEST_S3_SECRET_KEY"]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect(),
+        ),
+    )
+    .unwrap();
+    let zip = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let synced = sync::sync_bundle(SyncRequest {
+            source: &BundleSourceRef::Manifest(manifest_key.clone()),
+            expected_sha256: &bundle.spec.source.sha256,
+            store: &opened.store,
+            prefix: &opened.prefix,
+            limits: &SyncLimits::default(),
+            http: &reqwest::Client::new(),
+        })
+        .await
+        .unwrap();
+        let path = sync::object_path(&opened.prefix, &synced.zip_key).unwrap();
+        opened.store.get(&path).await.unwrap().bytes().await.unwrap()
+    });
+    assert_eq!(
+        ota_operator::crypto::sha256_of(&zip[..]).unwrap(),
+        bundle.spec.source.sha256
+    );
+    assert_eq!(zip.len() as u64, zip_size(&dist));
+
     for output in [&first, &second] {
         assert!(!stderr(output).contains(secret) && !stdout(output).contains(secret));
     }
@@ -779,4 +973,180 @@ fn unreachable_storage_is_exit_code_3() {
         &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SKSKSKSK")],
     );
     failed_with(&output, 3, "s3 storage");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A one-file change in a 3,000-file bundle: bytes uploaded and bytes a device downloads
+// ---------------------------------------------------------------------------------------------
+
+/// A web build of `files` files: index.html, distinct JavaScript chunks of 0.5 to 24 KB and a
+/// few incompressible images.
+fn big_web_build(root: &Path, files: usize) {
+    write(
+        root,
+        "index.html",
+        b"<!doctype html><script type=module src=assets/main.js></script>",
+    );
+    write(root, "assets/main.js", b"CapacitorUpdater.notifyAppReady();");
+    for i in 2..files {
+        if i % 50 == 0 {
+            write(
+                root,
+                &format!("assets/img/picture-{i:04}.png"),
+                &support::noise(2_000 + i * 3, i as u64),
+            );
+        } else {
+            let mut chunk = format!("// chunk {i}\n").into_bytes();
+            chunk.extend(support::javascript(500 + (i * 37) % 24_000));
+            write(root, &format!("assets/chunk-{i:04}.js"), &chunk);
+        }
+    }
+}
+
+/// Every object of a folder storage: key → size.
+fn storage_listing(root: &Path) -> HashMap<String, u64> {
+    fn walk(root: &Path, dir: &Path, out: &mut HashMap<String, u64>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                let key = path.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                out.insert(key, entry.metadata().unwrap().len());
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The operator's two steps for a bundle pushed as files: the sync (zip rebuilt from the
+/// files), then the Brotli variants. Returns the manifest devices get.
+fn operator_sync(
+    store: &Arc<dyn ObjectStore>,
+    bundle: &Bundle,
+) -> Vec<ota_operator::core::snapshot::ManifestFile> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let prefix = object_store::path::Path::ROOT;
+        let synced = sync::sync_bundle(SyncRequest {
+            source: &BundleSourceRef::Manifest(bundle.spec.source.manifest_key.clone().unwrap()),
+            expected_sha256: &bundle.spec.source.sha256,
+            store,
+            prefix: &prefix,
+            limits: &SyncLimits::default(),
+            http: &reqwest::Client::new(),
+        })
+        .await
+        .unwrap();
+        let variants = sync::compress_variants(store, &prefix, &synced.sha256)
+            .await
+            .unwrap();
+        synced.with_variants(variants).manifest
+    })
+}
+
+/// The manifest as the update server lists it in an offer (filesystem storage: its own URLs).
+fn served_manifest(files: &[ota_operator::core::snapshot::ManifestFile]) -> String {
+    let app = ota_operator::core::snapshot::AppView {
+        namespace: "default".to_owned(),
+        name: "shop".to_owned(),
+        app_id: "com.example.shop".to_owned(),
+        platforms: vec![ota_operator::api::app::Platform::Ios],
+        default_channel: None,
+        expose_metadata: false,
+        key_id: None,
+        channels: Default::default(),
+        device_overrides: HashMap::new(),
+    };
+    let urls = ota_operator::storage::StorageUrls::server("https://ota.example.com");
+    ota_operator::protocol::encode::manifest_json(&app, files, &urls)
+        .expect("a manifest")
+        .get()
+        .to_owned()
+}
+
+#[test]
+fn a_one_file_change_in_a_3000_file_bundle_uploads_and_downloads_about_that_file_and_the_manifest() {
+    const FILES: usize = 3_000;
+    let project = tempfile::tempdir().unwrap();
+    let dist = project.path().join("dist");
+    big_web_build(&dist, FILES);
+    let storage = tempfile::tempdir().unwrap();
+    let store = local_store(storage.path());
+    let push = |version: &str| {
+        let output = ota(
+            &[
+                "bundle",
+                "push",
+                dist.to_str().unwrap(),
+                "--app",
+                "shop",
+                "--version",
+                version,
+                "--storage",
+                storage.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        succeeded(&output);
+        let bundle: Bundle = serde_json::from_value(documents(&stdout(&output))[0].clone()).unwrap();
+        (output, bundle)
+    };
+    let (_, first) = push("1.0.0");
+    let old_manifest = operator_sync(&store, &first);
+    assert_eq!(old_manifest.len(), FILES);
+
+    // One file changes.
+    let changed = "assets/chunk-1234.js";
+    let mut content = std::fs::read(dist.join(changed)).unwrap();
+    content.extend_from_slice(b"\nexport const hotfix = 1;\n");
+    write(&dist, changed, &content);
+    let before = storage_listing(storage.path());
+    let (output, second) = push("1.0.1");
+    let after = storage_listing(storage.path());
+    let uploaded: u64 = after
+        .iter()
+        .filter(|(key, size)| before.get(*key) != Some(size))
+        .map(|(_, size)| size)
+        .sum();
+    assert_eq!(
+        uploaded,
+        uploaded_bytes(&output),
+        "the listing and the push agree"
+    );
+    let stored_manifest = after[second.spec.source.manifest_key.as_deref().unwrap()];
+
+    // The operator syncs it; a device on 1.0.0 downloads the files whose hash it lacks.
+    let new_manifest = operator_sync(&store, &second);
+    let owned: std::collections::HashSet<&str> =
+        old_manifest.iter().map(|file| file.file_hash.as_str()).collect();
+    let downloaded_files: Vec<&ota_operator::core::snapshot::ManifestFile> = new_manifest
+        .iter()
+        .filter(|file| !owned.contains(file.file_hash.as_str()))
+        .collect();
+    assert_eq!(downloaded_files.len(), 1, "{downloaded_files:?}");
+    assert_eq!(downloaded_files[0].file_name, format!("{changed}.br"));
+    let compressed_file = storage_listing(storage.path())[&downloaded_files[0].key];
+    let served = served_manifest(&new_manifest).len() as u64;
+    let downloaded = compressed_file + served;
+
+    let upload_target = compressed_file + stored_manifest;
+    let download_target = compressed_file + served;
+    eprintln!(
+        "one-file change in {FILES} files: changed file {} bytes raw, {compressed_file} Brotli; \
+         manifest {stored_manifest} bytes stored, {served} served; uploaded {uploaded} bytes = \
+         {:.3} x (file compressed + stored manifest); device downloads {downloaded} bytes = {:.3} x \
+         (file compressed + served manifest)",
+        content.len(),
+        uploaded as f64 / upload_target as f64,
+        downloaded as f64 / download_target as f64,
+    );
+    // Uploaded: the raw file and the manifest (the operator makes the Brotli variant).
+    assert_eq!(uploaded, content.len() as u64 + stored_manifest);
+    assert!(
+        uploaded * 10 <= upload_target * 11,
+        "{uploaded} > 1.1 x {upload_target}"
+    );
 }
