@@ -680,6 +680,97 @@ async fn a_bundle_whose_app_names_a_missing_secret_waits_and_syncs_once_it_exist
     running.stop().await;
 }
 
+/// A Bundle pushed as files (`ota bundle push`): its source names the manifest.
+fn pushed_bundle(name: &str, version: &str, manifest_key: &str, sha256: &str) -> Value {
+    json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle",
+        "metadata": {"name": name},
+        "spec": {"appRef": "shop", "version": version,
+                 "source": {"manifestKey": manifest_key, "sha256": sha256}}
+    })
+}
+
+#[tokio::test]
+async fn a_bundle_pushed_as_files_is_rebuilt_and_synced_and_a_rebuild_with_other_bytes_is_stalled() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-pushed");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    create_secret(&client, &namespace).await;
+
+    // What `ota bundle push` stores: the files and the manifest of its deterministic zip.
+    let files = [
+        ("index.html", index_html("4.0.0")),
+        ("app.js", javascript(40_000)),
+    ];
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let zip_path = dir.path().join("bundle.zip");
+    let mut zip = sync::DeterministicZip::new(std::fs::File::create(&zip_path).expect("a zip file"));
+    let mut sorted = files.clone();
+    sorted.sort_by(|a, b| sync::entry_order(a.0, b.0));
+    for (name, content) in &sorted {
+        zip.start_file(name, content.len() as u64).expect("an entry");
+        zip.write_all(content).expect("zip content");
+    }
+    zip.finish().expect("a finished zip");
+    let sha = sha256(&std::fs::read(&zip_path).expect("the zip"));
+    let pushed = sync::sync_bundle_files(sync::SyncRequest {
+        source: &sync::BundleSourceRef::File(zip_path.clone()),
+        expected_sha256: &sha,
+        store: &storage.store,
+        prefix: &storage.prefix,
+        limits: &sync::SyncLimits::default(),
+        http: &reqwest::Client::new(),
+    })
+    .await
+    .expect("the push");
+    assert!(!exists(&storage, &sync::zip_key(&sha)).await);
+    // The same files zipped by another writer (as another ota version might).
+    let other_sha = sha256(&zip_of(&files));
+    assert_ne!(other_sha, sha);
+
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        pushed_bundle("shop-4", "4.0.0", &pushed.manifest_key, &sha),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        pushed_bundle("shop-4-other", "4.0.1", &pushed.manifest_key, &other_sha),
+    )
+    .await;
+    let running = start(&client, options(&namespace, false, "solo")).await;
+
+    let synced = variants_done(&client, &namespace, "shop-4").await;
+    let status = synced.status.expect("a status");
+    assert_eq!(status.checksum.as_deref(), Some(sha.as_str()));
+    let location = status.storage.expect("storage keys");
+    assert_eq!(location.zip_key, sync::zip_key(&sha));
+    assert!(
+        exists(&storage, &location.zip_key).await,
+        "the rebuilt zip is stored"
+    );
+
+    let stalled = bundle_when(&client, &namespace, "shop-4-other", "Stalled", "True").await;
+    let condition = find(&stalled.status.as_ref().expect("a status").conditions, "Stalled")
+        .cloned()
+        .expect("Stalled");
+    assert_eq!(condition.reason, "ChecksumMismatch");
+    assert!(
+        condition
+            .message
+            .contains("probably pushed by a different ota version"),
+        "{}",
+        condition.message
+    );
+    warning_event(&client, &namespace, "Bundle", "shop-4-other", "ChecksumMismatch").await;
+    assert!(!exists(&storage, &sync::zip_key(&other_sha)).await);
+    running.stop().await;
+}
+
 fn rollout(name: &str, channel: &str, bundle: &str, steps: Value) -> Value {
     json!({
         "apiVersion": "ota.dev/v1alpha1", "kind": "Rollout",
@@ -774,7 +865,7 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     assert_eq!(waiting.candidate_bundle.as_deref(), Some("shop-4.1"));
     assert_eq!(waiting.current_step_index, Some(3));
     // The Channel reports the candidate and its share.
-    let channel = channel_when(&client, &namespace, "production", "Ready", "True").await;
+    channel_when(&client, &namespace, "production", "Ready", "True").await;
     eventually(30, "the Channel reports the candidate at 50%", || async {
         let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
         let channel = channels.get("production").await.expect("the Channel");
@@ -782,7 +873,6 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
         (candidate.bundle == "shop-4.1" && candidate.percent == 50).then_some(())
     })
     .await;
-    drop(channel);
 
     // Promote: the annotation moves it past the pause, to 100% and Completed.
     let promote = json!({"metadata": {"annotations": {ota_operator::api::constants::annotation::PROMOTE: "2026-11-27T00:00:00Z"}}});
@@ -807,7 +897,7 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     // The candidate is recorded as the Channel's stable bundle (in status: spec.bundleRef is
     // git's and stays as it was), and the Channel then reports it as what it serves.
     let channels: Api<Channel> = Api::namespaced(client.clone(), &namespace);
-    let channel = eventually(
+    let served = eventually(
         30,
         "the Channel serves the completed candidate as stable",
         || async {
@@ -817,7 +907,7 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
         },
     )
     .await;
-    let promoted = channel
+    let promoted = served
         .status
         .as_ref()
         .and_then(|s| s.promoted.clone())
@@ -825,9 +915,36 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     assert_eq!(promoted.bundle, "shop-4.1");
     assert_eq!(promoted.over_bundle_ref.as_deref(), Some("shop-4.0"));
     assert_eq!(promoted.rollout, "to-4.1");
-    assert_eq!(channel.spec.bundle_ref.as_deref(), Some("shop-4.0"));
+    assert_eq!(served.spec.bundle_ref.as_deref(), Some("shop-4.0"));
     let recorded = event_reasons(&client, &namespace, "Channel", "production", "Normal").await;
     assert!(recorded.iter().any(|r| r == "StableRecorded"), "{recorded:?}");
+
+    // Git takes the choice back: the Channel's bundleRef moves to the candidate, which clears
+    // the promotion; a later revert to the old bundleRef serves the old bundle again (the
+    // completed Rollout, still there, does not override git).
+    apply(&client, &namespace, channel("production", Some("shop-4.1"))).await;
+    eventually(
+        30,
+        "the promotion is cleared once git moved bundleRef",
+        || async {
+            let channel = channels.get("production").await.expect("the Channel");
+            let status = channel.status?;
+            (status.promoted.is_none() && status.stable?.bundle.as_deref() == Some("shop-4.1")).then_some(())
+        },
+    )
+    .await;
+    let cleared = event_reasons(&client, &namespace, "Channel", "production", "Normal").await;
+    assert!(cleared.iter().any(|r| r == "PromotionCleared"), "{cleared:?}");
+    apply(&client, &namespace, channel("production", Some("shop-4.0"))).await;
+    eventually(30, "a revert in git serves the old bundle", || async {
+        let channel = channels.get("production").await.expect("the Channel");
+        let status = channel.status?;
+        (status.promoted.is_none()
+            && status.stable?.bundle.as_deref() == Some("shop-4.0")
+            && status.candidate.is_none())
+        .then_some(())
+    })
+    .await;
 
     // Every transition reached the webhook, signed; the refused first POST was sent again with
     // the same delivery id.
