@@ -1429,6 +1429,30 @@ mod tests {
     }
 
     #[test]
+    fn a_source_manifest_key_of_another_bundle_is_kept() {
+        let bundle = synced("a", "1.0.0", json!({}));
+        let mut reader = unsynced("reader", "3.0.0");
+        reader.spec.source.url = None;
+        reader.spec.source.manifest_key = Some(manifest_key(&sha("1.0.0")));
+        let keys = keys_of(deletion_decision(
+            StoredBundle {
+                bundle: &bundle,
+                file_keys: None,
+            },
+            &[StoredBundle {
+                bundle: &reader,
+                file_keys: None,
+            }],
+            &[],
+            &[],
+        ));
+        assert_eq!(
+            keys,
+            [variant_manifest_key(&sha("1.0.0")), zip_key(&sha("1.0.0"))]
+        );
+    }
+
+    #[test]
     fn a_source_storage_key_of_another_bundle_is_kept() {
         let bundle = synced("a", "1.0.0", json!({}));
         let reader = unsynced("reader", "3.0.0");
