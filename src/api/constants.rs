@@ -119,6 +119,8 @@ pub mod reason {
     pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
     /// A completed Rollout's candidate was recorded as its Channel's stable bundle.
     pub const STABLE_RECORDED: &str = "StableRecorded";
+    /// A Channel's `spec.bundleRef` changed after a promotion: git's choice replaces it.
+    pub const PROMOTION_CLEARED: &str = "PromotionCleared";
 }
 
 /// Labels the operator sets on what it creates.

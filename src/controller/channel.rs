@@ -7,19 +7,23 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ReflectHandle},
+    runtime::{Controller, controller::Action, events::EventType, reflector::ReflectHandle},
 };
 use tokio::sync::watch;
 
 use super::{
     Context,
     status::{
-        self, apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
+        self, apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented,
+        object_key, publish,
     },
     stores::{Stores, drive, in_namespace, refs_where},
 };
 use crate::{
-    api::{App, Bundle, Channel, ChannelStatus, Rollout},
+    api::{
+        App, Bundle, Channel, ChannelStatus, Rollout,
+        constants::{field_manager, reason},
+    },
     core::{
         channel_status::{ChannelStatusPlan, channel_status},
         conditions::{self, merge_conditions},
@@ -146,6 +150,48 @@ pub async fn run(
     drive(controller, reconcile, error_policy, context, stop).await;
 }
 
+/// Removes a recorded promotion once git has moved `spec.bundleRef` from the bundleRef it was
+/// made over: git's choice stands, also when it later returns to that bundleRef.
+async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(), ChannelError> {
+    let Some(promoted) = channel.status.as_ref().and_then(|s| s.promoted.as_ref()) else {
+        return Ok(());
+    };
+    if promoted.over_bundle_ref == channel.spec.bundle_ref {
+        return Ok(());
+    }
+    // Applying nothing under the promotion's field manager removes the field it owned.
+    apply_status_as(
+        context,
+        channel,
+        &ChannelStatus::default(),
+        field_manager::PROMOTION,
+    )
+    .await
+    .map_err(|source| ChannelError::WriteStatus {
+        object: object_key(channel),
+        source,
+    })?;
+    let note = format!(
+        "spec.bundleRef is now {}: it replaces Bundle {}, which Rollout {} had made the stable bundle",
+        channel
+            .spec
+            .bundle_ref
+            .as_deref()
+            .unwrap_or("unset (the builtin assets)"),
+        promoted.bundle,
+        promoted.rollout
+    );
+    publish(
+        context,
+        channel,
+        EventType::Normal,
+        reason::PROMOTION_CLEARED,
+        note,
+    )
+    .await;
+    Ok(())
+}
+
 /// One reconcile of one Channel.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %channel.name_any(), namespace = channel.namespace().unwrap_or_default()))]
 pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<Action, ChannelError> {
@@ -153,6 +199,7 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
         return Ok(Action::requeue(wait));
     }
     instrumented(&context, KIND, async {
+        clear_stale_promotion(&channel, &context).await?;
         let plan = plan(&channel, &context.stores);
         let desired = desired_status(&channel, &plan, context.clock.now());
         if conditions::status_of(&desired.conditions, crate::api::constants::condition::STALLED)

@@ -31,7 +31,7 @@ use crate::{
         constants::{field_manager, reason},
     },
     core::notification::webhook_event,
-    core::rollout::{EventKind, FailureCounts, decide, figures_query},
+    core::rollout::{EventKind, FailureCounts, decide, figures_query, promotion_of},
 };
 
 /// The kind label of this reconciler's metrics.
@@ -153,32 +153,16 @@ async fn read_figures(
     }
 }
 
-/// Records a completed rollout's candidate as its Channel's stable bundle (`status.promoted`),
-/// unless the Channel already serves it as stable.
+/// Records a completing rollout's candidate as its Channel's stable bundle
+/// (`status.promoted`, under a field manager of its own), before the Completed status is
+/// written ([`promotion_of`]).
 async fn record_stable(
     rollout: &Rollout,
-    named: &Named,
+    channel: &Channel,
+    promoted: PromotedBundle,
     context: &Context,
-    candidate: &str,
 ) -> Result<(), RolloutError> {
-    let Some(channel) = named.channels.first() else {
-        return Ok(()); // deleted meanwhile: nothing to record on
-    };
-    // Recorded once per completion: when git has since set spec.bundleRef of the Channel to
-    // something else, that choice stands and is not recorded over again.
-    let already_recorded = channel
-        .status
-        .as_ref()
-        .and_then(|s| s.promoted.as_ref())
-        .is_some_and(|p| p.bundle == candidate && p.rollout == rollout.name_any());
-    if already_recorded || channel.stable_bundle_ref() == Some(candidate) {
-        return Ok(());
-    }
-    let promoted = PromotedBundle {
-        bundle: candidate.to_owned(),
-        over_bundle_ref: channel.spec.bundle_ref.clone(),
-        rollout: rollout.name_any(),
-    };
+    let candidate = promoted.bundle.clone();
     let status = ChannelStatus {
         promoted: Some(promoted),
         ..Default::default()
@@ -187,7 +171,7 @@ async fn record_stable(
         .await
         .map_err(|source| RolloutError::RecordStable {
             channel: object_key(channel),
-            bundle: candidate.to_owned(),
+            bundle: candidate.clone(),
             source,
         })?;
     let note = format!(
@@ -219,6 +203,11 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
         let named = Named::of(&rollout, &context);
         let figures = read_figures(&rollout, &named, &context, now).await;
         let plan = decide(&rollout, &named.channels, &named.bundles, figures, now);
+        if let Some(channel) = named.channels.first()
+            && let Some(promoted) = promotion_of(&rollout, &plan, channel)
+        {
+            record_stable(&rollout, channel, promoted, &context).await?;
+        }
         if rollout.status.as_ref() != Some(&plan.status) {
             let written = apply_status(&context, rollout.as_ref(), &plan.status)
                 .await
@@ -250,9 +239,6 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
                 )
                 .await;
             }
-        }
-        if let Some(candidate) = &plan.record_stable {
-            record_stable(&rollout, &named, &context, candidate).await?;
         }
         context.backoff.reset(&backoff_key(KIND, rollout.as_ref()));
         Ok(match plan.requeue_at {

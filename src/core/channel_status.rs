@@ -123,8 +123,8 @@ pub fn channel_status(
         let status = rollout.status.as_ref()?;
         let percent = match status.phase? {
             RolloutPhase::Progressing | RolloutPhase::Paused => status.current_percent.unwrap_or(0),
-            RolloutPhase::Completed => 100,
-            RolloutPhase::Aborted => return None,
+            // Served through the Channel's promotion, as the snapshot does.
+            RolloutPhase::Completed | RolloutPhase::Aborted => return None,
         };
         let candidate = rollout.spec.bundle_ref.as_str();
         if status.candidate_bundle.as_deref() != Some(candidate) {
@@ -529,16 +529,26 @@ mod tests {
     }
 
     #[test]
-    fn a_completed_rollout_is_the_candidate_until_the_channel_moves_to_it() {
+    fn a_completed_rollout_is_served_through_the_channels_promotion_not_as_a_candidate() {
         let mut world = world();
         world
             .rollouts
             .push(rollout("ro", "production", "shop-1.5.0", 40, "Completed"));
-        let before = plan(&world, &channel("production", Some("shop-1.4.2"), json!({})));
-        assert_eq!(before.candidate.expect("a candidate").percent, 100);
-        let after = plan(&world, &channel("production", Some("shop-1.5.0"), json!({})));
-        assert_eq!(after.candidate, None);
-        assert_eq!(after.stable.expect("stable").version, "1.5.0");
+        let unrecorded = plan(&world, &channel("production", Some("shop-1.4.2"), json!({})));
+        assert_eq!(unrecorded.candidate, None);
+        assert_eq!(unrecorded.stable.expect("stable").version, "1.4.2");
+        let mut promoted = channel("production", Some("shop-1.4.2"), json!({}));
+        promoted.status = Some(crate::api::ChannelStatus {
+            promoted: Some(crate::api::channel::PromotedBundle {
+                bundle: "shop-1.5.0".into(),
+                over_bundle_ref: Some("shop-1.4.2".into()),
+                rollout: "ro".into(),
+            }),
+            ..Default::default()
+        });
+        let recorded = plan(&world, &promoted);
+        assert_eq!(recorded.candidate, None);
+        assert_eq!(recorded.stable.expect("stable").version, "1.5.0");
     }
 
     #[test]

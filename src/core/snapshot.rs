@@ -310,8 +310,10 @@ impl Snapshot {
             let Some(status) = &rollout.status else { continue };
             let percent = match status.phase {
                 Some(RolloutPhase::Progressing | RolloutPhase::Paused) => status.current_percent.unwrap_or(0),
-                Some(RolloutPhase::Completed) => 100,
-                Some(RolloutPhase::Aborted) | None => continue,
+                // A completed candidate is served through its Channel's recorded promotion (made
+                // before the Completed status), so git's later choice of bundleRef wins, and the
+                // next Rollout on the channel may drive it.
+                Some(RolloutPhase::Completed | RolloutPhase::Aborted) | None => continue,
             };
             if status.candidate_bundle.as_deref() != Some(rollout.spec.bundle_ref.as_str()) {
                 // The status describes an earlier candidate; the controller has not caught up.

@@ -32,11 +32,10 @@ use crate::{
     api::{
         App, Bundle, Channel, Rollout, RolloutStatus,
         channel::{ChannelStatus, PromotedBundle},
-        rollout::RolloutPhase,
     },
     core::rollout::{
         EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide,
-        figures_query as core_figures_query,
+        figures_query as core_figures_query, promotion_of,
     },
     store::{DeviceStore, StoreError},
 };
@@ -165,33 +164,6 @@ pub fn decide(
     core_decide(rollout, objects.channels, objects.bundles, figures, now)
 }
 
-/// The promotion to record for a plan, if this decision completed the rollout: the candidate
-/// over the channel's current `spec.bundleRef`. Only the completing decision records (a
-/// completed rollout repeats `record_stable` on every decision; recording it again after git
-/// moved the channel's `bundleRef` would take the choice back from git).
-pub fn promotion_of(
-    rollout: &Rollout,
-    previous: Option<&RolloutStatus>,
-    plan: &RolloutPlan,
-    channel: &Channel,
-) -> Option<PromotedBundle> {
-    let completed = |status: Option<&RolloutStatus>| {
-        status.is_some_and(|s| {
-            s.phase == Some(RolloutPhase::Completed)
-                && s.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
-        })
-    };
-    if completed(previous) || !completed(Some(&plan.status)) {
-        return None;
-    }
-    let bundle = plan.record_stable.clone()?;
-    Some(PromotedBundle {
-        bundle,
-        over_bundle_ref: channel.spec.bundle_ref.clone(),
-        rollout: rollout.metadata.name.clone().unwrap_or_default(),
-    })
-}
-
 /// `channels` with the recorded promotions in their status.
 pub fn with_promotions(
     channels: &[Channel],
@@ -312,7 +284,7 @@ impl RolloutDriver {
                 continue;
             }
             if let Some(channel) = objects.channel_of(&rollout)
-                && let Some(promoted) = promotion_of(&rollout, previous.as_ref(), &plan, channel)
+                && let Some(promoted) = promotion_of(&rollout, &plan, channel)
             {
                 let channel_key = key_of(&channel.metadata);
                 let state = StoredState::Channel {
@@ -376,13 +348,16 @@ impl RolloutDriver {
     }
 
     /// Forgets the state of Rollouts and Channels no longer in the folder.
+    /// Forgets the state of Rollouts that left the folder, and the promotions of Channels that
+    /// left it or whose `spec.bundleRef` changed since (git's choice then stands, also when it
+    /// later returns to the bundleRef the promotion was made over).
     async fn forget_missing(&mut self, load: &Load<'_>) {
         let rollouts: BTreeSet<ObjectKey> = load.rollouts.iter().map(|r| key_of(&r.metadata)).collect();
-        let channels: BTreeSet<ObjectKey> = load
+        let channels: BTreeMap<ObjectKey, Option<&str>> = load
             .objects
             .channels
             .iter()
-            .map(|c| key_of(&c.metadata))
+            .map(|c| (key_of(&c.metadata), c.spec.bundle_ref.as_deref()))
             .collect();
         let gone_rollouts: Vec<ObjectKey> = self
             .states
@@ -391,34 +366,41 @@ impl RolloutDriver {
             .filter(|k| !rollouts.contains(*k))
             .cloned()
             .collect();
-        let gone_channels: Vec<ObjectKey> = self
+        let released_channels: Vec<ObjectKey> = self
             .states
             .promotions
-            .keys()
-            .filter(|k| !channels.contains(*k))
-            .cloned()
+            .iter()
+            .filter(|(key, promoted)| {
+                channels
+                    .get(*key)
+                    .is_none_or(|bundle_ref| promoted.over_bundle_ref.as_deref() != *bundle_ref)
+            })
+            .map(|(key, _)| key.clone())
             .collect();
         for key in gone_rollouts {
-            match self.store.delete_rollout_state(&key.0, &key.1).await {
-                Ok(_) => {
-                    tracing::info!(rollout = %format!("{}/{}", key.0, key.1), "the Rollout left the folder; its state is forgotten");
-                    self.states.rollouts.remove(&key);
-                }
-                Err(error) => {
-                    tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot forget the state of a Rollout that left the folder")
-                }
+            if self.forget(&key.0, &key.1, "Rollout", &key).await {
+                self.states.rollouts.remove(&key);
             }
         }
-        for key in gone_channels {
+        for key in released_channels {
             let name = format!("{CHANNEL_KEY_PREFIX}{}", key.1);
-            match self.store.delete_rollout_state(&key.0, &name).await {
-                Ok(_) => {
-                    tracing::info!(channel = %format!("{}/{}", key.0, key.1), "the Channel left the folder; its promoted bundle is forgotten");
-                    self.states.promotions.remove(&key);
-                }
-                Err(error) => {
-                    tracing::warn!(channel = %format!("{}/{}", key.0, key.1), %error, "cannot forget the promotion of a Channel that left the folder")
-                }
+            if self.forget(&key.0, &name, "Channel promotion", &key).await {
+                self.states.promotions.remove(&key);
+            }
+        }
+    }
+
+    /// Deletes one saved state; whether it is gone.
+    async fn forget(&self, namespace: &str, name: &str, what: &str, object: &ObjectKey) -> bool {
+        let object = format!("{}/{}", object.0, object.1);
+        match self.store.delete_rollout_state(namespace, name).await {
+            Ok(_) => {
+                tracing::info!(%object, "{what} state forgotten: its object left the folder or changed");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%object, %error, "cannot forget the {what} state");
+                false
             }
         }
     }

@@ -49,6 +49,7 @@ pub use self::{
 use crate::{
     api::{
         App, Bundle, Channel, Rollout, RolloutStatus,
+        channel::PromotedBundle,
         constants::{annotation, condition, reason},
         rollout::{AnalysisAction, AnalysisFigures, PauseCondition, RolloutPhase},
     },
@@ -247,6 +248,29 @@ pub fn figures_since(rollout: &Rollout, now: Timestamp) -> Result<Timestamp, Inv
     Ok(match status.and_then(|s| s.started_at.as_ref()) {
         Some(started) if current => window_start.max(started.0),
         _ => now,
+    })
+}
+
+/// The promotion to record for `plan`, if this decision completes the rollout: its candidate
+/// over the channel's current `spec.bundleRef`. Only the completing decision records it (a
+/// completed rollout repeats `record_stable` on every decision; recording it again after git
+/// moved the channel's `bundleRef` would take the choice back from git). Record it before the
+/// Completed status: the snapshot serves a completed rollout through the promotion alone, so a
+/// restart between the two writes completes again and records the same promotion.
+pub fn promotion_of(rollout: &Rollout, plan: &RolloutPlan, channel: &Channel) -> Option<PromotedBundle> {
+    let completed = |status: Option<&RolloutStatus>| {
+        status.is_some_and(|s| {
+            s.phase == Some(RolloutPhase::Completed)
+                && s.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
+        })
+    };
+    if completed(rollout.status.as_ref()) || !completed(Some(&plan.status)) {
+        return None;
+    }
+    Some(PromotedBundle {
+        bundle: plan.record_stable.clone()?,
+        over_bundle_ref: channel.spec.bundle_ref.clone(),
+        rollout: name_of(&rollout.metadata).to_owned(),
     })
 }
 

@@ -1303,7 +1303,11 @@ fn the_update_server_serves_what_the_status_says() {
     assert_eq!(served(&sim), Some((CANDIDATE.into(), 10, "uid-ro".into())));
     sim.command(annotation::PROMOTE_FULL, "x");
     sim.at(3900);
-    assert_eq!(served(&sim), Some((CANDIDATE.into(), 100, "uid-ro".into())));
+    assert_eq!(
+        served(&sim),
+        None,
+        "completed: served through the Channel's promotion, not as a rollout"
+    );
 }
 
 #[test]

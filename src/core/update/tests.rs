@@ -431,8 +431,8 @@ fn rollout_phases() {
     assert_eq!(count(rollout_world(100, "Paused")), 1_000);
     assert_eq!(
         count(rollout_world(40, "Completed")),
-        1_000,
-        "a completed rollout serves the candidate"
+        0,
+        "a completed rollout is served through its Channel's promotion, not as a rollout"
     );
     assert_eq!(
         count(rollout_world(40, "Aborted")),

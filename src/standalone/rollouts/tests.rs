@@ -2,6 +2,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::api::rollout::RolloutPhase;
 use crate::{
     api::constants::reason,
     core::fixtures::{self, APP_ID, NS, bundle, channel, unsynced_bundle},
@@ -326,7 +327,7 @@ fn only_the_completing_decision_records_the_candidate_as_the_channels_stable_bun
     let rollout = rollout_of("ro", json!([{"setPercent": 100}]), json!({}), json!({}));
     let plan = decide(&rollout, &world.objects(), zero(), at(0));
     assert_eq!(plan.status.phase, Some(RolloutPhase::Completed));
-    let promoted = promotion_of(&rollout, None, &plan, &world.channels[0]).expect("a promotion");
+    let promoted = promotion_of(&rollout, &plan, &world.channels[0]).expect("a promotion");
     assert_eq!(
         promoted,
         PromotedBundle {
@@ -341,13 +342,10 @@ fn only_the_completing_decision_records_the_candidate_as_the_channels_stable_bun
     completed.status = Some(plan.status.clone());
     let later = decide(&completed, &world.objects(), zero(), at(60));
     assert_eq!(later.record_stable.as_deref(), Some(CANDIDATE));
-    assert_eq!(
-        promotion_of(&completed, completed.status.as_ref(), &later, &world.channels[0]),
-        None
-    );
+    assert_eq!(promotion_of(&completed, &later, &world.channels[0]), None);
     // A rollout that is still progressing records nothing.
     let plan = decide(&staged(), &world.objects(), zero(), at(0));
-    assert_eq!(promotion_of(&staged(), None, &plan, &world.channels[0]), None);
+    assert_eq!(promotion_of(&staged(), &plan, &world.channels[0]), None);
 }
 
 #[test]
@@ -542,12 +540,26 @@ async fn state_of_objects_that_left_the_folder_is_forgotten_only_after_a_complet
     let saved = read_states(&store).await.unwrap();
     assert!(saved.rollouts.is_empty());
     assert_eq!(saved.promotions[&key("production")].bundle, CANDIDATE);
+    // Git moves the channel's bundleRef: its choice stands, and the promotion is forgotten, so
+    // a later return to the bundleRef it was made over serves that bundleRef, not the promotion.
+    let mut moved = self::world();
+    moved.channels[0].spec.bundle_ref = Some(CANDIDATE.to_owned());
+    driver.drive(&load(&moved, &[]), at(3)).await;
+    assert!(read_states(&store).await.unwrap().promotions.is_empty());
+    assert!(driver.states().promotions.is_empty());
+    let reverted = with_promotions(&world.channels, &driver.states().promotions);
+    assert_eq!(reverted[0].stable_bundle_ref(), Some(STABLE));
     // Without the channel, its promotion goes too.
+    let done_again = rollout_of("again", json!([{"setPercent": 100}]), json!({}), json!({}));
+    driver
+        .drive(&load(&world, std::slice::from_ref(&done_again)), at(4))
+        .await;
+    assert_eq!(read_states(&store).await.unwrap().promotions.len(), 1);
     let no_channels = World {
         channels: Vec::new(),
         ..self::world()
     };
-    driver.drive(&load(&no_channels, &[]), at(3)).await;
+    driver.drive(&load(&no_channels, &[]), at(5)).await;
     assert!(read_states(&store).await.unwrap().promotions.is_empty());
     assert!(driver.states().promotions.is_empty());
 }
