@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# State folders of their own, so servers a developer left running are neither reused nor stopped.
-export OTA_APISERVER_STATE="$PWD/target/test-apiserver-run"
-export OTA_POSTGRES_STATE="$PWD/target/test-postgres-run"
-export OTA_S3_STATE="$PWD/target/test-s3-run"
-trap 'tests/apiserver/apiserver.sh stop; tests/postgres/postgres.sh stop; tests/s3/s3.sh stop' EXIT
+# State folders of this run's own, so servers a developer left running, or another run of this
+# script at the same time, are neither reused nor stopped.
+run_state="$PWD/target/test-run/$$"
+export OTA_APISERVER_STATE="$run_state/apiserver"
+export OTA_POSTGRES_STATE="$run_state/postgres"
+export OTA_S3_STATE="$run_state/s3"
+trap 'tests/apiserver/apiserver.sh stop; tests/postgres/postgres.sh stop; tests/s3/s3.sh stop; rm -rf "$run_state"' EXIT
 
 # Each script prints KEY=VALUE lines for the tests; export those.
 start() {
