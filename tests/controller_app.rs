@@ -126,6 +126,11 @@ async fn an_app_gets_its_update_server_status_and_repairs() {
             .await
             .expect("a Service")
             .metadata,
+        Api::<Service>::namespaced(client.clone(), &namespace)
+            .get("ota-shop-internal")
+            .await
+            .expect("the internal port's Service")
+            .metadata,
     ] {
         owner_of(&meta);
     }

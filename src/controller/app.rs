@@ -261,9 +261,8 @@ async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Acti
     let children = match app_children::render(app, &context.settings) {
         Ok(children) => children,
         Err(
-            error @ (RenderError::InvalidChildName { .. }
-            | RenderError::AutoscalingWithoutSharedStore { .. }
-            | RenderError::ServicePortTaken),
+            error
+            @ (RenderError::InvalidChildName { .. } | RenderError::AutoscalingWithoutSharedStore { .. }),
         ) => {
             let outcome = Outcome::Stalled {
                 reason: reason::INVALID_SPEC,
@@ -376,6 +375,7 @@ async fn apply_children(
     apply(context, namespace, &children.config_map).await?;
     let deployment = apply(context, namespace, &children.deployment).await?;
     apply(context, namespace, &children.service).await?;
+    apply(context, namespace, &children.internal_service).await?;
     match &children.pod_disruption_budget {
         Some(pdb) => drop(apply(context, namespace, pdb).await?),
         None => remove_if_owned::<PodDisruptionBudget>(context, app, namespace, &children.name).await?,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::{
-    app_children::{INTERNAL_PORT, child_name},
+    app_children::{INTERNAL_PORT, internal_service_name},
     rollout::{FailureCounts, FiguresQuery},
 };
 
@@ -50,7 +50,7 @@ struct Answer {
 
 impl FiguresClient {
     /// A client that expands `template` (`{namespace}`, `{app}`: the App's name, `{service}`:
-    /// its update server's Service) into each App's base URL.
+    /// the ClusterIP Service of its update server's internal port) into each App's base URL.
     pub fn new(http: reqwest::Client, template: String) -> Self {
         FiguresClient { http, template }
     }
@@ -60,7 +60,7 @@ impl FiguresClient {
         self.template
             .replace("{namespace}", namespace)
             .replace("{app}", app_name)
-            .replace("{service}", &child_name(app_name))
+            .replace("{service}", &internal_service_name(app_name))
             .trim_end_matches('/')
             .to_owned()
     }
@@ -122,7 +122,10 @@ mod tests {
         let client = FiguresClient::new(reqwest::Client::new(), default_url_template());
         assert_eq!(
             client.base_url("shop-ns", "shop"),
-            format!("http://{}.shop-ns.svc:{INTERNAL_PORT}", child_name("shop"))
+            format!(
+                "http://{}.shop-ns.svc:{INTERNAL_PORT}",
+                internal_service_name("shop")
+            )
         );
     }
 
@@ -222,7 +225,7 @@ mod tests {
         );
         assert_eq!(
             client.base_url("ns", "shop"),
-            format!("http://127.0.0.1:9999/ns/shop/{}", child_name("shop"))
+            format!("http://127.0.0.1:9999/ns/shop/{}", internal_service_name("shop"))
         );
     }
 }

@@ -90,8 +90,10 @@ pub struct AppChildren {
     pub config_map: ConfigMap,
     /// The update server.
     pub deployment: Deployment,
-    /// The Service in front of it.
+    /// The Service in front of it, for devices.
     pub service: Service,
+    /// The ClusterIP Service of its internal port (`<name>-internal`), for the controller.
+    pub internal_service: Service,
     /// Present when more than one pod may run.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
     /// Present when `server.autoscaling` is set.
@@ -131,12 +133,11 @@ pub enum RenderError {
         /// The autoscaler's maximum.
         max_replicas: i32,
     },
-    /// The Service port asked for is the one the internal listener takes.
-    #[error(
-        "server.service.port {INTERNAL_PORT} is taken by the update server's internal port (rollout \
-         figures for the controller): choose another port"
-    )]
-    ServicePortTaken,
+}
+
+/// The name of the ClusterIP Service of the update server's internal port.
+pub fn internal_service_name(app_name: &str) -> String {
+    format!("{}-internal", child_name(app_name))
 }
 
 /// The name of every child of the App called `app_name`.
@@ -299,17 +300,17 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
         .controller_owner_ref(&())
         .ok_or(RenderError::NotStored("uid"))?;
     let name = child_name(&app_name);
-    if !is_dns_label(&name) {
-        return Err(RenderError::InvalidChildName {
-            app: app_name,
-            child: name,
-        });
+    let internal_name = internal_service_name(&app_name);
+    for child in [&name, &internal_name] {
+        if !is_dns_label(child) {
+            return Err(RenderError::InvalidChildName {
+                app: app_name,
+                child: child.clone(),
+            });
+        }
     }
     let spec = &app.spec;
     let server = spec.server.clone().unwrap_or_else(default_server);
-    if server.service.port == INTERNAL_PORT {
-        return Err(RenderError::ServicePortTaken);
-    }
     let shared_store = spec.device_store.as_ref().is_some_and(|d| d.postgres.is_some());
     if let Some(autoscaling) = &server.autoscaling
         && autoscaling.max_replicas > 1
@@ -401,22 +402,34 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
         spec: Some(K8sServiceSpec {
             type_: Some(format!("{:?}", server.service.type_)),
             selector: Some(selector_labels(&app_name)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some(PORT_NAME.to_owned()),
-                    port: server.service.port,
-                    target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                },
-                ServicePort {
-                    name: Some(INTERNAL_PORT_NAME.to_owned()),
-                    port: INTERNAL_PORT,
-                    target_port: Some(IntOrString::String(INTERNAL_PORT_NAME.to_owned())),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                },
-            ]),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_owned()),
+                port: server.service.port,
+                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // The internal port gets a ClusterIP Service of its own: the devices' Service may be a
+    // LoadBalancer or NodePort, which would expose it outside the cluster.
+    let internal_service = Service {
+        metadata: ObjectMeta {
+            name: Some(internal_name.clone()),
+            ..meta.clone()
+        },
+        spec: Some(K8sServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(&app_name)),
+            ports: Some(vec![ServicePort {
+                name: Some(INTERNAL_PORT_NAME.to_owned()),
+                port: INTERNAL_PORT,
+                target_port: Some(IntOrString::String(INTERNAL_PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -511,6 +524,7 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
         config_map,
         deployment,
         service,
+        internal_service,
         pod_disruption_budget,
         autoscaler,
         ingress,

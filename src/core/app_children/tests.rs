@@ -438,15 +438,36 @@ fn the_service_follows_the_spec() {
 }
 
 #[test]
-fn the_internal_port_is_on_the_service_and_the_pod_but_never_behind_the_ingress() {
-    let app = example_app();
+fn the_internal_port_has_a_cluster_ip_service_of_its_own_never_the_devices_service_or_ingress() {
+    let mut app = example_app();
+    // Even when the devices' Service is a LoadBalancer.
+    app.spec.server.as_mut().unwrap().service.type_ = ServiceType::LoadBalancer;
     let children = render_ok(&app);
-    let service_ports = children.service.spec.as_ref().unwrap().ports.as_ref().unwrap();
-    let internal = service_ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some(INTERNAL_PORT_NAME))
-        .expect("the Service has the internal port");
-    assert_eq!(internal.port, INTERNAL_PORT);
+    let devices = children.service.spec.as_ref().unwrap();
+    assert!(
+        devices
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|p| p.port != INTERNAL_PORT),
+        "{devices:?}"
+    );
+    let internal = &children.internal_service;
+    assert_eq!(internal.metadata.name.as_deref(), Some("ota-shop-internal"));
+    assert_eq!(
+        internal.metadata.owner_references,
+        children.service.metadata.owner_references
+    );
+    let spec = internal.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.selector, Some(selector_labels("shop")));
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, INTERNAL_PORT);
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String(INTERNAL_PORT_NAME.to_owned()))
+    );
     let pod = children
         .deployment
         .spec
@@ -457,7 +478,11 @@ fn the_internal_port_is_on_the_service_and_the_pod_but_never_behind_the_ingress(
         .as_ref()
         .unwrap();
     let container_ports = pod.containers[0].ports.as_ref().unwrap();
-    assert!(container_ports.iter().any(|p| p.container_port == INTERNAL_PORT));
+    assert!(
+        container_ports
+            .iter()
+            .any(|p| p.container_port == INTERNAL_PORT && p.name.as_deref() == Some(INTERNAL_PORT_NAME))
+    );
     assert_eq!(
         children.config_map.data.as_ref().unwrap()["OTA_INTERNAL_LISTEN"],
         format!("0.0.0.0:{INTERNAL_PORT}")
@@ -465,17 +490,12 @@ fn the_internal_port_is_on_the_service_and_the_pod_but_never_behind_the_ingress(
     if let Some(ingress) = &children.ingress {
         for rule in ingress.spec.as_ref().unwrap().rules.as_ref().unwrap() {
             for path in &rule.http.as_ref().unwrap().paths {
-                let port = path.backend.service.as_ref().unwrap().port.as_ref().unwrap();
-                assert_eq!(port.name.as_deref(), Some(PORT_NAME));
+                let backend = path.backend.service.as_ref().unwrap();
+                assert_eq!(backend.name, "ota-shop");
+                assert_eq!(backend.port.as_ref().unwrap().name.as_deref(), Some(PORT_NAME));
             }
         }
     }
-
-    let mut app = example_app();
-    app.spec.server.as_mut().unwrap().service.port = INTERNAL_PORT;
-    let error = render(&app, &settings()).expect_err("refused");
-    assert_eq!(error, RenderError::ServicePortTaken);
-    assert!(error.to_string().contains("9091"), "{error}");
 }
 
 #[test]
@@ -586,8 +606,15 @@ fn names_that_cannot_name_a_service_and_unstored_apps_are_refused() {
         render(&long, &settings()),
         Err(RenderError::InvalidChildName { .. })
     ));
+    // The longest child name is the internal Service's, `ota-<app>-internal`.
+    let mut too_long = filesystem_app();
+    too_long.metadata.name = Some("a".repeat(51));
+    assert!(matches!(
+        render(&too_long, &settings()),
+        Err(RenderError::InvalidChildName { ref child, .. }) if child.ends_with("-internal")
+    ));
     let mut just_fits = filesystem_app();
-    just_fits.metadata.name = Some("a".repeat(59));
+    just_fits.metadata.name = Some("a".repeat(50));
     assert!(render(&just_fits, &settings()).is_ok());
 
     let mut no_uid = filesystem_app();
