@@ -140,21 +140,26 @@ async fn deliver(http: &reqwest::Client, delivery: Delivery) {
     }
 }
 
-/// Reads the Secret and posts until an attempt passes; the number of attempts it took.
-async fn attempt_all(
+/// Where one attempt posts, and the key it signs with, from the Secret.
+struct Target {
+    url: reqwest::Url,
+    /// The value of the signature header.
+    signature: String,
+}
+
+/// Reads the Secret: `Ok(Err(why))` when the read failed and may pass later; `Err` when the
+/// Secret or one of its keys is missing or wrong (no attempt can pass until it is fixed).
+async fn read_target(
     context: &Context,
-    http: &reqwest::Client,
     delivery: &Delivery,
-) -> Result<u32, DeliveryError> {
+    body: &[u8],
+) -> Result<Result<Target, String>, DeliveryError> {
     let namespace = delivery.event.rollout.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
-    let secret = secrets
-        .get_opt(&delivery.secret)
-        .await
-        .map_err(|error| DeliveryError::GaveUp {
-            attempts: 0,
-            last: format!("reading Secret {}: {error}", delivery.secret),
-        })?;
+    let secret = match secrets.get_opt(&delivery.secret).await {
+        Ok(secret) => secret,
+        Err(error) => return Ok(Err(format!("reading Secret {}: {error}", delivery.secret))),
+    };
     let secret = secret
         .ok_or_else(|| DeliveryError::Configuration(format!("Secret {} does not exist", delivery.secret)))?;
     let key = |name: &str| {
@@ -179,17 +184,41 @@ async fn attempt_all(
             delivery.secret
         ))
     })?;
-    let signing_key = key(SIGNING_KEY)?;
+    let signature = signature(&key(SIGNING_KEY)?, body).map_err(|error| {
+        DeliveryError::Configuration(format!(
+            "the {SIGNING_KEY} of Secret {} cannot sign: {error}",
+            delivery.secret
+        ))
+    })?;
+    Ok(Ok(Target { url, signature }))
+}
+
+/// Reads the Secret and posts until an attempt passes; the number of attempts it took. The
+/// Secret is read at each attempt, so a transient API error is retried and a mended Secret is
+/// used at once.
+async fn attempt_all(
+    context: &Context,
+    http: &reqwest::Client,
+    delivery: &Delivery,
+) -> Result<u32, DeliveryError> {
     // Serializing plain data cannot fail.
     let body = serde_json::to_vec(&delivery.event).unwrap_or_default();
-    let signed = signature(&signing_key, &body);
-
     let mut last = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(retry_delay(attempt - 1)).await;
+        }
+        let target = match read_target(context, delivery, &body).await? {
+            Ok(target) => target,
+            Err(why) => {
+                last = why;
+                continue;
+            }
+        };
         let sent = http
-            .post(url.clone())
+            .post(target.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, &signed)
+            .header(SIGNATURE_HEADER, &target.signature)
             .header(DELIVERY_HEADER, &delivery.event.id)
             .header(EVENT_HEADER, delivery.event.reason)
             .timeout(ATTEMPT_TIMEOUT)
@@ -206,9 +235,6 @@ async fn attempt_all(
             Err(error) if error.is_timeout() => last = "timed out".to_owned(),
             Err(error) if error.is_connect() => last = "could not connect".to_owned(),
             Err(_) => last = "the request failed".to_owned(),
-        }
-        if attempt < MAX_ATTEMPTS {
-            tokio::time::sleep(retry_delay(attempt)).await;
         }
     }
     Err(DeliveryError::GaveUp {

@@ -89,8 +89,8 @@ pub fn webhook_event(
     let name = rollout.metadata.name.clone().unwrap_or_default();
     let status = rollout.status.clone().unwrap_or_default();
     let time = now.to_string();
-    // Stable across attempts and replicas deciding the same transition: a digest of what
-    // identifies it, not a random id.
+    // The same on every attempt of one delivery: a digest of the Rollout, the decision's time,
+    // the event's position and reason, not a random id.
     let id = {
         let uid = rollout.metadata.uid.as_deref().unwrap_or_default();
         let digest = Sha256::digest(format!("{uid}\n{time}\n{sequence}\n{}", event.reason));
@@ -118,12 +118,12 @@ pub fn webhook_event(
     }
 }
 
-/// The value of [`SIGNATURE_HEADER`] for `body` under `key`.
-pub fn signature(key: &[u8], body: &[u8]) -> String {
-    // HMAC takes a key of any length; new_from_slice cannot fail for it.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+/// The value of [`SIGNATURE_HEADER`] for `body` under `key` (HMAC takes keys of any length;
+/// the error is the crate's signature, never met).
+pub fn signature(key: &[u8], body: &[u8]) -> Result<String, hmac::digest::InvalidLength> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)?;
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    Ok(format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
 }
 
 /// How long to wait after failed attempt number `attempt` (1-based): 1 s, 2 s, 4 s, ... at
@@ -220,7 +220,7 @@ mod tests {
     fn the_signature_is_the_hmac_sha256_of_the_body() {
         // RFC 4231, test case 2.
         assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
+            signature(b"Jefe", b"what do ya want for nothing?").unwrap(),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_ne!(
