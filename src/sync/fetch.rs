@@ -1,8 +1,9 @@
 //! Step 1 of a sync: the zip from its source into a temporary file, hashed on the way.
 
 use std::{
-    io::{Read, Write},
-    path::Path as FsPath,
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::{Path as FsPath, PathBuf},
     sync::Arc,
 };
 
@@ -25,6 +26,66 @@ pub(super) struct Fetched {
     pub sha256: String,
 }
 
+/// Where the fetched zip is.
+#[derive(Debug)]
+pub(super) enum ZipLocation {
+    /// At the destination given to [`fetch`].
+    Destination,
+    /// A local file source, used in place rather than copied: the sync reads it where it is
+    /// and checks, before it records anything, that it has not changed since it was hashed.
+    InPlace {
+        /// The file.
+        path: PathBuf,
+        /// What it was when hashed.
+        stamp: FileStamp,
+    },
+}
+
+/// What identifies a file's content without reading it again: its inode, size, and its
+/// modification and change times (any write changes the change time, which nobody can set
+/// back). A write within the same timestamp tick as the file's previous change (a few
+/// milliseconds) goes unseen: local sources are files the server's own operator provides
+/// (`source.path` in standalone mode, the zip `ota bundle push` just wrote), not untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    pub(super) fn of(metadata: &std::fs::Metadata) -> Self {
+        FileStamp {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// Checks that a zip used in place is still the file that was hashed.
+pub(super) fn check_unchanged(location: &ZipLocation) -> Result<(), SyncError> {
+    let ZipLocation::InPlace { path, stamp } = location else {
+        return Ok(());
+    };
+    let now = std::fs::metadata(path).map(|metadata| FileStamp::of(&metadata));
+    match now {
+        Ok(now) if now == *stamp => Ok(()),
+        Ok(_) => Err(SyncError::SourceUnavailable(format!(
+            "file {}: it changed while it was synced (it is synced again from its new content)",
+            path.display()
+        ))),
+        Err(e) => Err(SyncError::SourceUnavailable(format!(
+            "file {}: {e} (while it was synced)",
+            path.display()
+        ))),
+    }
+}
+
 /// A URL without its query string and fragment (they may hold credentials).
 pub(super) fn redact_url(url: &url::Url) -> String {
     let mut shown = url.clone();
@@ -43,7 +104,8 @@ fn too_large(size: u64, limits: &SyncLimits) -> SyncError {
     ))
 }
 
-/// Writes `source` into `destination` and returns its size and SHA-256.
+/// Writes `source` into `destination` (a local file is hashed in place instead) and returns its
+/// size, SHA-256 and where it is.
 pub(super) async fn fetch(
     source: &BundleSourceRef,
     store: &Arc<dyn ObjectStore>,
@@ -51,7 +113,7 @@ pub(super) async fn fetch(
     limits: &SyncLimits,
     http: &reqwest::Client,
     destination: &FsPath,
-) -> Result<Fetched, SyncError> {
+) -> Result<(Fetched, ZipLocation), SyncError> {
     let create = || async {
         let file = tokio::fs::File::create(destination)
             .await
@@ -66,8 +128,8 @@ pub(super) async fn fetch(
             limits,
         })
     };
-    match source {
-        BundleSourceRef::File(path) => fetch_file(path, limits, destination).await,
+    let fetched = match source {
+        BundleSourceRef::File(path) => return hash_file(path, limits).await,
         BundleSourceRef::Url(url) => {
             let mut sink = create().await?;
             fetch_url(url, limits, http, &mut sink).await?;
@@ -81,7 +143,8 @@ pub(super) async fn fetch(
         BundleSourceRef::Manifest(key) => {
             super::rebuild::rebuild_zip(key, store, prefix, limits, destination).await
         }
-    }
+    };
+    Ok((fetched?, ZipLocation::Destination))
 }
 
 async fn fetch_url(
@@ -130,22 +193,17 @@ async fn fetch_url(
     .await
 }
 
-/// Copies a local file in one blocking task: reading, hashing and writing in one loop costs far
-/// less than a hop between threads per chunk.
-async fn fetch_file(path: &FsPath, limits: &SyncLimits, destination: &FsPath) -> Result<Fetched, SyncError> {
-    let (path, destination, limits) = (path.to_owned(), destination.to_owned(), *limits);
-    tokio::task::spawn_blocking(move || copy_file(&path, &limits, &destination))
+/// Hashes a local file where it is, in one blocking task (a copy would cost as much again).
+async fn hash_file(path: &FsPath, limits: &SyncLimits) -> Result<(Fetched, ZipLocation), SyncError> {
+    let (path, limits) = (path.to_owned(), *limits);
+    tokio::task::spawn_blocking(move || hash_in_place(&path, &limits))
         .await
-        .map_err(|e| SyncError::Task(format!("the copy of the zip stopped: {e}")))?
+        .map_err(|e| SyncError::Task(format!("hashing the zip stopped: {e}")))?
 }
 
-fn copy_file(path: &FsPath, limits: &SyncLimits, destination: &FsPath) -> Result<Fetched, SyncError> {
+fn hash_in_place(path: &FsPath, limits: &SyncLimits) -> Result<(Fetched, ZipLocation), SyncError> {
     let unavailable =
         |e: std::io::Error| SyncError::SourceUnavailable(format!("file {}: {e}", path.display()));
-    let write_failed = |source| SyncError::TempStorage {
-        action: "writing the temporary zip",
-        source,
-    };
     let mut file = std::fs::File::open(path).map_err(unavailable)?;
     let metadata = file.metadata().map_err(unavailable)?;
     if !metadata.is_file() {
@@ -157,10 +215,7 @@ fn copy_file(path: &FsPath, limits: &SyncLimits, destination: &FsPath) -> Result
     if metadata.len() > limits.max_zip_bytes {
         return Err(too_large(metadata.len(), limits));
     }
-    let mut output = std::fs::File::create(destination).map_err(|source| SyncError::TempStorage {
-        action: "creating the temporary zip",
-        source,
-    })?;
+    let stamp = FileStamp::of(&metadata);
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut buffer = vec![0; IO_BUFFER];
@@ -177,13 +232,20 @@ fn copy_file(path: &FsPath, limits: &SyncLimits, destination: &FsPath) -> Result
             return Err(too_large(size, limits));
         }
         hasher.update(&buffer[..read]);
-        output.write_all(&buffer[..read]).map_err(write_failed)?;
     }
-    output.flush().map_err(write_failed)?;
-    Ok(Fetched {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    let location = ZipLocation::InPlace {
+        path: path.to_owned(),
+        stamp,
+    };
+    // Written to while it was read: what was hashed may be neither version.
+    check_unchanged(&location)?;
+    Ok((
+        Fetched {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        },
+        location,
+    ))
 }
 
 async fn fetch_object(
@@ -278,5 +340,42 @@ impl HashingSink<'_> {
             size: self.size,
             sha256: hex::encode(self.hasher.finalize()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_zip_is_hashed_in_place_and_a_change_after_hashing_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.zip");
+        std::fs::write(&path, b"zip bytes").unwrap();
+        let (fetched, location) = hash_in_place(&path, &SyncLimits::default()).unwrap();
+        assert_eq!(fetched.size, 9);
+        assert_eq!(fetched.sha256, hex::encode(Sha256::digest(b"zip bytes")));
+        assert!(matches!(&location, ZipLocation::InPlace { path: p, .. } if *p == path));
+        check_unchanged(&location).unwrap();
+
+        // The same length, rewritten in place (after the filesystem's timestamp tick).
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        std::fs::write(&path, b"zip BYTES").unwrap();
+        let error = check_unchanged(&location).unwrap_err();
+        assert!(!error.is_terminal(), "{error}");
+        assert!(
+            error.to_string().contains("changed while it was synced"),
+            "{error}"
+        );
+        // Replaced by another file.
+        let (_, location) = hash_in_place(&path, &SyncLimits::default()).unwrap();
+        std::fs::write(dir.path().join("other"), b"zip BYTES").unwrap();
+        std::fs::rename(dir.path().join("other"), &path).unwrap();
+        assert!(check_unchanged(&location).is_err());
+        // Removed.
+        std::fs::remove_file(&path).unwrap();
+        assert!(check_unchanged(&location).is_err());
+        // The destination of other sources needs no check.
+        check_unchanged(&ZipLocation::Destination).unwrap();
     }
 }

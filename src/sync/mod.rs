@@ -31,8 +31,9 @@
 //! is verified and stored as is, with no files and no manifest (the server cannot decrypt it).
 //!
 //! Files shared by several bundles are stored once. Syncing the same bundle again uploads
-//! nothing. The zip and every file go through temporary files, and the bytes held in memory
-//! are capped, so memory stays bounded whatever the bundle's size (see
+//! nothing. The zip and every file go through temporary files (a local zip is read where it
+//! is, and must not change before the sync is recorded), and the bytes held in memory are
+//! capped, so memory stays bounded whatever the bundle's size (see
 //! `benches/bundle_sync.rs`). Brotli runs at quality 6: the `brotli` crate's quality 9 needs a
 //! 32 MiB hash table per encoder, for output 1 to 5 % smaller.
 
@@ -444,19 +445,17 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
         limits,
         ..
     } = request;
-    // 1. and 2. Fetch into a temporary file, hashing on the way, and verify.
-    let FetchedZip {
-        workdir,
-        zip_path,
-        fetched,
-    } = fetch_verified(&request, "bundle.zip").await?;
-    let sha256 = fetched.sha256;
+    // 1. and 2. Fetch into a temporary file (a local file is read in place), hashing on the
+    // way, and verify.
+    let zip = fetch_verified(&request, "bundle.zip").await?;
+    let sha256 = zip.fetched.sha256.clone();
+    let zip_size = zip.fetched.size;
 
     // 3. One pass over the archive, on every CPU: validate it whole, hash every file and spool
     // it, before storing anything.
     let scan = {
-        let zip_path = zip_path.clone();
-        let spool_dir = workdir.path().to_owned();
+        let zip_path = zip.zip_path.clone();
+        let spool_dir = zip.workdir.path().to_owned();
         let limits = *limits;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
@@ -542,10 +541,10 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
     let zip_key = zip_key(&sha256);
     let spools = Arc::new(scan.spools);
     let (uploaded, zip_uploaded) = futures::future::try_join(
-        objects::upload_spooled(store, prefix, &spools, workdir.path(), missing),
+        objects::upload_spooled(store, prefix, &spools, zip.workdir.path(), missing),
         async {
             match store_zip {
-                StoreZip::Yes => objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await,
+                StoreZip::Yes => objects::store_zip(store, prefix, &zip_key, &zip.zip_path, zip_size).await,
                 StoreZip::No => Ok(false),
             }
         },
@@ -553,6 +552,8 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
     .await?;
     brotli_by_hash.extend(uploaded);
     tracing::debug!(uploaded = uploaded_files, zip_uploaded, "files and zip stored");
+
+    zip.check_unchanged(store, prefix, &zip_key, zip_uploaded).await?;
 
     // 7. The manifest.
     let mut manifest = Vec::with_capacity(scan.files.len());
@@ -576,7 +577,7 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
 
     let synced = SyncedBundle {
         sha256,
-        zip_size: fetched.size,
+        zip_size,
         uncompressed_size: scan.uncompressed_size,
         file_count: manifest.len() as u64,
         zip_key,
@@ -613,14 +614,40 @@ pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBun
     sync_encrypted_inner(request).instrument(span).await
 }
 
-/// A zip fetched into a temporary folder and verified against the declared sha256.
+/// A zip fetched into a temporary folder (or a local file used in place) and verified against
+/// the declared sha256.
 struct FetchedZip {
-    /// The temporary folder (removed when dropped).
+    /// The temporary folder (removed when dropped), for the zip and the spool files.
     workdir: tempfile::TempDir,
-    /// The zip inside it.
+    /// The zip: inside the temporary folder, or the local source file.
     zip_path: std::path::PathBuf,
     /// Its size and sha256.
     fetched: fetch::Fetched,
+    /// Where the zip is (a local source must not change before the sync is recorded).
+    location: fetch::ZipLocation,
+}
+
+impl FetchedZip {
+    /// Fails when a local source zip changed since it was hashed. Then the zip just stored (if
+    /// this sync stored it) is removed: it may not be the verified bytes.
+    async fn check_unchanged(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        prefix: &Path,
+        zip_key: &str,
+        zip_uploaded: bool,
+    ) -> Result<(), SyncError> {
+        let Err(error) = fetch::check_unchanged(&self.location) else {
+            return Ok(());
+        };
+        if zip_uploaded && let Some(path) = object_path(prefix, zip_key) {
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(SyncError::storage("delete", &path, e)),
+            }
+        }
+        Err(error)
+    }
 }
 
 /// Checks the declared sha256's form, fetches the source into a new temporary folder (as
@@ -637,16 +664,20 @@ async fn fetch_verified(request: &SyncRequest<'_>, file_name: &str) -> Result<Fe
             action: "creating a temporary folder",
             source,
         })?;
-    let zip_path = workdir.path().join(file_name);
-    let fetched = fetch::fetch(
+    let destination = workdir.path().join(file_name);
+    let (fetched, location) = fetch::fetch(
         request.source,
         request.store,
         request.prefix,
         request.limits,
         request.http,
-        &zip_path,
+        &destination,
     )
     .await?;
+    let zip_path = match &location {
+        fetch::ZipLocation::Destination => destination,
+        fetch::ZipLocation::InPlace { path, .. } => path.clone(),
+    };
     tracing::debug!(bytes = fetched.size, "fetched");
     if fetched.sha256 != expected_sha256 {
         return Err(match request.source {
@@ -665,6 +696,7 @@ async fn fetch_verified(request: &SyncRequest<'_>, file_name: &str) -> Result<Fe
         workdir,
         zip_path,
         fetched,
+        location,
     })
 }
 
@@ -677,13 +709,11 @@ async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, 
         )));
     }
     // The temporary folder lives until the zip is stored.
-    let FetchedZip {
-        workdir: _workdir,
-        zip_path,
-        fetched,
-    } = fetch_verified(&request, "bundle.zip.enc").await?;
+    let zip = fetch_verified(&request, "bundle.zip.enc").await?;
+    let fetched = &zip.fetched;
     let zip_key = zip_key(&fetched.sha256);
-    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip_path, fetched.size).await?;
+    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip.zip_path, fetched.size).await?;
+    zip.check_unchanged(store, prefix, &zip_key, zip_uploaded).await?;
     // Delta files exist only when who encrypted the bundle stored them (`ota bundle push
     // --encrypt`); the server cannot make them.
     let manifest = stored_encrypted_manifest(store, prefix, &fetched.sha256).await?;
@@ -695,7 +725,7 @@ async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, 
     );
     let (manifest_key, manifest) = manifest.unwrap_or_default();
     Ok(SyncedBundle {
-        sha256: fetched.sha256,
+        sha256: fetched.sha256.clone(),
         zip_size: fetched.size,
         uncompressed_size: 0,
         file_count: manifest.len() as u64,
