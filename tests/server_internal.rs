@@ -186,10 +186,11 @@ async fn stats_become_rollout_figures_on_the_internal_listener_only() {
     }
     let (status, _) = post(&server.base, "/stats", &event(&device(2), "update_fail", VERSION)).await;
     assert_eq!(status, 200);
-    let batch = json!([
-        event(&device(3), "download_complete", VERSION),
-        event(&device(3), "decrypt_fail", VERSION),
-    ]);
+    // The failure is stamped by a device whose clock is a day behind: it counts from when the
+    // server heard of it (rollout windows are on the server's clock).
+    let mut skewed = event(&device(3), "decrypt_fail", VERSION);
+    skewed["timestamp"] = json!(start_ms - 86_400_000);
+    let batch = json!([event(&device(3), "download_complete", VERSION), skewed]);
     let (status, answer) = post(&server.base, "/stats", &batch).await;
     assert_eq!(status, 200, "{answer}");
     // An old plugin's download_fail (sent when there was no update) is not a failure.

@@ -196,7 +196,9 @@ fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
                     device_id: event.device_id.clone(),
                     channel: channel.name.clone(),
                     failed: outcome.is_failure(),
-                    at_ms: at,
+                    // When the server heard of it: rollout windows are on the server's clock,
+                    // and a device's clock can be far off.
+                    at_ms: now,
                 }),
             ),
             None => {
