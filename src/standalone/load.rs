@@ -3,6 +3,7 @@
 //! never fatal.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -87,6 +88,7 @@ pub fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>
 /// Reads every object of a folder.
 pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
+    let mut seen = HashSet::new();
     for path in yaml_files(dir)? {
         let text = std::fs::read_to_string(&path).map_err(|source| LoadError {
             path: path.clone(),
@@ -102,7 +104,7 @@ pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
         };
         let folder = path.parent().unwrap_or(dir).to_owned();
         for (index, document) in documents.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
-            if let Err(problem) = add_document(&mut loaded, document, &folder) {
+            if let Err(problem) = add_document(&mut loaded, &mut seen, document, &folder) {
                 loaded
                     .problems
                     .push(format!("{shown}: document {}: {problem}", index + 1));
@@ -112,7 +114,29 @@ pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
     Ok(loaded)
 }
 
-fn add_document(loaded: &mut Loaded, mut document: Value, folder: &Path) -> Result<(), String> {
+/// Whether `name` is a DNS subdomain (RFC 1123), as the API server requires of object names:
+/// they also key standalone mode's saved rollout state.
+fn is_dns_subdomain(name: &str) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && alphanumeric(bytes[0])
+        && alphanumeric(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&b| alphanumeric(b) || b == b'-' || b == b'.')
+}
+
+/// Whether `namespace` is a DNS label (RFC 1123), as namespaces are.
+fn is_dns_label(namespace: &str) -> bool {
+    namespace.len() <= 63 && !namespace.contains('.') && is_dns_subdomain(namespace)
+}
+
+fn add_document(
+    loaded: &mut Loaded,
+    seen: &mut HashSet<(String, String, String)>,
+    mut document: Value,
+    folder: &Path,
+) -> Result<(), String> {
     let api_version = document["apiVersion"].as_str().unwrap_or_default().to_owned();
     let kind = document["kind"].as_str().unwrap_or_default().to_owned();
     if api_version != crate::api::constants::API_VERSION {
@@ -140,7 +164,30 @@ fn add_document(loaded: &mut Loaded, mut document: Value, folder: &Path) -> Resu
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    if !is_dns_subdomain(&name) {
+        return Err(format!(
+            "{kind} {name:?}: metadata.name must be lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (at most 253 characters)"
+        ));
+    }
+    let namespace = document["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !is_dns_label(&namespace) {
+        return Err(format!(
+            "{kind} {name}: metadata.namespace {namespace:?} must be lower-case letters, digits and \
+             '-', starting and ending with a letter or digit (at most 63 characters)"
+        ));
+    }
     let invalid = |e: serde_json::Error| format!("{kind} {name} is invalid: {e}");
+    let key = (kind.clone(), namespace.clone(), name.clone());
+    if seen.contains(&key) {
+        // As `kubectl apply` of two such documents would leave one object: the first is kept.
+        return Err(format!(
+            "{kind} {namespace}/{name} is defined again; this one is skipped"
+        ));
+    }
     match kind.as_str() {
         "App" => loaded
             .apps
@@ -161,6 +208,7 @@ fn add_document(loaded: &mut Loaded, mut document: Value, folder: &Path) -> Resu
             ));
         }
     }
+    seen.insert(key);
     Ok(())
 }
 
@@ -209,6 +257,44 @@ mod tests {
                 .any(|p| p.starts_with("broken.yml: not valid YAML"))
         );
         assert!(loaded.problems.iter().any(|p| p.contains("Gadget")));
+    }
+
+    #[test]
+    fn bad_names_and_second_definitions_are_reported_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let rollout = |name: &str, namespace: &str, bundle: &str| {
+            format!(
+                "apiVersion: ota.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: {name:?}, namespace: {namespace:?}}}\n\
+                 spec: {{channelRef: production, bundleRef: {bundle}, steps: [{{setPercent: 100}}]}}\n"
+            )
+        };
+        let documents = [
+            rollout("to-1.5", "default", "first"),
+            rollout("to-1.5", "default", "second"),
+            rollout("to-1.5", "other", "elsewhere"),
+            rollout("Channel/production", "default", "x"),
+            rollout("ok", "Not_A_Namespace", "x"),
+            rollout("-dash", "default", "x"),
+        ]
+        .join("---\n");
+        std::fs::write(dir.path().join("rollouts.yaml"), documents).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let kept: Vec<(&str, &str)> = loaded
+            .rollouts
+            .iter()
+            .map(|r| {
+                (
+                    r.metadata.namespace.as_deref().unwrap(),
+                    r.spec.bundle_ref.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(kept, [("default", "first"), ("other", "elsewhere")]);
+        assert_eq!(loaded.problems.len(), 4, "{:#?}", loaded.problems);
+        assert!(loaded.problems[0].contains("Rollout default/to-1.5 is defined again"));
+        assert!(loaded.problems[1].contains("\"Channel/production\": metadata.name must be"));
+        assert!(loaded.problems[2].contains("metadata.namespace \"Not_A_Namespace\""));
+        assert!(loaded.problems[3].contains("\"-dash\": metadata.name must be"));
     }
 
     #[test]
