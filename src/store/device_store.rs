@@ -421,8 +421,8 @@ impl DeviceStore {
             .map_err(StoreError::database("read a device"))
     }
 
-    /// Merges the sightings log into the devices' rows, in key order, in one transaction; returns
-    /// how many sightings were merged.
+    /// Merges the sightings log into the devices' rows, in key order, in one transaction per
+    /// sixteenth of the device ids; returns how many sightings were merged.
     ///
     /// For each writer in the log it takes the rows up to the last sequence number it reads
     /// first, so sightings appended meanwhile (by this process or, on PostgreSQL, by another
@@ -441,31 +441,43 @@ impl DeviceStore {
         if writers.is_empty() {
             return Ok(0);
         }
-        let mut transaction = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::database("begin a transaction"))?;
         let mut merged = 0;
-        for (writer, last) in writers {
-            sqlx::query(compaction_sql(self.backend))
-                .bind(writer)
-                .bind(last)
-                .execute(&mut *transaction)
+        // One transaction per range of device ids: each touches its own share of the pages of
+        // `devices` (so the merge costs no more page writes than one big transaction would), and
+        // on SQLite the appends of the write queue get the lock between two ranges.
+        for (from, to) in COMPACTION_RANGES {
+            let mut transaction = self
+                .pool
+                .begin()
                 .await
-                .map_err(StoreError::database("merge the sightings log into the devices"))?;
-            merged += sqlx::query("DELETE FROM device_sightings WHERE writer = $1 AND seq <= $2")
+                .map_err(StoreError::database("begin a transaction"))?;
+            for &(writer, last) in &writers {
+                sqlx::query(compaction_sql(self.backend))
+                    .bind(writer)
+                    .bind(last)
+                    .bind(from)
+                    .bind(to)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::database("merge the sightings log into the devices"))?;
+                merged += sqlx::query(
+                    "DELETE FROM device_sightings WHERE writer = $1 AND seq <= $2 \
+                     AND device_id >= $3 AND ($4 = '' OR device_id < $4)",
+                )
                 .bind(writer)
                 .bind(last)
+                .bind(from)
+                .bind(to)
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::database("empty the sightings log"))?
                 .rows_affected();
+            }
+            transaction
+                .commit()
+                .await
+                .map_err(StoreError::database("commit a compaction of the sightings log"))?;
         }
-        transaction
-            .commit()
-            .await
-            .map_err(StoreError::database("commit a compaction of the sightings log"))?;
         tracing::debug!(merged, "sightings log merged into the devices");
         Ok(merged)
     }
@@ -869,8 +881,30 @@ const SIGHTING_UPSERT: &str = "ON CONFLICT (app_id, device_id) DO UPDATE SET \
      is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
      WHERE excluded.last_seen_ms >= devices.last_seen_ms";
 
-/// The statement that merges one writer's sightings up to a sequence number (`$1`, `$2`) into
-/// `devices`, in key order (see [`DeviceStore::compact`]).
+/// The ranges of device ids a compaction merges one after the other: `[from, to)`, an empty `to`
+/// for no end (device ids are lower-case UUIDs, so each range holds a sixteenth of them; any
+/// other string falls in one range too).
+const COMPACTION_RANGES: [(&str, &str); 16] = [
+    ("", "1"),
+    ("1", "2"),
+    ("2", "3"),
+    ("3", "4"),
+    ("4", "5"),
+    ("5", "6"),
+    ("6", "7"),
+    ("7", "8"),
+    ("8", "9"),
+    ("9", "a"),
+    ("a", "b"),
+    ("b", "c"),
+    ("c", "d"),
+    ("d", "e"),
+    ("e", "f"),
+    ("f", ""),
+];
+
+/// The statement that merges one writer's sightings up to a sequence number (`$1`, `$2`) with
+/// device ids in `[$3, $4)` into `devices`, in key order (see [`DeviceStore::compact`]).
 fn compaction_sql(backend: Backend) -> &'static str {
     static SQL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
     match backend {
@@ -879,7 +913,8 @@ fn compaction_sql(backend: Backend) -> &'static str {
         Backend::Sqlite => SQL[0].get_or_init(|| {
             format!(
                 "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM device_sightings \
-                 WHERE writer = $1 AND seq <= $2 ORDER BY app_id, device_id, seq {SIGHTING_UPSERT}"
+                 WHERE writer = $1 AND seq <= $2 AND device_id >= $3 AND ($4 = '' OR device_id < $4) \
+                 ORDER BY app_id, device_id, seq {SIGHTING_UPSERT}"
             )
         }),
         // One row per device, as applying its sightings in order would leave it: the newest
@@ -907,7 +942,8 @@ fn compaction_sql(backend: Backend) -> &'static str {
                  ORDER BY s.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), s.last_seen_ms) \
                  AND s.last_seen_ms >= COALESCE(d.last_seen_ms, s.last_seen_ms) AS applied \
                  FROM device_sightings s LEFT JOIN devices d ON d.app_id = s.app_id AND d.device_id = s.device_id \
-                 WHERE s.writer = $1 AND s.seq <= $2) AS ordered) \
+                 WHERE s.writer = $1 AND s.seq <= $2 AND s.device_id >= $3 AND ($4 = '' OR s.device_id < $4)) \
+                 AS ordered) \
                  AS applied_values) AS merged WHERE rank = 1 ORDER BY app_id, device_id {SIGHTING_UPSERT}"
             )
         }),

@@ -219,6 +219,7 @@ impl WriteQueue {
             flush_every,
             // A log left by an earlier process is merged at the first quiet moment.
             appended: 1,
+            compaction: None,
         };
         let handle = tokio::spawn(flusher.run(receiver));
         (
@@ -316,8 +317,10 @@ struct Flusher {
     state: Arc<QueueState>,
     max_batch: usize,
     flush_every: Duration,
-    /// Sightings appended to the log since its last compaction (at least).
+    /// Sightings appended to the log since its last compaction started (at least).
     appended: usize,
+    /// The compaction running beside the flusher, if any.
+    compaction: Option<JoinHandle<()>>,
 }
 
 impl Flusher {
@@ -335,7 +338,7 @@ impl Flusher {
                         tokio::select! {
                             received = receiver.recv_many(&mut inbox, self.max_batch) => received,
                             () = tokio::time::sleep(COMPACT_WHEN_IDLE) => {
-                                self.compact().await;
+                                self.compact();
                                 continue;
                             }
                         }
@@ -391,14 +394,20 @@ impl Flusher {
         tracing::debug!("device store write queue closed: flusher done");
     }
 
-    /// Merges the sightings log into the devices' rows; on failure, tries again later.
-    async fn compact(&mut self) {
-        match self.store.compact().await {
-            Ok(_) => self.appended = 0,
-            Err(error) => {
+    /// Starts merging the sightings log into the devices' rows in a task of its own, so the
+    /// flusher keeps appending meanwhile (unless a compaction is still running: then the next
+    /// trigger starts one). A failed compaction is logged; its rows wait for the next one.
+    fn compact(&mut self) {
+        if self.compaction.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let store = self.store.clone();
+        self.compaction = Some(tokio::spawn(async move {
+            if let Err(error) = store.compact().await {
                 tracing::warn!(%error, "merging the sightings log failed; it is tried again later");
             }
-        }
+        }));
+        self.appended = 0;
     }
 
     /// Writes the batch, retrying until every write is written or rejected; empties it; then
@@ -411,7 +420,7 @@ impl Flusher {
         self.write_batch(batch).await;
         self.appended = self.appended.saturating_add(sightings);
         if self.appended >= COMPACT_AFTER_SIGHTINGS {
-            self.compact().await;
+            self.compact();
         }
     }
 
