@@ -553,6 +553,32 @@ async fn failing_candidate_is_aborted(mode: Mode) {
     );
 }
 
+/// Waits until the update server offers the candidate to a probe device (not of the fleet) that
+/// the salted hash puts in the `percent` cohort but not in the `previous` one.
+async fn wait_until_served(scenario: &Scenario, salt: &str, previous: i32, percent: i32) {
+    let probe = (0..100_000)
+        .map(|n| format!("00000000-0000-4000-8000-{n:012}"))
+        .find(|id| in_cohort(salt, id, percent as u32) && !in_cohort(salt, id, previous as u32))
+        .expect("a device id in the new share of the cohort");
+    let device = fleet::Device {
+        id: probe,
+        version: "1.0.0".to_owned(),
+    };
+    let base = scenario.base();
+    fleet::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(25),
+        &format!("the update server serves {percent}%"),
+        || async {
+            let offered = fleet::offered(scenario.fleet.client(), &base, &device)
+                .await
+                .ok()??;
+            (offered == "1.1.0").then_some(())
+        },
+    )
+    .await;
+}
+
 async fn cohorts_are_monotonic(mode: Mode) {
     let rollout = rollout(
         json!([{"setPercent": 5}, {"pause": {"duration": "1s"}}, {"setPercent": 15}, {"pause": {"duration": "1s"}},
@@ -565,15 +591,18 @@ async fn cohorts_are_monotonic(mode: Mode) {
     let mut on_candidate = BTreeSet::new();
     let mut served_percent = 0;
     loop {
-        let percent_before = scenario
-            .status()
-            .await
+        let status_before = scenario.status().await;
+        let percent_before = status_before
+            .as_ref()
             .and_then(|s| s.current_percent)
             .unwrap_or(0);
-        if mode == Mode::Cluster && percent_before != served_percent {
-            // The update server learns a new status through its watch: a change is served
-            // within a second (a round of this fleet can be shorter than that).
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Some(salt) = status_before.as_ref().and_then(|s| s.salt.as_deref())
+            && percent_before > served_percent
+        {
+            // The update server learns a new status through its watch (in a cluster) or right
+            // after it is saved (standalone): wait until a device new to the cohort is offered
+            // the candidate, so the round below runs at the percent it is checked against.
+            wait_until_served(&scenario, salt, served_percent, percent_before).await;
             served_percent = percent_before;
         }
         scenario.round().await;
