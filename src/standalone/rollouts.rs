@@ -42,6 +42,17 @@ use crate::{
 
 pub use crate::core::rollout::FiguresQuery;
 
+/// Why a state could not be saved.
+#[derive(Debug, thiserror::Error)]
+enum SaveError {
+    /// It could not be encoded.
+    #[error("encoding the state: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The device store refused it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// How soon a decision whose state could not be saved is tried again.
 const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -196,10 +207,14 @@ pub fn with_statuses(rollouts: &[Rollout], statuses: &BTreeMap<ObjectKey, Rollou
 
 /// Logs an event of a plan (standalone mode's Kubernetes Events).
 fn log_event(rollout: &ObjectKey, event: &RolloutEvent) {
-    let name = format!("{}/{}", rollout.0, rollout.1);
+    let (namespace, name) = rollout;
     match event.kind {
-        EventKind::Normal => tracing::info!(rollout = %name, reason = event.reason, "{}", event.note),
-        EventKind::Warning => tracing::warn!(rollout = %name, reason = event.reason, "{}", event.note),
+        EventKind::Normal => {
+            tracing::info!(kind = "Rollout", %namespace, %name, reason = event.reason, "{}", event.note)
+        }
+        EventKind::Warning => {
+            tracing::warn!(kind = "Rollout", %namespace, %name, reason = event.reason, "{}", event.note)
+        }
     }
 }
 
@@ -292,11 +307,11 @@ impl RolloutDriver {
                 };
                 let name = format!("{CHANNEL_KEY_PREFIX}{}", channel_key.1);
                 if let Err(error) = self.save(&channel_key.0, &name, &state, now).await {
-                    tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot record the completed rollout's candidate as the channel's stable bundle; trying again");
+                    tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot record the completed rollout's candidate as the channel's stable bundle; trying again");
                     wake_at(retry_at(now));
                     continue;
                 }
-                tracing::info!(channel = %format!("{}/{}", channel_key.0, channel_key.1), bundle = %promoted.bundle, "recorded as the channel's stable bundle");
+                tracing::info!(kind = "Channel", namespace = %channel_key.0, name = %channel_key.1, bundle = %promoted.bundle, "recorded as the channel's stable bundle");
                 self.states.promotions.insert(channel_key, promoted);
                 channels = with_promotions(load.objects.channels, &self.states.promotions);
             }
@@ -304,7 +319,7 @@ impl RolloutDriver {
                 status: Box::new(plan.status.clone()),
             };
             if let Err(error) = self.save(&key.0, &key.1, &state, now).await {
-                tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), %error, "cannot save the rollout's state; it is not served and will be decided again");
+                tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot save the rollout's state; it is not served and will be decided again");
                 wake_at(retry_at(now));
                 continue;
             }
@@ -327,7 +342,7 @@ impl RolloutDriver {
                 failures: i64::try_from(figures.failures).unwrap_or(i64::MAX),
             }),
             Err(error) => {
-                tracing::warn!(rollout = %format!("{}/{}", rollout.0, rollout.1), %error, "cannot read the failure figures; the analysis waits");
+                tracing::warn!(kind = "Rollout", namespace = %rollout.0, name = %rollout.1, %error, "cannot read the failure figures; the analysis waits");
                 None
             }
         }
@@ -339,15 +354,14 @@ impl RolloutDriver {
         name: &str,
         state: &StoredState,
         now: Timestamp,
-    ) -> Result<(), String> {
-        let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
-        self.store
+    ) -> Result<(), SaveError> {
+        let json = serde_json::to_string(state)?;
+        Ok(self
+            .store
             .save_rollout_state(namespace, name, &json, now.as_millisecond())
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
-    /// Forgets the state of Rollouts and Channels no longer in the folder.
     /// Forgets the state of Rollouts that left the folder, and the promotions of Channels that
     /// left it or whose `spec.bundleRef` changed since (git's choice then stands, also when it
     /// later returns to the bundleRef the promotion was made over).
@@ -392,14 +406,14 @@ impl RolloutDriver {
 
     /// Deletes one saved state; whether it is gone.
     async fn forget(&self, namespace: &str, name: &str, what: &str, object: &ObjectKey) -> bool {
-        let object = format!("{}/{}", object.0, object.1);
+        let (object_namespace, object_name) = object;
         match self.store.delete_rollout_state(namespace, name).await {
             Ok(_) => {
-                tracing::info!(%object, "{what} state forgotten: its object left the folder or changed");
+                tracing::info!(namespace = %object_namespace, name = %object_name, "{what} state forgotten: its object left the folder or changed");
                 true
             }
             Err(error) => {
-                tracing::warn!(%object, %error, "cannot forget the {what} state");
+                tracing::warn!(namespace = %object_namespace, name = %object_name, %error, "cannot forget the {what} state");
                 false
             }
         }
