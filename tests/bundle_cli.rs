@@ -872,25 +872,6 @@ fn push_to_s3_uploads_only_what_the_bucket_lacks_and_never_prints_the_secret() {
     assert_eq!(upload_counts(&second), (0, 3));
     let bundle: Bundle = serde_json::from_value(documents(&stdout(&first))[0].clone()).unwrap();
     let manifest_key = bundle.spec.source.manifest_key.clone().expect("a manifest key");
-    // The whole-zip push works against S3 too: the files are there, only the zip is missing.
-    let mut zipped = push_args("1.0.3");
-    zipped.push("--upload-zip".to_owned());
-    let with_zip = ota(
-        &zipped.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[
-            ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
-            ("AWS_SECRET_ACCESS_KEY", secret),
-        ],
-    );
-    succeeded(&with_zip);
-    let zipped: Bundle = serde_json::from_value(documents(&stdout(&with_zip))[0].clone()).unwrap();
-    assert!(zipped.spec.source.storage_key.unwrap().starts_with("zips/"));
-    assert_eq!(
-        uploaded_bytes(&with_zip),
-        zip_size(&dist),
-        "only the zip was missing"
-    );
-    // The operator's sync rebuilds the zip from the files in the bucket: the same bytes.
     let opened = ota_operator::storage::open(
         &ota_operator::api::app::StorageSpec {
             s3: Some(ota_operator::api::app::S3Storage {
@@ -915,6 +896,30 @@ fn push_to_s3_uploads_only_what_the_bucket_lacks_and_never_prints_the_secret() {
         ),
     )
     .unwrap();
+    // The whole-zip push works against S3 too.
+    let mut zipped = push_args("1.0.3");
+    zipped.push("--upload-zip".to_owned());
+    let with_zip = ota(
+        &zipped.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            ("AWS_ACCESS_KEY_ID", &server["OTA_TEST_S3_ACCESS_KEY"]),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ],
+    );
+    succeeded(&with_zip);
+    let zipped: Bundle = serde_json::from_value(documents(&stdout(&with_zip))[0].clone()).unwrap();
+    assert!(zipped.spec.source.storage_key.unwrap().starts_with("zips/"));
+    // The zip, the raw form of app.js (the files-only pushes stored its Brotli form alone) and
+    // the manifest that lists it raw.
+    let manifest_size = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let path = sync::object_path(&opened.prefix, &manifest_key).unwrap();
+        opened.store.head(&path).await.unwrap().size
+    });
+    assert_eq!(
+        uploaded_bytes(&with_zip),
+        zip_size(&dist) + std::fs::metadata(dist.join("assets/app.js")).unwrap().len() + manifest_size,
+    );
+    // The operator's sync rebuilds the zip from the files in the bucket: the same bytes.
     let zip = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let synced = sync::sync_bundle(SyncRequest {
             source: &BundleSourceRef::Manifest(manifest_key.clone()),
@@ -1143,8 +1148,8 @@ fn a_one_file_change_in_a_3000_file_bundle_uploads_and_downloads_about_that_file
         uploaded as f64 / upload_target as f64,
         downloaded as f64 / download_target as f64,
     );
-    // Uploaded: the raw file and the manifest (the operator makes the Brotli variant).
-    assert_eq!(uploaded, content.len() as u64 + stored_manifest);
+    // Uploaded: the file's Brotli form (the one devices download) and the manifest.
+    assert_eq!(uploaded, compressed_file + stored_manifest);
     assert!(
         uploaded * 10 <= upload_target * 11,
         "{uploaded} > 1.1 x {upload_target}"

@@ -407,7 +407,10 @@ pub async fn sync_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncE
 
 /// [`sync_bundle`] without storing the zip: the files storage lacks and the manifest only.
 /// `ota bundle push` does this; the Bundle it writes names the manifest
-/// ([`BundleSourceRef::Manifest`]), and the sync rebuilds the zip from the stored files. The
+/// ([`BundleSourceRef::Manifest`]), and the sync rebuilds the zip from the stored files. A file
+/// worth it is uploaded in its Brotli form only, when that is smaller (fewer bytes from CI; a
+/// file stored in either form counts as present): the manifest names that form, the rebuild
+/// decodes it, and the operator's sync then stores the raw form from the rebuilt zip. The
 /// zip must come from [`DeterministicZip`] with `index.html` at its root (as `ota bundle zip`
 /// writes it), else it cannot be rebuilt: such a zip is refused here.
 pub async fn sync_bundle_files(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
@@ -500,7 +503,10 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
         .collect();
     let found: Vec<(String, usize, bool, Option<bool>)> = futures::stream::iter(lookups)
         .map(|(hash, position, size, brotli_required)| async move {
-            let stored = objects::find_content(store, prefix, &hash, size, brotli_required).await?;
+            let stored = match store_zip {
+                StoreZip::Yes => objects::find_content(store, prefix, &hash, size, brotli_required).await?,
+                StoreZip::No => objects::find_any_form(store, prefix, &hash, size, brotli_required).await?,
+            };
             Ok::<_, SyncError>((hash, position, brotli_required, stored))
         })
         .buffer_unordered(STORE_CONCURRENCY)
@@ -523,6 +529,9 @@ async fn sync_inner(request: SyncRequest<'_>, store_zip: StoreZip) -> Result<Syn
                     size: file.size,
                     spooled,
                     brotli_required,
+                    // A push uploads the smaller form; the operator stores the raw one.
+                    brotli_if_smaller: store_zip == StoreZip::No
+                        && objects::worth_brotli(&file.path, file.size, file.compressed_size, file.stored),
                 });
             }
         }

@@ -57,6 +57,13 @@ fn incompressible(extract: &Extract) -> bool {
     !extract.stored && extract.compressed_size.saturating_mul(50) >= extract.size.saturating_mul(49)
 }
 
+/// Whether a file is worth a Brotli pass: big enough, of a format that is not compressed
+/// already, and (`zip_entry`: its size in the zip and whether it is stored) that deflate could
+/// shrink.
+pub(super) fn worth_brotli(path: &str, size: u64, compressed_size: u64, stored: bool) -> bool {
+    brotli_candidate(path, size) && (stored || compressed_size.saturating_mul(50) < size.saturating_mul(49))
+}
+
 /// Whether a file is worth a Brotli pass.
 fn brotli_candidate(path: &str, size: u64) -> bool {
     let extension = path
@@ -167,6 +174,21 @@ pub(super) async fn find_content(
     }
 }
 
+/// [`find_content`], where a Brotli form alone counts too (`Some(true)`): what a push needs,
+/// since the operator's sync stores the raw form from the rebuilt zip.
+pub(super) async fn find_any_form(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    hash: &str,
+    size: u64,
+    brotli_required: bool,
+) -> Result<Option<bool>, SyncError> {
+    match find_content(store, prefix, hash, size, brotli_required).await? {
+        None if !brotli_required => find_content(store, prefix, hash, size, true).await,
+        found => Ok(found),
+    }
+}
+
 /// A content to upload from the spool files of the archive scan.
 #[derive(Debug, Clone)]
 pub(super) struct SpooledContent {
@@ -178,6 +200,9 @@ pub(super) struct SpooledContent {
     pub spooled: Spooled,
     /// Whether it must be stored compressed ([`needs_brotli`]).
     pub brotli_required: bool,
+    /// Whether to store it compressed when that is smaller (a push stores the form it would
+    /// upload fewer bytes of; see [`super::sync_bundle_files`]).
+    pub brotli_if_smaller: bool,
 }
 
 /// Reads `len` bytes at `offset` of one spool file, as [`Read`] (positioned reads, so that
@@ -222,19 +247,25 @@ pub(super) async fn upload_spooled(
         .map(|content| {
             let (budget, temporary) = (&budget, &temporary);
             async move {
-                let key = file_key(&content.hash, content.brotli_required);
-                let path = path_of(prefix, &key)?;
-                if content.brotli_required {
+                if content.brotli_required || content.brotli_if_smaller {
                     let (file, len) = compress_spooled(spools, temporary, &content).await?;
-                    let _permits = acquire(budget, len).await?;
-                    let file = upload_file(store, &path, file, len, PART_CONCURRENCY).await?;
+                    if content.brotli_required || len < content.size {
+                        let key = file_key(&content.hash, true);
+                        let path = path_of(prefix, &key)?;
+                        let _permits = acquire(budget, len).await?;
+                        let file = upload_file(store, &path, file, len, PART_CONCURRENCY).await?;
+                        temporary.give(file);
+                        tracing::trace!(key, "uploaded");
+                        return Ok::<_, SyncError>((content.hash, true));
+                    }
                     temporary.give(file);
-                } else {
-                    let _permits = acquire(budget, content.size).await?;
-                    upload_range(store, &path, spools, content.spooled, content.size).await?;
                 }
+                let key = file_key(&content.hash, false);
+                let path = path_of(prefix, &key)?;
+                let _permits = acquire(budget, content.size).await?;
+                upload_range(store, &path, spools, content.spooled, content.size).await?;
                 tracing::trace!(key, "uploaded");
-                Ok::<_, SyncError>((content.hash, content.brotli_required))
+                Ok::<_, SyncError>((content.hash, false))
             }
         })
         .buffer_unordered(STORE_CONCURRENCY)
