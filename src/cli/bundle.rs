@@ -40,8 +40,8 @@ pub enum BundleCommand {
     /// Zip, (optionally) encrypt, upload into the App's storage, and write the Bundle YAML.
     ///
     /// The zip is built locally to learn its sha256, but only the bundle's files that the storage
-    /// lacks and its manifest are uploaded (the same sync the operator runs): a one-file change
-    /// uploads that file and the manifest. The Bundle YAML names the manifest (source.manifestKey
+    /// lacks (each in its Brotli form when that is smaller) and its manifest are uploaded (the
+    /// same sync the operator runs): a one-file change uploads that file and the manifest. The Bundle YAML names the manifest (source.manifestKey
     /// and sha256) and the operator rebuilds the zip from the stored files with the same zip
     /// writer, so push with the ota version the operator runs (or a compatible one). With
     /// --upload-zip, and always with --encrypt, the whole zip is uploaded as well and the Bundle
