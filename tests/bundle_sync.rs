@@ -1514,6 +1514,33 @@ async fn bad_manifests_and_bad_manifest_sources_are_refused() {
 }
 
 #[tokio::test]
+async fn a_rebuild_stops_at_the_size_limits() {
+    let env = Env::new();
+    let path = env.zip_path("pushed.zip");
+    write_deterministic_zip(&path, &pushed_files("app"));
+    let sha = sha256_file(&path);
+    let pushed = env.push_files(&path).await.unwrap();
+    let source = BundleSourceRef::Manifest(pushed.manifest_key.clone());
+    let small = SyncLimits {
+        max_uncompressed_bytes: 50_000,
+        ..SyncLimits::default()
+    };
+    let result = env.first_step(&source, &sha, &small).await;
+    assert_terminal(
+        result,
+        reason::INVALID_ARCHIVE,
+        "make more than 50000 bytes, the limit",
+    );
+    let tiny_zip = SyncLimits {
+        max_zip_bytes: 1_000,
+        ..SyncLimits::default()
+    };
+    let result = env.first_step(&source, &sha, &tiny_zip).await;
+    assert_terminal(result, reason::INVALID_ARCHIVE, "the limit is 1000");
+    assert!(!env.listing().await.iter().any(|(key, ..)| key.contains("/zips/")));
+}
+
+#[tokio::test]
 async fn a_zip_that_cannot_be_rebuilt_is_not_pushed_as_files() {
     let env = Env::new();
     let path = env.zip_path("wrapped.zip");
