@@ -176,13 +176,29 @@ async fn every_plugin_generation_gets_the_right_answer_and_can_download_it() {
     }
 }
 
+/// Waits until the example bundle's Brotli variants (made in the background after it is
+/// synced and served with raw files) are in the delta manifest; that answer.
+async fn answer_with_variants(base: &str) -> Value {
+    let mut body = fixture("updates-8.51.14-android.json")["body"].clone();
+    body.as_object_mut().unwrap().remove("key_id");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, answer) = post(base, "/updates", &body).await;
+        let has_variant = answer["manifest"]
+            .as_array()
+            .is_some_and(|files| files.iter().any(|f| f["file_name"] == "vendor.js.br"));
+        if has_variant {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "no Brotli variants within 20 s: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn delta_files_download_and_verify_and_ranges_resume() {
     let server = start_example().await;
-    let body = fixture("updates-8.51.14-android.json")["body"].clone();
-    let mut body = body;
-    body.as_object_mut().unwrap().remove("key_id");
-    let (_, answer) = post(&server.base, "/updates", &body).await;
+    let answer = answer_with_variants(&server.base).await;
     let manifest = answer["manifest"].as_array().expect("a manifest").clone();
     let names: Vec<&str> = manifest
         .iter()
@@ -418,6 +434,8 @@ async fn channel_self_answers_every_method() {
 #[tokio::test]
 async fn changes_to_the_folder_are_served_and_a_lost_folder_degrades_without_stopping() {
     let server = start_example().await;
+    // Nothing is still being written into the folder's storage when it is taken away below.
+    answer_with_variants(&server.base).await;
     let mut check = fixture("updates-8.51.14-android.json")["body"].clone();
     check.as_object_mut().unwrap().remove("key_id");
     let channels = server.dir.path().join("channels.yaml");

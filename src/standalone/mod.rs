@@ -215,8 +215,23 @@ struct Folder {
 }
 
 /// The Brotli variants of a synced bundle, made in the background (it is served with raw files
-/// meanwhile); `None` once taken or failed (a failure is logged and not retried until restart).
-type VariantsTask = Option<tokio::task::JoinHandle<Result<sync::CompressedVariants, sync::SyncError>>>;
+/// meanwhile).
+enum VariantsTask {
+    /// Being made, after `failures` failed attempts in a row.
+    Running {
+        task: tokio::task::JoinHandle<Result<sync::CompressedVariants, sync::SyncError>>,
+        failures: u32,
+    },
+    /// The last attempt failed (`failures` in a row): tried again at `at`.
+    Retry { at: Instant, failures: u32 },
+    /// Made and recorded.
+    Done,
+}
+
+/// The first wait after a failed variants step; it doubles with each failure in a row.
+const VARIANTS_FIRST_RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between two variants attempts.
+const VARIANTS_MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// What a load of the folder gave: the objects (Bundles with their sync status), the storages
 /// and the problems found on the way.
@@ -248,7 +263,11 @@ impl Folder {
         self.syncs
             .values()
             .any(|o| matches!(o, SyncOutcome::Retry { retry_at, .. } if *retry_at <= now))
-            || self.variants.values().flatten().any(|task| task.is_finished())
+            || self.variants.values().any(|task| match task {
+                VariantsTask::Running { task, .. } => task.is_finished(),
+                VariantsTask::Retry { at, .. } => *at <= now,
+                VariantsTask::Done => false,
+            })
     }
 
     /// Reads the folder and syncs what changed.
@@ -426,40 +445,49 @@ impl Folder {
         if synced.encrypted || synced.compressed_variants {
             return synced;
         }
-        match self.variants.get_mut(&key) {
-            None => {
-                let (store, prefix, sha256) = (
-                    Arc::clone(&storage.opened.store),
-                    storage.opened.prefix.clone(),
-                    synced.sha256.clone(),
-                );
-                let task =
-                    tokio::spawn(async move { sync::compress_variants(&store, &prefix, &sha256).await });
-                self.variants.insert(key, Some(task));
-                synced
-            }
-            Some(slot) if slot.as_ref().is_some_and(|task| task.is_finished()) => {
-                let Some(task) = slot.take() else {
+        let failures = match self.variants.get(&key) {
+            Some(VariantsTask::Running { task, .. }) if task.is_finished() => {
+                let Some(VariantsTask::Running { task, failures }) = self.variants.remove(&key) else {
                     return synced;
                 };
-                match task.await {
+                let failure = match task.await {
                     Ok(Ok(variants)) => {
                         let done = Arc::new((*synced).clone().with_variants(variants));
-                        self.syncs.insert(key, SyncOutcome::Done(Arc::clone(&done)));
-                        done
+                        self.syncs
+                            .insert(key.clone(), SyncOutcome::Done(Arc::clone(&done)));
+                        self.variants.insert(key, VariantsTask::Done);
+                        return done;
                     }
-                    Ok(Err(error)) => {
-                        tracing::warn!(error = %error, "cannot make the Brotli variants; serving raw files");
-                        synced
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "the Brotli variants task stopped; serving raw files");
-                        synced
-                    }
-                }
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => format!("the task stopped: {error}"),
+                };
+                let failures = failures + 1;
+                let wait = VARIANTS_FIRST_RETRY
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(VARIANTS_MAX_RETRY);
+                tracing::warn!(error = %failure, retry_in = ?wait, "cannot make the Brotli variants; serving raw files meanwhile");
+                self.variants.insert(
+                    key,
+                    VariantsTask::Retry {
+                        at: Instant::now() + wait,
+                        failures,
+                    },
+                );
+                return synced;
             }
-            Some(_) => synced,
-        }
+            Some(VariantsTask::Retry { at, failures }) if *at <= Instant::now() => *failures,
+            Some(_) => return synced,
+            None => 0,
+        };
+        let (store, prefix, sha256) = (
+            Arc::clone(&storage.opened.store),
+            storage.opened.prefix.clone(),
+            synced.sha256.clone(),
+        );
+        let task = tokio::spawn(async move { sync::compress_variants(&store, &prefix, &sha256).await });
+        self.variants
+            .insert(key, VariantsTask::Running { task, failures });
+        synced
     }
 }
 
