@@ -14,6 +14,9 @@ pub const API_VERSION: &str = "ota.dev/v1alpha1";
 /// The `kubectl get` category that lists all four kinds at once (`kubectl get ota`).
 pub const CATEGORY: &str = "ota";
 
+/// The path of a Rollout's failure figures on the update server's internal listener.
+pub const ROLLOUT_FIGURES_PATH: &str = "/internal/v1/rollout-figures";
+
 /// Field managers used with server-side apply.
 pub mod field_manager {
     /// Owns the children the controller renders (Deployments, Services, ...).

@@ -12,8 +12,7 @@ use crate::core::{
     rollout::{FailureCounts, FiguresQuery},
 };
 
-/// The path of the figures on the update server's internal listener.
-pub const FIGURES_PATH: &str = "/internal/v1/rollout-figures";
+pub use crate::api::constants::ROLLOUT_FIGURES_PATH as FIGURES_PATH;
 /// The default template of the internal listener's base URL, inside the cluster.
 pub fn default_url_template() -> String {
     format!("http://{{service}}.{{namespace}}.svc:{INTERNAL_PORT}")
@@ -78,11 +77,7 @@ impl FiguresClient {
             reason,
         };
         let mut url = url::Url::parse(&base).map_err(|error| failed(format!("not a URL: {error}")))?;
-        url.query_pairs_mut()
-            .append_pair("app_id", &query.app_id)
-            .append_pair("channel", &query.channel)
-            .append_pair("version", &query.version)
-            .append_pair("since_ms", &query.since_ms.to_string());
+        url.set_query(Some(&query.to_query()));
         let response = self
             .http
             .get(url)

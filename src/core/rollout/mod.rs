@@ -32,6 +32,7 @@
 //! - A new `spec.bundleRef` starts a new rollout from the channel's current stable bundle; an
 //!   aborted rollout stays aborted until retried (or given a new bundleRef).
 
+mod figures;
 mod settings;
 mod stats;
 #[cfg(test)]
@@ -43,6 +44,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use self::settings::{Settings, Step};
 pub use self::{
+    figures::FiguresQueryError,
     settings::{MAX_DURATION, MAX_SALT_CHARS, MAX_STEPS, MIN_ANALYSIS_PERIOD},
     stats::{inverse_normal_cdf, wilson_lower_bound},
 };
