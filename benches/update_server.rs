@@ -750,6 +750,9 @@ impl ServerProcess {
         let exe = std::env::current_exe().context("cannot find the bench binary")?;
         let mut child = Command::new(exe)
             .env(ROLE_ENV, role)
+            // As the operator runs the update server (its ConfigMap sets it); the same for the
+            // bare server.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
