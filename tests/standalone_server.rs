@@ -190,7 +190,10 @@ async fn answer_with_variants(base: &str) -> Value {
         if has_variant {
             return answer;
         }
-        assert!(Instant::now() < deadline, "no Brotli variants within 20 s: {answer}");
+        assert!(
+            Instant::now() < deadline,
+            "no Brotli variants within 20 s: {answer}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
