@@ -20,6 +20,7 @@ RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > benches/update_server.rs \
     && echo 'fn main() {}' > benches/bundle_sync.rs \
     && echo 'fn main() {}' > benches/controller.rs \
+    && echo 'fn main() {}' > benches/fleet.rs \
     && cargo build --release --locked --bin ota \
     && rm -rf src benches
 
