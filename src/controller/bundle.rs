@@ -323,7 +323,7 @@ async fn sync_now(
             recheck: None,
         }));
     };
-    let source = match source_of(bundle) {
+    let source = match BundleSourceRef::of(&bundle.spec.source, None) {
         Ok(source) => source,
         Err(message) => {
             return Ok(Err(StorageProblem {
@@ -365,30 +365,6 @@ async fn sync_now(
             SyncOutcome::Failed(SyncFailure::from(&error))
         }
     }))
-}
-
-/// The Bundle's source for the controller: a URL or a storage key (a local path is for
-/// standalone mode only).
-fn source_of(bundle: &Bundle) -> Result<BundleSourceRef, String> {
-    let source = &bundle.spec.source;
-    match (
-        &source.url,
-        &source.storage_key,
-        &source.manifest_key,
-        &source.path,
-    ) {
-        (Some(url), None, None, None) => url::Url::parse(url)
-            .map(BundleSourceRef::Url)
-            .map_err(|e| format!("source.url {url:?} is not a URL: {e}")),
-        (None, Some(key), None, None) => Ok(BundleSourceRef::StorageKey(key.clone())),
-        (None, None, Some(key), None) => Ok(BundleSourceRef::Manifest(key.clone())),
-        (None, None, None, Some(_)) => Err(
-            "source.path names a file on a standalone server's disk; in a cluster use source.url, \
-             source.storageKey or source.manifestKey"
-                .to_owned(),
-        ),
-        _ => Err("source needs exactly one of url, storageKey, manifestKey or path".to_owned()),
-    }
 }
 
 /// Opens the App's storage with the credentials of the Secrets it names.

@@ -376,17 +376,7 @@ impl Folder {
         storage: &AppStorage,
     ) -> Result<Arc<SyncedBundle>, String> {
         let spec = &bundle.spec.source;
-        let source = match (&spec.url, &spec.storage_key, &spec.manifest_key, &spec.path) {
-            (Some(url), None, None, None) => BundleSourceRef::Url(
-                url::Url::parse(url).map_err(|e| format!("source.url {url:?} is not a URL: {e}"))?,
-            ),
-            (None, Some(key), None, None) => BundleSourceRef::StorageKey(key.clone()),
-            (None, None, Some(key), None) => BundleSourceRef::Manifest(key.clone()),
-            (None, None, None, Some(path)) => BundleSourceRef::File(folder.join(path)),
-            _ => {
-                return Err("source needs exactly one of url, storageKey, manifestKey or path".to_owned());
-            }
-        };
+        let source = BundleSourceRef::of(spec, Some(folder))?;
         let key = SyncKey {
             storage: format!("{}/{}", storage.opened.store, storage.opened.prefix),
             sha256: spec.sha256.clone(),
