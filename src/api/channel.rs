@@ -195,15 +195,27 @@ pub struct PromotedBundle {
     pub rollout: String,
 }
 
+impl PromotedBundle {
+    /// Whether the promotion still holds for a Channel whose `spec.bundleRef` is `bundle_ref`:
+    /// git has not moved it since the rollout completed.
+    pub fn holds_over(&self, bundle_ref: Option<&str>) -> bool {
+        self.over_bundle_ref.as_deref() == bundle_ref
+    }
+}
+
 impl Channel {
     /// The Bundle this channel serves outside any rollout's cohort (`None`: the builtin
-    /// assets): a recorded promotion while `spec.bundleRef` is unchanged since, else
-    /// `spec.bundleRef`.
+    /// assets): a recorded promotion while it holds, else `spec.bundleRef`.
     pub fn stable_bundle_ref(&self) -> Option<&str> {
-        match self.status.as_ref().and_then(|status| status.promoted.as_ref()) {
-            Some(promoted) if promoted.over_bundle_ref == self.spec.bundle_ref => Some(&promoted.bundle),
+        match self.promotion() {
+            Some(promoted) if promoted.holds_over(self.spec.bundle_ref.as_deref()) => Some(&promoted.bundle),
             _ => self.spec.bundle_ref.as_deref(),
         }
+    }
+
+    /// The recorded promotion, if any (held or not).
+    pub fn promotion(&self) -> Option<&PromotedBundle> {
+        self.status.as_ref().and_then(|status| status.promoted.as_ref())
     }
 }
 

@@ -62,7 +62,7 @@ pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestam
         stable: plan.stable.clone(),
         candidate: plan.candidate.clone(),
         // Owned by the Rollout reconciler's field manager: kept as it is, never applied here.
-        promoted: channel.status.as_ref().and_then(|s| s.promoted.clone()),
+        promoted: channel.promotion().cloned(),
     }
 }
 
@@ -153,10 +153,10 @@ pub async fn run(
 /// Removes a recorded promotion once git has moved `spec.bundleRef` from the bundleRef it was
 /// made over: git's choice stands, also when it later returns to that bundleRef.
 async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(), ChannelError> {
-    let Some(promoted) = channel.status.as_ref().and_then(|s| s.promoted.as_ref()) else {
+    let Some(promoted) = channel.promotion() else {
         return Ok(());
     };
-    if promoted.over_bundle_ref == channel.spec.bundle_ref {
+    if promoted.holds_over(channel.spec.bundle_ref.as_deref()) {
         return Ok(());
     }
     // Applying nothing under the promotion's field manager removes the field it owned.

@@ -387,7 +387,7 @@ impl RolloutDriver {
             .filter(|(key, promoted)| {
                 channels
                     .get(*key)
-                    .is_none_or(|bundle_ref| promoted.over_bundle_ref.as_deref() != *bundle_ref)
+                    .is_none_or(|bundle_ref| !promoted.holds_over(*bundle_ref))
             })
             .map(|(key, _)| key.clone())
             .collect();
