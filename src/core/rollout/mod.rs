@@ -253,6 +253,14 @@ pub fn figures_since(rollout: &Rollout, now: Timestamp) -> Result<Timestamp, Inv
     })
 }
 
+/// Whether `status` describes the spec's candidate in one of `phases`.
+fn ended(rollout: &Rollout, status: Option<&RolloutStatus>, phases: &[RolloutPhase]) -> bool {
+    status.is_some_and(|s| {
+        s.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
+            && s.phase.is_some_and(|phase| phases.contains(&phase))
+    })
+}
+
 /// The promotion to record for `plan`, if this decision completes the rollout: its candidate
 /// over the channel's current `spec.bundleRef`. Only the completing decision records it (a
 /// completed rollout repeats `record_stable` on every decision; recording it again after git
@@ -260,12 +268,7 @@ pub fn figures_since(rollout: &Rollout, now: Timestamp) -> Result<Timestamp, Inv
 /// Completed status: the snapshot serves a completed rollout through the promotion alone, so a
 /// restart between the two writes completes again and records the same promotion.
 pub fn promotion_of(rollout: &Rollout, plan: &RolloutPlan, channel: &Channel) -> Option<PromotedBundle> {
-    let completed = |status: Option<&RolloutStatus>| {
-        status.is_some_and(|s| {
-            s.phase == Some(RolloutPhase::Completed)
-                && s.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
-        })
-    };
+    let completed = |status: Option<&RolloutStatus>| ended(rollout, status, &[RolloutPhase::Completed]);
     if completed(rollout.status.as_ref()) || !completed(Some(&plan.status)) {
         return None;
     }
@@ -300,14 +303,8 @@ pub fn figures_query(
     bundles: &[Bundle],
     now: Timestamp,
 ) -> Option<FiguresQuery> {
-    let settled = rollout.status.as_ref().is_some_and(|status| {
-        status.candidate_bundle.as_deref() == Some(rollout.spec.bundle_ref.as_str())
-            && matches!(
-                status.phase,
-                Some(RolloutPhase::Completed | RolloutPhase::Aborted)
-            )
-    });
-    if settled {
+    let settled = [RolloutPhase::Completed, RolloutPhase::Aborted];
+    if ended(rollout, rollout.status.as_ref(), &settled) {
         return None;
     }
     let (channel, candidate) = named(rollout, channels, bundles).ok()?;
