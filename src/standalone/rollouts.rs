@@ -284,12 +284,10 @@ impl RolloutDriver {
                 channels: &channels,
                 ..load.objects
             };
+            // No query: the decision reads no figures (as in the controller).
             let figures = match figures_query(&rollout, &objects, now) {
                 Some(query) => self.figures(&key, &query).await,
-                None => Some(FailureCounts {
-                    attempts: 0,
-                    failures: 0,
-                }),
+                None => None,
             };
             let plan = decide(&rollout, &objects, figures, now);
             if let Some(at) = plan.requeue_at {
