@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::core::{
-    app_children::{INTERNAL_PORT, internal_service_name},
-    rollout::{FailureCounts, FiguresQuery},
+use crate::{
+    api::constants::ROLLOUT_FIGURES_PATH,
+    core::{
+        app_children::{INTERNAL_PORT, internal_service_name},
+        rollout::{FailureCounts, FiguresQuery},
+    },
 };
 
-pub use crate::api::constants::ROLLOUT_FIGURES_PATH as FIGURES_PATH;
 /// The default template of the internal listener's base URL, inside the cluster.
 pub fn default_url_template() -> String {
     format!("http://{{service}}.{{namespace}}.svc:{INTERNAL_PORT}")
@@ -71,7 +73,7 @@ impl FiguresClient {
         app_name: &str,
         query: &FiguresQuery,
     ) -> Result<FailureCounts, FiguresError> {
-        let base = format!("{}{FIGURES_PATH}", self.base_url(namespace, app_name));
+        let base = format!("{}{ROLLOUT_FIGURES_PATH}", self.base_url(namespace, app_name));
         let failed = |reason: String| FiguresError::Request {
             url: base.clone(),
             reason,
@@ -134,7 +136,7 @@ mod tests {
         let asked = std::sync::Arc::new(std::sync::Mutex::new(None));
         let remember = asked.clone();
         let router = axum::Router::new().route(
-            FIGURES_PATH,
+            ROLLOUT_FIGURES_PATH,
             get(move |RawQuery(query): RawQuery| async move {
                 *remember.lock().unwrap() = query;
                 (StatusCode::from_u16(status).unwrap(), body)
@@ -197,7 +199,7 @@ mod tests {
                 .expect_err(body)
                 .to_string();
             assert!(error.contains(expected), "{error}");
-            assert!(error.contains(FIGURES_PATH), "{error}");
+            assert!(error.contains(ROLLOUT_FIGURES_PATH), "{error}");
         }
         // A port nobody listens on: bind one, then free it.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

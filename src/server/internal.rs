@@ -15,8 +15,7 @@ use axum::{
 use serde_json::json;
 
 use super::{ServerState, handlers};
-pub use crate::api::constants::ROLLOUT_FIGURES_PATH;
-use crate::core::rollout::FiguresQuery;
+use crate::{api::constants::ROLLOUT_FIGURES_PATH, core::rollout::FiguresQuery};
 
 /// The router of the internal listener.
 pub fn router(state: Arc<ServerState>) -> Router {
