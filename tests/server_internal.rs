@@ -6,7 +6,7 @@
 use std::{
     io::Read,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -18,6 +18,8 @@ use ota_operator::{
 };
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, sqlite::SqliteConnection};
+
+mod support;
 
 const APP: &str = "com.example.shop";
 /// The version the standalone example's production channel serves.
@@ -38,38 +40,14 @@ impl Drop for Running {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "storage" || name == ".ota" {
-            continue;
-        }
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `ota standalone` on a copy of examples/standalone, with an internal listener.
 async fn start_standalone() -> Running {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(
+    support::copy_example_dir(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/standalone"),
         dir.path(),
     );
-    let (port, internal_port) = (free_port(), free_port());
+    let (port, internal_port) = (support::free_port(), support::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_ota"))
         .args(["standalone", "--poll-ms", "100", "--listen"])
         .arg(format!("127.0.0.1:{port}"))

@@ -3,7 +3,7 @@
 
 use std::{
     io::Read,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -27,30 +27,6 @@ impl Drop for Running {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "storage" || name == ".ota" {
-            continue;
-        }
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_example() -> Running {
     start_example_with(None, &[]).await
 }
@@ -59,14 +35,14 @@ async fn start_example() -> Running {
 /// app.yaml when given, and `env` added to the process's environment.
 async fn start_example_with(app_yaml: Option<&str>, env: &[(&str, &str)]) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(
+    support::copy_example_dir(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/standalone"),
         dir.path(),
     );
     if let Some(app_yaml) = app_yaml {
         std::fs::write(dir.path().join("app.yaml"), app_yaml).unwrap();
     }
-    let port = free_port();
+    let port = support::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ota"))
         .args(["standalone", "--poll-ms", "100", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
@@ -503,7 +479,7 @@ async fn changes_to_the_folder_are_served_and_a_lost_folder_degrades_without_sto
 #[tokio::test]
 async fn an_app_on_s3_is_served_with_presigned_urls() {
     let s3 = support::s3_env();
-    let prefix = format!("standalone-{}-{}", std::process::id(), free_port());
+    let prefix = format!("standalone-{}-{}", std::process::id(), support::free_port());
     let app_yaml = format!(
         "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  appId: com.example.shop\n  \
          platforms: [ios, android]\n  storage:\n    s3:\n      bucket: {}\n      region: us-east-1\n      \

@@ -351,3 +351,31 @@ pub fn javascript(len: usize) -> Vec<u8> {
     text.truncate(len);
     text.into_bytes()
 }
+
+/// Copies a folder of YAML (an example) for a test, leaving out the state a server left in it
+/// (`storage/`, `.ota/`).
+pub fn copy_example_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "storage" || name == ".ota" {
+            continue;
+        }
+        if entry.path().is_dir() {
+            copy_example_dir(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 a moment ago (for a child process that takes its address as a
+/// flag).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
