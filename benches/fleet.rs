@@ -156,12 +156,12 @@ async fn status_of(store: &DeviceStore) -> anyhow::Result<Option<RolloutStatus>>
 }
 
 /// Waits until the server serves `percent`: the saved status says so, and a device whose bucket
-/// is in the new cohort but not the previous one is offered the candidate. Returns the salt.
+/// is in the `percent` cohort but not the `percent - 1` one (so only a server at `percent` or
+/// above offers it anything) is offered the candidate. Returns the salt.
 async fn wait_served(
     server: &Standalone,
     store: &DeviceStore,
     client: &reqwest::Client,
-    previous: u32,
     percent: u32,
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -178,7 +178,7 @@ async fn wait_served(
     };
     let probe = (0..)
         .map(|i| fleet::device_id(0xfeed, i))
-        .find(|id| in_cohort(&salt, id, percent) && !in_cohort(&salt, id, previous))
+        .find(|id| in_cohort(&salt, id, percent) && !in_cohort(&salt, id, percent - 1))
         .context("a probe device")?;
     let device = Device {
         id: probe,
@@ -250,7 +250,6 @@ async fn share_run(settings: &Settings) -> anyhow::Result<(Vec<StepFigures>, f64
     let store = DeviceStore::open(&server.database_url()).await?;
     let mut fleet = Fleet::new(7, settings.devices, "1.0.0", settings.concurrency);
     let mut steps = Vec::new();
-    let mut previous = 0;
     let server_cpu_start = server.pid().map_or(0.0, |pid| cpu_of(pid).0);
     for (index, percent) in PERCENTS.into_iter().enumerate() {
         if index > 0 {
@@ -259,7 +258,7 @@ async fn share_run(settings: &Settings) -> anyhow::Result<(Vec<StepFigures>, f64
                 &share_rollout(&format!("{{ota.dev/promote: \"{index}\"}}")),
             );
         }
-        let salt = wait_served(&server, &store, fleet.client(), previous, percent).await?;
+        let salt = wait_served(&server, &store, fleet.client(), percent).await?;
         let in_the_cohort = fleet
             .devices
             .iter()
@@ -287,7 +286,6 @@ async fn share_run(settings: &Settings) -> anyhow::Result<(Vec<StepFigures>, f64
             figures.share, figures.seconds
         );
         steps.push(figures);
-        previous = percent;
     }
     let server_cpu = server.pid().map_or(0.0, |pid| cpu_of(pid).0) - server_cpu_start;
     Ok((steps, server_cpu))
@@ -314,7 +312,7 @@ async fn abort_run(settings: &Settings) -> anyhow::Result<(AbortFigures, f64)> {
     let server_cpu_start = server.pid().map_or(0.0, |pid| cpu_of(pid).0);
     let store = DeviceStore::open(&server.database_url()).await?;
     let mut fleet = Fleet::new(8, settings.devices, "1.0.0", settings.concurrency);
-    let salt = wait_served(&server, &store, fleet.client(), 0, ABORT_PERCENT).await?;
+    let salt = wait_served(&server, &store, fleet.client(), ABORT_PERCENT).await?;
     // The probe runs the candidate, in the cohort: offered the stable bundle once aborted.
     let probe = Device {
         id: (0..)

@@ -341,7 +341,11 @@ async fn start_cluster(
             "--storage-root".to_owned(),
             root_path.clone(),
         ],
-        &[("KUBECONFIG", &kubeconfig)],
+        // Why an object is not served is logged at debug: a failing scenario prints it.
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("OTA_LOG", "info,ota_operator::server::kube_source=debug"),
+        ],
         &format!("http://{listen}/readyz"),
         &dir.join("logs"),
     )
@@ -388,6 +392,7 @@ fn phase(status: &RolloutStatus) -> Option<RolloutPhase> {
 /// none left it since the previous round.
 fn assert_exactly_the_cohort(
     scenario: &Scenario,
+    round: &fleet::Round,
     before: &BTreeSet<usize>,
     percent_before: i32,
     status: &RolloutStatus,
@@ -395,8 +400,9 @@ fn assert_exactly_the_cohort(
     let on_candidate = scenario.on_candidate();
     assert!(
         on_candidate.is_superset(before),
-        "devices left the cohort: {:?}",
-        before.difference(&on_candidate).collect::<Vec<_>>()
+        "devices left the cohort: {:?}\nlogs:\n{}",
+        before.difference(&on_candidate).collect::<Vec<_>>(),
+        scenario.logs()
     );
     let salt = status.salt.as_deref().expect("a salt");
     let percent_after = status.current_percent.unwrap_or(0);
@@ -404,7 +410,9 @@ fn assert_exactly_the_cohort(
         if in_cohort(salt, &device.id, percent_before as u32) {
             assert!(
                 on_candidate.contains(&index),
-                "device {index} is in the {percent_before}% cohort"
+                "device {index} is in the {percent_before}% cohort, but its check gave {:?}\nstatus: {status:#?}\nlogs:\n{}",
+                round.outcomes[index],
+                scenario.logs()
             );
         }
         if on_candidate.contains(&index) {
@@ -554,11 +562,15 @@ async fn failing_candidate_is_aborted(mode: Mode) {
 }
 
 /// Waits until the update server offers the candidate to a probe device (not of the fleet) that
-/// the salted hash puts in the `percent` cohort but not in the `previous` one.
-async fn wait_until_served(scenario: &Scenario, salt: &str, previous: i32, percent: i32) {
-    let probe = (0..100_000)
+/// the salted hash puts in the `percent` cohort but not in the `percent - 1` one, so the server
+/// serves at least `percent`. (A probe anywhere below `percent` can be served by a server that
+/// still serves an earlier step: the test may first see a status two steps in, while the
+/// server's watch still holds the step before.)
+async fn wait_until_served(scenario: &Scenario, salt: &str, percent: i32) {
+    let percent = u32::try_from(percent).expect("a percent above 0");
+    let probe = (0..1_000_000)
         .map(|n| format!("00000000-0000-4000-8000-{n:012}"))
-        .find(|id| in_cohort(salt, id, percent as u32) && !in_cohort(salt, id, previous as u32))
+        .find(|id| in_cohort(salt, id, percent) && !in_cohort(salt, id, percent - 1))
         .expect("a device id in the new share of the cohort");
     let device = fleet::Device {
         id: probe,
@@ -602,14 +614,14 @@ async fn cohorts_are_monotonic(mode: Mode) {
             // The update server learns a new status through its watch (in a cluster) or right
             // after it is saved (standalone): wait until a device new to the cohort is offered
             // the candidate, so the round below runs at the percent it is checked against.
-            wait_until_served(&scenario, salt, served_percent, percent_before).await;
+            wait_until_served(&scenario, salt, percent_before).await;
             served_percent = percent_before;
         }
-        scenario.round().await;
+        let round = scenario.round().await;
         let Some(status) = scenario.status().await else {
             continue;
         };
-        on_candidate = assert_exactly_the_cohort(&scenario, &on_candidate, percent_before, &status);
+        on_candidate = assert_exactly_the_cohort(&scenario, &round, &on_candidate, percent_before, &status);
         if phase(&status) == Some(RolloutPhase::Completed) && on_candidate.len() == DEVICES {
             break;
         }

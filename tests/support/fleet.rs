@@ -186,9 +186,10 @@ impl OtaProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_ota"))
             .args(["--log-format", "text"])
             .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("OTA_LOG", "info")
             .env("NO_COLOR", "1")
+            // After the defaults, so a caller's OTA_LOG wins.
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
