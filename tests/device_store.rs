@@ -525,6 +525,65 @@ async fn outcomes_count_devices_with_sticky_failures(database: &TestDatabase) {
     assert_eq!(figures(&store, "production", "1.6.0", NOW_MS + 5).await, (5, 1));
 }
 
+/// Pruning deletes one app's outcomes last reported before a time, in chunks, and nothing else;
+/// a device whose old failure was pruned counts afresh when it reports again.
+async fn old_outcomes_are_pruned_per_app_in_chunks(database: &TestDatabase) {
+    let store = database.open().await;
+    let day = 24 * 3600 * 1000;
+    let mut batch: Vec<Write> = (0..5)
+        .map(|i| {
+            outcome(
+                &format!("old{i}"),
+                "1.5.0",
+                "production",
+                i == 0,
+                NOW_MS - 10 * day,
+            )
+        })
+        .collect();
+    batch.extend([
+        outcome("recent", "1.5.0", "production", true, NOW_MS - day),
+        outcome("now", "1.5.0", "production", false, NOW_MS),
+        Write::Outcome(OutcomeReport {
+            app_id: OTHER_APP.to_owned(),
+            ..match outcome("other", "1.5.0", "production", true, NOW_MS - 10 * day) {
+                Write::Outcome(report) => report,
+                _ => unreachable!(),
+            }
+        }),
+    ]);
+    apply(&store, &batch).await;
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (7, 2));
+
+    // Chunks of two: three deletes of the five old rows, and a fourth that finds none.
+    let deleted = store
+        .prune_outcomes(APP, NOW_MS - 2 * day, 2)
+        .await
+        .expect("the prune");
+    assert_eq!(deleted, 5);
+    assert_eq!(figures(&store, "production", "1.5.0", 0).await, (2, 1));
+    let other = store
+        .outcome_figures(OTHER_APP, "production", "1.5.0", 0)
+        .await
+        .expect("figures");
+    assert_eq!(
+        (other.attempts, other.failures),
+        (1, 1),
+        "another app's outcomes stay"
+    );
+    assert_eq!(
+        store
+            .prune_outcomes(APP, NOW_MS - 2 * day, 2)
+            .await
+            .expect("a second prune"),
+        0
+    );
+
+    // old0 failed ten days ago; its row is gone, so its set today is a success.
+    apply(&store, &[outcome("old0", "1.5.0", "production", false, NOW_MS)]).await;
+    assert_eq!(figures(&store, "production", "1.5.0", NOW_MS).await, (2, 0));
+}
+
 /// Sightings of one device from several batches wait in the log together and merge as the
 /// upserts would have applied them one by one: the newest wins, an older one changes nothing,
 /// a None custom id or default channel keeps the one before.
@@ -998,6 +1057,7 @@ mod sqlite_file {
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
+        old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
@@ -1037,6 +1097,43 @@ mod sqlite_file {
         database.remove().await;
     }
 
+    /// A prune searches one app's outcomes by time (never a scan of the table).
+    #[tokio::test]
+    async fn a_prune_reads_outcomes_by_app_and_time() {
+        use sqlx::{Row, sqlite::SqliteConnection};
+        let database = TestDatabase::new(Backend::SqliteFile, "prune_plan").await;
+        let store = database.open().await;
+        let mut connection = SqliteConnection::connect(&database.url).await.expect("connect");
+        let plan: Vec<String> = sqlx::query(
+            "EXPLAIN QUERY PLAN DELETE FROM device_outcomes WHERE app_id = ?1 AND at_ms < ?2 \
+             AND (app_id, version, device_id) IN (SELECT app_id, version, device_id \
+             FROM device_outcomes WHERE app_id = ?1 AND at_ms < ?2 LIMIT ?3)",
+        )
+        .bind(APP)
+        .bind(NOW_MS)
+        .bind(1000_i64)
+        .fetch_all(&mut connection)
+        .await
+        .expect("plan")
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+        let reads: Vec<&String> = plan
+            .iter()
+            .filter(|line| line.contains("device_outcomes"))
+            .collect();
+        assert!(!reads.is_empty(), "{plan:#?}");
+        for line in reads {
+            assert!(
+                line.starts_with("SEARCH device_outcomes USING") && line.contains("INDEX"),
+                "{plan:#?}"
+            );
+        }
+        let _ = connection.close().await;
+        drop(store);
+        database.remove().await;
+    }
+
     /// The file is created in WAL mode.
     #[tokio::test]
     async fn the_file_is_in_wal_mode() {
@@ -1071,6 +1168,7 @@ mod sqlite_memory {
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
+        old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
@@ -1092,6 +1190,7 @@ mod postgres {
         a_full_write_queue_drops_and_counts,
         a_large_batch_writes_every_device,
         outcomes_count_devices_with_sticky_failures,
+        old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,

@@ -355,3 +355,127 @@ async fn an_unreadable_store_answers_503() {
         .expect("the server task")
         .expect("the server ends cleanly");
 }
+
+/// Outcomes older than the served App's longest Rollout window plus a day are pruned (in
+/// process, on a real SQLite file); younger ones, and those of Apps this server does not serve,
+/// stay. A store that cannot be pruned is logged and counted, and the next round prunes.
+#[tokio::test]
+async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
+    use ota_operator::{
+        core::snapshot::{Snapshot, SnapshotInputs},
+        server::{Served, retention::prune_outcomes_once},
+        store::{OutcomeReport, Write},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("devices.db").display());
+    let storage = StorageSetup {
+        base_dir: dir.path().to_owned(),
+        credentials: Credentials::default(),
+    };
+    let boot = server::boot(&database, "127.0.0.1:0".parse().unwrap(), None, storage)
+        .await
+        .expect("boot");
+    let state = Arc::clone(&boot.state);
+    fn object<K: serde::de::DeserializeOwned>(value: Value) -> K {
+        serde_json::from_value(value).expect("an object")
+    }
+    let meta = |name: &str| json!({"name": name, "namespace": "shop-ns", "uid": format!("uid-{name}")});
+    let inputs = SnapshotInputs {
+        apps: vec![object(
+            json!({"apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": meta("shop"),
+            "spec": {"appId": APP, "platforms": ["android"], "storage": {"filesystem": {"path": "store"}}}}),
+        )],
+        channels: vec![object(
+            json!({"apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": meta("production"),
+            "spec": {"appRef": "shop", "public": true}}),
+        )],
+        bundles: vec![],
+        rollouts: vec![object(
+            json!({"apiVersion": "ota.dev/v1alpha1", "kind": "Rollout", "metadata": meta("to-1.5.0"),
+            "spec": {"channelRef": "production", "bundleRef": "shop-1.5.0", "steps": [{"setPercent": 10}],
+                     "analysis": {"window": "2h"}}}),
+        )],
+        manifests: Default::default(),
+    };
+    let (snapshot, _) = Snapshot::build(&inputs);
+    let now_ms = 1_800_000_000_000;
+    let keep_ms = (2 + 24) * 3600 * 1000;
+    let outcome = |app: &str, device: &str, at_ms: i64| {
+        Write::Outcome(OutcomeReport {
+            app_id: app.to_owned(),
+            version: "1.5.0".to_owned(),
+            device_id: device.to_owned(),
+            channel: "production".to_owned(),
+            failed: true,
+            at_ms,
+        })
+    };
+    state
+        .store
+        .apply(&[
+            outcome(APP, "past", now_ms - keep_ms - 1),
+            outcome(APP, "within", now_ms - keep_ms + 60_000),
+            outcome("com.example.other", "past", now_ms - keep_ms - 1),
+        ])
+        .await
+        .expect("the outcomes are written");
+    let figures = |app: &'static str| {
+        let store = state.store.clone();
+        async move {
+            let figures = store
+                .outcome_figures(app, "production", "1.5.0", 0)
+                .await
+                .expect("figures");
+            figures.attempts
+        }
+    };
+
+    assert_eq!(
+        prune_outcomes_once(&state, now_ms).await,
+        0,
+        "nothing is served yet"
+    );
+    state.publish(Served {
+        snapshot,
+        storage: Default::default(),
+        manifests: Default::default(),
+    });
+    assert_eq!(prune_outcomes_once(&state, now_ms).await, 1);
+    assert_eq!(
+        figures(APP).await,
+        1,
+        "the outcome within the window and a day stays"
+    );
+    assert_eq!(
+        figures("com.example.other").await,
+        1,
+        "an App not served here is not pruned"
+    );
+    assert!(
+        state
+            .metrics
+            .render()
+            .contains("ota_server_outcomes_pruned_total 1")
+    );
+
+    let mut connection = SqliteConnection::connect(&database).await.expect("connect");
+    connection
+        .execute("ALTER TABLE device_outcomes RENAME TO device_outcomes_away")
+        .await
+        .expect("rename");
+    assert_eq!(prune_outcomes_once(&state, now_ms + keep_ms).await, 0);
+    assert!(
+        state
+            .metrics
+            .render()
+            .contains("ota_server_outcome_prunes_failed_total 1")
+    );
+    connection
+        .execute("ALTER TABLE device_outcomes_away RENAME TO device_outcomes")
+        .await
+        .expect("rename back");
+    let _ = connection.close().await;
+    assert_eq!(prune_outcomes_once(&state, now_ms + keep_ms).await, 1);
+    assert_eq!(figures(APP).await, 0);
+    drop(boot);
+}

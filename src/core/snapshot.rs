@@ -129,6 +129,9 @@ pub struct AppView {
     pub channels: BTreeMap<String, ChannelView>,
     /// Devices pinned to a channel: device id → channel name.
     pub device_overrides: HashMap<String, String>,
+    /// How long devices' outcomes must be kept for the analysis of the Rollouts on its channels,
+    /// in any phase ([`crate::core::rollout::outcome_retention`]; the margin alone when none).
+    pub outcome_retention: std::time::Duration,
 }
 
 /// Everything the update server serves.
@@ -232,6 +235,7 @@ impl Snapshot {
                     key_id: app.spec.signing.as_ref().and_then(|s| key_id(&s.public_key)),
                     channels: BTreeMap::new(),
                     device_overrides: HashMap::new(),
+                    outcome_retention: crate::core::rollout::OUTCOME_RETENTION_MARGIN,
                 },
             );
         }
@@ -304,6 +308,18 @@ impl Snapshot {
 
         let mut rollouts: Vec<&Rollout> = inputs.rollouts.iter().collect();
         rollouts.sort_by_key(|r| (namespace_of(&r.metadata), name_of(&r.metadata)));
+        // Every Rollout counts here, served or not: one waiting for its candidate or a person
+        // still reads its window's outcomes later.
+        for rollout in &rollouts {
+            let namespace = namespace_of(&rollout.metadata);
+            if let Some(app) = apps_by_key.values_mut().find(|app| {
+                app.namespace == namespace && app.channels.contains_key(&rollout.spec.channel_ref)
+            }) {
+                app.outcome_retention = app
+                    .outcome_retention
+                    .max(crate::core::rollout::outcome_retention(rollout));
+            }
+        }
         for rollout in rollouts {
             let (namespace, name) = (namespace_of(&rollout.metadata), name_of(&rollout.metadata));
             let object = format!("Rollout/{namespace}/{name}");
@@ -720,6 +736,30 @@ mod tests {
         assert!(
             found[0].contains("SignatureRequired: Channel secure requires signed bundles and Bundle signed-2.0.0 cannot be verified: the App has no signing.publicKey"),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn an_app_keeps_outcomes_for_the_longest_window_of_its_rollouts_in_any_phase() {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let mut inputs = inputs();
+        let (snapshot, _) = Snapshot::build(&inputs);
+        assert_eq!(
+            snapshot.app(APP_ID).unwrap().outcome_retention,
+            day,
+            "no Rollout: the margin"
+        );
+        let mut long = rollout("r-long", "beta", "shop-1.5.0", 0, "Aborted");
+        long.spec.analysis.window = "72h".to_owned();
+        let mut short = rollout("r-short", "production", "shop-1.5.0", 10, "Progressing");
+        short.spec.analysis.window = "2h".to_owned();
+        let mut elsewhere = rollout("r-elsewhere", "nowhere", "shop-1.5.0", 10, "Progressing");
+        elsewhere.spec.analysis.window = "720h".to_owned();
+        inputs.rollouts.extend([long, short, elsewhere]);
+        let (snapshot, _) = Snapshot::build(&inputs);
+        assert_eq!(
+            snapshot.app(APP_ID).unwrap().outcome_retention,
+            std::time::Duration::from_secs(72 * 3600) + day
         );
     }
 

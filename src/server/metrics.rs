@@ -35,6 +35,10 @@ pub struct Metrics {
     pub outcomes_without_channel: Counter,
     /// Requests for rollout figures on the internal listener that the store could not answer.
     pub figures_unavailable: Counter,
+    /// Outcomes deleted because no Rollout's analysis window reaches them any more.
+    pub outcomes_pruned: Counter,
+    /// Prunes of an App's old outcomes that failed (tried again at the next round).
+    pub outcome_prunes_failed: Counter,
     /// `/channel_self` requests by method.
     pub channel_requests: Family<MethodLabels, Counter>,
     /// Device-store writes dropped because the queue was full.
@@ -73,6 +77,18 @@ impl Default for Metrics {
             "Rollout-figure requests answered 503 because the device store could not be read",
             figures_unavailable.clone(),
         );
+        let outcomes_pruned = Counter::default();
+        registry.register(
+            "outcomes_pruned",
+            "Device outcomes deleted because no Rollout's analysis window reaches them any more",
+            outcomes_pruned.clone(),
+        );
+        let outcome_prunes_failed = Counter::default();
+        registry.register(
+            "outcome_prunes_failed",
+            "Prunes of an App's old device outcomes that failed",
+            outcome_prunes_failed.clone(),
+        );
         let channel_requests = Family::<MethodLabels, Counter>::default();
         registry.register(
             "channel_requests",
@@ -106,6 +122,8 @@ impl Default for Metrics {
             stats_rejected,
             outcomes_without_channel,
             figures_unavailable,
+            outcomes_pruned,
+            outcome_prunes_failed,
             channel_requests,
             writes_dropped,
             sightings_skipped,

@@ -7,6 +7,7 @@ mod handlers;
 pub mod internal;
 pub mod kube_source;
 pub mod metrics;
+pub mod retention;
 pub mod storage;
 
 use std::{
@@ -371,6 +372,7 @@ pub async fn serve_until(
         ..
     } = boot;
     let presigner = tokio::spawn(keep_presigned_urls_fresh(Arc::clone(&state)));
+    let pruner = tokio::spawn(retention::prune_outcomes_periodically(Arc::clone(&state)));
     let (stop_internal, internal_stopped) = tokio::sync::oneshot::channel::<()>();
     let internal = internal.map(|(listener, address)| {
         tracing::info!(%address, "internal listener (rollout figures, metrics, health) listening");
@@ -393,6 +395,7 @@ pub async fn serve_until(
         }
     }
     presigner.abort();
+    pruner.abort();
     if let Err(error) = state.queue.flush().await {
         tracing::warn!(%error, "device-store writes could not all be flushed at shutdown");
     }

@@ -300,6 +300,37 @@ impl DeviceStore {
         })
     }
 
+    /// Deletes `app_id`'s outcomes last reported before `before_ms` (see
+    /// [`crate::core::rollout::outcome_retention`]), in transactions of at most `chunk` rows, so
+    /// the sightings and outcomes being written wait for one chunk at most. Returns how many
+    /// were deleted.
+    ///
+    /// A row that a newer report moved past `before_ms` meanwhile is kept: the outer condition
+    /// is checked again on the row as it is when deleted.
+    pub async fn prune_outcomes(&self, app_id: &str, before_ms: i64, chunk: u32) -> Result<u64, StoreError> {
+        let chunk = i64::from(chunk.max(1));
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM device_outcomes WHERE app_id = $1 AND at_ms < $2 \
+                 AND (app_id, version, device_id) IN (SELECT app_id, version, device_id \
+                 FROM device_outcomes WHERE app_id = $1 AND at_ms < $2 LIMIT $3)",
+            )
+            .bind(app_id)
+            .bind(before_ms)
+            .bind(chunk)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::database("delete old outcomes"))?
+            .rows_affected();
+            deleted += done;
+            if done < chunk.unsigned_abs() {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Saves the state of a standalone Rollout (replacing the one saved before), and returns
     /// once it is durable.
     pub async fn save_rollout_state(

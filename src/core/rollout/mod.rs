@@ -253,6 +253,19 @@ pub fn figures_since(rollout: &Rollout, now: Timestamp) -> Result<Timestamp, Inv
     })
 }
 
+/// The margin [`outcome_retention`] adds to a Rollout's analysis window: clocks that disagree,
+/// and a decision made just before a prune.
+pub const OUTCOME_RETENTION_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the device store must keep devices' outcomes for `rollout`'s analysis: its window
+/// plus [`OUTCOME_RETENTION_MARGIN`]. The figures of a decision count outcomes since
+/// [`figures_since`], never before its window, so older outcomes are never read again. An
+/// invalid spec runs no analysis and needs only the margin.
+pub fn outcome_retention(rollout: &Rollout) -> Duration {
+    let window = Settings::parse(&rollout.spec).map_or(Duration::ZERO, |settings| settings.policy.window);
+    window.saturating_add(OUTCOME_RETENTION_MARGIN)
+}
+
 /// Whether `status` describes the spec's candidate in one of `phases`.
 fn ended(rollout: &Rollout, status: Option<&RolloutStatus>, phases: &[RolloutPhase]) -> bool {
     status.is_some_and(|s| {

@@ -1351,6 +1351,27 @@ fn condition_times_move_only_when_a_condition_flips() {
     assert_eq!(time_of(&sim, condition::COMPLETED), Time(t(4000)));
 }
 
+// ---------------------------------------------------------------- outcome retention
+
+#[test]
+fn outcomes_are_kept_for_the_analysis_window_and_a_day() {
+    let day = Duration::from_secs(24 * 3600);
+    let hours = |n: u64| Duration::from_secs(n * 3600);
+    assert_eq!(
+        outcome_retention(&staged()),
+        hours(1) + day,
+        "the default window is 1h"
+    );
+    assert_eq!(
+        outcome_retention(&analysed(json!({"window": "72h"}))),
+        hours(72) + day
+    );
+    // An invalid spec runs no analysis: only the margin.
+    let invalid = rollout_with(json!([]), json!({"window": "72h"}));
+    assert!(Settings::parse(&invalid.spec).is_err());
+    assert_eq!(outcome_retention(&invalid), day);
+}
+
 // ---------------------------------------------------------------- restart safety
 
 /// One decision of a scripted rollout: when, a command written before it, the figures, and
