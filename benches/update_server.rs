@@ -14,7 +14,7 @@
 //! - `driver` (the default): starts both, samples an answer mix from the update server, drives
 //!   each with `wrk` (warm-up, then rounds of maximum throughput, alternating the servers), then
 //!   measures latency at half of each server's maximum rate with an open-loop generator of its
-//!   own, samples the update server's RSS from `/proc` throughout, and prints a report with
+//!   own (and the bare server's at the update server's rate: the machine's floor there), samples the update server's RSS from `/proc` throughout, and prints a report with
 //!   PASS/MISS per target. It exits non-zero only when something failed to run.
 //!
 //! Without `--bench` (what `cargo test --benches` passes) the driver only builds the world and
@@ -100,6 +100,8 @@ const TARGET_RSS_MIB: f64 = 64.0;
 /// A measured phase during which other processes took more than this share of the machine's CPU
 /// is run again (`OTA_BENCH_RETRIES` times at most), and the report flags it.
 const FOREIGN_LIMIT: f64 = 0.10;
+/// The name, in the report, of the bare server probed at the update server's rate.
+const FLOOR_PROBE: &str = "floor";
 
 fn main() -> ExitCode {
     let first_arg = std::env::args().nth(1);
@@ -1491,7 +1493,13 @@ fn run_driver() -> anyhow::Result<()> {
     let ota_load_peak = ota_watch.peak();
 
     let mut probes = BTreeMap::new();
-    for (name, server, max) in [("bare", &bare, bare_max), ("ota", &ota, ota_max)] {
+    // The third probe is the floor of this machine and client at the update server's rate: the
+    // bare server, which does no work, at the same rate as `ota`.
+    for (name, server, max) in [
+        ("bare", &bare, bare_max),
+        ("ota", &ota, ota_max),
+        (FLOOR_PROBE, &bare, ota_max),
+    ] {
         let rate = (max / 2.0).max(1.0);
         eprintln!("latency: {name} at {rate:.0} requests/s for {probe_seconds} s...");
         let other = if name == "ota" { bare.pid() } else { ota.pid() };
@@ -1697,7 +1705,7 @@ fn run_driver() -> anyhow::Result<()> {
     line(format!(
         "latency at half of each server's maximum rate (open loop, {probe_connections} keep-alive connections, {probe_seconds} s, same request mix):"
     ));
-    for name in ["bare", "ota"] {
+    for name in ["bare", "ota", FLOOR_PROBE] {
         let (p, cpu) = &probes[name];
         let seconds = probe_seconds as f64;
         worst_foreign = worst_foreign.max(cpu.foreign_share());
@@ -1710,7 +1718,13 @@ fn run_driver() -> anyhow::Result<()> {
         ));
     }
     let ota_p99 = ms(probes["ota"].0.histogram.value_at_quantile(0.99));
+    let floor_p99 = ms(probes[FLOOR_PROBE].0.histogram.value_at_quantile(0.99));
     let ota_probe_errors = probes["ota"].0.errors;
+    line(format!(
+        "  ({FLOOR_PROBE}: the bare server, which does no work, at the update server's rate: the floor of this \
+         machine and probe client at that rate; ota p99 / floor p99 = {:.2})",
+        ota_p99 / floor_p99.max(1e-3)
+    ));
     line(format!(
         "  TARGET ota p99 <= {TARGET_P99_MS:.1} ms at half its maximum rate: {ota_p99:.3} ms  {}",
         verdict(ota_p99 <= TARGET_P99_MS && ota_probe_errors == 0)
@@ -1774,7 +1788,7 @@ fn run_driver() -> anyhow::Result<()> {
         ));
     }
     line(format!(
-        "summary: throughput ratio {ratio:.2} {} | ota p99 {ota_p99:.3} ms {} | ota peak RSS {rss_peak:.1} MiB {}",
+        "summary: throughput ratio {ratio:.2} {} | ota p99 {ota_p99:.3} ms {} (the bare server's at that rate: {floor_p99:.3} ms) | ota peak RSS {rss_peak:.1} MiB {}",
         verdict(ratio >= TARGET_RATIO),
         verdict(ota_p99 <= TARGET_P99_MS && ota_probe_errors == 0),
         verdict(rss_peak <= TARGET_RSS_MIB)
