@@ -14,7 +14,8 @@
 //! - `driver` (the default): starts both, samples an answer mix from the update server, drives
 //!   each with `wrk` (warm-up, then rounds of maximum throughput, alternating the servers), then
 //!   measures latency at half of each server's maximum rate with an open-loop generator of its
-//!   own (and the bare server's at the update server's rate: the machine's floor there), samples the update server's RSS from `/proc` throughout, and prints a report with
+//!   own (and the bare server's at the update server's rate: the machine's floor there),
+//!   samples the update server's RSS from `/proc` throughout, and prints a report with
 //!   PASS/MISS per target. It exits non-zero only when something failed to run.
 //!
 //! Without `--bench` (what `cargo test --benches` passes) the driver only builds the world and

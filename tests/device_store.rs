@@ -530,14 +530,14 @@ async fn outcomes_count_devices_with_sticky_failures(database: &TestDatabase) {
 async fn old_outcomes_are_pruned_per_app_in_chunks(database: &TestDatabase) {
     let store = database.open().await;
     let day = 24 * 3600 * 1000;
-    let mut batch: Vec<Write> = (0..5)
+    let mut batch: Vec<Write> = (0..5_i64)
         .map(|i| {
             outcome(
                 &format!("old{i}"),
                 "1.5.0",
                 "production",
                 i == 0,
-                NOW_MS - 10 * day,
+                NOW_MS - 10 * day + i,
             )
         })
         .collect();
@@ -555,12 +555,19 @@ async fn old_outcomes_are_pruned_per_app_in_chunks(database: &TestDatabase) {
     apply(&store, &batch).await;
     assert_eq!(figures(&store, "production", "1.5.0", 0).await, (7, 2));
 
-    // Chunks of two: three deletes of the five old rows, and a fourth that finds none.
-    let deleted = store
-        .prune_outcomes(APP, NOW_MS - 2 * day, 2)
-        .await
-        .expect("the prune");
-    assert_eq!(deleted, 5);
+    // Chunks of two, oldest first: 2, 2, then the last one, which says nothing older remains.
+    let mut chunks = Vec::new();
+    loop {
+        let chunk = store
+            .prune_outcomes(APP, NOW_MS - 2 * day, 2)
+            .await
+            .expect("a prune");
+        chunks.push(chunk.deleted);
+        if !chunk.more {
+            break;
+        }
+    }
+    assert_eq!(chunks, [2, 2, 1]);
     assert_eq!(figures(&store, "production", "1.5.0", 0).await, (2, 1));
     let other = store
         .outcome_figures(OTHER_APP, "production", "1.5.0", 0)
@@ -571,13 +578,31 @@ async fn old_outcomes_are_pruned_per_app_in_chunks(database: &TestDatabase) {
         (1, 1),
         "another app's outcomes stay"
     );
-    assert_eq!(
-        store
-            .prune_outcomes(APP, NOW_MS - 2 * day, 2)
-            .await
-            .expect("a second prune"),
-        0
-    );
+    let again = store
+        .prune_outcomes(APP, NOW_MS - 2 * day, 2)
+        .await
+        .expect("a second prune");
+    assert_eq!((again.deleted, again.more), (0, false));
+
+    // Rows that share the time of a chunk's last row go with it: a chunk never stops at a time.
+    let tied: Vec<Write> = (0..3)
+        .map(|i| {
+            outcome(
+                &format!("tied{i}"),
+                "1.6.0",
+                "production",
+                false,
+                NOW_MS - 5 * day,
+            )
+        })
+        .collect();
+    apply(&store, &tied).await;
+    let chunk = store
+        .prune_outcomes(APP, NOW_MS - 2 * day, 2)
+        .await
+        .expect("a prune of ties");
+    assert_eq!(chunk.deleted, 3);
+    assert_eq!(figures(&store, "production", "1.6.0", 0).await, (0, 0));
 
     // old0 failed ten days ago; its row is gone, so its set today is a success.
     apply(&store, &[outcome("old0", "1.5.0", "production", false, NOW_MS)]).await;
@@ -1097,36 +1122,34 @@ mod sqlite_file {
         database.remove().await;
     }
 
-    /// A prune searches one app's outcomes by time (never a scan of the table).
+    /// A prune reads and deletes one app's outcomes through the `(app_id, at_ms)` index.
     #[tokio::test]
     async fn a_prune_reads_outcomes_by_app_and_time() {
         use sqlx::{Row, sqlite::SqliteConnection};
         let database = TestDatabase::new(Backend::SqliteFile, "prune_plan").await;
         let store = database.open().await;
         let mut connection = SqliteConnection::connect(&database.url).await.expect("connect");
-        let plan: Vec<String> = sqlx::query(
-            "EXPLAIN QUERY PLAN DELETE FROM device_outcomes WHERE app_id = ?1 AND at_ms < ?2 \
-             AND (app_id, version, device_id) IN (SELECT app_id, version, device_id \
-             FROM device_outcomes WHERE app_id = ?1 AND at_ms < ?2 LIMIT ?3)",
-        )
-        .bind(APP)
-        .bind(NOW_MS)
-        .bind(1000_i64)
-        .fetch_all(&mut connection)
-        .await
-        .expect("plan")
-        .iter()
-        .map(|row| row.get::<String, _>("detail"))
-        .collect();
-        let reads: Vec<&String> = plan
-            .iter()
-            .filter(|line| line.contains("device_outcomes"))
-            .collect();
-        assert!(!reads.is_empty(), "{plan:#?}");
-        for line in reads {
+        // The two statements of DeviceStore::prune_outcomes.
+        for sql in [
+            "EXPLAIN QUERY PLAN SELECT at_ms FROM device_outcomes WHERE app_id = ?1 AND at_ms < ?2 \
+             ORDER BY at_ms LIMIT 1 OFFSET ?3",
+            "EXPLAIN QUERY PLAN DELETE FROM device_outcomes WHERE app_id = ?1 AND at_ms <= ?2",
+        ] {
+            let plan: Vec<String> = sqlx::query(sql)
+                .bind(APP)
+                .bind(NOW_MS)
+                .bind(1000_i64)
+                .fetch_all(&mut connection)
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect();
+            assert_eq!(plan.len(), 1, "{sql}: {plan:#?}");
             assert!(
-                line.starts_with("SEARCH device_outcomes USING") && line.contains("INDEX"),
-                "{plan:#?}"
+                plan[0].starts_with("SEARCH device_outcomes USING")
+                    && plan[0].contains("INDEX device_outcomes_by_app_and_time (app_id=? AND at_ms<"),
+                "{sql}: {plan:#?}"
             );
         }
         let _ = connection.close().await;

@@ -358,12 +358,13 @@ async fn an_unreadable_store_answers_503() {
 
 /// Outcomes older than the served App's longest Rollout window plus a day are pruned (in
 /// process, on a real SQLite file); younger ones, and those of Apps this server does not serve,
-/// stay. A store that cannot be pruned is logged and counted, and the next round prunes.
+/// stay. A store that cannot be pruned is logged and counted, and the next round prunes. A
+/// Rollout missing from a later snapshot does not shorten the retention.
 #[tokio::test]
 async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
     use ota_operator::{
         core::snapshot::{Snapshot, SnapshotInputs},
-        server::{Served, retention::prune_outcomes_once},
+        server::{Served, retention::OutcomePruner},
         store::{OutcomeReport, Write},
     };
     let dir = tempfile::tempdir().unwrap();
@@ -430,17 +431,14 @@ async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
         }
     };
 
-    assert_eq!(
-        prune_outcomes_once(&state, now_ms).await,
-        0,
-        "nothing is served yet"
-    );
+    let mut pruner = OutcomePruner::default();
+    assert_eq!(pruner.prune(&state, now_ms).await, 0, "nothing is served yet");
     state.publish(Served {
         snapshot,
         storage: Default::default(),
         manifests: Default::default(),
     });
-    assert_eq!(prune_outcomes_once(&state, now_ms).await, 1);
+    assert_eq!(pruner.prune(&state, now_ms).await, 1);
     assert_eq!(
         figures(APP).await,
         1,
@@ -463,7 +461,7 @@ async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
         .execute("ALTER TABLE device_outcomes RENAME TO device_outcomes_away")
         .await
         .expect("rename");
-    assert_eq!(prune_outcomes_once(&state, now_ms + keep_ms).await, 0);
+    assert_eq!(pruner.prune(&state, now_ms + keep_ms).await, 0);
     assert!(
         state
             .metrics
@@ -475,7 +473,31 @@ async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
         .await
         .expect("rename back");
     let _ = connection.close().await;
-    assert_eq!(prune_outcomes_once(&state, now_ms + keep_ms).await, 1);
+
+    // A snapshot that lacks the Rollout for a moment (a YAML file half saved) does not shorten
+    // the retention: the outcome 25 h old stays.
+    state
+        .store
+        .apply(&[outcome(APP, "a-day-old", now_ms + keep_ms - 25 * 3600 * 1000)])
+        .await
+        .expect("written");
+    let (without_rollout, _) = Snapshot::build(&SnapshotInputs {
+        rollouts: vec![],
+        ..inputs
+    });
+    state.publish(Served {
+        snapshot: without_rollout,
+        storage: Default::default(),
+        manifests: Default::default(),
+    });
+    assert_eq!(
+        pruner.prune(&state, now_ms + keep_ms).await,
+        1,
+        "only the one past 26 h"
+    );
+    assert_eq!(figures(APP).await, 1);
+    // A pruner started afresh on that snapshot keeps a day: the 25 h one goes.
+    assert_eq!(OutcomePruner::default().prune(&state, now_ms + keep_ms).await, 1);
     assert_eq!(figures(APP).await, 0);
     drop(boot);
 }

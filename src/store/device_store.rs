@@ -17,8 +17,8 @@ use sqlx::{
 };
 
 use super::{
-    Counter, DeviceMemory, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, RolloutStateRow,
-    StoreError, Write,
+    Counter, DeviceMemory, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, PrunedOutcomes,
+    RolloutStateRow, StoreError, Write,
     location::{Location, UrlSecrets, redact_url},
     memory::RememberedApps,
 };
@@ -300,35 +300,54 @@ impl DeviceStore {
         })
     }
 
-    /// Deletes `app_id`'s outcomes last reported before `before_ms` (see
-    /// [`crate::core::rollout::outcome_retention`]), in transactions of at most `chunk` rows, so
-    /// the sightings and outcomes being written wait for one chunk at most. Returns how many
-    /// were deleted.
+    /// Deletes the oldest of `app_id`'s outcomes last reported before `before_ms` (see
+    /// [`crate::core::rollout::outcome_retention`]): about `chunk` of them, oldest first, so the
+    /// writes waiting meanwhile wait for one such transaction at most. Call it again while
+    /// [`PrunedOutcomes::more`] says so.
     ///
-    /// A row that a newer report moved past `before_ms` meanwhile is kept: the outer condition
-    /// is checked again on the row as it is when deleted.
-    pub async fn prune_outcomes(&self, app_id: &str, before_ms: i64, chunk: u32) -> Result<u64, StoreError> {
-        let chunk = i64::from(chunk.max(1));
-        let mut deleted = 0;
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM device_outcomes WHERE app_id = $1 AND at_ms < $2 \
-                 AND (app_id, version, device_id) IN (SELECT app_id, version, device_id \
-                 FROM device_outcomes WHERE app_id = $1 AND at_ms < $2 LIMIT $3)",
-            )
+    /// Each chunk is two range scans of the `(app_id, at_ms)` index: the time of the `chunk`-th
+    /// oldest row, then a delete of the rows up to that time (more than `chunk` only when several
+    /// share it). The delete names the time again, so a row that a newer report moved past it
+    /// stays, and on PostgreSQL a deadlock with a concurrent batch fails that batch, which the
+    /// write queue retries.
+    pub async fn prune_outcomes(
+        &self,
+        app_id: &str,
+        before_ms: i64,
+        chunk: u32,
+    ) -> Result<PrunedOutcomes, StoreError> {
+        let boundary: Option<i64> = sqlx::query_scalar(
+            "SELECT at_ms FROM device_outcomes WHERE app_id = $1 AND at_ms < $2 \
+             ORDER BY at_ms LIMIT 1 OFFSET $3",
+        )
+        .bind(app_id)
+        .bind(before_ms)
+        .bind(i64::from(chunk.max(1)) - 1)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::database("find the oldest outcomes"))?;
+        // Fewer than `chunk` old rows: they all go, and this was the last chunk.
+        let (sql, until) = match boundary {
+            Some(at_ms) => (
+                "DELETE FROM device_outcomes WHERE app_id = $1 AND at_ms <= $2",
+                at_ms,
+            ),
+            None => (
+                "DELETE FROM device_outcomes WHERE app_id = $1 AND at_ms < $2",
+                before_ms,
+            ),
+        };
+        let deleted = sqlx::query(sql)
             .bind(app_id)
-            .bind(before_ms)
-            .bind(chunk)
+            .bind(until)
             .execute(&self.pool)
             .await
             .map_err(StoreError::database("delete old outcomes"))?
             .rows_affected();
-            deleted += done;
-            if done < chunk.unsigned_abs() {
-                return Ok(deleted);
-            }
-            tokio::task::yield_now().await;
-        }
+        Ok(PrunedOutcomes {
+            deleted,
+            more: boundary.is_some(),
+        })
     }
 
     /// Saves the state of a standalone Rollout (replacing the one saved before), and returns

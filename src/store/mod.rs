@@ -31,4 +31,6 @@ pub use queue::{
     WriteQueue,
 };
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
-pub use records::{Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, RolloutStateRow, Write};
+pub use records::{
+    Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, PrunedOutcomes, RolloutStateRow, Write,
+};

@@ -86,6 +86,15 @@ pub struct OutcomeFigures {
     pub failures: u64,
 }
 
+/// What one chunk of [`super::DeviceStore::prune_outcomes`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrunedOutcomes {
+    /// Outcomes deleted.
+    pub deleted: u64,
+    /// Whether older outcomes may remain (call again).
+    pub more: bool,
+}
+
 /// A standalone rollout's last state, kept in the store so a restart resumes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutStateRow {

@@ -259,11 +259,15 @@ pub const OUTCOME_RETENTION_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 /// How long the device store must keep devices' outcomes for `rollout`'s analysis: its window
 /// plus [`OUTCOME_RETENTION_MARGIN`]. The figures of a decision count outcomes since
-/// [`figures_since`], never before its window, so older outcomes are never read again. An
-/// invalid spec runs no analysis and needs only the margin.
+/// [`figures_since`], never before its window, so older outcomes are never read again.
+///
+/// The window is read alone: a Rollout invalid for another reason (a step, say) resumes once
+/// mended and then reads its whole window. A window that does not parse keeps the longest one
+/// a Rollout may name.
 pub fn outcome_retention(rollout: &Rollout) -> Duration {
-    let window = Settings::parse(&rollout.spec).map_or(Duration::ZERO, |settings| settings.policy.window);
-    window.saturating_add(OUTCOME_RETENTION_MARGIN)
+    settings::analysis_window(&rollout.spec)
+        .unwrap_or(MAX_DURATION)
+        .saturating_add(OUTCOME_RETENTION_MARGIN)
 }
 
 /// Whether `status` describes the spec's candidate in one of `phases`.

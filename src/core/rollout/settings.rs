@@ -67,6 +67,12 @@ fn parse_bounded(field: &str, text: &str, min: Duration) -> Result<Duration, Inv
     Ok(duration)
 }
 
+/// The analysis window alone, parsed as [`Settings::parse`] parses it (a spec invalid for
+/// another reason may still name a valid window).
+pub(super) fn analysis_window(spec: &RolloutSpec) -> Result<Duration, Invalid> {
+    parse_bounded("analysis.window", &spec.analysis.window, MIN_ANALYSIS_PERIOD)
+}
+
 impl Settings {
     pub(super) fn parse(spec: &RolloutSpec) -> Result<Settings, Invalid> {
         if spec.steps.is_empty() || spec.steps.len() > MAX_STEPS {
@@ -147,7 +153,7 @@ impl Settings {
             min_attempts: analysis.min_attempts,
             confidence: analysis.confidence,
             z,
-            window: parse_bounded("analysis.window", &analysis.window, MIN_ANALYSIS_PERIOD)?,
+            window: analysis_window(spec)?,
             interval: parse_bounded("analysis.interval", &analysis.interval, MIN_ANALYSIS_PERIOD)?,
             action: analysis.action,
         };

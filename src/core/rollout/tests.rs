@@ -1366,10 +1366,13 @@ fn outcomes_are_kept_for_the_analysis_window_and_a_day() {
         outcome_retention(&analysed(json!({"window": "72h"}))),
         hours(72) + day
     );
-    // An invalid spec runs no analysis: only the margin.
+    // A spec invalid for another reason keeps its window: it reads it once mended.
     let invalid = rollout_with(json!([]), json!({"window": "72h"}));
     assert!(Settings::parse(&invalid.spec).is_err());
-    assert_eq!(outcome_retention(&invalid), day);
+    assert_eq!(outcome_retention(&invalid), hours(72) + day);
+    // A window that does not parse keeps the longest a Rollout may name.
+    let unreadable = analysed(json!({"window": "forever"}));
+    assert_eq!(outcome_retention(&unreadable), MAX_DURATION + day);
 }
 
 // ---------------------------------------------------------------- restart safety
