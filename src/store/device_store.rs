@@ -308,8 +308,8 @@ impl DeviceStore {
     /// Each chunk is two range scans of the `(app_id, at_ms)` index: the time of the `chunk`-th
     /// oldest row, then a delete of the rows up to that time (more than `chunk` only when several
     /// share it). The delete names the time again, so a row that a newer report moved past it
-    /// stays, and on PostgreSQL a deadlock with a concurrent batch fails that batch, which the
-    /// write queue retries.
+    /// stays. On PostgreSQL a deadlock with a concurrent batch fails one of the two: the write
+    /// queue retries a batch, and the caller's next round a prune.
     pub async fn prune_outcomes(
         &self,
         app_id: &str,
@@ -346,7 +346,8 @@ impl DeviceStore {
             .rows_affected();
         Ok(PrunedOutcomes {
             deleted,
-            more: boundary.is_some(),
+            // A boundary row that is gone already (moved by a newer report) ends the round too.
+            more: boundary.is_some() && deleted > 0,
         })
     }
 
