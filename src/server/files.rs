@@ -31,6 +31,19 @@ pub fn content_hash(key: &str) -> Option<&str> {
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
+/// Whether an `If-None-Match` value names `etag` (RFC 9110 13.1.2: `*`, or a list of tags
+/// compared weakly, so `W/"x"` matches `"x"`).
+fn none_match_hits(sent: &[u8], etag: &str) -> bool {
+    let Ok(sent) = std::str::from_utf8(sent) else {
+        return false;
+    };
+    sent.trim() == "*"
+        || sent
+            .split(',')
+            .map(|tag| tag.trim())
+            .any(|tag| tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
 /// Serves one stored object, honouring Range and conditional headers.
 pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response {
     if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
@@ -38,7 +51,7 @@ pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response
     }
     let etag = content_hash(key).map(|hash| format!("\"{hash}\""));
     if let (Some(etag), Some(sent)) = (&etag, request.headers().get(header::IF_NONE_MATCH))
-        && sent.as_bytes() == etag.as_bytes()
+        && none_match_hits(sent.as_bytes(), etag)
     {
         return StatusCode::NOT_MODIFIED.into_response();
     }
@@ -72,6 +85,24 @@ pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_takes_star_lists_and_weak_tags() {
+        let etag = "\"ab12\"";
+        for sent in [
+            "\"ab12\"",
+            "W/\"ab12\"",
+            "\"x\", W/\"ab12\"",
+            " * ",
+            "\"x\",\"ab12\"",
+        ] {
+            assert!(none_match_hits(sent.as_bytes(), etag), "{sent}");
+        }
+        for sent in ["\"ab1\"", "ab12", "W/ab12", "", "\"x\", \"y\"", "\u{fffd}"] {
+            assert!(!none_match_hits(sent.as_bytes(), etag), "{sent}");
+        }
+        assert!(!none_match_hits(&[0xff, 0xfe], etag));
+    }
 
     #[test]
     fn keys_cannot_leave_the_root() {

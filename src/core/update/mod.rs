@@ -105,6 +105,8 @@ pub enum Refusal {
     DisableAutoUpdateToPatch,
     /// `disableAutoUpdate: metadata`.
     DisableAutoUpdateToMetadata,
+    /// `disableAutoUpdate: metadata` without a usable `minUpdateVersion` to compare with.
+    MisconfiguredChannel,
     /// The bundle is older than the native build.
     DisableAutoUpdateUnderNative,
     /// The channel is private and the device was not pinned to it.
@@ -149,6 +151,7 @@ impl Refusal {
             Refusal::DisableAutoUpdateToMinor => "disable_auto_update_to_minor",
             Refusal::DisableAutoUpdateToPatch => "disable_auto_update_to_patch",
             Refusal::DisableAutoUpdateToMetadata => "disable_auto_update_to_metadata",
+            Refusal::MisconfiguredChannel => "misconfigured_channel",
             Refusal::DisableAutoUpdateUnderNative => "disable_auto_update_under_native",
             Refusal::CannotUpdateViaPrivateChannel => "cannot_update_via_private_channel",
             Refusal::DisableProdBuild => "disable_prod_build",
@@ -174,7 +177,8 @@ impl Refusal {
             | Refusal::NoChannel
             | Refusal::NoBundle
             | Refusal::UnsignedBundle
-            | Refusal::RevertToBuiltinPluginVersionTooOld => AnswerKind::Failed,
+            | Refusal::RevertToBuiltinPluginVersionTooOld
+            | Refusal::MisconfiguredChannel => AnswerKind::Failed,
             _ => AnswerKind::Blocked,
         }
     }
@@ -581,11 +585,25 @@ fn policy_refusal(
             );
         }
         AutoUpdateLimit::Metadata => {
-            let minimum = spec
+            let Some(minimum) = spec
                 .min_update_version
                 .as_deref()
-                .and_then(super::version::coerce_native_version);
-            if minimum.is_none_or(|minimum| minimum > *native) {
+                .and_then(super::version::coerce_native_version)
+            else {
+                // Capgo's answer when the metadata rule has nothing to compare with (the API
+                // server's validation prevents it; a standalone folder may not).
+                return Some(blocked(
+                    Refusal::MisconfiguredChannel,
+                    format!(
+                        "Channel {} limits updates by metadata but has no valid minUpdateVersion",
+                        channel.name
+                    ),
+                    bundle,
+                    native_text,
+                    false,
+                ));
+            };
+            if minimum > *native {
                 return semver_block(
                     Refusal::DisableAutoUpdateToMetadata,
                     "the native build is older than the channel's minUpdateVersion",

@@ -291,6 +291,21 @@ fn disable_auto_update_metadata_compares_min_update_version_with_native() {
         refused(&answer(&with_min("1.5.0"), &c)).refusal,
         Refusal::DisableAutoUpdateToMetadata
     );
+    // Nothing to compare with: Capgo's misconfigured_channel, a failure with version and old.
+    for world in [
+        with_min("not-a-version"),
+        world_with("1.6.0", json!({"disableAutoUpdate": "metadata"})),
+    ] {
+        let answered = answer(&world, &c);
+        let no = refused(&answered);
+        assert_eq!(no.refusal, Refusal::MisconfiguredChannel);
+        assert_eq!(
+            (no.refusal.code(), no.refusal.kind()),
+            ("misconfigured_channel", AnswerKind::Failed)
+        );
+        assert_eq!(no.version.as_deref(), Some("1.6.0"));
+        assert!(no.old.is_some() && !no.major);
+    }
 }
 
 #[test]
