@@ -1064,6 +1064,7 @@ fn served_manifest(files: &[ota_operator::core::snapshot::ManifestFile]) -> Stri
         key_id: None,
         channels: Default::default(),
         device_overrides: HashMap::new(),
+        bundle_versions: Default::default(),
         outcome_retention: ota_operator::core::rollout::OUTCOME_RETENTION_MARGIN,
     };
     let urls = ota_operator::storage::StorageUrls::server("https://ota.example.com");

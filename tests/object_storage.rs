@@ -193,6 +193,7 @@ fn app_view() -> AppView {
         key_id: None,
         channels: BTreeMap::new(),
         device_overrides: HashMap::new(),
+        bundle_versions: Default::default(),
         outcome_retention: ota_operator::core::rollout::OUTCOME_RETENTION_MARGIN,
     }
 }

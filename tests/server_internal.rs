@@ -187,8 +187,20 @@ async fn stats_become_rollout_figures_on_the_internal_listener_only() {
     let (status, _) = post(&server.base, "/stats", &missing).await;
     assert_eq!(status, 200);
 
+    // Versions that are none of the App's Bundles leave no failure and no outcome (stats are
+    // unauthenticated; each would otherwise be remembered for the device), only a count.
+    for junk in ["9.9.9", "junk-1"] {
+        let (status, _) = post(&server.base, "/stats", &event(&device(7), "update_fail", junk)).await;
+        assert_eq!(status, 200);
+    }
+
     let url = figures_url(&server.internal, "production", VERSION, 0);
     wait_for_figures(&url, json!({"attempts": 4, "failures": 2})).await;
+    let (_, body) = get(&figures_url(&server.internal, "production", "9.9.9", 0)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"attempts": 0, "failures": 0})
+    );
     let since_start = figures_url(&server.internal, "production", VERSION, start_ms);
     let (_, body) = get(&since_start).await;
     assert_eq!(
@@ -211,6 +223,10 @@ async fn stats_become_rollout_figures_on_the_internal_listener_only() {
     assert_eq!(status, 200);
     assert!(
         metrics.contains("ota_server_outcomes_without_channel_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ota_server_stats_unknown_versions_total 2"),
         "{metrics}"
     );
     let (status, health) = get(&format!("{}/healthz", server.internal)).await;

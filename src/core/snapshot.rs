@@ -3,7 +3,7 @@
 //! snapshot replaces the old one whole.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -129,6 +129,9 @@ pub struct AppView {
     pub channels: BTreeMap<String, ChannelView>,
     /// Devices pinned to a channel: device id → channel name.
     pub device_overrides: HashMap<String, String>,
+    /// The versions of the App's Bundles, synced or not: what a device's stats may name (a
+    /// failure of anything else is not remembered).
+    pub bundle_versions: HashSet<String>,
     /// How long devices' outcomes must be kept for the analysis of the Rollouts on its channels,
     /// in any phase ([`crate::core::rollout::outcome_retention`]; the margin alone when none).
     pub outcome_retention: std::time::Duration,
@@ -235,11 +238,18 @@ impl Snapshot {
                     key_id: app.spec.signing.as_ref().and_then(|s| key_id(&s.public_key)),
                     channels: BTreeMap::new(),
                     device_overrides: HashMap::new(),
+                    bundle_versions: HashSet::new(),
                     outcome_retention: crate::core::rollout::OUTCOME_RETENTION_MARGIN,
                 },
             );
         }
 
+        for bundle in &inputs.bundles {
+            let key = (namespace_of(&bundle.metadata), bundle.spec.app_ref.clone());
+            if let Some(app) = apps_by_key.get_mut(&key) {
+                app.bundle_versions.insert(bundle.spec.version.clone());
+            }
+        }
         let bundles = servable_bundles(inputs, &mut problems);
         let bundle_target = |namespace: &str, app: &str, bundle: &str| -> Result<Arc<BundleView>, String> {
             match bundles.get(&(namespace.to_owned(), bundle.to_owned())) {

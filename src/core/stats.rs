@@ -88,6 +88,23 @@ pub struct StatEffect {
     pub outcome: Option<VersionOutcome>,
 }
 
+impl StatEffect {
+    /// The effect without what only a version of one of the App's Bundles may have: a failed
+    /// mark (kept in memory for every device) and an outcome (read by rollout analysis). Stats
+    /// are unauthenticated: a version that is not a Bundle would otherwise grow both without
+    /// bound. Counters and the device's current bundle stay: a device may run a bundle this
+    /// server never served (one deployed before the switch to ota).
+    pub fn for_known_bundles(mut self, is_bundle: impl Fn(&str) -> bool) -> Self {
+        if self.failed_version.as_deref().is_some_and(|v| !is_bundle(v)) {
+            self.failed_version = None;
+        }
+        if self.outcome.as_ref().is_some_and(|o| !is_bundle(o.version())) {
+            self.outcome = None;
+        }
+        self
+    }
+}
+
 /// Versions that name no bundle.
 fn names_a_bundle(version: &str) -> bool {
     !version.is_empty() && version != "builtin" && version != "unknown"
@@ -176,6 +193,28 @@ mod tests {
             assert!(!effect.touch_device, "{action}");
             assert_eq!(effect.count, Some(("1.5.0".into(), action.into())));
         }
+    }
+
+    #[test]
+    fn only_versions_of_bundles_get_failed_marks_and_outcomes() {
+        let is_bundle = |v: &str| v == "1.5.0";
+        let known = classify(&event("update_fail", "1.5.0", "8.51.14")).for_known_bundles(is_bundle);
+        assert_eq!(known.failed_version.as_deref(), Some("1.5.0"));
+        assert_eq!(known.outcome, Some(VersionOutcome::Failed("1.5.0".into())));
+        let junk = classify(&event("update_fail", "junk-7", "8.51.14")).for_known_bundles(is_bundle);
+        assert_eq!((junk.failed_version, junk.outcome), (None, None));
+        assert_eq!(
+            junk.count,
+            Some(("junk-7".into(), "update_fail".into())),
+            "still counted"
+        );
+        let set = classify(&event("set", "1.2.3", "8.51.14")).for_known_bundles(is_bundle);
+        assert_eq!(set.outcome, None);
+        assert_eq!(
+            set.current_bundle.as_deref(),
+            Some("1.2.3"),
+            "the device still runs it"
+        );
     }
 
     #[test]

@@ -173,7 +173,13 @@ pub async fn stats(State(state): State<Arc<ServerState>>, body: Bytes) -> Respon
 
 fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) {
     let event = &stat.event;
-    let effect = classify(event);
+    let classified = classify(event);
+    let effect = classified
+        .clone()
+        .for_known_bundles(|version| app.bundle_versions.contains(version));
+    if effect != classified {
+        state.metrics.stats_unknown_versions.inc();
+    }
     let at = stat
         .timestamp_ms
         .filter(|t| (0..=now + DAY_MS).contains(t))

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub outcomes_without_channel: Counter,
     /// Requests for rollout figures on the internal listener that the store could not answer.
     pub figures_unavailable: Counter,
+    /// Stats events whose failure or outcome was not recorded: their version is none of the
+    /// App's Bundles.
+    pub stats_unknown_versions: Counter,
     /// Outcomes deleted because no Rollout's analysis window reaches them any more.
     pub outcomes_pruned: Counter,
     /// Prunes of an App's old outcomes that failed (tried again at the next round).
@@ -76,6 +79,12 @@ impl Default for Metrics {
             "rollout_figures_unavailable",
             "Rollout-figure requests answered 503 because the device store could not be read",
             figures_unavailable.clone(),
+        );
+        let stats_unknown_versions = Counter::default();
+        registry.register(
+            "stats_unknown_versions",
+            "Stats events whose failure or outcome was not recorded because their version is none of the App's Bundles",
+            stats_unknown_versions.clone(),
         );
         let outcomes_pruned = Counter::default();
         registry.register(
@@ -122,6 +131,7 @@ impl Default for Metrics {
             stats_rejected,
             outcomes_without_channel,
             figures_unavailable,
+            stats_unknown_versions,
             outcomes_pruned,
             outcome_prunes_failed,
             channel_requests,
