@@ -70,11 +70,59 @@ async fn report_ready_pods(client: &Client, namespace: &str, name: &str, ready: 
         .expect("the Deployment status is written");
 }
 
+/// A real update server in this process, on a fresh SQLite file, with an internal listener;
+/// two devices of com.example.shop seen now. Returns the internal listener's base URL.
+async fn update_server_with_two_devices(folder: &std::path::Path) -> String {
+    use ota_operator::{
+        server::{self, StorageSetup},
+        storage::Credentials,
+        store::{DeviceSeen, Write},
+    };
+    let database = format!("sqlite://{}", folder.join("devices.db").display());
+    let storage = StorageSetup {
+        base_dir: folder.to_owned(),
+        credentials: Credentials::default(),
+    };
+    let mut boot = server::boot(&database, "127.0.0.1:0".parse().unwrap(), None, storage)
+        .await
+        .expect("the update server boots");
+    let internal = boot
+        .bind_internal("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the internal listener binds");
+    let now_ms = server::now_ms();
+    let seen = |device_id: &str| {
+        Write::SeenDevice(DeviceSeen {
+            app_id: "com.example.shop".into(),
+            device_id: device_id.into(),
+            platform: "android".into(),
+            plugin_version: "8.51.14".into(),
+            native_version: "1.4.0".into(),
+            version_name: "1.4.3".into(),
+            custom_id: None,
+            default_channel: None,
+            is_prod: true,
+            is_emulator: false,
+            seen_at_ms: now_ms,
+        })
+    };
+    boot.state
+        .store
+        .apply(&[seen("device-a"), seen("device-b")])
+        .await
+        .expect("the sightings are written");
+    tokio::spawn(server::serve_until(boot, std::future::pending()));
+    format!("http://{internal}")
+}
+
 #[tokio::test]
 async fn an_app_gets_its_update_server_status_and_repairs() {
     let client = client_with_crds().await;
     let namespace = unique_namespace("controller-app");
-    let running = start(&client, options(&namespace, false, "solo")).await;
+    let folder = tempfile::tempdir().expect("a folder");
+    let mut controller_options = options(&namespace, false, "solo");
+    controller_options.figures_url_template = update_server_with_two_devices(folder.path()).await;
+    let running = start(&client, controller_options).await;
     let (ready_code, _) = eventually(20, "the controller's caches sync", || async {
         let (code, body) = running.get("/readyz").await;
         (code == 200).then_some((code, body))
@@ -200,6 +248,8 @@ async fn an_app_gets_its_update_server_status_and_repairs() {
         condition(&ready, "Stalled").map(|c| c.status.as_str()),
         Some("False")
     );
+    // Once a pod is ready, the update server is asked for the monthly active devices.
+    assert_eq!(status.monthly_active_devices, Some(2));
 
     // A deleted child comes back.
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);

@@ -269,6 +269,58 @@ async fn stats_become_rollout_figures_on_the_internal_listener_only() {
     assert_eq!(status, 404);
 }
 
+/// The controller's client reads an App's monthly active devices from the real internal
+/// listener: each device that checked counts once; the query must be exactly one app_id.
+#[tokio::test]
+async fn monthly_active_devices_are_read_by_the_controllers_client() {
+    use ota_operator::controller::figures::FiguresClient;
+    let server = start_standalone().await;
+    for n in [11, 12, 13, 11] {
+        let (status, answer) = post(&server.base, "/updates", &event(&device(n), "", VERSION)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let client = FiguresClient::new(reqwest::Client::new(), server.internal.clone());
+    // Sightings reach the store in batches.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let devices = client
+            .monthly_active_devices("default", "shop", APP)
+            .await
+            .expect("the count");
+        if devices == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{devices} devices, not 3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = client
+        .monthly_active_devices("default", "shop", "com.example.other")
+        .await
+        .expect("the count");
+    assert_eq!(other, 0);
+
+    let path = format!("{}/internal/v1/monthly-active-devices", server.internal);
+    for query in [
+        "",
+        "?app_id=",
+        "?appId=com.example.shop",
+        "?app_id=a&app_id=b",
+        "?app_id=a&x=1",
+    ] {
+        let (status, body) = get(&format!("{path}{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("a JSON error");
+        assert_eq!(body["error"], "bad_request", "{query}");
+    }
+    // Not on the public listener.
+    let (status, _) = get(&format!(
+        "{}/internal/v1/monthly-active-devices?app_id={APP}",
+        server.base
+    ))
+    .await;
+    assert_eq!(status, 404);
+}
+
 #[test]
 fn both_serving_commands_take_the_internal_listen_flag() {
     for command in ["server", "standalone"] {

@@ -16,6 +16,9 @@ pub const CATEGORY: &str = "ota";
 
 /// The path of a Rollout's failure figures on the update server's internal listener.
 pub const ROLLOUT_FIGURES_PATH: &str = "/internal/v1/rollout-figures";
+/// The update server's internal path for an App's monthly active devices
+/// (`?app_id=A` → `{"devices":n}`), which the controller records in the App's status.
+pub const MONTHLY_ACTIVE_DEVICES_PATH: &str = "/internal/v1/monthly-active-devices";
 
 /// Field managers used with server-side apply.
 pub mod field_manager {

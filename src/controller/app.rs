@@ -108,7 +108,14 @@ pub enum Outcome {
 
 /// The status an App should have after `outcome` (pure). Conditions other than the kstatus
 /// three and fields the controller does not own are left out: server-side apply keeps them.
-pub fn desired_status(app: &App, outcome: &Outcome, now: Timestamp) -> AppStatus {
+/// `monthly_active_devices` is what the update server said now; when it could not be asked, the
+/// status keeps the last figure.
+pub fn desired_status(
+    app: &App,
+    outcome: &Outcome,
+    monthly_active_devices: Option<i64>,
+    now: Timestamp,
+) -> AppStatus {
     let existing = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
     let (wanted, endpoint, replicas, ready_replicas) = match outcome {
@@ -157,7 +164,7 @@ pub fn desired_status(app: &App, outcome: &Outcome, now: Timestamp) -> AppStatus
         endpoint,
         ready_replicas,
         replicas,
-        monthly_active_devices: None,
+        monthly_active_devices: monthly_active_devices.or(existing.monthly_active_devices),
     }
 }
 
@@ -391,8 +398,32 @@ async fn apply_children(
     Ok(deployment)
 }
 
+/// The App's devices seen in 30 days, from its update server once a pod of it is ready (`None`
+/// before, or when the server cannot tell: logged, and the status keeps its last figure).
+async fn monthly_active_devices(app: &App, context: &Context, outcome: &Outcome) -> Option<i64> {
+    let Outcome::Applied { ready_replicas, .. } = outcome else {
+        return None;
+    };
+    if *ready_replicas < 1 {
+        return None;
+    }
+    let namespace = app.namespace().unwrap_or_default();
+    match context
+        .figures
+        .monthly_active_devices(&namespace, &app.name_any(), &app.spec.app_id)
+        .await
+    {
+        Ok(devices) => Some(devices),
+        Err(error) => {
+            tracing::debug!(error = %crate::telemetry::error_chain(&error), "monthly active devices unavailable");
+            None
+        }
+    }
+}
+
 async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result<(), AppError> {
-    let desired = desired_status(app, outcome, context.clock.now());
+    let devices = monthly_active_devices(app, context, outcome).await;
+    let desired = desired_status(app, outcome, devices, context.clock.now());
     if !status_changed(app, &desired) {
         return Ok(());
     }

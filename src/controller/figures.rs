@@ -1,14 +1,15 @@
-//! Failure figures for rollout analysis. The devices' reports live in each App's device store,
-//! behind its update server; the controller asks the server's internal listener (on the App's
-//! Service, never behind its Ingress) how many devices tried the candidate in the channel and
-//! how many of them failed.
+//! Failure figures for rollout analysis, and an App's monthly active devices. The devices'
+//! reports live in each App's device store, behind its update server; the controller asks the
+//! server's internal listener (on the App's Service, never behind its Ingress) how many devices
+//! tried the candidate in the channel and how many of them failed, and how many devices checked
+//! in the last 30 days.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::{
-    api::constants::ROLLOUT_FIGURES_PATH,
+    api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
     core::{
         app_children::{INTERNAL_PORT, internal_service_name},
         rollout::{FailureCounts, FiguresQuery},
@@ -49,6 +50,11 @@ struct Answer {
     failures: i64,
 }
 
+#[derive(Deserialize)]
+struct DevicesAnswer {
+    devices: i64,
+}
+
 impl FiguresClient {
     /// A client that expands `template` (`{namespace}`, `{app}`: the App's name, `{service}`:
     /// the ClusterIP Service of its update server's internal port) into each App's base URL.
@@ -66,20 +72,23 @@ impl FiguresClient {
             .to_owned()
     }
 
-    /// The figures that the update server of the App `app_name` in `namespace` holds.
-    pub async fn fetch(
+    /// GETs `path` with `query` from the internal listener of the App `app_name` in `namespace`
+    /// and decodes the JSON answer; `check` refuses an answer that makes no sense.
+    async fn get<T: serde::de::DeserializeOwned>(
         &self,
         namespace: &str,
         app_name: &str,
-        query: &FiguresQuery,
-    ) -> Result<FailureCounts, FiguresError> {
-        let base = format!("{}{ROLLOUT_FIGURES_PATH}", self.base_url(namespace, app_name));
+        path: &str,
+        query: &str,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, FiguresError> {
+        let base = format!("{}{path}", self.base_url(namespace, app_name));
         let failed = |reason: String| FiguresError::Request {
             url: base.clone(),
             reason,
         };
         let mut url = url::Url::parse(&base).map_err(|error| failed(format!("not a URL: {error}")))?;
-        url.set_query(Some(&query.to_query()));
+        url.set_query(Some(query));
         let response = self
             .http
             .get(url)
@@ -93,20 +102,68 @@ impl FiguresClient {
             let body: String = body.chars().take(200).collect();
             return Err(failed(format!("HTTP {status}: {body}")));
         }
-        let answer: Answer = response
+        let answer: T = response
             .json()
             .await
             .map_err(|error| failed(format!("unreadable answer: {error}")))?;
-        if answer.attempts < 0 || answer.failures < 0 || answer.failures > answer.attempts {
-            return Err(failed(format!(
-                "inconsistent answer: {} failures in {} attempts",
-                answer.failures, answer.attempts
-            )));
-        }
+        check(&answer).map_err(|why| failed(format!("inconsistent answer: {why}")))?;
+        Ok(answer)
+    }
+
+    /// The figures that the update server of the App `app_name` in `namespace` holds.
+    pub async fn fetch(
+        &self,
+        namespace: &str,
+        app_name: &str,
+        query: &FiguresQuery,
+    ) -> Result<FailureCounts, FiguresError> {
+        let answer: Answer = self
+            .get(
+                namespace,
+                app_name,
+                ROLLOUT_FIGURES_PATH,
+                &query.to_query(),
+                |answer: &Answer| match answer.attempts < 0
+                    || answer.failures < 0
+                    || answer.failures > answer.attempts
+                {
+                    true => Err(format!(
+                        "{} failures in {} attempts",
+                        answer.failures, answer.attempts
+                    )),
+                    false => Ok(()),
+                },
+            )
+            .await?;
         Ok(FailureCounts {
             attempts: answer.attempts,
             failures: answer.failures,
         })
+    }
+
+    /// The devices of `app_id` seen in the last 30 days, from the App's update server.
+    pub async fn monthly_active_devices(
+        &self,
+        namespace: &str,
+        app_name: &str,
+        app_id: &str,
+    ) -> Result<i64, FiguresError> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("app_id", app_id)
+            .finish();
+        let answer: DevicesAnswer = self
+            .get(
+                namespace,
+                app_name,
+                MONTHLY_ACTIVE_DEVICES_PATH,
+                &query,
+                |answer: &DevicesAnswer| match answer.devices < 0 {
+                    true => Err(format!("{} devices", answer.devices)),
+                    false => Ok(()),
+                },
+            )
+            .await?;
+        Ok(answer.devices)
     }
 }
 

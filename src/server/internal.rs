@@ -1,7 +1,8 @@
 //! The internal listener: what the controller (and people operating the cluster) read from an
 //! update server, on an address of its own so that it is never reachable through the public
 //! Ingress. `GET /internal/v1/rollout-figures` (a Rollout's failure figures from the device
-//! store), `/metrics` and `/healthz`.
+//! store), `GET /internal/v1/monthly-active-devices` (an App's devices seen in 30 days),
+//! `/metrics` and `/healthz`.
 
 use std::sync::Arc;
 
@@ -14,13 +15,17 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{ServerState, handlers};
-use crate::{api::constants::ROLLOUT_FIGURES_PATH, core::rollout::FiguresQuery};
+use super::{ServerState, handlers, now_ms};
+use crate::{
+    api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
+    core::rollout::FiguresQuery,
+};
 
 /// The router of the internal listener.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route(ROLLOUT_FIGURES_PATH, get(rollout_figures))
+        .route(MONTHLY_ACTIVE_DEVICES_PATH, get(monthly_active_devices))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .with_state(state)
@@ -31,13 +36,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
 async fn rollout_figures(State(state): State<Arc<ServerState>>, RawQuery(query): RawQuery) -> Response {
     let query = match FiguresQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(query) => query,
-        Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": "bad_request", "message": error.to_string()})),
-            )
-                .into_response();
-        }
+        Err(error) => return bad_request(error.to_string()),
     };
     match state
         .store
@@ -48,6 +47,41 @@ async fn rollout_figures(State(state): State<Arc<ServerState>>, RawQuery(query):
         Err(error) => {
             state.metrics.figures_unavailable.inc();
             tracing::warn!(%error, app_id = %query.app_id, channel = %query.channel, "cannot read rollout figures");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "store_unavailable", "message": error.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "message": message})),
+    )
+        .into_response()
+}
+
+/// `GET /internal/v1/monthly-active-devices?app_id=A`: 200 `{"devices":n}`, the App's devices
+/// seen in the last 30 days; 400 unless the query is exactly one `app_id`; 503 when the store
+/// cannot be read.
+async fn monthly_active_devices(
+    State(state): State<Arc<ServerState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    let app_id = match pairs.as_slice() {
+        [(key, value)] if key == "app_id" && !value.is_empty() => value,
+        _ => return bad_request("the query must be exactly one non-empty app_id".to_owned()),
+    };
+    match state.store.monthly_active_devices(app_id, now_ms()).await {
+        Ok(devices) => Json(json!({ "devices": devices })).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, %app_id, "cannot count the monthly active devices");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"error": "store_unavailable", "message": error.to_string()})),

@@ -35,7 +35,7 @@ fn with_status(mut app: App, status: AppStatus) -> App {
 
 #[test]
 fn a_ready_deployment_makes_the_app_ready_with_its_endpoint_and_generation() {
-    let status = desired_status(&app(4), &applied(1), at(10));
+    let status = desired_status(&app(4), &applied(1), None, at(10));
     assert_eq!(status.observed_generation, Some(4));
     assert_eq!(status.endpoint.as_deref(), Some("http://ota-shop.ns.svc"));
     assert_eq!((status.replicas, status.ready_replicas), (Some(1), Some(1)));
@@ -51,8 +51,28 @@ fn a_ready_deployment_makes_the_app_ready_with_its_endpoint_and_generation() {
 }
 
 #[test]
+fn monthly_active_devices_are_the_servers_figure_or_the_last_one_known() {
+    assert_eq!(
+        desired_status(&app(1), &applied(1), None, at(10)).monthly_active_devices,
+        None
+    );
+    let counted = desired_status(&app(1), &applied(1), Some(1_234), at(10));
+    assert_eq!(counted.monthly_active_devices, Some(1_234));
+    let stored = with_status(app(1), counted);
+    // The server cannot be asked (or is not ready): the last figure stays.
+    assert_eq!(
+        desired_status(&stored, &applied(0), None, at(20)).monthly_active_devices,
+        Some(1_234)
+    );
+    assert_eq!(
+        desired_status(&stored, &applied(1), Some(7), at(30)).monthly_active_devices,
+        Some(7)
+    );
+}
+
+#[test]
 fn pods_not_ready_yet_is_reconciling() {
-    let status = desired_status(&app(1), &applied(0), at(10));
+    let status = desired_status(&app(1), &applied(0), None, at(10));
     assert_eq!(
         conditions::status_of(&status.conditions, condition::READY),
         Some("False")
@@ -72,9 +92,9 @@ fn pods_not_ready_yet_is_reconciling() {
 
 #[test]
 fn the_same_outcome_twice_writes_nothing_and_emits_no_event() {
-    let first = desired_status(&app(1), &applied(1), at(10));
+    let first = desired_status(&app(1), &applied(1), None, at(10));
     let stored = with_status(app(1), first.clone());
-    let again = desired_status(&stored, &applied(1), at(99));
+    let again = desired_status(&stored, &applied(1), None, at(99));
     assert_eq!(again, first, "times do not move without a flip");
     assert!(!status_changed(&stored, &again));
     assert!(transition_event(&stored, &again).is_none());
@@ -82,10 +102,10 @@ fn the_same_outcome_twice_writes_nothing_and_emits_no_event() {
 
 #[test]
 fn a_new_generation_or_more_ready_pods_is_a_change() {
-    let stored = with_status(app(1), desired_status(&app(1), &applied(0), at(10)));
-    let newer = desired_status(&app(2), &applied(0), at(20));
+    let stored = with_status(app(1), desired_status(&app(1), &applied(0), None, at(10)));
+    let newer = desired_status(&app(2), &applied(0), None, at(20));
     assert!(status_changed(&app(2), &newer));
-    let ready = desired_status(&stored, &applied(1), at(30));
+    let ready = desired_status(&stored, &applied(1), None, at(30));
     assert!(status_changed(&stored, &ready));
     let (type_, reason, _) = transition_event(&stored, &ready).expect("an event for becoming Ready");
     assert_eq!(type_, EventType::Normal);
@@ -100,13 +120,14 @@ fn a_new_generation_or_more_ready_pods_is_a_change() {
 
 #[test]
 fn stalled_keeps_the_endpoint_and_warns() {
-    let stored = with_status(app(1), desired_status(&app(1), &applied(1), at(10)));
+    let stored = with_status(app(1), desired_status(&app(1), &applied(1), None, at(10)));
     let stalled = desired_status(
         &stored,
         &Outcome::Stalled {
             reason: reason::REFERENCE_NOT_FOUND,
             message: "the Secret s3 named by the App does not exist".to_owned(),
         },
+        None,
         at(20),
     );
     assert_eq!(
@@ -127,6 +148,7 @@ fn a_transient_failure_is_reconciling_with_retry_and_warns() {
         &Outcome::Retrying {
             message: "connection refused".to_owned(),
         },
+        None,
         at(5),
     );
     assert_eq!(
@@ -140,7 +162,7 @@ fn a_transient_failure_is_reconciling_with_retry_and_warns() {
 
 #[test]
 fn conditions_of_other_owners_are_not_claimed() {
-    let mut status = desired_status(&app(1), &applied(1), at(10));
+    let mut status = desired_status(&app(1), &applied(1), None, at(10));
     status
         .conditions
         .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
@@ -152,7 +174,7 @@ fn conditions_of_other_owners_are_not_claimed() {
             last_transition_time: Time(at(1)),
         });
     let stored = with_status(app(1), status);
-    let desired = desired_status(&stored, &applied(1), at(20));
+    let desired = desired_status(&stored, &applied(1), None, at(20));
     assert!(desired.conditions.iter().all(|c| c.type_ != condition::AVAILABLE));
     assert!(!status_changed(&stored, &desired));
 }
