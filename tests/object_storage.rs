@@ -429,6 +429,17 @@ async fn presigned_urls_download_the_exact_bytes_and_tampering_is_refused() {
     assert_eq!(urls.cached(), 1);
 
     // A plain GET, no credentials: the exact bytes.
+    // Stored with the headers the server's own /files route sends: devices download from the
+    // bucket directly, and a CDN in front of it must neither expire nor re-encode the bytes.
+    let headers = reqwest::get(&zip_url).await.expect("GET").headers().clone();
+    assert_eq!(
+        headers.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some(ota_operator::storage::IMMUTABLE_CACHE_CONTROL)
+    );
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
     let (status, body) = get(&zip_url).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(sha256(&body), bundle.sha256);

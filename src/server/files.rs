@@ -11,9 +11,8 @@ use axum::{
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-/// Content-addressed objects never change, and proxies must not re-encode them (`.br` files
-/// reach the device compressed, as the plugin expects).
-const IMMUTABLE: &str = "public, max-age=31536000, immutable, no-transform";
+pub use crate::storage::content_hash;
+use crate::storage::{IMMUTABLE_CACHE_CONTROL as IMMUTABLE, NO_TRANSFORM_CACHE_CONTROL};
 
 /// The file under `root` for a storage key, or None when the key could leave `root`.
 pub fn resolve(root: &Path, key: &str) -> Option<PathBuf> {
@@ -22,13 +21,6 @@ pub fn resolve(root: &Path, key: &str) -> Option<PathBuf> {
         && !key.contains('\\')
         && relative.components().all(|c| matches!(c, Component::Normal(_)));
     safe.then(|| root.join(relative))
-}
-
-/// The SHA-256 a content-addressed key names (`files/<sha>`, `files/<sha>.br`, `zips/<sha>.zip`).
-pub fn content_hash(key: &str) -> Option<&str> {
-    let name = key.rsplit('/').next()?;
-    let hash = name.split('.').next()?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
 /// Whether an `If-None-Match` value names `etag` (RFC 9110 13.1.2: `*`, or a list of tags
@@ -75,9 +67,10 @@ pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     } else {
-        parts
-            .headers
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-transform"));
+        parts.headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(NO_TRANSFORM_CACHE_CONTROL),
+        );
     }
     Response::from_parts(parts, body)
 }

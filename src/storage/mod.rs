@@ -343,6 +343,27 @@ pub fn open(
     Err(StorageError::BackendCount(0))
 }
 
+/// The `Cache-Control` of content-addressed objects: they never change, and proxies must not
+/// re-encode them (`.br` files reach the device compressed, as the plugin expects).
+pub const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable, no-transform";
+/// The `Cache-Control` of any other object served to devices.
+pub const NO_TRANSFORM_CACHE_CONTROL: &str = "no-transform";
+
+/// The SHA-256 a content-addressed key names (`files/<sha>`, `files/<sha>.br`, `zips/<sha>.zip`).
+pub fn content_hash(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    let hash = name.split('.').next()?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// The `Cache-Control` a device should get for the object at `key`.
+pub fn cache_control_for(key: &str) -> &'static str {
+    match content_hash(key) {
+        Some(_) => IMMUTABLE_CACHE_CONTROL,
+        None => NO_TRANSFORM_CACHE_CONTROL,
+    }
+}
+
 /// A cloud store that is also its signer, behind [`Redacted`] so that `Debug` shows no key.
 fn cloud<T: ObjectStore + Signer>(store: T, prefix: Path, backend: Backend) -> OpenedStorage {
     let store = Arc::new(Redacted(store));
