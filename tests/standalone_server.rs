@@ -149,6 +149,35 @@ async fn every_plugin_generation_gets_the_right_answer_and_can_download_it() {
             ZIP_SHA,
             "{name}"
         );
+        // A cache revalidating (exact, weak or in a list) gets a 304 with the same validators.
+        let url = answer["url"].as_str().unwrap();
+        for sent in [
+            format!("\"{ZIP_SHA}\""),
+            format!("W/\"{ZIP_SHA}\""),
+            format!("\"other\", W/\"{ZIP_SHA}\""),
+        ] {
+            let again = reqwest::Client::new()
+                .get(url)
+                .header("if-none-match", &sent)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(again.status(), 304, "{sent}");
+            assert_eq!(again.headers()["etag"], format!("\"{ZIP_SHA}\""));
+            assert!(
+                again.headers()["cache-control"]
+                    .to_str()
+                    .unwrap()
+                    .contains("immutable")
+            );
+        }
+        let other = reqwest::Client::new()
+            .get(url)
+            .header("if-none-match", "\"other\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 200);
     }
 }
 

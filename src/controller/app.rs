@@ -184,6 +184,7 @@ pub fn status_changed(app: &App, desired: &AppStatus) -> bool {
         || existing.endpoint != desired.endpoint
         || existing.replicas != desired.replicas
         || existing.ready_replicas != desired.ready_replicas
+        || existing.monthly_active_devices != desired.monthly_active_devices
 }
 
 /// The Event a status change deserves, if any: (type, reason, note).
@@ -398,13 +399,41 @@ async fn apply_children(
     Ok(deployment)
 }
 
-/// The App's devices seen in 30 days, from its update server once a pod of it is ready (`None`
-/// before, or when the server cannot tell: logged, and the status keeps its last figure).
+/// How often an App's update server is asked for its monthly active devices.
+const DEVICES_EVERY: Duration = Duration::from_secs(3600);
+
+/// When each App (by uid) last had its update server asked for its monthly active devices: the
+/// figure is asked at most every [`DEVICES_EVERY`], so the status write it causes (and the
+/// reconcile that write starts) asks nothing.
+#[derive(Debug, Default)]
+pub struct DevicesAsked(std::sync::Mutex<std::collections::HashMap<String, Timestamp>>);
+
+impl DevicesAsked {
+    /// Whether the App is due (never asked, or asked `DEVICES_EVERY` ago); if so, records `now`.
+    fn take_if_due(&self, uid: &str, now: Timestamp) -> bool {
+        let mut asked = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = asked
+            .get(uid)
+            .is_none_or(|last| now.duration_since(*last).unsigned_abs() >= DEVICES_EVERY);
+        if due {
+            asked.insert(uid.to_owned(), now);
+        }
+        due
+    }
+}
+
+/// The App's devices seen in 30 days, from its update server once a pod of it is ready and at
+/// most every [`DEVICES_EVERY`] (`None` otherwise, or when the server cannot tell: logged, and
+/// the status keeps its last figure).
 async fn monthly_active_devices(app: &App, context: &Context, outcome: &Outcome) -> Option<i64> {
     let Outcome::Applied { ready_replicas, .. } = outcome else {
         return None;
     };
-    if *ready_replicas < 1 {
+    if *ready_replicas < 1
+        || !context
+            .devices_asked
+            .take_if_due(&app.uid().unwrap_or_default(), context.clock.now())
+    {
         return None;
     }
     let namespace = app.namespace().unwrap_or_default();

@@ -124,6 +124,8 @@ pub struct Context {
     pub written: status::WrittenStatuses,
     /// Reads rollout failure figures from the update servers.
     pub figures: figures::FiguresClient,
+    /// When each App's update server was last asked for its monthly active devices.
+    pub devices_asked: app::DevicesAsked,
     /// Sends Rollout webhook notifications.
     pub notifier: notify::Notifier,
 }
@@ -277,6 +279,7 @@ pub async fn run(
         bundle_sync: BundleSync::new(options.storage_dir.clone(), http.clone(), SyncLimits::default()),
         written: status::WrittenStatuses::default(),
         figures: figures::FiguresClient::new(http.clone(), options.figures_url_template.clone()),
+        devices_asked: app::DevicesAsked::default(),
         notifier: notify::Notifier::start(http),
     });
     let health = Health {

@@ -45,7 +45,13 @@ pub async fn serve(path: PathBuf, key: &str, request: Request<Body>) -> Response
     if let (Some(etag), Some(sent)) = (&etag, request.headers().get(header::IF_NONE_MATCH))
         && none_match_hits(sent.as_bytes(), etag)
     {
-        return StatusCode::NOT_MODIFIED.into_response();
+        // RFC 9110 15.4.5: a 304 carries the ETag and Cache-Control a 200 would.
+        let mut headers = axum::http::HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(etag) {
+            headers.insert(header::ETAG, value);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     let response = match ServeFile::new(&path).oneshot(request).await {
         Ok(response) => response.map(Body::new),
@@ -123,5 +129,12 @@ mod tests {
         assert_eq!(content_hash(&format!("files/{sha}.br")), Some(sha.as_str()));
         assert_eq!(content_hash(&format!("shop/zips/{sha}.zip")), Some(sha.as_str()));
         assert_eq!(content_hash("manifests/x.json"), None);
+        // A manifest is named by its bundle's zip and may be rewritten: never immutable.
+        assert_eq!(content_hash(&format!("manifests/{sha}.json")), None);
+        assert_eq!(content_hash(&format!("shop/manifests/{sha}.br.json")), None);
+        assert_eq!(
+            crate::storage::cache_control_for(&format!("shop/manifests/{sha}.json")),
+            "no-transform"
+        );
     }
 }

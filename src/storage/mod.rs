@@ -350,7 +350,12 @@ pub const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable, 
 pub const NO_TRANSFORM_CACHE_CONTROL: &str = "no-transform";
 
 /// The SHA-256 a content-addressed key names (`files/<sha>`, `files/<sha>.br`, `zips/<sha>.zip`).
+/// Not a manifest's key: it names its bundle's zip, and the sync may rewrite it (new variants,
+/// an encrypted bundle's files sealed again).
 pub fn content_hash(key: &str) -> Option<&str> {
+    if key.starts_with("manifests/") || key.contains("/manifests/") {
+        return None;
+    }
     let name = key.rsplit('/').next()?;
     let hash = name.split('.').next()?;
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)

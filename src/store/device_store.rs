@@ -413,13 +413,17 @@ impl DeviceStore {
     /// sooner): a device whose every sighting of the 30 days came within that much of its last
     /// written one, 30 days ago, is not counted.
     pub async fn monthly_active_devices(&self, app_id: &str, now_ms: i64) -> Result<i64, StoreError> {
-        self.compact().await?;
-        sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE app_id = $1 AND last_seen_ms > $2")
-            .bind(app_id)
-            .bind(now_ms.saturating_sub(MONTH_MS))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::database("count the monthly active devices"))
+        // The devices' rows and the sightings not merged into them yet, without forcing a
+        // compaction (the controller asks for every App).
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT device_id FROM devices WHERE app_id = $1 AND last_seen_ms > $2 \
+             UNION SELECT device_id FROM device_sightings WHERE app_id = $1 AND last_seen_ms > $2) AS seen",
+        )
+        .bind(app_id)
+        .bind(now_ms.saturating_sub(MONTH_MS))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::database("count the monthly active devices"))
     }
 
     /// Counter rows of one app and bundle version on days >= since_day (days since the epoch),

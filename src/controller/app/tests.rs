@@ -71,6 +71,16 @@ fn monthly_active_devices_are_the_servers_figure_or_the_last_one_known() {
 }
 
 #[test]
+fn the_update_server_is_asked_for_devices_at_most_hourly_per_app() {
+    let asked = DevicesAsked::default();
+    assert!(asked.take_if_due("uid-a", at(0)));
+    assert!(!asked.take_if_due("uid-a", at(600)), "10 minutes later");
+    assert!(asked.take_if_due("uid-b", at(600)), "another App");
+    assert!(!asked.take_if_due("uid-a", at(3599)));
+    assert!(asked.take_if_due("uid-a", at(3600)), "an hour later");
+}
+
+#[test]
 fn pods_not_ready_yet_is_reconciling() {
     let status = desired_status(&app(1), &applied(0), None, at(10));
     assert_eq!(
