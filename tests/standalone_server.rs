@@ -105,6 +105,16 @@ async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
 
 const ZIP_SHA: &str = "2b3898b01ccefd0a918bd8c28c44a02caed9ab0f58ec73c409750eb33aae920c";
 
+/// GET `url` with one request header.
+async fn get_with(url: &str, name: &str, value: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header(name, value)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_plugin_generation_gets_the_right_answer_and_can_download_it() {
     let server = start_example().await;
@@ -156,12 +166,7 @@ async fn every_plugin_generation_gets_the_right_answer_and_can_download_it() {
             format!("W/\"{ZIP_SHA}\""),
             format!("\"other\", W/\"{ZIP_SHA}\""),
         ] {
-            let again = reqwest::Client::new()
-                .get(url)
-                .header("if-none-match", &sent)
-                .send()
-                .await
-                .unwrap();
+            let again = get_with(url, "if-none-match", &sent).await;
             assert_eq!(again.status(), 304, "{sent}");
             assert_eq!(again.headers()["etag"], format!("\"{ZIP_SHA}\""));
             assert!(
@@ -171,12 +176,7 @@ async fn every_plugin_generation_gets_the_right_answer_and_can_download_it() {
                     .contains("immutable")
             );
         }
-        let other = reqwest::Client::new()
-            .get(url)
-            .header("if-none-match", "\"other\"")
-            .send()
-            .await
-            .unwrap();
+        let other = get_with(url, "if-none-match", "\"other\"").await;
         assert_eq!(other.status(), 200);
     }
 }
@@ -242,12 +242,7 @@ async fn delta_files_download_and_verify_and_ranges_resume() {
     // A resumed download: the plugin sends Range: bytes=N-.
     let url = answer["url"].as_str().unwrap();
     let full = reqwest::get(url).await.unwrap().bytes().await.unwrap();
-    let partial = reqwest::Client::new()
-        .get(url)
-        .header("range", "bytes=100-")
-        .send()
-        .await
-        .unwrap();
+    let partial = get_with(url, "range", "bytes=100-").await;
     assert_eq!(partial.status(), 206);
     assert_eq!(partial.bytes().await.unwrap(), full.slice(100..));
     let past_end = reqwest::Client::new()
