@@ -333,6 +333,9 @@ async fn bad_input_gets_clear_errors_never_a_500() {
     assert_eq!(answer["error"], "invalid_device_id");
     let response = send("/updates", vec![b' '; 200 * 1024]).await.unwrap();
     assert_eq!(response.status(), 413);
+    // The unread rest of the body is on the connection: the server closes it, and says so, so
+    // the client's next request goes on a fresh one.
+    assert_eq!(response.headers()["connection"], "close");
     let response = send("/stats", b"\"just a string\"".to_vec()).await.unwrap();
     assert_eq!(response.status(), 400);
     let response = send("/channel_self", b"[]".to_vec()).await.unwrap();
