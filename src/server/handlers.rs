@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Path, RawQuery, State, rejection::BytesRejection},
+    extract::{FromRequest, Path, RawQuery, State},
     http::{HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -48,11 +48,7 @@ fn push(state: &ServerState, write: Write) {
 }
 
 /// `POST /updates`: always 200 (the plugin reads the body), with an offer or `{error, message, kind}`.
-pub async fn updates(State(state): State<Arc<ServerState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return unread_body(rejection),
-    };
+pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): WholeBody) -> Response {
     let request = match decode::decode_update(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -122,15 +118,27 @@ fn platform_name(platform: crate::api::app::Platform) -> &'static str {
     }
 }
 
-/// The answer to a body that was not read whole (too large: 413, or cut off), with
-/// `Connection: close`: the rest of the body is still on the connection, so the server closes it
-/// after the answer, and a client that pooled it must not send its next request there.
-fn unread_body(rejection: BytesRejection) -> Response {
-    let mut response = rejection.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+/// A request body read whole. When it cannot be (too large: 413, or cut off), the rejection is
+/// answered with `Connection: close`: the rest of the body is still on the connection, so the
+/// server closes it after the answer, and a client that pooled it must not send its next
+/// request there.
+pub struct WholeBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for WholeBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request<Body>, state: &S) -> Result<Self, Response> {
+        Bytes::from_request(request, state)
+            .await
+            .map(WholeBody)
+            .map_err(|rejection| {
+                let mut response = rejection.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            })
+    }
 }
 
 /// `GET /updates`: Capgo's health answer.
@@ -140,11 +148,7 @@ pub async fn updates_health() -> Json<Value> {
 
 /// `POST /stats`: one event or a batch; each event is recorded on its own, and only a body that
 /// is not an event at all is refused (400, which the plugin drops rather than retries).
-pub async fn stats(State(state): State<Arc<ServerState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return unread_body(rejection),
-    };
+pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): WholeBody) -> Response {
     let decoded = match decode::decode_stats(&body) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -294,12 +298,8 @@ pub async fn channel_self(
     State(state): State<Arc<ServerState>>,
     method: Method,
     RawQuery(query): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    WholeBody(body): WholeBody,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return unread_body(rejection),
-    };
     state
         .metrics
         .channel_requests
