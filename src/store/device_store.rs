@@ -32,10 +32,25 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 /// The window of [`DeviceStore::monthly_active_devices`].
 const MONTH_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
-/// The SQLite migrations of this process run one at a time: SQLite's migrator takes no lock, and
-/// two stores opening the same file at once would both try to create the tables. (PostgreSQL's
+/// The SQLite preparation of this process (the switch to WAL, then the migrations) runs one store
+/// at a time: SQLite's migrator takes no lock, so two stores opening the same file at once would
+/// both try to create the tables, and the switch to WAL needs the file to itself. (PostgreSQL's
 /// migrator takes an advisory lock, which covers several replicas.)
 static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// How many times a busy file's switch to WAL is tried again, and the pause between tries
+/// (5 s in all, sqlx's busy timeout for other statements).
+const WAL_SWITCH_TRIES: u32 = 100;
+const WAL_SWITCH_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether SQLite refused a statement because another connection held the file
+/// (SQLITE_BUSY or SQLITE_LOCKED, extended codes included).
+fn is_busy(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
 
 /// The device store: devices, per-bundle counters and failed-bundle marks, in an SQLite file or
 /// a PostgreSQL database. Cheap to clone: clones share one connection pool.
@@ -556,17 +571,32 @@ async fn prepare(connection: &mut AnyConnection, backend: Backend) -> Result<(),
     if backend == Backend::Postgres {
         return run_migrations(connection).await.map_err(Preparation::Migrate);
     }
-    // WAL is a property of the file: set once, it holds for every later connection.
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(|error| {
-            Preparation::Connect(format!("cannot switch the SQLite file to WAL mode: {error}"))
-        })?;
+    // Stores of this process prepare one at a time: switching to WAL needs the file to itself.
+    let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
+    // WAL is a property of the file: set once, it holds for every later connection. Another
+    // process opening the file at the same moment can make SQLite refuse the switch at once
+    // (busy, without waiting: it would deadlock otherwise), so a busy file is tried again.
+    let mut tries = 0;
+    let mode: String = loop {
+        match sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *connection)
+            .await
+        {
+            Ok(mode) => break mode,
+            Err(error) if tries < WAL_SWITCH_TRIES && is_busy(&error) => {
+                tries += 1;
+                tokio::time::sleep(WAL_SWITCH_PAUSE).await;
+            }
+            Err(error) => {
+                return Err(Preparation::Connect(format!(
+                    "cannot switch the SQLite file to WAL mode: {error}"
+                )));
+            }
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(journal_mode = %mode, "the SQLite device store could not use WAL mode");
     }
-    let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
     run_migrations(connection).await.map_err(Preparation::Migrate)
 }
 
