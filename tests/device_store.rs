@@ -1088,28 +1088,41 @@ mod sqlite_file {
         rollout_states_are_saved_listed_and_deleted,
     );
 
+    /// The `detail` lines of an `EXPLAIN QUERY PLAN` query.
+    async fn plan_of<'q>(
+        connection: &mut sqlx::sqlite::SqliteConnection,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Vec<String> {
+        use sqlx::Row;
+        query
+            .fetch_all(connection)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect()
+    }
+
     /// The figures are one range scan of the covering index (never a scan of the table).
     #[tokio::test]
     async fn outcome_figures_read_only_their_index() {
-        use sqlx::{Row, sqlite::SqliteConnection};
+        use sqlx::sqlite::SqliteConnection;
         let database = TestDatabase::new(Backend::SqliteFile, "figures_plan").await;
         let store = database.open().await;
         let mut connection = SqliteConnection::connect(&database.url).await.expect("connect");
-        let plan: Vec<String> = sqlx::query(
-            "EXPLAIN QUERY PLAN SELECT COUNT(*) AS attempts, COUNT(CASE WHEN failed <> 0 THEN 1 END) \
-             AS failures FROM device_outcomes WHERE app_id = ?1 AND channel = ?2 AND version = ?3 \
-             AND at_ms >= ?4",
+        let plan = plan_of(
+            &mut connection,
+            sqlx::query(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) AS attempts, COUNT(CASE WHEN failed <> 0 THEN 1 END) \
+                 AS failures FROM device_outcomes WHERE app_id = ?1 AND channel = ?2 AND version = ?3 \
+                 AND at_ms >= ?4",
+            )
+            .bind(APP)
+            .bind("production")
+            .bind("1.5.0")
+            .bind(0_i64),
         )
-        .bind(APP)
-        .bind("production")
-        .bind("1.5.0")
-        .bind(0_i64)
-        .fetch_all(&mut connection)
-        .await
-        .expect("plan")
-        .iter()
-        .map(|row| row.get::<String, _>("detail"))
-        .collect();
+        .await;
         assert_eq!(
             plan,
             vec![
@@ -1125,7 +1138,7 @@ mod sqlite_file {
     /// A prune reads and deletes one app's outcomes through the `(app_id, at_ms)` index.
     #[tokio::test]
     async fn a_prune_reads_outcomes_by_app_and_time() {
-        use sqlx::{Row, sqlite::SqliteConnection};
+        use sqlx::sqlite::SqliteConnection;
         let database = TestDatabase::new(Backend::SqliteFile, "prune_plan").await;
         let store = database.open().await;
         let mut connection = SqliteConnection::connect(&database.url).await.expect("connect");
@@ -1135,16 +1148,11 @@ mod sqlite_file {
              ORDER BY at_ms LIMIT 1 OFFSET ?3",
             "EXPLAIN QUERY PLAN DELETE FROM device_outcomes WHERE app_id = ?1 AND at_ms <= ?2",
         ] {
-            let plan: Vec<String> = sqlx::query(sql)
-                .bind(APP)
-                .bind(NOW_MS)
-                .bind(1000_i64)
-                .fetch_all(&mut connection)
-                .await
-                .expect("plan")
-                .iter()
-                .map(|row| row.get::<String, _>("detail"))
-                .collect();
+            let plan = plan_of(
+                &mut connection,
+                sqlx::query(sql).bind(APP).bind(NOW_MS).bind(1000_i64),
+            )
+            .await;
             assert_eq!(plan.len(), 1, "{sql}: {plan:#?}");
             assert!(
                 plan[0].starts_with("SEARCH device_outcomes USING")
