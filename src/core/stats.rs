@@ -93,15 +93,18 @@ impl StatEffect {
     /// mark (kept in memory for every device) and an outcome (read by rollout analysis). Stats
     /// are unauthenticated: a version that is not a Bundle would otherwise grow both without
     /// bound. Counters and the device's current bundle stay: a device may run a bundle this
-    /// server never served (one deployed before the switch to ota).
-    pub fn for_known_bundles(mut self, is_bundle: impl Fn(&str) -> bool) -> Self {
-        if self.failed_version.as_deref().is_some_and(|v| !is_bundle(v)) {
+    /// server never served (one deployed before the switch to ota). Also says whether anything
+    /// was left out.
+    pub fn for_known_bundles(mut self, is_bundle: impl Fn(&str) -> bool) -> (Self, bool) {
+        let unknown_failure = self.failed_version.as_deref().is_some_and(|v| !is_bundle(v));
+        if unknown_failure {
             self.failed_version = None;
         }
-        if self.outcome.as_ref().is_some_and(|o| !is_bundle(o.version())) {
+        let unknown_outcome = self.outcome.as_ref().is_some_and(|o| !is_bundle(o.version()));
+        if unknown_outcome {
             self.outcome = None;
         }
-        self
+        (self, unknown_failure || unknown_outcome)
     }
 }
 
@@ -198,17 +201,21 @@ mod tests {
     #[test]
     fn only_versions_of_bundles_get_failed_marks_and_outcomes() {
         let is_bundle = |v: &str| v == "1.5.0";
-        let known = classify(&event("update_fail", "1.5.0", "8.51.14")).for_known_bundles(is_bundle);
+        let (known, left_out) =
+            classify(&event("update_fail", "1.5.0", "8.51.14")).for_known_bundles(is_bundle);
+        assert!(!left_out);
         assert_eq!(known.failed_version.as_deref(), Some("1.5.0"));
         assert_eq!(known.outcome, Some(VersionOutcome::Failed("1.5.0".into())));
-        let junk = classify(&event("update_fail", "junk-7", "8.51.14")).for_known_bundles(is_bundle);
+        let (junk, left_out) =
+            classify(&event("update_fail", "junk-7", "8.51.14")).for_known_bundles(is_bundle);
+        assert!(left_out);
         assert_eq!((junk.failed_version, junk.outcome), (None, None));
         assert_eq!(
             junk.count,
             Some(("junk-7".into(), "update_fail".into())),
             "still counted"
         );
-        let set = classify(&event("set", "1.2.3", "8.51.14")).for_known_bundles(is_bundle);
+        let (set, _) = classify(&event("set", "1.2.3", "8.51.14")).for_known_bundles(is_bundle);
         assert_eq!(set.outcome, None);
         assert_eq!(
             set.current_bundle.as_deref(),

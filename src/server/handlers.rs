@@ -196,11 +196,9 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
 
 fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) {
     let event = &stat.event;
-    let classified = classify(event);
-    let effect = classified
-        .clone()
-        .for_known_bundles(|version| app.bundle_versions.contains(version));
-    if effect != classified {
+    let (effect, left_out) =
+        classify(event).for_known_bundles(|version| app.bundle_versions.contains(version));
+    if left_out {
         state.metrics.stats_unknown_versions.inc();
     }
     let at = stat
