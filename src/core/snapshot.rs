@@ -19,16 +19,7 @@ use crate::api::{
     rollout::RolloutPhase,
 };
 
-/// One file of a bundle's delta manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestFile {
-    /// Path in the bundle (a `.br` suffix: the bytes are Brotli-compressed).
-    pub file_name: String,
-    /// Lower-case hex SHA-256 of the final file (or its encrypted form for encrypted bundles).
-    pub file_hash: String,
-    /// Storage key of the content-addressed object.
-    pub key: String,
-}
+pub use crate::layout::ManifestFile;
 
 /// A bundle that can be served: synced, with its checksum and storage keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,19 +179,8 @@ fn name_of(meta: &kube::api::ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
 }
 
-/// The key id devices send for a PKCS#1 PEM public key: the first 20 characters of the base64
-/// body, headers and whitespace removed.
-pub fn key_id(public_key_pem: &str) -> Option<String> {
-    let body: String = public_key_pem
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with("-----"))
-        .collect::<String>()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    (!body.is_empty()).then(|| body.chars().take(20).collect())
-}
+// The key id is a property of the key; it lives with the rest of the crypto.
+pub use crate::crypto::key_id;
 
 impl Snapshot {
     /// Builds a snapshot. Objects that cannot be served are left out and reported; one bad object

@@ -539,9 +539,20 @@ fn require_block(len: usize) -> Result<(), CryptoError> {
     }
 }
 
-/// Whether `value` is 64 lower-case hexadecimal characters.
-pub fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+pub use crate::layout::is_sha256_hex;
+
+/// The key id devices send for a PKCS#1 PEM public key: the first 20 characters of the base64
+/// body, headers and whitespace removed.
+pub fn key_id(public_key_pem: &str) -> Option<String> {
+    let body: String = public_key_pem
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("-----"))
+        .collect::<String>()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    (!body.is_empty()).then(|| body.chars().take(20).collect())
 }
 
 /// What [`verify_bundle_signature`] found.

@@ -53,7 +53,7 @@ fn generated_pairs_are_pkcs1_pem_and_match() {
         VerifyingKey::from_pem(&pair.public_pem).unwrap()
     );
     // The key id devices send starts with the PKCS#1 header of a 2048-bit key.
-    let id = crate::core::snapshot::key_id(&pair.public_pem).unwrap();
+    let id = super::key_id(&pair.public_pem).unwrap();
     assert!(id.starts_with("MIIBCgKCAQEA"), "{id}");
     assert!(!format!("{pair:?}").contains("PRIVATE"));
 }

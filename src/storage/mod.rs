@@ -15,7 +15,6 @@
 //! name the key, never its value.
 
 mod credentials;
-mod duration;
 mod redacted;
 mod urls;
 
@@ -31,16 +30,17 @@ use object_store::{
 };
 
 use self::redacted::Redacted;
+// Durations are a pure leaf (the core parses them too); re-exported where callers found them.
 pub use self::{
     credentials::{
         AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AZURE_STORAGE_ACCOUNT_KEY, Credentials,
         GOOGLE_SERVICE_ACCOUNT_KEY, KNOWN_KEYS,
     },
-    duration::parse_duration,
     urls::{MAX_PRESIGNED_URL_TTL, StorageUrls, UrlMode},
 };
 use crate::api::app::{AzureStorage, GcsStorage, S3Storage, StorageSpec};
-use crate::telemetry::error_chain;
+pub use crate::duration::parse_duration;
+use crate::error_chain::error_chain;
 
 /// The kind of storage an App uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -45,7 +45,8 @@ use std::{
 use futures::FutureExt;
 use object_store::{path::Path, signer::Method};
 
-use super::{OpenedStorage, StorageError, duration::parse_duration, error_chain};
+use super::{OpenedStorage, StorageError, error_chain};
+use crate::duration::parse_duration;
 use crate::{
     api::app::StorageSpec,
     core::snapshot::{AppView, BundleView, ManifestFile, StableTarget},
@@ -336,7 +337,7 @@ fn presigned_ttl(value: &str) -> Result<Duration, StorageError> {
         value: value.to_owned(),
         reason,
     };
-    let ttl = parse_duration(value).map_err(invalid)?;
+    let ttl = parse_duration(value).map_err(|error| invalid(error.to_string()))?;
     if ttl < MIN_PRESIGNED_URL_TTL {
         return Err(invalid("it must be at least 1s".to_owned()));
     }

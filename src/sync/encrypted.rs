@@ -23,8 +23,8 @@ use super::{
     objects::{self, Spools},
 };
 use crate::{
-    core::snapshot::ManifestFile,
     crypto::{ChecksumFormat, SessionKey, SigningKey, encrypt_checksum},
+    layout::ManifestFile,
 };
 
 /// What [`store_encrypted_files`] stored.

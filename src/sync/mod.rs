@@ -40,6 +40,7 @@
 mod archive;
 mod deterministic_zip;
 mod encrypted;
+mod facts;
 mod fetch;
 mod objects;
 mod rebuild;
@@ -61,13 +62,18 @@ use tracing::Instrument;
 
 pub use deterministic_zip::{DeterministicZip, entry_order};
 pub use encrypted::{EncryptedFiles, store_encrypted_files};
-pub use remove::{
-    RemoveError, file_key_is_content_addressed, is_bundle_key, remove_objects, stored_file_keys,
-};
-pub use variants::{CompressedVariants, already_compressed, compress_variants, variant_manifest_key};
+pub use remove::{RemoveError, remove_objects, stored_file_keys};
+pub use variants::{CompressedVariants, already_compressed, compress_variants};
 
-use crate::telemetry::error_chain;
-use crate::{api::constants::reason, core::snapshot::ManifestFile};
+// The key layout lives in the pure `layout` leaf (the core reads it too); re-exported here,
+// where the sync's callers have always found it.
+pub use crate::layout::{
+    ManifestFile, file_key, file_key_is_content_addressed, is_bundle_key, is_sha256_hex, manifest_key,
+    object_path, variant_manifest_key, zip_key,
+};
+
+use crate::api::constants::reason;
+use crate::error_chain::error_chain;
 
 /// Files at least this big are offered to Brotli (the Capgo CLI's threshold).
 pub const BROTLI_MIN_SIZE: u64 = 8 * 1024;
@@ -379,40 +385,6 @@ impl SyncError {
             source,
         }
     }
-}
-
-/// Key of a bundle's zip, relative to the prefix.
-pub fn zip_key(sha256: &str) -> String {
-    format!("zips/{sha256}.zip")
-}
-
-/// Key of a bundle's manifest, relative to the prefix.
-pub fn manifest_key(sha256: &str) -> String {
-    format!("manifests/{sha256}.json")
-}
-
-/// Key of one file's content, relative to the prefix (`brotli`: the compressed form).
-pub fn file_key(sha256: &str, brotli: bool) -> String {
-    if brotli {
-        format!("files/{sha256}.br")
-    } else {
-        format!("files/{sha256}")
-    }
-}
-
-/// The store path of `key` under `prefix`, or `None` when `key` is not a clean relative key
-/// (empty, absolute, with `.`, `..` or empty segments, backslashes or control characters).
-pub fn object_path(prefix: &Path, key: &str) -> Option<Path> {
-    if key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains('\\') {
-        return None;
-    }
-    let relative = Path::parse(key).ok()?;
-    Some(prefix.parts().chain(relative.parts()).collect())
-}
-
-/// Whether `value` is 64 lower-case hexadecimal characters.
-fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A manifest entry as stored (JSON).
@@ -942,32 +914,6 @@ mod tests {
     }
 
     #[test]
-    fn object_paths_are_clean_and_prefixed() {
-        let prefix = Path::from("apps/shop");
-        assert_eq!(
-            object_path(&prefix, "files/abc").unwrap().as_ref(),
-            "apps/shop/files/abc"
-        );
-        assert_eq!(
-            object_path(&Path::ROOT, "zips/a.zip").unwrap().as_ref(),
-            "zips/a.zip"
-        );
-        for bad in [
-            "",
-            "/etc/passwd",
-            "a/../b",
-            "./a",
-            "a//b",
-            "a\\b",
-            "a/",
-            "..",
-            "a\u{1}b",
-        ] {
-            assert!(object_path(&prefix, bad).is_none(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn error_classes() {
         let archive = SyncError::InvalidArchive("x".into());
         assert!(archive.is_terminal());
@@ -984,14 +930,6 @@ mod tests {
         let task = SyncError::Task("x".into());
         assert!(!task.is_terminal());
         assert_eq!(task.reason(), reason::STORAGE_UNAVAILABLE);
-    }
-
-    #[test]
-    fn sha256_hex_is_strict() {
-        assert!(is_sha256_hex(&"a".repeat(64)));
-        assert!(!is_sha256_hex(&"A".repeat(64)));
-        assert!(!is_sha256_hex(&"a".repeat(63)));
-        assert!(!is_sha256_hex(&"g".repeat(64)));
     }
 
     #[test]

@@ -703,7 +703,7 @@ pub(super) async fn store_manifest(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
     key: &str,
-    manifest: &[crate::core::snapshot::ManifestFile],
+    manifest: &[crate::layout::ManifestFile],
 ) -> Result<bool, SyncError> {
     let path = path_of(prefix, key)?;
     let json = manifest_json(manifest)?;

@@ -117,7 +117,7 @@ pub(super) async fn rebuild_zip(
 /// the file named without that suffix.
 fn entries_of(
     manifest_key: &str,
-    manifest: Vec<crate::core::snapshot::ManifestFile>,
+    manifest: Vec<crate::layout::ManifestFile>,
     limits: &SyncLimits,
 ) -> Result<Vec<RebuildEntry>, SyncError> {
     let invalid = |message: String| SyncError::InvalidManifest {

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 
-use super::{SyncError, is_sha256_hex, manifest_key, object_path, read_manifest};
+use super::{SyncError, is_bundle_key, manifest_key, object_path, read_manifest};
 use crate::api::constants::reason;
 
 /// How many deletes or manifest reads run at once.
@@ -62,27 +62,6 @@ impl RemoveError {
             RemoveError::Storage { .. } | RemoveError::Manifest { .. } => reason::STORAGE_UNAVAILABLE,
         }
     }
-}
-
-/// Whether `key` is a key the sync writes: `zips/<sha256>.zip`, `manifests/<sha256>.json`,
-/// `manifests/<sha256>.br.json`, or `files/<sha256>` with an optional `.br`, where `<sha256>` is
-/// 64 lower-case hex characters.
-pub fn is_bundle_key(key: &str) -> bool {
-    let hash_between = |prefix: &str, suffix: &str| {
-        key.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
-            .is_some_and(is_sha256_hex)
-    };
-    hash_between("zips/", ".zip")
-        || hash_between("manifests/", ".json")
-        || hash_between("manifests/", ".br.json")
-        || file_key_is_content_addressed(key)
-}
-
-/// Whether `key` is a content-addressed file key, `files/<sha256>` or `files/<sha256>.br`.
-pub fn file_key_is_content_addressed(key: &str) -> bool {
-    key.strip_prefix("files/")
-        .is_some_and(|rest| is_sha256_hex(rest.strip_suffix(".br").unwrap_or(rest)))
 }
 
 /// Deletes exactly `keys` (relative to `prefix`). Every key is checked before anything is

@@ -22,9 +22,9 @@ use tracing::Instrument;
 use super::{
     BROTLI_MIN_SIZE, SyncError, file_key, is_sha256_hex, manifest_key, object_path,
     objects::{self, Spools},
-    read_manifest,
+    read_manifest, variant_manifest_key,
 };
-use crate::core::snapshot::ManifestFile;
+use crate::layout::ManifestFile;
 
 /// Most Brotli encoders at once (each holds up to about 12 MiB).
 const MAX_ENCODERS: usize = 4;
@@ -32,11 +32,6 @@ const MAX_ENCODERS: usize = 4;
 const CHUNK_QUEUE: usize = 4;
 /// Bytes of a file's start kept to recognize its format.
 const SNIFF_LEN: usize = 16;
-
-/// Key of the manifest that names a bundle's Brotli variants, relative to the prefix.
-pub fn variant_manifest_key(sha256: &str) -> String {
-    format!("manifests/{sha256}.br.json")
-}
 
 /// What [`compress_variants`] stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

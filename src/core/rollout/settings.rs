@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Invalid, inverse_normal_cdf};
 use crate::{
     api::{RolloutSpec, rollout::AnalysisAction},
-    storage::parse_duration,
+    duration::parse_duration,
 };
 
 /// The most steps a Rollout may have (the CRD's bound).

@@ -2,12 +2,44 @@
 
 use std::time::Duration;
 
+/// Why a duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing to parse.
+    #[error("the duration is empty")]
+    Empty,
+    /// A term does not start with digits (`position` counts from 1).
+    #[error("expected a number at position {position}")]
+    ExpectedNumber {
+        /// Where the number was expected.
+        position: usize,
+    },
+    /// A term's number does not fit in 64 bits.
+    #[error("a number is too large")]
+    NumberTooLarge,
+    /// The text ends after a number.
+    #[error("the number {number} has no unit (h, m, s or ms)")]
+    MissingUnit {
+        /// The number without a unit.
+        number: u64,
+    },
+    /// A term's unit is none of `h`, `m`, `s`, `ms` (`position` counts from 1).
+    #[error("unknown unit at position {position} (expected h, m, s or ms)")]
+    UnknownUnit {
+        /// Where the unit starts.
+        position: usize,
+    },
+    /// The sum overflows 64 bits of milliseconds.
+    #[error("the duration is too long")]
+    TooLong,
+}
+
 /// Parses one or more `<digits><unit>` terms (units `h`, `m`, `s`, `ms`), summed: exactly the
 /// grammar of [`crate::api::common::DURATION_RULE`] (`^([0-9]+(ms|s|m|h))+$`). No sign, no
-/// fractions, no spaces. Returns a message naming the problem on bad input or overflow.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// fractions, no spaces. The error names the problem on bad input or overflow.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text.is_empty() {
-        return Err("the duration is empty".to_owned());
+        return Err(DurationError::Empty);
     }
     let bytes = text.as_bytes();
     let mut total_ms: u64 = 0;
@@ -18,11 +50,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             position += 1;
         }
         if position == start {
-            return Err(format!("expected a number at position {}", start + 1));
+            return Err(DurationError::ExpectedNumber { position: start + 1 });
         }
         let number: u64 = text[start..position]
             .parse()
-            .map_err(|_| "a number is too large".to_owned())?;
+            .map_err(|_| DurationError::NumberTooLarge)?;
         let unit_ms: u64 = match &bytes[position..] {
             [b'm', b's', ..] => {
                 position += 2;
@@ -40,18 +72,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 position += 1;
                 1_000
             }
-            [] => return Err(format!("the number {number} has no unit (h, m, s or ms)")),
+            [] => return Err(DurationError::MissingUnit { number }),
             _ => {
-                return Err(format!(
-                    "unknown unit at position {} (expected h, m, s or ms)",
-                    position + 1
-                ));
+                return Err(DurationError::UnknownUnit {
+                    position: position + 1,
+                });
             }
         };
         total_ms = number
             .checked_mul(unit_ms)
             .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| "the duration is too long".to_owned())?;
+            .ok_or(DurationError::TooLong)?;
     }
     Ok(Duration::from_millis(total_ms))
 }
@@ -94,7 +125,7 @@ mod tests {
             ("9999999999999999h", "too long"),
         ] {
             let error = parse_duration(text).expect_err(text);
-            assert!(error.contains(message), "{text:?}: {error}");
+            assert!(error.to_string().contains(message), "{text:?}: {error}");
         }
     }
 
