@@ -50,8 +50,8 @@ use crate::duration::parse_duration;
 use crate::{
     api::app::StorageSpec,
     core::snapshot::{AppView, BundleView, ManifestFile, StableTarget},
+    layout::object_path,
     protocol::encode::BundleUrls,
-    sync::object_path,
 };
 
 /// The longest `presignedUrlTtl` accepted: 7 days, the limit of S3 and GCS.

@@ -15,16 +15,21 @@ use std::{
     sync::Arc,
 };
 
-use object_store::{ObjectStore, path::Path};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::{
-    SyncError, SyncLimits, archive, file_key, is_sha256_hex, manifest_key,
+    BundleSourceRef, STORE_CONCURRENCY, SyncError, SyncLimits, SyncRequest, SyncedBundle, archive,
+    archive_task_failed, file_key, is_sha256_hex, manifest_key,
     objects::{self, Spools},
+    pipeline::{fetch_verified, sync_span},
+    read_manifest,
 };
 use crate::{
     crypto::{ChecksumFormat, SessionKey, SigningKey, encrypt_checksum},
-    layout::ManifestFile,
+    layout::{ManifestFile, object_path, zip_key},
 };
 
 /// What [`store_encrypted_files`] stored.
@@ -60,7 +65,7 @@ pub async fn store_encrypted_files(
         let zip = plaintext_zip.to_owned();
         tokio::task::spawn_blocking(move || archive::scan(&zip, &SyncLimits::default(), None))
             .await
-            .map_err(|e| super::archive_task_failed(&e))??
+            .map_err(|e| archive_task_failed(&e))??
     };
     let workdir = tempfile::Builder::new()
         .prefix("ota-encrypt-")
@@ -124,7 +129,7 @@ pub async fn store_encrypted_files(
     drop(receiver);
     let joined = producer.await;
     result?;
-    joined.map_err(|e| super::archive_task_failed(&e))?;
+    joined.map_err(|e| archive_task_failed(&e))?;
     let manifest_key = manifest_key(encrypted_sha256);
     objects::store_manifest(store, prefix, &manifest_key, &manifest).await?;
     Ok(EncryptedFiles {
@@ -210,4 +215,98 @@ impl Write for HashingFile {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
+}
+
+/// Syncs a bundle encrypted with the plugin's v2 scheme (a Bundle with `spec.encryption`): its
+/// zip is AES ciphertext that only devices can decrypt (the server never holds the private key),
+/// so it cannot be validated or split into files. The zip is fetched, its declared SHA-256 (of
+/// the ciphertext) verified, and stored as is under `zips/<sha256>.zip`. When its encrypted
+/// delta files are stored already ([`store_encrypted_files`], by who holds the private key),
+/// their manifest is checked and recorded.
+pub async fn sync_encrypted_bundle(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let span = sync_span(&request, true);
+    sync_encrypted_inner(request).instrument(span).await
+}
+
+async fn sync_encrypted_inner(request: SyncRequest<'_>) -> Result<SyncedBundle, SyncError> {
+    let SyncRequest { store, prefix, .. } = request;
+    if let BundleSourceRef::Manifest(key) = request.source {
+        return Err(SyncError::SourceRefused(format!(
+            "manifest {key}: an encrypted bundle cannot be rebuilt from files (only devices can \
+             decrypt them); its source must be the encrypted zip (url, storageKey or path)"
+        )));
+    }
+    // The temporary folder lives until the zip is stored.
+    let zip = fetch_verified(&request, "bundle.zip.enc").await?;
+    let fetched = &zip.fetched;
+    let zip_key = zip_key(&fetched.sha256);
+    let zip_uploaded = objects::store_zip(store, prefix, &zip_key, &zip.zip_path, fetched.size).await?;
+    zip.check_unchanged(store, prefix, &zip_key, zip_uploaded).await?;
+    // Delta files exist only when who encrypted the bundle stored them (`ota bundle push
+    // --encrypt`); the server cannot make them.
+    let manifest = stored_encrypted_manifest(store, prefix, &fetched.sha256).await?;
+    tracing::info!(
+        zip_size = fetched.size,
+        zip_uploaded,
+        delta_files = manifest.as_ref().map_or(0, |(_, files)| files.len()),
+        "encrypted bundle synced"
+    );
+    let (manifest_key, manifest) = manifest.unwrap_or_default();
+    Ok(SyncedBundle {
+        sha256: fetched.sha256.clone(),
+        zip_size: fetched.size,
+        uncompressed_size: 0,
+        file_count: manifest.len() as u64,
+        zip_key,
+        manifest_key,
+        manifest,
+        uploaded_files: 0,
+        reused_files: 0,
+        encrypted: true,
+        compressed_variants: false,
+    })
+}
+
+/// The manifest of an encrypted bundle's delta files, when one is stored: every file it lists
+/// must be in the store (a device would fail on a missing one), else it is refused.
+async fn stored_encrypted_manifest(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    sha256: &str,
+) -> Result<Option<(String, Vec<ManifestFile>)>, SyncError> {
+    let key = manifest_key(sha256);
+    let files = match read_manifest(store, prefix, &key).await {
+        Ok(files) => files,
+        Err(SyncError::Storage {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    // Owned keys: a stream over borrowed items could not be proven `Send` by the controller.
+    let keys: Vec<String> = files.iter().map(|file| file.key.clone()).collect();
+    let missing = futures::stream::iter(keys)
+        .map(|file_key: String| async move {
+            let path = object_path(prefix, &file_key);
+            let found = match &path {
+                Some(path) => match store.head(path).await {
+                    Ok(_) => true,
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    Err(e) => return Err(SyncError::storage("check", path, e)),
+                },
+                None => false,
+            };
+            Ok((!found).then_some(file_key))
+        })
+        .buffer_unordered(STORE_CONCURRENCY)
+        .try_collect::<Vec<Option<String>>>()
+        .await?;
+    let missing: Vec<String> = missing.into_iter().flatten().collect();
+    if let Some(first) = missing.first() {
+        return Err(SyncError::InvalidManifest {
+            key,
+            message: format!("{} of its files are not in storage, e.g. {first}", missing.len()),
+        });
+    }
+    Ok(Some((key, files)))
 }

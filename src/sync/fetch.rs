@@ -12,19 +12,12 @@ use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::{BundleSourceRef, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, error_chain, object_path};
+use super::{
+    BundleSourceRef, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, error_chain, fetched::Fetched, object_path,
+};
 
 /// Buffer of the temporary file's writer and of local-file reads.
 const IO_BUFFER: usize = 256 * 1024;
-
-/// A zip fetched into a temporary file.
-#[derive(Debug)]
-pub(super) struct Fetched {
-    /// Bytes written.
-    pub size: u64,
-    /// Lower-case hex SHA-256 of those bytes.
-    pub sha256: String,
-}
 
 /// Where the fetched zip is.
 #[derive(Debug)]

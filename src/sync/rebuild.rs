@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{
-    DeterministicZip, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, entry_order, error_chain, fetch::Fetched,
+    DeterministicZip, SOURCE_IDLE_TIMEOUT, SyncError, SyncLimits, entry_order, error_chain, fetched::Fetched,
     object_path, read_manifest,
 };
 
