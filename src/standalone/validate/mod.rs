@@ -88,13 +88,26 @@ pub struct Invalid {
     pub causes: Vec<String>,
 }
 
+impl Invalid {
+    /// The causes as the server lists them after "is invalid: ": the one cause, or all of them
+    /// in brackets.
+    pub fn causes_text(&self) -> String {
+        match self.causes.as_slice() {
+            [only] => only.clone(),
+            causes => format!("[{}]", causes.join(", ")),
+        }
+    }
+}
+
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} is invalid: ", self.group_kind, self.name)?;
-        match self.causes.as_slice() {
-            [only] => f.write_str(only),
-            causes => write!(f, "[{}]", causes.join(", ")),
-        }
+        write!(
+            f,
+            "{} {:?} is invalid: {}",
+            self.group_kind,
+            self.name,
+            self.causes_text()
+        )
     }
 }
 
@@ -147,12 +160,10 @@ impl Validator {
                 crd: crd_name.clone(),
                 message,
             })?;
-            let rules = rules::Rules::compile(&schema).map_err(|(rule, message)| {
-                BuildError::Rule {
-                    crd: crd_name.clone(),
-                    rule,
-                    message,
-                }
+            let rules = rules::Rules::compile(&schema).map_err(|(rule, message)| BuildError::Rule {
+                crd: crd_name.clone(),
+                rule,
+                message,
             })?;
             let kind = crd.spec.names.kind.clone();
             kinds.insert(
@@ -199,10 +210,7 @@ impl Validator {
         } else {
             Err(Invalid {
                 group_kind: kind.group_kind.clone(),
-                name: object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                name: object["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
                 causes,
             })
         }
@@ -285,9 +293,8 @@ fn list_violations(schema: &Value, value: &Value, path: &FieldPath, out: &mut Ve
                         .flatten()
                         .filter_map(Value::as_str)
                         .collect();
-                    let key_of = |item: &Value| -> Vec<Value> {
-                        keys.iter().map(|key| item[*key].clone()).collect()
-                    };
+                    let key_of =
+                        |item: &Value| -> Vec<Value> { keys.iter().map(|key| item[*key].clone()).collect() };
                     for (index, item) in items.iter().enumerate() {
                         let key = key_of(item);
                         if items[..index].iter().any(|earlier| key_of(earlier) == key) {
@@ -381,7 +388,9 @@ mod tests {
     #[test]
     fn rules_see_defaults_and_nulls_of_non_nullable_fields_are_pruned() {
         // `platforms` is not nullable: a null is pruned and the default applies.
-        let valid = app(json!({"appId": "com.example.shop", "storage": {"filesystem": {"path": "s"}}, "platforms": null}));
+        let valid = app(
+            json!({"appId": "com.example.shop", "storage": {"filesystem": {"path": "s"}}, "platforms": null}),
+        );
         assert_eq!(Validator::shared().validate(&valid, None), Ok(()));
     }
 
@@ -403,6 +412,9 @@ mod tests {
         assert_eq!(render(&json!(1.0)), "1");
         assert_eq!(render(&json!(0.95)), "0.95");
         assert_eq!(render(&json!("a")), "\"a\"");
-        assert_eq!(FieldPath::default().child("spec").index(2).child("x").to_string(), "spec[2].x");
+        assert_eq!(
+            FieldPath::default().child("spec").index(2).child("x").to_string(),
+            "spec[2].x"
+        );
     }
 }

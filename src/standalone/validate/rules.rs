@@ -63,7 +63,11 @@ impl Rules {
             return; // the server evaluates no rule on a null
         }
         let shape = schema["type"].as_str().unwrap_or(type_name(value));
-        for validation in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+        for validation in schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let Some(source) = validation["rule"].as_str() else {
                 continue;
             };
@@ -145,7 +149,11 @@ fn collect_rules(schema: &Value, out: &mut Vec<String>) {
     let Some(fields) = schema.as_object() else {
         return;
     };
-    for validation in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+    for validation in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(rule) = validation["rule"].as_str() {
             out.push(rule.to_owned());
         }
@@ -188,9 +196,7 @@ fn to_cel(schema: &Value, value: &Value) -> CelValue {
         Value::Null => CelValue::Null,
         Value::Bool(flag) => CelValue::Bool(*flag),
         Value::Number(number) => match (schema["type"].as_str(), number.as_i64(), number.as_u64()) {
-            (Some("number"), _, _) | (_, None, None) => {
-                CelValue::Float(number.as_f64().unwrap_or(f64::NAN))
-            }
+            (Some("number"), _, _) | (_, None, None) => CelValue::Float(number.as_f64().unwrap_or(f64::NAN)),
             (_, Some(int), _) => CelValue::Int(int),
             (_, None, Some(uint)) => CelValue::UInt(uint),
         },
@@ -251,9 +257,20 @@ mod tests {
                 "x-kubernetes-validations": [{"rule": "has(self.p)", "message": "p is needed"}]},
             "x-kubernetes-validations": [{"rule": "self.filter(s, has(s.p)).map(s, s.p).isSorted()", "message": "p must not decrease"}]
         }, "key": {"type": "string", "x-kubernetes-validations": [{"rule": "self.trim().startsWith('k')"}]}}});
-        assert!(causes(&schema, &json!({"steps": [{"p": 1}, {"p": 2}], "key": " k"}), None).is_empty());
+        assert!(
+            causes(
+                &schema,
+                &json!({"steps": [{"p": 1}, {"p": 2}], "key": " k"}),
+                None
+            )
+            .is_empty()
+        );
         assert_eq!(
-            causes(&schema, &json!({"steps": [{"p": 2}, {}, {"p": 1}], "key": "x"}), None),
+            causes(
+                &schema,
+                &json!({"steps": [{"p": 2}, {}, {"p": 1}], "key": "x"}),
+                None
+            ),
             [
                 "key: Invalid value: \"string\": failed rule: self.trim().startsWith('k')",
                 "steps: Invalid value: \"array\": p must not decrease",

@@ -37,14 +37,9 @@ fn json_schema(openapi: &Value) -> Value {
                     .collect(),
             ),
             "items" | "additionalProperties" | "not" => json_schema(value),
-            "allOf" | "anyOf" | "oneOf" => Value::Array(
-                value
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(json_schema)
-                    .collect(),
-            ),
+            "allOf" | "anyOf" | "oneOf" => {
+                Value::Array(value.as_array().into_iter().flatten().map(json_schema).collect())
+            }
             // Kept as data: a default or an example is not a schema.
             _ => value.clone(),
         };
@@ -67,17 +62,16 @@ pub(super) fn violations(checker: &jsonschema::Validator, object: &Value) -> Vec
     checker
         .iter_errors(object)
         .map(|error| {
-            let path = error.instance_path().segments().fold(
-                FieldPath::default(),
-                |path, segment| match segment {
+            let path = error
+                .instance_path()
+                .segments()
+                .fold(FieldPath::default(), |path, segment| match segment {
                     jsonschema::paths::LocationSegment::Property(name) => path.child(&name),
                     jsonschema::paths::LocationSegment::Index(index) => path.index(index),
-                },
-            );
+                });
             let instance: &Value = error.instance();
-            message(error.kind(), &path, instance).unwrap_or_else(|| {
-                format!("{path}: Invalid value: {}: {error}", render(instance))
-            })
+            message(error.kind(), &path, instance)
+                .unwrap_or_else(|| format!("{path}: Invalid value: {}: {error}", render(instance)))
         })
         .collect()
 }
@@ -89,7 +83,10 @@ fn message(kind: &ValidationErrorKind, path: &FieldPath, value: &Value) -> Optio
     let length = || value.as_array().map_or(0, Vec::len);
     Some(match kind {
         ValidationErrorKind::Required { property } => {
-            format!("{}: Required value", path.child(property.as_str().unwrap_or_default()))
+            format!(
+                "{}: Required value",
+                path.child(property.as_str().unwrap_or_default())
+            )
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -126,13 +123,12 @@ fn message(kind: &ValidationErrorKind, path: &FieldPath, value: &Value) -> Optio
             "{path}: Invalid value: {}: {path} in body should have at least {limit} items",
             length()
         ),
-        ValidationErrorKind::MaxItems { limit } => format!(
-            "{path}: Too many: {}: must have at most {limit} items",
-            length()
-        ),
-        ValidationErrorKind::MinLength { limit } => format!(
-            "{path}: Invalid value: {shown}: {path} in body should be at least {limit} chars long"
-        ),
+        ValidationErrorKind::MaxItems { limit } => {
+            format!("{path}: Too many: {}: must have at most {limit} items", length())
+        }
+        ValidationErrorKind::MinLength { limit } => {
+            format!("{path}: Invalid value: {shown}: {path} in body should be at least {limit} chars long")
+        }
         ValidationErrorKind::MaxLength { limit } => {
             format!("{path}: Too long: may not be more than {limit} bytes")
         }
