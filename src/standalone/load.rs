@@ -3,7 +3,7 @@
 //! never fatal.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -85,33 +85,85 @@ pub fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>
         .collect()
 }
 
-/// Reads every object of a folder.
+/// An object's identity: kind, namespace, name.
+type ObjectKey = (String, String, String);
+
+/// Reads a folder again and again, remembering the last version of each object it accepted, so
+/// that an edited document is checked as an update of it (the CRDs' transition rules, such as an
+/// immutable `sha256`), as `kubectl apply` of the edited file would be. An object whose update is
+/// refused stays remembered as it was; one whose documents are gone is forgotten (as deleted).
+#[derive(Debug, Default)]
+pub struct Loader {
+    accepted: HashMap<ObjectKey, Value>,
+}
+
+/// Reads every object of a folder, with no earlier version of any.
 pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
-    let mut loaded = Loaded::default();
-    let mut seen = HashSet::new();
-    for path in yaml_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|source| LoadError {
-            path: path.clone(),
-            source,
-        })?;
-        let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-        let documents: Vec<Value> = match serde_saphyr::from_multiple(&text) {
-            Ok(documents) => documents,
-            Err(error) => {
-                loaded.problems.push(format!("{shown}: not valid YAML: {error}"));
-                continue;
-            }
+    Loader::default().load(dir)
+}
+
+/// One read of the folder.
+struct Pass<'a> {
+    loaded: Loaded,
+    /// The documents accepted in this read.
+    seen: HashMap<ObjectKey, Value>,
+    /// The objects that have a document in this read that was refused.
+    refused: HashSet<ObjectKey>,
+    /// The versions accepted by earlier reads.
+    earlier: &'a HashMap<ObjectKey, Value>,
+}
+
+impl Loader {
+    /// Reads every object of a folder. A document is checked as the API server would check it
+    /// ([`super::validate`]): against the version of the same object earlier in the folder, or
+    /// else the one this loader accepted last time, as an update.
+    pub fn load(&mut self, dir: &Path) -> Result<Loaded, LoadError> {
+        let mut pass = Pass {
+            loaded: Loaded::default(),
+            seen: HashMap::new(),
+            refused: HashSet::new(),
+            earlier: &self.accepted,
         };
-        let folder = path.parent().unwrap_or(dir).to_owned();
-        for (index, document) in documents.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
-            if let Err(problem) = add_document(&mut loaded, &mut seen, document, &folder) {
-                loaded
-                    .problems
-                    .push(format!("{shown}: document {}: {problem}", index + 1));
+        for path in yaml_files(dir)? {
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError {
+                path: path.clone(),
+                source,
+            })?;
+            let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+            let documents: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+                Ok(documents) => documents,
+                Err(error) => {
+                    pass.loaded
+                        .problems
+                        .push(format!("{shown}: not valid YAML: {error}"));
+                    continue;
+                }
+            };
+            let folder = path.parent().unwrap_or(dir).to_owned();
+            for (index, document) in documents.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
+                if let Err(problem) = pass.add_document(document, &folder) {
+                    pass.loaded
+                        .problems
+                        .push(format!("{shown}: document {}: {problem}", index + 1));
+                }
             }
         }
+        let Pass {
+            loaded,
+            mut seen,
+            refused,
+            ..
+        } = pass;
+        for key in refused {
+            if !seen.contains_key(&key)
+                && let Some(kept) = self.accepted.remove(&key)
+            {
+                seen.insert(key, kept);
+            }
+        }
+        self.accepted = seen;
+        Ok(loaded)
     }
-    Ok(loaded)
 }
 
 /// Whether `name` is a DNS subdomain (RFC 1123), as the API server requires of object names:
@@ -131,85 +183,86 @@ fn is_dns_label(namespace: &str) -> bool {
     namespace.len() <= 63 && !namespace.contains('.') && is_dns_subdomain(namespace)
 }
 
-fn add_document(
-    loaded: &mut Loaded,
-    seen: &mut HashSet<(String, String, String)>,
-    mut document: Value,
-    folder: &Path,
-) -> Result<(), String> {
-    let api_version = document["apiVersion"].as_str().unwrap_or_default().to_owned();
-    let kind = document["kind"].as_str().unwrap_or_default().to_owned();
-    if api_version != crate::api::constants::API_VERSION {
-        // Other kinds (Secrets, ConfigMaps, ...) may live in the same folder: not ours to read.
-        return if api_version.starts_with(crate::api::constants::GROUP) {
-            Err(format!(
-                "apiVersion {api_version} is not served; use {}",
-                crate::api::constants::API_VERSION
-            ))
-        } else {
-            Ok(())
-        };
-    }
-    if document["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-        return Err(format!("{kind} without metadata.name"));
-    }
-    if document["metadata"]["namespace"].is_null() {
-        document["metadata"]["namespace"] = Value::String(DEFAULT_NAMESPACE.to_owned());
-    }
-    // Status is the server's to write: a status in the YAML is ignored.
-    if let Some(object) = document.as_object_mut() {
-        object.remove("status");
-    }
-    let name = document["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if !is_dns_subdomain(&name) {
-        return Err(format!(
-            "{kind} {name:?}: metadata.name must be lower-case letters, digits, '-' and '.', \
-             starting and ending with a letter or digit (at most 253 characters)"
-        ));
-    }
-    let namespace = document["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if !is_dns_label(&namespace) {
-        return Err(format!(
-            "{kind} {name}: metadata.namespace {namespace:?} must be lower-case letters, digits and \
-             '-', starting and ending with a letter or digit (at most 63 characters)"
-        ));
-    }
-    let invalid = |e: serde_json::Error| format!("{kind} {name} is invalid: {e}");
-    let key = (kind.clone(), namespace.clone(), name.clone());
-    if seen.contains(&key) {
-        // As `kubectl apply` of two such documents would leave one object: the first is kept.
-        return Err(format!(
-            "{kind} {namespace}/{name} is defined again; this one is skipped"
-        ));
-    }
-    match kind.as_str() {
-        "App" => loaded
-            .apps
-            .push(serde_json::from_value(document).map_err(invalid)?),
-        "Channel" => loaded
-            .channels
-            .push(serde_json::from_value(document).map_err(invalid)?),
-        "Bundle" => loaded.bundles.push((
-            serde_json::from_value(document).map_err(invalid)?,
-            folder.to_owned(),
-        )),
-        "Rollout" => loaded
-            .rollouts
-            .push(serde_json::from_value(document).map_err(invalid)?),
-        other => {
+impl Pass<'_> {
+    fn add_document(&mut self, mut document: Value, folder: &Path) -> Result<(), String> {
+        let api_version = document["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = document["kind"].as_str().unwrap_or_default().to_owned();
+        if api_version != crate::api::constants::API_VERSION {
+            // Other kinds (Secrets, ConfigMaps, ...) may live in the same folder: not ours to read.
+            return if api_version.starts_with(crate::api::constants::GROUP) {
+                Err(format!(
+                    "apiVersion {api_version} is not served; use {}",
+                    crate::api::constants::API_VERSION
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        if document["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+            return Err(format!("{kind} without metadata.name"));
+        }
+        if document["metadata"]["namespace"].is_null() {
+            document["metadata"]["namespace"] = Value::String(DEFAULT_NAMESPACE.to_owned());
+        }
+        // Status is the server's to write: a status in the YAML is ignored.
+        if let Some(object) = document.as_object_mut() {
+            object.remove("status");
+        }
+        let name = document["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !is_dns_subdomain(&name) {
             return Err(format!(
-                "kind {other:?} is not one of App, Channel, Bundle, Rollout"
+                "{kind} {name:?}: metadata.name must be lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (at most 253 characters)"
             ));
         }
+        let namespace = document["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !is_dns_label(&namespace) {
+            return Err(format!(
+                "{kind} {name}: metadata.namespace {namespace:?} must be lower-case letters, digits and \
+             '-', starting and ending with a letter or digit (at most 63 characters)"
+            ));
+        }
+        let invalid = |e: serde_json::Error| format!("{kind} {name} is invalid: {e}");
+        let key = (kind.clone(), namespace.clone(), name.clone());
+        let previous = self.seen.get(&key).or_else(|| self.earlier.get(&key));
+        if let Err(refused) = super::validate::Validator::shared().validate(&document, previous) {
+            self.refused.insert(key);
+            // Worded as the serde problems below, with the API server's causes.
+            return Err(format!("{kind} {name} is invalid: {}", refused.causes_text()));
+        }
+        if self.seen.contains_key(&key) {
+            // As `kubectl apply` of two such documents would leave one object: the first is kept.
+            return Err(format!(
+                "{kind} {namespace}/{name} is defined again; this one is skipped"
+            ));
+        }
+        let accepted = document.clone();
+        let loaded = &mut self.loaded;
+        let parsed = match kind.as_str() {
+            "App" => serde_json::from_value(document).map(|app| loaded.apps.push(app)),
+            "Channel" => serde_json::from_value(document).map(|channel| loaded.channels.push(channel)),
+            "Bundle" => serde_json::from_value(document)
+                .map(|bundle| loaded.bundles.push((bundle, folder.to_owned()))),
+            "Rollout" => serde_json::from_value(document).map(|rollout| loaded.rollouts.push(rollout)),
+            other => {
+                return Err(format!(
+                    "kind {other:?} is not one of App, Channel, Bundle, Rollout"
+                ));
+            }
+        };
+        if let Err(error) = parsed {
+            self.refused.insert(key);
+            return Err(invalid(error));
+        }
+        self.seen.insert(key, accepted);
+        Ok(())
     }
-    seen.insert(key);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -295,6 +348,62 @@ mod tests {
         assert!(loaded.problems[1].contains("\"Channel/production\": metadata.name must be"));
         assert!(loaded.problems[2].contains("metadata.namespace \"Not_A_Namespace\""));
         assert!(loaded.problems[3].contains("\"-dash\": metadata.name must be"));
+    }
+
+    #[test]
+    fn a_document_the_api_server_would_refuse_is_skipped_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = |name: &str, app_id: &str| {
+            format!(
+                "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata: {{name: {name}}}\n\
+                 spec: {{appId: {app_id}, storage: {{filesystem: {{path: ./s}}}}}}\n"
+            )
+        };
+        let documents = [app("good", "com.example.good"), app("bad", "shop")].join("---\n");
+        std::fs::write(dir.path().join("apps.yaml"), documents).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let served: Vec<_> = loaded.apps.iter().map(|a| a.metadata.name.as_deref()).collect();
+        assert_eq!(served, [Some("good")]);
+        assert_eq!(
+            loaded.problems,
+            [
+                "apps.yaml: document 2: App bad is invalid: spec.appId: Invalid value: \"string\": \
+              appId must be a reverse-DNS app id such as com.example.app"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_edit_is_checked_as_an_update_of_the_version_accepted_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bundle.yaml");
+        let bundle = |sha256: char| {
+            format!(
+                "apiVersion: ota.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: b}}\nspec:\n  \
+                 appRef: shop\n  version: 1.0.0\n  source: {{url: 'https://ci.example.com/w.zip', \
+                 sha256: {}}}\n",
+                sha256.to_string().repeat(64)
+            )
+        };
+        let mut loader = Loader::default();
+        let mut reload = |content: Option<String>| {
+            match content {
+                Some(content) => std::fs::write(&file, content).unwrap(),
+                None => std::fs::remove_file(&file).unwrap(),
+            }
+            let loaded = loader.load(dir.path()).unwrap();
+            (loaded.bundles.len(), loaded.problems)
+        };
+        assert_eq!(reload(Some(bundle('a'))), (1, vec![]));
+        let (served, problems) = reload(Some(bundle('b')));
+        assert_eq!(served, 0);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("spec.source.sha256: Invalid value: \"string\": sha256 is immutable"));
+        // The refused edit left the accepted version as it was: going back to it is no change.
+        assert_eq!(reload(Some(bundle('a'))), (1, vec![]));
+        // A Bundle whose document is gone is deleted: a new one may have any sha256.
+        assert_eq!(reload(None), (0, vec![]));
+        assert_eq!(reload(Some(bundle('b'))), (1, vec![]));
     }
 
     #[test]

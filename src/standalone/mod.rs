@@ -6,6 +6,7 @@
 
 pub mod load;
 pub mod rollouts;
+pub mod validate;
 
 use std::{
     collections::{BTreeMap, HashMap},
