@@ -18,4 +18,5 @@ pub mod standalone;
 pub mod storage;
 pub mod store;
 pub mod sync;
+pub mod sync_driver;
 pub mod telemetry;

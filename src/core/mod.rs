@@ -2,6 +2,7 @@
 //! data. No kube client, no HTTP, no clock, no I/O in here.
 
 pub mod app_children;
+pub mod backoff;
 pub mod bundle_lifecycle;
 pub mod channel_self;
 pub mod channel_status;
