@@ -20,3 +20,4 @@ pub mod store;
 pub mod sync;
 pub mod sync_driver;
 pub mod telemetry;
+pub mod watch;
