@@ -60,8 +60,8 @@ pub enum NextLook {
 pub enum SyncStep {
     /// Record this status (when it differs from the stored one).
     Record {
-        /// The Bundle's new status.
-        status: BundleStatus,
+        /// The Bundle's new status (boxed: it is much larger than the other steps).
+        status: Box<BundleStatus>,
         /// After a terminal sync failure: the Warning event to publish.
         warning: Option<WarningEvent>,
         /// What went wrong, for the log (None after a successful sync).
@@ -143,7 +143,7 @@ impl BundleSyncer {
         };
         let warning = plan.warning.clone();
         Ok(SyncStep::Record {
-            status: plan.into_status(now),
+            status: Box::new(plan.into_status(now)),
             warning,
             problem,
             next,
@@ -234,7 +234,7 @@ fn stalled(bundle: &Bundle, problem: StorageProblem, now: Timestamp) -> SyncStep
     });
     let plan = bundle_status_after_sync(bundle, &failure, None, now.as_millisecond());
     SyncStep::Record {
-        status: plan.into_status(now),
+        status: Box::new(plan.into_status(now)),
         // The Ready transition's own event says it; a storage problem is not the bundle's fault.
         warning: None,
         problem: Some(problem.message),

@@ -225,7 +225,7 @@ async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, Bu
             if let Some(warning) = &warning {
                 count_failure(context, KIND, category_of(warning.reason));
             }
-            write_status(bundle, context, status, warning).await?;
+            write_status(bundle, context, *status, warning).await?;
             Ok(action_of(next))
         }
     }
