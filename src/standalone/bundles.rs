@@ -25,6 +25,9 @@ use crate::{
     sync_driver::{self, BundleSyncer, NextLook, StoragePort, StorageProblem, SyncStep},
 };
 
+/// Looks at one Bundle in one load: a sync, the status it records, then its variants step.
+const MAX_STEPS_PER_LOOK: usize = 3;
+
 /// A namespace and a name.
 type BundleId = (String, String);
 
@@ -131,28 +134,37 @@ impl Bundles {
             held.collect_variants(&id, now).await;
             bundle.metadata.generation = Some(held.generation);
             bundle.status = held.status.clone();
-            let step = match self
-                .syncer
-                .step(&bundle, &FolderStorage(apps), Some(&folder), now)
-                .await
-            {
-                Ok(step) => step,
-                Err(never) => match never {},
-            };
-            match step {
-                SyncStep::Record {
-                    status,
-                    problem,
-                    next,
-                    ..
-                } => {
-                    bundle.status = Some((*status).clone());
-                    held.status = Some(*status);
-                    held.problem = problem;
-                    held.look_at_ms = look_at(next, now);
+            // A recorded change is looked at again at once, as the controller's status write
+            // wakes its reconcile (a sync, then its variants step); an unchanged one is not.
+            for _ in 0..MAX_STEPS_PER_LOOK {
+                let step = match self
+                    .syncer
+                    .step(&bundle, &FolderStorage(apps), Some(&folder), now)
+                    .await
+                {
+                    Ok(step) => step,
+                    Err(never) => match never {},
+                };
+                match step {
+                    SyncStep::Record {
+                        status,
+                        problem,
+                        next,
+                        ..
+                    } => {
+                        held.problem = problem;
+                        held.look_at_ms = look_at(next, now);
+                        let changed = bundle.status.as_ref() != Some(&*status);
+                        bundle.status = Some((*status).clone());
+                        held.status = Some(*status);
+                        if changed {
+                            continue;
+                        }
+                    }
+                    SyncStep::Wait(next) => held.look_at_ms = look_at(next, now),
+                    SyncStep::CompressVariants => held.start_variants(&bundle, apps, now),
                 }
-                SyncStep::Wait(next) => held.look_at_ms = look_at(next, now),
-                SyncStep::CompressVariants => held.start_variants(&bundle, apps, now),
+                break;
             }
             if let Some(problem) = &held.problem {
                 problems.push(format!(
