@@ -1,6 +1,7 @@
 //! The pure core: decisions as functions of (spec, observed state, request, `now`) that return
 //! data. No kube client, no HTTP, no clock, no I/O in here.
 
+pub mod active_devices;
 pub mod app_children;
 pub mod backoff;
 pub mod bundle_lifecycle;
