@@ -273,3 +273,118 @@ fn until(at_ms: i64, now_ms: i64) -> Duration {
     let wait = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
     Duration::from_millis(wait.max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::{
+        api::constants::condition,
+        core::{conditions::status_of, fixtures},
+        storage::Credentials,
+    };
+
+    /// A storage port that always gives the same answer.
+    struct Fixed(Result<OpenedStorage, StorageProblem>);
+
+    impl StoragePort for Fixed {
+        type Error = Infallible;
+
+        async fn open(&self, _: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, Infallible> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A Bundle never synced, whose source is a URL nobody answers (a transient failure).
+    fn unsynced_bundle() -> Bundle {
+        let mut bundle = fixtures::bundle(
+            "shop-1-0-0",
+            "1.0.0",
+            json!({"source": {"url": "http://127.0.0.1:1/bundle.zip"}}),
+        );
+        bundle.status = None;
+        bundle.metadata.generation = Some(1);
+        bundle
+    }
+
+    fn syncer() -> BundleSyncer {
+        let limits = SyncLimits {
+            allow_http: true,
+            ..SyncLimits::default()
+        };
+        BundleSyncer::new(reqwest::Client::new(), limits)
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_storage_problem_is_the_same_stalled_status_in_both_shells() {
+        let problem = StorageProblem {
+            reason: reason::REFERENCE_NOT_FOUND,
+            message: "App shop does not exist".into(),
+            recheck: None,
+        };
+        let step = syncer()
+            .step(&unsynced_bundle(), &Fixed(Err(problem)), None, at(0))
+            .await
+            .unwrap();
+        let SyncStep::Record {
+            status,
+            warning,
+            problem,
+            next,
+        } = step
+        else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("True"));
+        assert_eq!(status_of(&status.conditions, condition::READY), Some("False"));
+        assert_eq!(warning, None);
+        assert_eq!(problem.as_deref(), Some("App shop does not exist"));
+        assert_eq!(next, NextLook::AwaitChange);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_waits_for_the_cores_retry_schedule() {
+        let folder = tempfile::tempdir().unwrap();
+        let app = fixtures::app("shop", "com.example.shop", json!({}));
+        let opened = crate::storage::open(&app.spec.storage, folder.path(), &Credentials::default()).unwrap();
+        let syncer = syncer();
+        let mut bundle = unsynced_bundle();
+        let storage = Fixed(Ok(opened));
+        let step = syncer.step(&bundle, &storage, None, at(0)).await.unwrap();
+        let SyncStep::Record {
+            status,
+            problem,
+            next,
+            ..
+        } = step
+        else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::SYNCED), Some("False"));
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("False"));
+        assert!(problem.is_some_and(|p| p.ends_with("(retrying)")));
+        // The first retry: 5 s, moved by at most 20 %.
+        let NextLook::After(wait) = next else {
+            panic!("a retry: {next:?}");
+        };
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(6)).contains(&wait),
+            "{wait:?}"
+        );
+
+        // A look before the retry is due syncs nothing and says when to come back.
+        bundle.status = Some(*status);
+        let again = syncer.step(&bundle, &storage, None, at(1)).await.unwrap();
+        assert_eq!(
+            again,
+            SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1)))
+        );
+    }
+}
