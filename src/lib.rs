@@ -21,4 +21,6 @@ pub mod standalone;
 pub mod storage;
 pub mod store;
 pub mod sync;
+pub mod sync_driver;
 pub mod telemetry;
+pub mod watch;

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod channel;
 pub mod common;
 pub mod constants;
+mod platform;
 pub mod rollout;
 
 pub use app::{App, AppSpec, AppStatus};

@@ -2,12 +2,13 @@
 
 use std::{collections::HashMap, hash::Hash, sync::Mutex, time::Duration};
 
+use crate::core::backoff::{doubling_delay, scaled};
+
 /// The delay before retry number `attempt` (0 for the first): `base * 2^attempt`, at most `max`,
 /// scaled by `jitter` in [0.5, 1.0] so that objects failing together do not retry together.
+/// (The formula is the core's [`doubling_delay`], shared with the Bundle lifecycle.)
 pub fn delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(31));
-    let full = base.saturating_mul(factor).min(max);
-    full.mul_f64(jitter.clamp(0.5, 1.0))
+    scaled(doubling_delay(base, max, attempt), jitter.clamp(0.5, 1.0))
 }
 
 /// Failure counts per object.

@@ -5,14 +5,9 @@
 //! The decisions are the pure ones of [`crate::core::bundle_lifecycle`]; this module reads the
 //! caches and storage, runs the sync, and writes what those functions return.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -41,13 +36,13 @@ use crate::{
     core::{
         app_children::referenced_secrets,
         bundle_lifecycle::{
-            self, DeletionDecision, RetryState, StoredBundle, SyncDecision, SyncFacts, SyncFailure,
-            SyncOutcome, bundle_status_after_sync, deletion_decision, sync_decision,
+            self, DeletionDecision, StoredBundle, SyncDecision, deletion_decision, sync_decision,
         },
         conditions::merge_conditions,
     },
     storage::{self, Credentials, OpenedStorage},
-    sync::{self, BundleSourceRef, SyncLimits, SyncRequest},
+    sync::{self, SyncLimits},
+    sync_driver::{self, BundleSyncer, NextLook, StoragePort, StorageProblem, SyncStep},
     telemetry::error_chain,
 };
 
@@ -64,13 +59,8 @@ const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
 pub struct BundleSync {
     /// Where filesystem storage folders are (their `path` is relative to it).
     pub storage_dir: PathBuf,
-    /// The HTTP client for URL sources.
-    pub http: reqwest::Client,
-    /// Limits on the zips.
-    pub limits: SyncLimits,
-    /// Transient failures per Bundle uid, for the retry schedule (losing it on a restart only
-    /// means one earlier retry).
-    retries: Mutex<HashMap<String, RetryState>>,
+    /// The sync executor shared with standalone mode (it remembers transient failures).
+    pub syncer: BundleSyncer,
 }
 
 impl BundleSync {
@@ -78,29 +68,27 @@ impl BundleSync {
     pub fn new(storage_dir: PathBuf, http: reqwest::Client, limits: SyncLimits) -> BundleSync {
         BundleSync {
             storage_dir,
-            http,
-            limits,
-            retries: Mutex::new(HashMap::new()),
+            syncer: BundleSyncer::new(http, limits),
         }
     }
+}
 
-    fn retry_of(&self, uid: &str) -> Option<RetryState> {
-        self.retries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(uid)
-            .cloned()
-    }
+/// The controller's way to the storage of a Bundle's App: the App from the cache, its
+/// credentials from the Secrets it names.
+struct ClusterStorage<'a>(&'a Context);
 
-    fn remember(&self, uid: &str, retry: Option<RetryState>) {
-        let mut retries = self
-            .retries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match retry {
-            Some(retry) => retries.insert(uid.to_owned(), retry),
-            None => retries.remove(uid),
+impl StoragePort for ClusterStorage<'_> {
+    type Error = BundleError;
+
+    async fn open(&self, bundle: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, BundleError> {
+        let Some(app) = app_of(bundle, self.0) else {
+            return Ok(Err(StorageProblem {
+                reason: reason::REFERENCE_NOT_FOUND,
+                message: format!("App {} does not exist", bundle.spec.app_ref),
+                recheck: None,
+            }));
         };
+        open_storage(&app, self.0).await
     }
 }
 
@@ -137,13 +125,6 @@ impl BundleError {
             BundleError::Cleanup(_) | BundleError::Variants(_) => "storage",
         }
     }
-}
-
-/// Why the App's storage cannot be opened: the Bundle waits for a change.
-struct StorageProblem {
-    reason: &'static str,
-    message: String,
-    recheck: Option<Duration>,
 }
 
 /// Runs the Bundle controller until `stop` reads `true`.
@@ -226,60 +207,36 @@ fn app_of(bundle: &Bundle, context: &Context) -> Option<Arc<App>> {
     .pop()
 }
 
-fn now_ms(now: Timestamp) -> i64 {
-    now.as_millisecond()
+async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+    let step = context
+        .bundle_sync
+        .syncer
+        .step(bundle, &ClusterStorage(context), None, context.clock.now())
+        .await?;
+    match step {
+        SyncStep::Wait(next) => Ok(action_of(next)),
+        SyncStep::CompressVariants => compress_variants(bundle, context).await,
+        SyncStep::Record {
+            status,
+            warning,
+            next,
+            ..
+        } => {
+            if let Some(warning) = &warning {
+                count_failure(context, KIND, category_of(warning.reason));
+            }
+            write_status(bundle, context, *status, warning).await?;
+            Ok(action_of(next))
+        }
+    }
 }
 
-async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
-    let uid = bundle.metadata.uid.clone().unwrap_or_default();
-    let sync_state = &context.bundle_sync;
-    let now = context.clock.now();
-    let retry = sync_state.retry_of(&uid);
-    let decision = sync_decision(bundle, retry.as_ref(), now_ms(now));
-    let outcome = match decision {
-        SyncDecision::UpToDate => return Ok(Action::requeue(RESYNC)),
-        SyncDecision::CompressVariants => return compress_variants(bundle, context).await,
-        SyncDecision::AwaitChange { .. } => return Ok(Action::await_change()),
-        SyncDecision::RetryAt { retry_at_ms } => return Ok(requeue_at(retry_at_ms, now)),
-        SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
-        SyncDecision::Sync(cause) => {
-            tracing::info!(?cause, "syncing");
-            match sync_now(bundle, context).await? {
-                Ok(outcome) => outcome,
-                Err(problem) => {
-                    let action = match problem.recheck {
-                        Some(after) => Action::requeue(after),
-                        None => Action::await_change(),
-                    };
-                    let failure = SyncOutcome::Failed(SyncFailure {
-                        terminal: true,
-                        reason: problem.reason,
-                        message: problem.message,
-                    });
-                    let plan = bundle_status_after_sync(bundle, &failure, None, now_ms(now));
-                    write_status(bundle, context, plan.into_status(now), None).await?;
-                    return Ok(action);
-                }
-            }
-        }
-    };
-    let plan = bundle_status_after_sync(bundle, &outcome, retry.as_ref(), now_ms(now));
-    sync_state.remember(&uid, plan.retry.clone());
-    let action = match &plan.retry {
-        Some(retry) => requeue_at(retry.retry_at_ms, now),
-        None if plan.warning.is_some() => Action::await_change(),
-        None => Action::requeue(RESYNC),
-    };
-    if plan.warning.is_some() {
-        count_failure(
-            context,
-            KIND,
-            category_of(plan.warning.as_ref().map_or("", |w| w.reason)),
-        );
+fn action_of(next: NextLook) -> Action {
+    match next {
+        NextLook::AwaitChange => Action::await_change(),
+        NextLook::After(wait) => Action::requeue(wait),
+        NextLook::Resync => Action::requeue(RESYNC),
     }
-    let warning = plan.warning.clone();
-    write_status(bundle, context, plan.into_status(now), warning).await?;
-    Ok(action)
 }
 
 /// The second step of a sync, once Synced is recorded (the status write wakes this reconcile):
@@ -294,77 +251,15 @@ async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action,
         Ok(opened) => opened,
         Err(problem) => return Ok(Action::requeue(problem.recheck.unwrap_or(REFERENCE_RECHECK))),
     };
-    let variants = sync::compress_variants(&opened.store, &opened.prefix, &bundle.spec.source.sha256)
-        .await
-        .map_err(BundleError::Variants)?;
-    let status = bundle_lifecycle::status_with_variants(
+    let status = sync_driver::compress_variants(
         &bundle.status.clone().unwrap_or_default(),
-        &variants.manifest_key,
-    );
+        &bundle.spec.source.sha256,
+        &opened,
+    )
+    .await
+    .map_err(BundleError::Variants)?;
     write_status(bundle, context, status, None).await?;
     Ok(Action::requeue(RESYNC))
-}
-
-fn requeue_at(at_ms: i64, now: Timestamp) -> Action {
-    let wait = u64::try_from(at_ms.saturating_sub(now_ms(now))).unwrap_or(0);
-    Action::requeue(Duration::from_millis(wait.max(1)))
-}
-
-/// Runs the sync: `Ok(Err(_))` when the App or its storage cannot be used (the Bundle is Stalled
-/// until they change), `Ok(Ok(outcome))` otherwise (the sync's own failures are outcomes).
-async fn sync_now(
-    bundle: &Bundle,
-    context: &Context,
-) -> Result<Result<SyncOutcome, StorageProblem>, BundleError> {
-    let Some(app) = app_of(bundle, context) else {
-        return Ok(Err(StorageProblem {
-            reason: reason::REFERENCE_NOT_FOUND,
-            message: format!("App {} does not exist", bundle.spec.app_ref),
-            recheck: None,
-        }));
-    };
-    let source = match BundleSourceRef::of(&bundle.spec.source, None) {
-        Ok(source) => source,
-        Err(message) => {
-            return Ok(Err(StorageProblem {
-                reason: reason::INVALID_SPEC,
-                message,
-                recheck: None,
-            }));
-        }
-    };
-    let opened = match open_storage(&app, context).await? {
-        Ok(opened) => opened,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let sync_state = &context.bundle_sync;
-    let request = SyncRequest {
-        source: &source,
-        expected_sha256: &bundle.spec.source.sha256,
-        store: &opened.store,
-        prefix: &opened.prefix,
-        limits: &sync_state.limits,
-        http: &sync_state.http,
-    };
-    let result = match bundle.spec.encryption {
-        Some(_) => sync::sync_encrypted_bundle(request).await,
-        None => sync::sync_bundle(request).await,
-    };
-    Ok(Ok(match result {
-        Ok(synced) => {
-            tracing::info!(
-                uploaded = synced.uploaded_files,
-                reused = synced.reused_files,
-                zip_size = synced.zip_size,
-                "synced"
-            );
-            SyncOutcome::Synced(SyncFacts::from(&synced))
-        }
-        Err(error) => {
-            tracing::warn!(error = %error_chain(&error), terminal = error.is_terminal(), "sync failed");
-            SyncOutcome::Failed(SyncFailure::from(&error))
-        }
-    }))
 }
 
 /// Opens the App's storage with the credentials of the Secrets it names.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::{
     api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
     core::{
+        active_devices::{ActiveDevicesAnswer, ActiveDevicesQuery},
         app_children::{INTERNAL_PORT, internal_service_name},
         rollout::{FailureCounts, FiguresQuery},
     },
@@ -48,11 +49,6 @@ pub struct FiguresClient {
 struct Answer {
     attempts: i64,
     failures: i64,
-}
-
-#[derive(Deserialize)]
-struct DevicesAnswer {
-    devices: i64,
 }
 
 impl FiguresClient {
@@ -148,16 +144,16 @@ impl FiguresClient {
         app_name: &str,
         app_id: &str,
     ) -> Result<i64, FiguresError> {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("app_id", app_id)
-            .finish();
-        let answer: DevicesAnswer = self
+        let query = ActiveDevicesQuery {
+            app_id: app_id.to_owned(),
+        };
+        let answer: ActiveDevicesAnswer = self
             .get(
                 namespace,
                 app_name,
                 MONTHLY_ACTIVE_DEVICES_PATH,
-                &query,
-                |answer: &DevicesAnswer| match answer.devices < 0 {
+                &query.to_query(),
+                |answer: &ActiveDevicesAnswer| match answer.devices < 0 {
                     true => Err(format!("{} devices", answer.devices)),
                     false => Ok(()),
                 },

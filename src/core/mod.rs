@@ -1,7 +1,9 @@
 //! The pure core: decisions as functions of (spec, observed state, request, `now`) that return
 //! data. No kube client, no HTTP, no clock, no I/O in here.
 
+pub mod active_devices;
 pub mod app_children;
+pub mod backoff;
 pub mod bundle_lifecycle;
 pub mod channel_self;
 pub mod channel_status;

@@ -18,7 +18,10 @@ use serde_json::json;
 use super::{ServerState, handlers, now_ms};
 use crate::{
     api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
-    core::rollout::FiguresQuery,
+    core::{
+        active_devices::{ActiveDevicesAnswer, ActiveDevicesQuery},
+        rollout::FiguresQuery,
+    },
 };
 
 /// The router of the internal listener.
@@ -71,15 +74,12 @@ async fn monthly_active_devices(
     State(state): State<Arc<ServerState>>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-        .map(|(key, value)| (key.into_owned(), value.into_owned()))
-        .collect();
-    let app_id = match pairs.as_slice() {
-        [(key, value)] if key == "app_id" && !value.is_empty() => value,
-        _ => return bad_request("the query must be exactly one non-empty app_id".to_owned()),
+    let app_id = match ActiveDevicesQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(query) => query.app_id,
+        Err(error) => return bad_request(error.to_string()),
     };
-    match state.store.monthly_active_devices(app_id, now_ms()).await {
-        Ok(devices) => Json(json!({ "devices": devices })).into_response(),
+    match state.store.monthly_active_devices(&app_id, now_ms()).await {
+        Ok(devices) => Json(ActiveDevicesAnswer { devices }).into_response(),
         Err(error) => {
             tracing::warn!(%error, %app_id, "cannot count the monthly active devices");
             (

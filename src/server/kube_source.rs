@@ -1,26 +1,18 @@
-//! The Kubernetes snapshot source: reflectors watch the four kinds; every change rebuilds the
-//! snapshot, which is swapped in whole. Requests never wait on the watch. When the API server is
-//! lost, the last good snapshot keeps being served and `/readyz` says so.
+//! The Kubernetes snapshot source: the one watch layer ([`crate::watch`]) watches the four kinds;
+//! every change rebuilds the snapshot, which is swapped in whole. Requests never wait on the
+//! watch. When the API server is lost, the last good snapshot keeps being served and `/readyz`
+//! says so.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream::BoxStream};
-use kube::{
-    Api, Client, Resource,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, Store},
-        watcher,
-    },
+use futures::StreamExt;
+use kube::{Client, Resource, runtime::reflector::Store};
+
+use super::{
+    Served, ServerState, SourceHealth,
+    assembly::{self, ManifestCache, Objects},
 };
-use serde::de::DeserializeOwned;
-
-use super::{Served, ServerState, SourceHealth};
-use crate::{
-    api::{App, Bundle, Channel, Rollout},
-    core::snapshot::{ManifestFile, Snapshot, SnapshotInputs},
-    storage::OpenedStorage,
-};
+use crate::watch::{Stores, Watches};
 
 /// How long the watch must be quiet before a rebuild.
 const QUIET: Duration = Duration::from_millis(50);
@@ -36,60 +28,10 @@ pub struct KubeSourceOptions {
     pub app: Option<String>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// A reflector for one kind: its store and the stream that feeds it (items are "something
-/// changed" or a watch error).
-fn watch<K>(client: &Client, namespace: Option<&str>) -> (Store<K>, BoxStream<'static, Result<(), String>>)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api::<K>(client, namespace), watcher::Config::default()),
-    )
-    .default_backoff()
-    .map(|event| {
-        event
-            .map(|_| ())
-            .map_err(|e| format!("watching {}: {e}", K::kind(&())))
-    })
-    .boxed();
-    (reader, stream)
-}
-
 /// Watches until the process stops, publishing a snapshot after each burst of changes.
 pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerState>) {
-    let namespace = options.namespace.as_deref();
-    let (apps, app_events) = watch::<App>(&client, namespace);
-    let (channels, channel_events) = watch::<Channel>(&client, namespace);
-    let (bundles, bundle_events) = watch::<Bundle>(&client, namespace);
-    let (rollouts, rollout_events) = watch::<Rollout>(&client, namespace);
-    let stores = Stores {
-        apps,
-        channels,
-        bundles,
-        rollouts,
-    };
-    let mut events = futures::stream::select_all([app_events, channel_events, bundle_events, rollout_events]);
+    let (watches, stores) = Watches::new(&client, options.namespace.as_deref());
+    let mut events = watches.changes().boxed();
     let mut manifests = ManifestCache::default();
     // When the first unserved change arrived; a steady trickle of events must not postpone the
     // rebuild forever.
@@ -106,7 +48,8 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
                 dirty_since.get_or_insert_with(std::time::Instant::now);
                 continue;
             }
-            Some(Some(Err(reason))) => {
+            Some(Some(Err(error))) => {
+                let reason = error.to_string();
                 if state.health() != SourceHealth::Degraded(reason.clone()) {
                     tracing::warn!(%reason, "lost the API server; still serving the last good snapshot");
                 }
@@ -116,7 +59,7 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
             Some(None) => return, // the streams ended: the process is stopping
             None => {}            // quiet, or waited long enough: rebuild now
         }
-        if !stores.all_ready() {
+        if !stores.synced() {
             // Not every kind is listed yet: wait for more events (at most QUIET at a time).
             dirty_since = Some(std::time::Instant::now());
             continue;
@@ -127,17 +70,6 @@ pub async fn run(client: Client, options: KubeSourceOptions, state: Arc<ServerSt
         dirty_since = None;
         let served = build(&options, &state, &stores, &mut manifests).await;
         state.publish(served);
-    }
-}
-
-trait ReadyStore {
-    fn is_ready(&self) -> bool;
-}
-
-impl<K: Resource<DynamicType = ()> + Clone + 'static> ReadyStore for Store<K> {
-    fn is_ready(&self) -> bool {
-        // A store is ready once its first list has been applied.
-        futures::FutureExt::now_or_never(self.wait_until_ready()).is_some_and(|r| r.is_ok())
     }
 }
 
@@ -155,105 +87,19 @@ async fn build(
     if let Some(only) = &options.app {
         apps.retain(|app| app.metadata.name.as_deref() == Some(only.as_str()));
     }
-    let bundles = cloned(&stores.bundles);
-    let mut storage = HashMap::new();
-    apps.retain(|app| match state.storages().of(app) {
-        Ok(opened) => {
-            storage.insert(app.spec.app_id.clone(), opened);
-            true
-        }
-        Err(error) => {
-            tracing::warn!(app = app.metadata.name.as_deref().unwrap_or_default(), %error,
-                "cannot open the App's storage; not serving it");
-            false
-        }
-    });
-    state
-        .storages()
-        .retain(&apps.iter().map(|app| app.spec.app_id.as_str()).collect());
-    let mut manifest_map = HashMap::new();
-    for app in &apps {
-        let Some(app_storage) = storage.get(&app.spec.app_id) else {
-            continue;
-        };
-        for bundle in bundles.iter().filter(|b| {
-            Some(&b.spec.app_ref) == app.metadata.name.as_ref()
-                && b.metadata.namespace == app.metadata.namespace
-        }) {
-            let Some(key) = bundle
-                .status
-                .as_ref()
-                .and_then(|s| s.storage.as_ref())
-                .and_then(|s| s.manifest_key.as_deref())
-            else {
-                continue;
-            };
-            if let Some(files) = manifests.get(&app_storage.opened, key).await {
-                let id = (
-                    bundle.metadata.namespace.clone().unwrap_or_default(),
-                    bundle.metadata.name.clone().unwrap_or_default(),
-                );
-                manifest_map.insert(id, files);
-            }
-        }
-    }
-    let inputs = SnapshotInputs {
-        apps,
+    let objects = Objects {
+        apps: assembly::open_storages(state, apps),
         channels: cloned(&stores.channels),
-        bundles,
+        bundles: cloned(&stores.bundles),
         rollouts: cloned(&stores.rollouts),
-        manifests: manifest_map,
     };
-    let (snapshot, problems) = Snapshot::build(&inputs);
+    let assembled = assembly::assemble(objects, manifests).await;
+    for problem in &assembled.problems {
+        tracing::warn!(%problem, "not serving the App");
+    }
+    let (served, problems) = assembly::served(&assembled.inputs, assembled.storage);
     for problem in problems {
-        tracing::debug!(object = %problem.object, message = %problem.message, "not served");
+        tracing::debug!(%problem, "not served");
     }
-    Served {
-        snapshot,
-        storage,
-        manifests: HashMap::new(),
-    }
-}
-
-/// The reflectors' stores of the four kinds.
-struct Stores {
-    apps: Store<App>,
-    channels: Store<Channel>,
-    bundles: Store<Bundle>,
-    rollouts: Store<Rollout>,
-}
-
-impl Stores {
-    fn all_ready(&self) -> bool {
-        self.apps.is_ready()
-            && self.channels.is_ready()
-            && self.bundles.is_ready()
-            && self.rollouts.is_ready()
-    }
-}
-
-/// Manifests are content-addressed (the key names the zip's sha256), so a key read once never
-/// changes, whichever storage it was read from.
-#[derive(Default)]
-struct ManifestCache {
-    files: HashMap<String, Arc<[ManifestFile]>>,
-}
-
-impl ManifestCache {
-    async fn get(&mut self, storage: &OpenedStorage, key: &str) -> Option<Arc<[ManifestFile]>> {
-        if let Some(files) = self.files.get(key) {
-            return Some(Arc::clone(files));
-        }
-        match crate::sync::read_manifest(&storage.store, &storage.prefix, key).await {
-            Ok(files) => {
-                let files: Arc<[ManifestFile]> = files.into();
-                self.files.insert(key.to_owned(), Arc::clone(&files));
-                Some(files)
-            }
-            Err(error) => {
-                tracing::warn!(%error, key, "cannot read a bundle manifest; serving the bundle without delta");
-                None
-            }
-        }
-    }
+    served
 }

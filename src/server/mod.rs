@@ -2,6 +2,7 @@
 //! updater plugin (`updateUrl` = `<base>/updates`, `statsUrl` = `<base>/stats`, `channelUrl` =
 //! `<base>/channel_self`).
 
+pub mod assembly;
 pub mod files;
 mod handlers;
 pub mod internal;

@@ -16,12 +16,17 @@
 //!   a device checking again with nothing new within [`SIGHTING_REWRITE_WINDOW`] costs no write.
 
 mod device_store;
+mod dialect;
 mod error;
 mod location;
 mod memory;
+mod queries;
 mod queue;
 mod recent;
 mod records;
+mod rollout_states;
+mod write_plan;
+mod writes;
 
 pub use device_store::DeviceStore;
 pub use error::StoreError;

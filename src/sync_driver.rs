@@ -1,0 +1,390 @@
+//! The one Bundle sync executor of both shells: it asks the core whether a Bundle needs a sync
+//! ([`sync_decision`]), runs the sync (the one implementation in [`crate::sync`]), and returns the
+//! status plan of the core ([`bundle_status_after_sync`]) with when to look again. The controller
+//! writes that status to Kubernetes; standalone mode keeps it in its state and serves it.
+//!
+//! Where the App's storage comes from differs (the controller reads the App's Secrets, standalone
+//! mode uses the environment's credentials): the shells give it through [`StoragePort`].
+
+use std::{collections::HashMap, future::Future, path::Path, sync::Mutex, time::Duration};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::{
+    api::{Bundle, BundleStatus, constants::reason},
+    core::bundle_lifecycle::{
+        self, RetryState, SyncDecision, SyncFacts, SyncFailure, SyncOutcome, WarningEvent,
+        bundle_status_after_sync, sync_decision,
+    },
+    storage::OpenedStorage,
+    sync::{self, BundleSourceRef, SyncError, SyncLimits, SyncRequest},
+    telemetry::error_chain,
+};
+
+/// Why a Bundle's App or its storage cannot be used: the Bundle is Stalled until they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageProblem {
+    /// The condition reason (a constant of [`reason`]).
+    pub reason: &'static str,
+    /// What is wrong (credentials redacted).
+    pub message: String,
+    /// When to look again although nothing watched changed (e.g. a Secret, which is not watched).
+    pub recheck: Option<Duration>,
+}
+
+/// How a shell opens the storage of a Bundle's App.
+pub trait StoragePort {
+    /// A failure of the shell itself (e.g. the API server), retried by the shell.
+    type Error;
+
+    /// The storage of `bundle`'s App, or why it cannot be used.
+    fn open(
+        &self,
+        bundle: &Bundle,
+    ) -> impl Future<Output = Result<Result<OpenedStorage, StorageProblem>, Self::Error>> + Send;
+}
+
+/// When to look at a Bundle again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextLook {
+    /// When the Bundle (or what it references) changes.
+    AwaitChange,
+    /// After this long (a retry, or a recheck of a reference).
+    After(Duration),
+    /// At the shell's periodic resync: the Bundle is up to date.
+    Resync,
+}
+
+/// What one look at a Bundle gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncStep {
+    /// Record this status (when it differs from the stored one).
+    Record {
+        /// The Bundle's new status (boxed: it is much larger than the other steps).
+        status: Box<BundleStatus>,
+        /// After a terminal sync failure: the Warning event to publish.
+        warning: Option<WarningEvent>,
+        /// What went wrong, for the log (None after a successful sync).
+        problem: Option<String>,
+        /// When to look again.
+        next: NextLook,
+    },
+    /// Nothing to record.
+    Wait(NextLook),
+    /// The bundle is synced and served with raw files; its Brotli variants are due: run
+    /// [`compress_variants`] and record the status it returns.
+    CompressVariants,
+}
+
+/// Runs Bundle syncs, remembering transient failures for the core's retry schedule.
+pub struct BundleSyncer {
+    /// The HTTP client for URL sources.
+    pub http: reqwest::Client,
+    /// Limits on the zips.
+    pub limits: SyncLimits,
+    /// Transient failures per Bundle (its uid, else namespace/name). Losing them (a restart)
+    /// only means one earlier retry.
+    retries: Mutex<HashMap<String, RetryState>>,
+}
+
+impl BundleSyncer {
+    /// An executor with no failures remembered.
+    pub fn new(http: reqwest::Client, limits: SyncLimits) -> BundleSyncer {
+        BundleSyncer {
+            http,
+            limits,
+            retries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One look at `bundle` at `now`: decides with the core, syncs when it says so, and returns
+    /// the status plan. `source_dir` is the folder relative file sources are read from
+    /// (standalone mode; None in a cluster).
+    #[tracing::instrument(skip_all)]
+    pub async fn step<P: StoragePort>(
+        &self,
+        bundle: &Bundle,
+        storage: &P,
+        source_dir: Option<&Path>,
+        now: Timestamp,
+    ) -> Result<SyncStep, P::Error> {
+        let key = retry_key(bundle);
+        let retry = self.retry_of(&key);
+        let now_ms = now.as_millisecond();
+        let outcome = match sync_decision(bundle, retry.as_ref(), now_ms) {
+            SyncDecision::UpToDate => return Ok(SyncStep::Wait(NextLook::Resync)),
+            SyncDecision::CompressVariants => return Ok(SyncStep::CompressVariants),
+            SyncDecision::AwaitChange { .. } => return Ok(SyncStep::Wait(NextLook::AwaitChange)),
+            SyncDecision::RetryAt { retry_at_ms } => {
+                return Ok(SyncStep::Wait(NextLook::After(until(retry_at_ms, now_ms))));
+            }
+            SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
+            SyncDecision::Sync(cause) => {
+                tracing::info!(?cause, "syncing");
+                match self.sync_now(bundle, storage, source_dir).await? {
+                    Ok(outcome) => outcome,
+                    Err(problem) => return Ok(stalled(bundle, problem, now)),
+                }
+            }
+        };
+        let plan = bundle_status_after_sync(bundle, &outcome, retry.as_ref(), now_ms);
+        self.remember(&key, plan.retry.clone());
+        let next = match &plan.retry {
+            Some(retry) => NextLook::After(until(retry.retry_at_ms, now_ms)),
+            None if plan.warning.is_some() => NextLook::AwaitChange,
+            None => NextLook::Resync,
+        };
+        let problem = match &outcome {
+            SyncOutcome::Failed(failure) => Some(match &plan.retry {
+                Some(_) => format!("{}: {} (retrying)", failure.reason, failure.message),
+                None => format!("{}: {}", failure.reason, failure.message),
+            }),
+            SyncOutcome::Synced(_) | SyncOutcome::AlreadyStored => None,
+        };
+        let warning = plan.warning.clone();
+        Ok(SyncStep::Record {
+            status: Box::new(plan.into_status(now)),
+            warning,
+            problem,
+            next,
+        })
+    }
+
+    /// Runs the sync: `Ok(Err(_))` when the App, the source or the storage cannot be used,
+    /// `Ok(Ok(outcome))` otherwise (the sync's own failures are outcomes).
+    async fn sync_now<P: StoragePort>(
+        &self,
+        bundle: &Bundle,
+        storage: &P,
+        source_dir: Option<&Path>,
+    ) -> Result<Result<SyncOutcome, StorageProblem>, P::Error> {
+        let source = match BundleSourceRef::of(&bundle.spec.source, source_dir) {
+            Ok(source) => source,
+            Err(message) => {
+                return Ok(Err(StorageProblem {
+                    reason: reason::INVALID_SPEC,
+                    message,
+                    recheck: None,
+                }));
+            }
+        };
+        let opened = match storage.open(bundle).await? {
+            Ok(opened) => opened,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let request = SyncRequest {
+            source: &source,
+            expected_sha256: &bundle.spec.source.sha256,
+            store: &opened.store,
+            prefix: &opened.prefix,
+            limits: &self.limits,
+            http: &self.http,
+        };
+        let result = match bundle.spec.encryption {
+            Some(_) => sync::sync_encrypted_bundle(request).await,
+            None => sync::sync_bundle(request).await,
+        };
+        Ok(Ok(match result {
+            Ok(synced) => {
+                tracing::info!(
+                    uploaded = synced.uploaded_files,
+                    reused = synced.reused_files,
+                    zip_size = synced.zip_size,
+                    "synced"
+                );
+                SyncOutcome::Synced(SyncFacts::from(&synced))
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), terminal = error.is_terminal(), "sync failed");
+                SyncOutcome::Failed(SyncFailure::from(&error))
+            }
+        }))
+    }
+
+    fn retry_of(&self, key: &str) -> Option<RetryState> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: &str, retry: Option<RetryState>) {
+        let mut retries = self
+            .retries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match retry {
+            Some(retry) => retries.insert(key.to_owned(), retry),
+            None => retries.remove(key),
+        };
+    }
+}
+
+/// The core's Stalled plan for a Bundle whose App, source or storage cannot be used.
+fn stalled(bundle: &Bundle, problem: StorageProblem, now: Timestamp) -> SyncStep {
+    let next = match problem.recheck {
+        Some(after) => NextLook::After(after),
+        None => NextLook::AwaitChange,
+    };
+    let failure = SyncOutcome::Failed(SyncFailure {
+        terminal: true,
+        reason: problem.reason,
+        message: problem.message.clone(),
+    });
+    let plan = bundle_status_after_sync(bundle, &failure, None, now.as_millisecond());
+    SyncStep::Record {
+        status: Box::new(plan.into_status(now)),
+        // The Ready transition's own event says it; a storage problem is not the bundle's fault.
+        warning: None,
+        problem: Some(problem.message),
+        next,
+    }
+}
+
+/// The second step of a sync, once Synced is recorded: makes the Brotli variants of the bundle's
+/// files and returns `status` naming their manifest.
+pub async fn compress_variants(
+    status: &BundleStatus,
+    sha256: &str,
+    opened: &OpenedStorage,
+) -> Result<BundleStatus, SyncError> {
+    let variants = sync::compress_variants(&opened.store, &opened.prefix, sha256).await?;
+    Ok(bundle_lifecycle::status_with_variants(
+        status,
+        &variants.manifest_key,
+    ))
+}
+
+/// What the retries of `bundle` are remembered by.
+fn retry_key(bundle: &Bundle) -> String {
+    match &bundle.metadata.uid {
+        Some(uid) => uid.clone(),
+        None => format!(
+            "{}/{}",
+            bundle.metadata.namespace.as_deref().unwrap_or_default(),
+            bundle.metadata.name.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
+/// The wait from `now_ms` until `at_ms` (at least 1 ms, so a due retry is not a busy loop).
+fn until(at_ms: i64, now_ms: i64) -> Duration {
+    let wait = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
+    Duration::from_millis(wait.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::{
+        api::constants::condition,
+        core::{conditions::status_of, fixtures},
+        storage::Credentials,
+    };
+
+    /// A storage port that always gives the same answer.
+    struct Fixed(Result<OpenedStorage, StorageProblem>);
+
+    impl StoragePort for Fixed {
+        type Error = Infallible;
+
+        async fn open(&self, _: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, Infallible> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A Bundle never synced, whose source is a URL nobody answers (a transient failure).
+    fn unsynced_bundle() -> Bundle {
+        let mut bundle = fixtures::bundle(
+            "shop-1-0-0",
+            "1.0.0",
+            json!({"source": {"url": "http://127.0.0.1:1/bundle.zip"}}),
+        );
+        bundle.status = None;
+        bundle.metadata.generation = Some(1);
+        bundle
+    }
+
+    fn syncer() -> BundleSyncer {
+        let limits = SyncLimits {
+            allow_http: true,
+            ..SyncLimits::default()
+        };
+        BundleSyncer::new(reqwest::Client::new(), limits)
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_storage_problem_is_the_same_stalled_status_in_both_shells() {
+        let problem = StorageProblem {
+            reason: reason::REFERENCE_NOT_FOUND,
+            message: "App shop does not exist".into(),
+            recheck: None,
+        };
+        let step = syncer()
+            .step(&unsynced_bundle(), &Fixed(Err(problem)), None, at(0))
+            .await
+            .unwrap();
+        let SyncStep::Record {
+            status,
+            warning,
+            problem,
+            next,
+        } = step
+        else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("True"));
+        assert_eq!(status_of(&status.conditions, condition::READY), Some("False"));
+        assert_eq!(warning, None);
+        assert_eq!(problem.as_deref(), Some("App shop does not exist"));
+        assert_eq!(next, NextLook::AwaitChange);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_waits_for_the_cores_retry_schedule() {
+        let folder = tempfile::tempdir().unwrap();
+        let app = fixtures::app("shop", "com.example.shop", json!({}));
+        let opened = crate::storage::open(&app.spec.storage, folder.path(), &Credentials::default()).unwrap();
+        let syncer = syncer();
+        let mut bundle = unsynced_bundle();
+        let storage = Fixed(Ok(opened));
+        let step = syncer.step(&bundle, &storage, None, at(0)).await.unwrap();
+        let SyncStep::Record {
+            status,
+            problem,
+            next,
+            ..
+        } = step
+        else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::SYNCED), Some("False"));
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("False"));
+        assert!(problem.is_some_and(|p| p.ends_with("(retrying)")));
+        // The first retry: 5 s, moved by at most 20 %.
+        let NextLook::After(wait) = next else {
+            panic!("a retry: {next:?}");
+        };
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(6)).contains(&wait),
+            "{wait:?}"
+        );
+
+        // A look before the retry is due syncs nothing and says when to come back.
+        bundle.status = Some(*status);
+        let again = syncer.step(&bundle, &storage, None, at(1)).await.unwrap();
+        assert_eq!(
+            again,
+            SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1)))
+        );
+    }
+}
