@@ -8,11 +8,13 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod core;
 pub mod crdgen;
 pub mod crypto;
 pub mod protocol;
+pub mod rollout_driver;
 pub mod server;
 pub mod standalone;
 pub mod storage;
