@@ -86,23 +86,42 @@ impl Objects<'_> {
 }
 
 /// Which write of a drive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Recording the completing candidate as the channel's stable bundle (the status was not
+    /// written either).
+    Promotion,
+    /// The status.
+    Status,
+}
+
+impl Write {
+    /// What was written, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Write::Promotion => "the channel's stable bundle",
+            Write::Status => "the rollout's status",
+        }
+    }
+}
+
+/// A write of a drive failed.
 #[derive(Debug, thiserror::Error)]
-pub enum DriveError<E> {
-    /// The completing candidate could not be recorded as the channel's stable bundle (the
-    /// status was not written either).
-    #[error("recording the stable bundle: {0}")]
-    Promotion(#[source] E),
-    /// The status could not be written.
-    #[error("writing the status: {0}")]
-    Status(#[source] E),
+#[error("writing {}: {source}", .write.what())]
+pub struct DriveError<E> {
+    /// Which write.
+    pub write: Write,
+    /// The sink's error.
+    #[source]
+    pub source: E,
+    /// When the decision asked to look again (the caller retries no later than that).
+    pub requeue_at: Option<Timestamp>,
 }
 
 impl<E> DriveError<E> {
-    /// The sink's error, whichever write it came from.
+    /// The sink's error.
     pub fn into_inner(self) -> E {
-        match self {
-            DriveError::Promotion(error) | DriveError::Status(error) => error,
-        }
+        self.source
     }
 }
 
@@ -141,6 +160,13 @@ where
         status: plan.status.clone(),
         requeue_at: plan.requeue_at,
     };
+    let failed = |write| {
+        move |source| DriveError {
+            write,
+            source,
+            requeue_at: plan.requeue_at,
+        }
+    };
     // An unchanged status completes nothing ([`promotion_of`]) and has no events.
     if rollout.status.as_ref() == Some(&plan.status) {
         return Ok(driven);
@@ -150,12 +176,12 @@ where
     {
         sink.record_promotion(rollout, channel, promoted)
             .await
-            .map_err(DriveError::Promotion)?;
+            .map_err(failed(Write::Promotion))?;
     }
     let written = sink
         .write_status(rollout, &plan.status)
         .await
-        .map_err(DriveError::Status)?;
+        .map_err(failed(Write::Status))?;
     if written && !plan.events.is_empty() {
         let after = Rollout {
             status: Some(plan.status),

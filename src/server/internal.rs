@@ -15,7 +15,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{ServerState, handlers, now_ms};
+use super::{ServerState, handlers};
 use crate::{
     api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
     core::rollout::FiguresQuery,
@@ -78,7 +78,11 @@ async fn monthly_active_devices(
         [(key, value)] if key == "app_id" && !value.is_empty() => value,
         _ => return bad_request("the query must be exactly one non-empty app_id".to_owned()),
     };
-    match state.store.monthly_active_devices(app_id, now_ms()).await {
+    match state
+        .store
+        .monthly_active_devices(app_id, state.clock.now_ms())
+        .await
+    {
         Ok(devices) => Json(json!({ "devices": devices })).into_response(),
         Err(error) => {
             tracing::warn!(%error, %app_id, "cannot count the monthly active devices");

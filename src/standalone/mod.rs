@@ -19,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     api::{Bundle, bundle::BundleStatus},
+    clock::Clock,
     core::{
         bundle_lifecycle::{self, SyncFacts, bundle_status_after_sync},
         snapshot::{ManifestFile, Snapshot, SnapshotInputs},
@@ -46,6 +47,8 @@ pub struct Options {
     /// Where the internal listener (rollout figures, metrics, health) listens; None: no
     /// internal listener.
     pub internal_listen: Option<SocketAddr>,
+    /// The clock rollouts are decided and served on ([`crate::clock::SystemClock`] but in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -109,7 +112,14 @@ pub async fn run(
         base_dir: options.dir.clone(),
         credentials: options.credentials.clone(),
     };
-    let mut boot = server::boot(&database, options.listen, options.public_url.as_deref(), storage).await?;
+    let mut boot = server::boot_with_clock(
+        &database,
+        options.listen,
+        options.public_url.as_deref(),
+        storage,
+        Arc::clone(&options.clock),
+    )
+    .await?;
     if let Some(internal) = options.internal_listen {
         boot.bind_internal(internal).await?;
     }
@@ -148,7 +158,7 @@ pub async fn run(
     let mut interval = tokio::time::interval(options.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let rollouts_wake = rollouts::sleep_until(rollouts_due);
+        let rollouts_wake = rollouts::sleep_until(&*options.clock, rollouts_due);
         tokio::select! {
             _ = interval.tick() => {}
             () = rollouts_wake => {}
@@ -170,7 +180,7 @@ pub async fn run(
             }
             Err(error) => degrade(&state, error.to_string()),
         }
-        let now = Timestamp::now();
+        let now = options.clock.now();
         if !reloaded && rollouts_due.is_none_or(|due| due > now) {
             continue;
         }
