@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod core;
 pub mod crdgen;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod error_chain;
 pub mod layout;
 pub mod protocol;
+pub mod rollout_driver;
 pub mod server;
 pub mod standalone;
 pub mod storage;

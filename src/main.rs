@@ -185,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 poll_interval: std::time::Duration::from_millis(poll_ms.max(50)),
                 credentials: ota_operator::storage::Credentials::from_env(),
                 internal_listen,
+                clock: std::sync::Arc::new(ota_operator::clock::SystemClock),
             };
             runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
         }

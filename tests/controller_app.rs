@@ -90,7 +90,7 @@ async fn update_server_with_two_devices(folder: &std::path::Path) -> String {
         .bind_internal("127.0.0.1:0".parse().unwrap())
         .await
         .expect("the internal listener binds");
-    let now_ms = server::now_ms();
+    let now_ms = boot.state.clock.now_ms();
     let seen = |device_id: &str| {
         Write::SeenDevice(DeviceSeen {
             app_id: "com.example.shop".into(),

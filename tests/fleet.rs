@@ -2,11 +2,15 @@
 //! update server while a Rollout moves their channel from 1.0.0 to 1.1.0 (the devices are in
 //! tests/support/fleet.rs). Each scenario is a test, run twice:
 //!
-//! - `standalone_*`: the real `ota standalone` process, which drives the Rollout itself (state in
-//!   its device store);
+//! - `standalone_*`: standalone mode in this process on a test clock, which drives the Rollout
+//!   itself (state in its device store); each round of the fleet moves the clock on
+//!   [`CLOCK_STEP`], so its hour-long pauses pass in milliseconds, and a crash drops its runtime
+//!   with every task in it;
 //! - `cluster_*`: the real test API server, the real `ota controller` process driving the Rollout
 //!   (figures from the update server's internal listener) and the real `ota server` process
-//!   serving the devices (`tests/run.sh --test fleet` starts the API server).
+//!   serving the devices (`tests/run.sh --test fleet` starts the API server). Processes have no
+//!   seam for a test clock (a flag that sets the time would be a backdoor in production), so
+//!   these run on wall time, with pauses of seconds.
 //!
 //! Scenarios: a healthy candidate walks every step to 100% and every device ends on it; a
 //! candidate that fails on 30% of devices is aborted at the first analysis with enough attempts,
@@ -35,8 +39,8 @@ mod fleet;
 mod support;
 
 use fleet::{
-    APP_ID, BundleFile, FailurePlan, Fleet, OtaProcess, Round, Standalone, candidate_bundle, failing_share,
-    free_address, no_failures, stable_bundle,
+    APP_ID, BundleFile, FailurePlan, Fleet, InProcessStandalone, OtaProcess, Round, candidate_bundle,
+    failing_share, free_address, no_failures, stable_bundle,
 };
 
 /// Devices per scenario.
@@ -45,6 +49,8 @@ const DEVICES: usize = 300;
 const CONCURRENCY: usize = 16;
 /// The longest any scenario may take.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(55);
+/// How far the test clock moves after each round of the fleet (standalone scenarios).
+const CLOCK_STEP: Duration = Duration::from_secs(1_800);
 /// The Rollout's name.
 const ROLLOUT: &str = "fleet-1.1.0";
 
@@ -60,7 +66,7 @@ fn rollout(steps: Value, analysis: Value, annotations: Value) -> Value {
 /// The servers a scenario runs.
 enum Servers {
     Standalone {
-        server: Standalone,
+        server: InProcessStandalone,
         store: DeviceStore,
     },
     Cluster {
@@ -77,6 +83,45 @@ enum Servers {
 enum Mode {
     Standalone,
     Cluster,
+}
+
+/// The durations a scenario's Rollout names, in the time it runs on.
+struct Timing {
+    /// A pause between two steps.
+    pause: &'static str,
+    /// The pause a crash falls into.
+    long_pause: &'static str,
+    /// The analysis interval of a guarded rollout.
+    interval: &'static str,
+    /// Its analysis window (the whole scenario).
+    window: &'static str,
+    /// An interval that never comes within the scenario (no background analysis).
+    never: &'static str,
+}
+
+impl Mode {
+    fn timing(self) -> Timing {
+        match self {
+            // The test clock: [`CLOCK_STEP`] per round.
+            Mode::Standalone => Timing {
+                pause: "1h",
+                long_pause: "3h",
+                // Every second round: an analysis then reads a whole round's reports, as on
+                // wall time (the server writes them in batches).
+                interval: "1h",
+                window: "720h",
+                never: "8000h",
+            },
+            // Wall time: rounds take tens of milliseconds.
+            Mode::Cluster => Timing {
+                pause: "1s",
+                long_pause: "3s",
+                interval: "1s",
+                window: "1h",
+                never: "1h",
+            },
+        }
+    }
 }
 
 /// A scenario: the servers, the fleet on the stable bundle, and what every round did.
@@ -104,7 +149,7 @@ impl Scenario {
                     &candidate,
                     &serde_json::to_string(&rollout).expect("JSON"),
                 );
-                let server = Standalone::start(dir.path(), &[]).await;
+                let server = InProcessStandalone::start(dir.path()).await;
                 let store = DeviceStore::open(&server.database_url())
                     .await
                     .expect("the server's device store opens beside it");
@@ -230,6 +275,9 @@ impl Scenario {
             self.logs()
         );
         let round = self.fleet.round(&self.base(), &self.fails).await;
+        if let Servers::Standalone { server, .. } = &self.servers {
+            server.clock.advance(CLOCK_STEP);
+        }
         let broken = round.broken();
         assert!(broken.is_empty(), "devices saw broken answers: {broken:?}");
         self.history
@@ -428,10 +476,16 @@ fn assert_exactly_the_cohort(
 // ---------------------------------------------------------------- the scenarios
 
 async fn healthy_candidate_walks_every_step(mode: Mode) {
+    let Timing {
+        pause,
+        interval,
+        window,
+        ..
+    } = mode.timing();
     let rollout = rollout(
-        json!([{"setPercent": 10}, {"pause": {"duration": "1s"}}, {"setPercent": 30}, {"analysis": {}},
-               {"pause": {"duration": "1s"}}, {"setPercent": 60}, {"pause": {"duration": "1s"}}, {"setPercent": 100}]),
-        json!({"interval": "1s", "minAttempts": 20, "maxFailureRate": 0.05, "window": "1h", "action": "rollback"}),
+        json!([{"setPercent": 10}, {"pause": {"duration": pause}}, {"setPercent": 30}, {"analysis": {}},
+               {"pause": {"duration": pause}}, {"setPercent": 60}, {"pause": {"duration": pause}}, {"setPercent": 100}]),
+        json!({"interval": interval, "minAttempts": 20, "maxFailureRate": 0.05, "window": window, "action": "rollback"}),
         json!({}),
     );
     let mut scenario = Scenario::start(mode, rollout, no_failures(), 1).await;
@@ -484,9 +538,10 @@ async fn healthy_candidate_walks_every_step(mode: Mode) {
 
 async fn failing_candidate_is_aborted(mode: Mode) {
     const MIN_ATTEMPTS: i64 = 30;
+    let Timing { interval, window, .. } = mode.timing();
     let rollout = rollout(
         json!([{"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]),
-        json!({"interval": "1s", "minAttempts": MIN_ATTEMPTS, "maxFailureRate": 0.05, "window": "1h", "action": "rollback"}),
+        json!({"interval": interval, "minAttempts": MIN_ATTEMPTS, "maxFailureRate": 0.05, "window": window, "action": "rollback"}),
         json!({}),
     );
     let mut scenario = Scenario::start(mode, rollout, failing_share("1.1.0", 30), 2).await;
@@ -592,11 +647,12 @@ async fn wait_until_served(scenario: &Scenario, salt: &str, percent: i32) {
 }
 
 async fn cohorts_are_monotonic(mode: Mode) {
+    let Timing { pause, never, .. } = mode.timing();
     let rollout = rollout(
-        json!([{"setPercent": 5}, {"pause": {"duration": "1s"}}, {"setPercent": 15}, {"pause": {"duration": "1s"}},
-               {"setPercent": 35}, {"pause": {"duration": "1s"}}, {"setPercent": 65}, {"pause": {"duration": "1s"}},
+        json!([{"setPercent": 5}, {"pause": {"duration": pause}}, {"setPercent": 15}, {"pause": {"duration": pause}},
+               {"setPercent": 35}, {"pause": {"duration": pause}}, {"setPercent": 65}, {"pause": {"duration": pause}},
                {"setPercent": 100}]),
-        json!({"interval": "1h"}),
+        json!({"interval": never}),
         json!({}),
     );
     let mut scenario = Scenario::start(mode, rollout, no_failures(), 3).await;
@@ -636,8 +692,11 @@ async fn cohorts_are_monotonic(mode: Mode) {
 }
 
 async fn a_crash_mid_rollout_changes_nothing(mode: Mode) {
-    let steps = json!([{"setPercent": 20}, {"pause": {"duration": "3s"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
-    let analysis = json!({"interval": "1h"});
+    let Timing {
+        long_pause, never, ..
+    } = mode.timing();
+    let steps = json!([{"setPercent": 20}, {"pause": {"duration": long_pause}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
+    let analysis = json!({"interval": never});
     let mut scenario = Scenario::start(
         mode,
         rollout(steps.clone(), analysis.clone(), json!({})),

@@ -27,6 +27,7 @@ use crate::{
     core::{
         channel_status::{ChannelStatusPlan, channel_status},
         conditions::{self, merge_conditions},
+        rollout::promotion_released,
         snapshot::{Snapshot, SnapshotInputs},
     },
 };
@@ -150,15 +151,15 @@ pub async fn run(
     drive(controller, reconcile, error_policy, context, stop).await;
 }
 
-/// Removes a recorded promotion once git has moved `spec.bundleRef` from the bundleRef it was
-/// made over: git's choice stands, also when it later returns to that bundleRef.
+/// Removes a recorded promotion once it is released ([`promotion_released`]: git moved
+/// `spec.bundleRef` from the bundleRef it was made over).
 async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(), ChannelError> {
-    let Some(promoted) = channel.promotion() else {
+    let Some(promoted) = channel
+        .promotion()
+        .filter(|promoted| promotion_released(promoted, Some(channel)))
+    else {
         return Ok(());
     };
-    if promoted.holds_over(channel.spec.bundle_ref.as_deref()) {
-        return Ok(());
-    }
     // Applying nothing under the promotion's field manager removes the field it owned.
     apply_status_as(
         context,

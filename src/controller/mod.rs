@@ -20,7 +20,6 @@ pub mod stores;
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     Client,
     runtime::events::{Recorder, Reporter},
@@ -29,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::{api::constants::field_manager, core::app_children::RenderSettings, sync::SyncLimits};
 
+pub use crate::clock::{Clock, SystemClock};
 pub use backoff::Backoff;
 pub use bundle::BundleSync;
 pub use metrics::Metrics;
@@ -82,22 +82,6 @@ pub enum ControllerError {
     /// The HTTP client for bundle sources could not be built.
     #[error("cannot build the HTTP client for bundle sources: {0}")]
     HttpClient(#[source] reqwest::Error),
-}
-
-/// The current time, injected so the pure core never reads a clock.
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now(&self) -> Timestamp;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
 }
 
 /// What every reconcile shares.

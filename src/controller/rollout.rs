@@ -26,12 +26,13 @@ use super::{
 };
 use crate::{
     api::{
-        App, Bundle, Channel, ChannelStatus, Rollout,
+        App, Bundle, Channel, ChannelStatus, Rollout, RolloutStatus,
         channel::PromotedBundle,
         constants::{field_manager, reason},
     },
     core::notification::webhook_event,
-    core::rollout::{EventKind, FailureCounts, decide, figures_query, promotion_of},
+    core::rollout::{EventKind, FailureCounts, FiguresQuery, RolloutEvent},
+    rollout_driver::{self, DriveError, FiguresSource, Objects, StatusSink},
 };
 
 /// The kind label of this reconciler's metrics.
@@ -131,68 +132,112 @@ impl Named {
     }
 }
 
-/// The failure figures of the candidate in its channel, from the App's update server; `None`
-/// when the decision needs none ([`figures_query`]) or the server cannot tell (logged; the
-/// analysis waits and says so).
-async fn read_figures(
-    rollout: &Rollout,
-    named: &Named,
-    context: &Context,
-    now: Timestamp,
-) -> Option<FailureCounts> {
-    let query = figures_query(rollout, &named.apps, &named.channels, &named.bundles, now)?;
-    let app_name = &named.channels.first()?.spec.app_ref;
-    let namespace = rollout.metadata.namespace.as_deref().unwrap_or_default();
-    match context.figures.fetch(namespace, app_name, &query).await {
-        Ok(counts) => Some(counts),
-        Err(error) => {
-            tracing::warn!(error = %crate::telemetry::error_chain(&error), "failure figures unavailable; the analysis waits");
-            count_failure(context, KIND, "figures");
-            None
+/// The failure figures port in a cluster: the App's update server ([`super::figures`]).
+struct UpdateServerFigures<'a> {
+    context: &'a Arc<Context>,
+}
+
+impl FiguresSource for UpdateServerFigures<'_> {
+    async fn figures(
+        &mut self,
+        rollout: &Rollout,
+        channel: &Channel,
+        query: &FiguresQuery,
+    ) -> Option<FailureCounts> {
+        let namespace = rollout.metadata.namespace.as_deref().unwrap_or_default();
+        match self
+            .context
+            .figures
+            .fetch(namespace, &channel.spec.app_ref, query)
+            .await
+        {
+            Ok(counts) => Some(counts),
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "failure figures unavailable; the analysis waits");
+                count_failure(self.context, KIND, "figures");
+                None
+            }
         }
     }
 }
 
-/// Records a completing rollout's candidate as its Channel's stable bundle
-/// (`status.promoted`, under a field manager of its own), before the Completed status is
-/// written ([`promotion_of`]).
-async fn record_stable(
-    rollout: &Rollout,
-    channel: &Channel,
-    promoted: PromotedBundle,
-    context: &Context,
-) -> Result<(), RolloutError> {
-    let candidate = promoted.bundle.clone();
-    let status = ChannelStatus {
-        promoted: Some(promoted),
-        ..Default::default()
-    };
-    apply_status_as(context, channel, &status, field_manager::PROMOTION)
-        .await
-        .map_err(|source| RolloutError::RecordStable {
-            channel: object_key(channel),
-            bundle: candidate.clone(),
-            source,
-        })?;
-    let note = format!(
-        "Bundle {candidate} is the stable bundle of Channel {} (Rollout {} completed); it stays so \
-         while spec.bundleRef of the Channel is unchanged",
-        channel.name_any(),
-        rollout.name_any()
-    );
-    publish(
-        context,
-        rollout,
-        EventType::Normal,
-        reason::STABLE_RECORDED,
-        note.clone(),
-    )
-    .await;
-    publish(context, channel, EventType::Normal, reason::STABLE_RECORDED, note).await;
-    Ok(())
+/// The status port in a cluster: the status subresource, the Channel's `status.promoted`
+/// (under a field manager of its own), Kubernetes Events and webhooks.
+struct KubernetesStatus<'a> {
+    context: &'a Arc<Context>,
 }
 
-/// One reconcile of one Rollout.
+impl StatusSink for KubernetesStatus<'_> {
+    type Error = RolloutError;
+
+    async fn record_promotion(
+        &mut self,
+        rollout: &Rollout,
+        channel: &Channel,
+        promoted: PromotedBundle,
+    ) -> Result<(), RolloutError> {
+        let context = self.context;
+        let candidate = promoted.bundle.clone();
+        let status = ChannelStatus {
+            promoted: Some(promoted),
+            ..Default::default()
+        };
+        apply_status_as(context, channel, &status, field_manager::PROMOTION)
+            .await
+            .map_err(|source| RolloutError::RecordStable {
+                channel: object_key(channel),
+                bundle: candidate.clone(),
+                source,
+            })?;
+        let note = format!(
+            "Bundle {candidate} is the stable bundle of Channel {} (Rollout {} completed); it stays so \
+             while spec.bundleRef of the Channel is unchanged",
+            channel.name_any(),
+            rollout.name_any()
+        );
+        publish(
+            context,
+            rollout,
+            EventType::Normal,
+            reason::STABLE_RECORDED,
+            note.clone(),
+        )
+        .await;
+        publish(context, channel, EventType::Normal, reason::STABLE_RECORDED, note).await;
+        Ok(())
+    }
+
+    async fn write_status(
+        &mut self,
+        rollout: &Rollout,
+        status: &RolloutStatus,
+    ) -> Result<bool, RolloutError> {
+        apply_status(self.context, rollout, status)
+            .await
+            .map_err(|source| RolloutError::WriteStatus {
+                object: object_key(rollout),
+                source,
+            })
+    }
+
+    async fn publish(&mut self, rollout: &Rollout, event: &RolloutEvent, sequence: usize, now: Timestamp) {
+        let context = self.context;
+        context
+            .notifier
+            .send(context, rollout, webhook_event(rollout, event, sequence, now));
+        let event_type = match event.kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => {
+                count_failure(context, KIND, category_of(event.reason));
+                EventType::Warning
+            }
+        };
+        publish(context, rollout, event_type, event.reason, event.note.clone()).await;
+    }
+}
+
+/// One reconcile of one Rollout: one drive ([`crate::rollout_driver::drive`]) through the
+/// cluster's ports.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %rollout.name_any(), namespace = rollout.namespace().unwrap_or_default()))]
 pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Action, RolloutError> {
     if let Some(wait) = context.not_now() {
@@ -201,47 +246,18 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
     instrumented(&context, KIND, async {
         let now = context.clock.now();
         let named = Named::of(&rollout, &context);
-        let figures = read_figures(&rollout, &named, &context, now).await;
-        let plan = decide(&rollout, &named.channels, &named.bundles, figures, now);
-        if let Some(channel) = named.channels.first()
-            && let Some(promoted) = promotion_of(&rollout, &plan, channel)
-        {
-            record_stable(&rollout, channel, promoted, &context).await?;
-        }
-        if rollout.status.as_ref() != Some(&plan.status) {
-            let written = apply_status(&context, rollout.as_ref(), &plan.status)
-                .await
-                .map_err(|source| RolloutError::WriteStatus {
-                    object: object_key(rollout.as_ref()),
-                    source,
-                })?;
-            let after = Rollout {
-                status: Some(plan.status.clone()),
-                ..(*rollout).clone()
-            };
-            for (sequence, event) in plan.events.iter().enumerate().filter(|_| written) {
-                context
-                    .notifier
-                    .send(&context, &after, webhook_event(&after, event, sequence, now));
-                let event_type = match event.kind {
-                    EventKind::Normal => EventType::Normal,
-                    EventKind::Warning => {
-                        count_failure(&context, KIND, category_of(event.reason));
-                        EventType::Warning
-                    }
-                };
-                publish(
-                    &context,
-                    rollout.as_ref(),
-                    event_type,
-                    event.reason,
-                    event.note.clone(),
-                )
-                .await;
-            }
-        }
+        let objects = Objects {
+            apps: &named.apps,
+            channels: &named.channels,
+            bundles: &named.bundles,
+        };
+        let mut figures = UpdateServerFigures { context: &context };
+        let mut sink = KubernetesStatus { context: &context };
+        let driven = rollout_driver::drive(rollout.as_ref(), objects, &mut figures, &mut sink, now)
+            .await
+            .map_err(DriveError::into_inner)?;
         context.backoff.reset(&backoff_key(KIND, rollout.as_ref()));
-        Ok(match plan.requeue_at {
+        Ok(match driven.requeue_at {
             Some(at) => {
                 let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
                 Action::requeue(wait.clamp(Duration::from_millis(100), RESYNC))

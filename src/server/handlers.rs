@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{ServerState, SourceHealth, files, metrics::AnswerLabels, now_ms};
+use super::{ServerState, SourceHealth, files, metrics::AnswerLabels};
 use crate::{
     core::{
         channel_self::{self, OverrideChange},
@@ -65,7 +65,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): Who
         count_answer(&state, answer_label(&answer));
         return json_bytes(body);
     };
-    let now = now_ms();
+    let now = state.clock.now_ms();
     push(
         &state,
         Write::SeenDevice(DeviceSeen {
@@ -158,7 +158,7 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
             );
         }
     };
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let served = state.served();
     let mut results = Vec::with_capacity(decoded.events.len());
     for (index, event) in decoded.events.iter().enumerate() {

@@ -15,7 +15,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{ServerState, handlers, now_ms};
+use super::{ServerState, handlers};
 use crate::{
     api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
     core::{
@@ -78,7 +78,7 @@ async fn monthly_active_devices(
         Ok(query) => query.app_id,
         Err(error) => return bad_request(error.to_string()),
     };
-    match state.store.monthly_active_devices(&app_id, now_ms()).await {
+    match state.store.monthly_active_devices(&app_id, state.clock.now_ms()).await {
         Ok(devices) => Json(ActiveDevicesAnswer { devices }).into_response(),
         Err(error) => {
             tracing::warn!(%error, %app_id, "cannot count the monthly active devices");

@@ -11,13 +11,7 @@ pub mod metrics;
 pub mod retention;
 pub mod storage;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use axum::{
@@ -28,6 +22,7 @@ use axum::{
 
 use self::storage::{AppStorage, AppStorages};
 use crate::{
+    clock::{Clock, SystemClock},
     core::snapshot::Snapshot,
     protocol::{MAX_INFO_BODY, MAX_STATS_BODY, encode::BundleUrls},
     storage::{Credentials, StorageUrls, UrlMode},
@@ -84,6 +79,8 @@ pub struct ServerState {
     storages: AppStorages,
     /// Told when a snapshot is published (the presigned-URL refresher wakes up).
     published: tokio::sync::Notify,
+    /// The clock requests are stamped with and the server's timers run on.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl ServerState {
@@ -94,6 +91,7 @@ impl ServerState {
         store: DeviceStore,
         memory: DeviceMemory,
         queue: WriteQueue,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             served: ArcSwap::from_pointee(Served::default()),
@@ -105,6 +103,7 @@ impl ServerState {
             urls: StorageUrls::server(public_base_url),
             storages: AppStorages::new(&storage.base_dir, storage.credentials, public_base_url),
             published: tokio::sync::Notify::new(),
+            clock,
         }
     }
 
@@ -221,7 +220,7 @@ pub async fn keep_presigned_urls_fresh(state: Arc<ServerState>) {
         let wait = shortest_ttl.map_or(MAX_PRESIGN_REFRESH, |ttl| (ttl / 4).min(MAX_PRESIGN_REFRESH));
         tokio::select! {
             () = state.published.notified() => {}
-            () = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+            () = state.clock.sleep(wait.max(Duration::from_secs(1))) => {}
         }
     }
 }
@@ -339,6 +338,17 @@ pub async fn boot(
     public_url: Option<&str>,
     storage: StorageSetup,
 ) -> Result<Boot, ServerError> {
+    boot_with_clock(database, listen, public_url, storage, Arc::new(SystemClock)).await
+}
+
+/// [`boot`] on `clock` (standalone mode shares its own; tests move a [`crate::clock::TestClock`]).
+pub async fn boot_with_clock(
+    database: &str,
+    listen: SocketAddr,
+    public_url: Option<&str>,
+    storage: StorageSetup,
+    clock: Arc<dyn Clock>,
+) -> Result<Boot, ServerError> {
     let store = store::DeviceStore::open(database).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
@@ -350,7 +360,7 @@ pub async fn boot(
     );
     let (listener, address) = bind(listen).await?;
     let base = public_url.map_or_else(|| format!("http://{address}"), str::to_owned);
-    let state = Arc::new(ServerState::new(&base, storage, store, memory, queue));
+    let state = Arc::new(ServerState::new(&base, storage, store, memory, queue, clock));
     Ok(Boot {
         state,
         listener,
@@ -402,11 +412,4 @@ pub async fn serve_until(
     }
     flusher.abort();
     result
-}
-
-/// Milliseconds since the epoch (the shell's clock; the core is given times, never reads one).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::{ServerState, now_ms};
+use super::ServerState;
 
 /// The first prune waits this long after start (the snapshot is loaded by then, and a start is
 /// not slowed down by it); later prunes come every [`PRUNE_EVERY`].
@@ -79,9 +79,9 @@ impl OutcomePruner {
 /// task is dropped.
 pub async fn prune_outcomes_periodically(state: Arc<ServerState>) {
     let mut pruner = OutcomePruner::default();
-    tokio::time::sleep(FIRST_PRUNE_AFTER).await;
+    state.clock.sleep(FIRST_PRUNE_AFTER).await;
     loop {
-        pruner.prune(&state, now_ms()).await;
-        tokio::time::sleep(PRUNE_EVERY).await;
+        pruner.prune(&state, state.clock.now_ms()).await;
+        state.clock.sleep(PRUNE_EVERY).await;
     }
 }

@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use self::folder::Folder;
 use crate::{
+    clock::Clock,
     server::{self, ServerState, SourceHealth, StorageSetup},
     storage::Credentials,
 };
@@ -38,6 +39,8 @@ pub struct Options {
     /// Where the internal listener (rollout figures, metrics, health) listens; None: no
     /// internal listener.
     pub internal_listen: Option<SocketAddr>,
+    /// The clock rollouts are decided and served on ([`crate::clock::SystemClock`] but in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -78,7 +81,14 @@ pub async fn run(
         base_dir: options.dir.clone(),
         credentials: options.credentials.clone(),
     };
-    let mut boot = server::boot(&database, options.listen, options.public_url.as_deref(), storage).await?;
+    let mut boot = server::boot_with_clock(
+        &database,
+        options.listen,
+        options.public_url.as_deref(),
+        storage,
+        Arc::clone(&options.clock),
+    )
+    .await?;
     if let Some(internal) = options.internal_listen {
         boot.bind_internal(internal).await?;
     }
@@ -110,14 +120,14 @@ pub async fn run(
     let mut interval = tokio::time::interval(options.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let rollouts_wake = rollouts::sleep_until(rollouts_due);
+        let rollouts_wake = rollouts::sleep_until(&*options.clock, rollouts_due);
         tokio::select! {
             _ = interval.tick() => {}
             () = rollouts_wake => {}
             _ = stop_rx.changed() => break,
         }
         // The one reading of the clock in this loop: every decision below gets it.
-        let now = Timestamp::now();
+        let now = options.clock.now();
         let mut reloaded = false;
         match load::fingerprint(&options.dir) {
             Ok(fingerprint) => {

@@ -30,17 +30,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{
-        App, Bundle, Channel, Rollout, RolloutStatus,
+        Channel, Rollout, RolloutStatus,
         channel::{ChannelStatus, PromotedBundle},
     },
+    clock::Clock,
     core::rollout::{
         EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide,
-        figures_query as core_figures_query, promotion_of,
+        figures_query as core_figures_query, promotion_released,
     },
+    rollout_driver::{self, FiguresSource, StatusSink, Write},
     store::{DeviceStore, StoreError},
 };
 
-pub use crate::core::rollout::FiguresQuery;
+pub use crate::{core::rollout::FiguresQuery, rollout_driver::Objects};
 
 /// Why a state could not be saved.
 #[derive(Debug, thiserror::Error)]
@@ -133,27 +135,6 @@ impl States {
 /// Reads every saved state (for people and tests: what `kubectl get rollout` shows in a cluster).
 pub async fn read_states(store: &DeviceStore) -> Result<States, StoreError> {
     Ok(States::from_rows(&store.rollout_states().await?))
-}
-
-/// The objects of a load that a decision reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Objects<'a> {
-    /// Apps.
-    pub apps: &'a [App],
-    /// Channels, with their recorded promotions in `status.promoted`.
-    pub channels: &'a [Channel],
-    /// Bundles, with the status their sync gave them.
-    pub bundles: &'a [Bundle],
-}
-
-impl Objects<'_> {
-    fn channel_of(&self, rollout: &Rollout) -> Option<&Channel> {
-        let namespace = rollout.metadata.namespace.as_deref();
-        self.channels.iter().find(|c| {
-            c.metadata.namespace.as_deref() == namespace
-                && c.metadata.name.as_deref() == Some(&rollout.spec.channel_ref)
-        })
-    }
 }
 
 /// The figures `rollout` (with its last status) needs at `now` from the folder's objects
@@ -263,9 +244,10 @@ impl RolloutDriver {
         )
     }
 
-    /// Decides every Rollout of `load` at `now`, saving each state that changed before keeping
-    /// it, and logging the events of each saved decision. Returns when to decide again (`None`:
-    /// only a change of the folder matters).
+    /// Decides every Rollout of `load` at `now` ([`rollout_driver::drive`] through the device
+    /// store's ports), saving each state that changed before keeping it, and logging the events
+    /// of each saved decision. Returns when to decide again (`None`: only a change of the folder
+    /// matters).
     pub async fn drive(&mut self, load: &Load<'_>, now: Timestamp) -> Option<Timestamp> {
         if load.complete {
             self.forget_missing(load).await;
@@ -277,87 +259,40 @@ impl RolloutDriver {
         let mut wake_at = |at: Timestamp| next = Some(next.map_or(at, |n: Timestamp| n.min(at)));
         for written in rollouts {
             let key = key_of(&written.metadata);
-            let previous = self.states.rollouts.get(&key).cloned();
             let mut rollout = written.clone();
-            rollout.status = previous.clone();
+            rollout.status = self.states.rollouts.get(&key).cloned();
             let objects = Objects {
                 channels: &channels,
                 ..load.objects
             };
-            // No query: the decision reads no figures (as in the controller).
-            let figures = match figures_query(&rollout, &objects, now) {
-                Some(query) => self.figures(&key, &query).await,
-                None => None,
+            let mut figures = StoreFigures { store: &self.store };
+            let mut sink = StoreStatus {
+                store: &self.store,
+                states: &mut self.states,
+                now,
+                promoted: false,
             };
-            let plan = decide(&rollout, &objects, figures, now);
-            if let Some(at) = plan.requeue_at {
-                wake_at(at);
-            }
-            if previous.as_ref() == Some(&plan.status) {
-                continue;
-            }
-            if let Some(channel) = objects.channel_of(&rollout)
-                && let Some(promoted) = promotion_of(&rollout, &plan, channel)
-            {
-                let channel_key = key_of(&channel.metadata);
-                let state = StoredState::Channel {
-                    promoted: promoted.clone(),
-                };
-                let name = format!("{CHANNEL_KEY_PREFIX}{}", channel_key.1);
-                if let Err(error) = self.save(&channel_key.0, &name, &state, now).await {
-                    tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot record the completed rollout's candidate as the channel's stable bundle; trying again");
+            match rollout_driver::drive(&rollout, objects, &mut figures, &mut sink, now).await {
+                Ok(driven) => driven.requeue_at.into_iter().for_each(&mut wake_at),
+                Err(failed) => {
+                    let error = failed.source;
+                    match failed.write {
+                        Write::Promotion => {
+                            tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot record the completed rollout's candidate as the channel's stable bundle; trying again")
+                        }
+                        Write::Status => {
+                            tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot save the rollout's state; it is not served and will be decided again")
+                        }
+                    }
+                    failed.requeue_at.into_iter().for_each(&mut wake_at);
                     wake_at(retry_at(now));
-                    continue;
                 }
-                tracing::info!(kind = "Channel", namespace = %channel_key.0, name = %channel_key.1, bundle = %promoted.bundle, "recorded as the channel's stable bundle");
-                self.states.promotions.insert(channel_key, promoted);
+            }
+            if sink.promoted {
                 channels = with_promotions(load.objects.channels, &self.states.promotions);
             }
-            let state = StoredState::Rollout {
-                status: Box::new(plan.status.clone()),
-            };
-            if let Err(error) = self.save(&key.0, &key.1, &state, now).await {
-                tracing::warn!(kind = "Rollout", namespace = %key.0, name = %key.1, %error, "cannot save the rollout's state; it is not served and will be decided again");
-                wake_at(retry_at(now));
-                continue;
-            }
-            for event in &plan.events {
-                log_event(&key, event);
-            }
-            self.states.rollouts.insert(key, plan.status);
         }
         next
-    }
-
-    async fn figures(&self, rollout: &ObjectKey, query: &FiguresQuery) -> Option<FailureCounts> {
-        match self
-            .store
-            .outcome_figures(&query.app_id, &query.channel, &query.version, query.since_ms)
-            .await
-        {
-            Ok(figures) => Some(FailureCounts {
-                attempts: i64::try_from(figures.attempts).unwrap_or(i64::MAX),
-                failures: i64::try_from(figures.failures).unwrap_or(i64::MAX),
-            }),
-            Err(error) => {
-                tracing::warn!(kind = "Rollout", namespace = %rollout.0, name = %rollout.1, %error, "cannot read the failure figures; the analysis waits");
-                None
-            }
-        }
-    }
-
-    async fn save(
-        &self,
-        namespace: &str,
-        name: &str,
-        state: &StoredState,
-        now: Timestamp,
-    ) -> Result<(), SaveError> {
-        let json = serde_json::to_string(state)?;
-        Ok(self
-            .store
-            .save_rollout_state(namespace, name, &json, now.as_millisecond())
-            .await?)
     }
 
     /// Forgets the state of Rollouts that left the folder, and the promotions of Channels that
@@ -365,11 +300,11 @@ impl RolloutDriver {
     /// later returns to the bundleRef the promotion was made over).
     async fn forget_missing(&mut self, load: &Load<'_>) {
         let rollouts: BTreeSet<ObjectKey> = load.rollouts.iter().map(|r| key_of(&r.metadata)).collect();
-        let channels: BTreeMap<ObjectKey, Option<&str>> = load
+        let channels: BTreeMap<ObjectKey, &Channel> = load
             .objects
             .channels
             .iter()
-            .map(|c| (key_of(&c.metadata), c.spec.bundle_ref.as_deref()))
+            .map(|c| (key_of(&c.metadata), c))
             .collect();
         let gone_rollouts: Vec<ObjectKey> = self
             .states
@@ -382,11 +317,7 @@ impl RolloutDriver {
             .states
             .promotions
             .iter()
-            .filter(|(key, promoted)| {
-                channels
-                    .get(*key)
-                    .is_none_or(|bundle_ref| !promoted.holds_over(*bundle_ref))
-            })
+            .filter(|(key, promoted)| promotion_released(promoted, channels.get(*key).copied()))
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone_rollouts {
@@ -418,14 +349,97 @@ impl RolloutDriver {
     }
 }
 
-/// Sleeps until `at` (a hair after, so the decision then finds it past), or forever for `None`.
-pub async fn sleep_until(at: Option<Timestamp>) {
+/// Sleeps until `clock` reaches `at`, or forever for `None`.
+pub async fn sleep_until(clock: &dyn Clock, at: Option<Timestamp>) {
     match at {
-        Some(at) => {
-            let wait = std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default();
-            tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
-        }
+        Some(at) => clock.sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The failure figures port in standalone mode: what the device store counted.
+struct StoreFigures<'a> {
+    store: &'a DeviceStore,
+}
+
+impl FiguresSource for StoreFigures<'_> {
+    async fn figures(
+        &mut self,
+        rollout: &Rollout,
+        _channel: &Channel,
+        query: &FiguresQuery,
+    ) -> Option<FailureCounts> {
+        match self
+            .store
+            .outcome_figures(&query.app_id, &query.channel, &query.version, query.since_ms)
+            .await
+        {
+            Ok(figures) => Some(FailureCounts {
+                attempts: i64::try_from(figures.attempts).unwrap_or(i64::MAX),
+                failures: i64::try_from(figures.failures).unwrap_or(i64::MAX),
+            }),
+            Err(error) => {
+                let (namespace, name) = key_of(&rollout.metadata);
+                tracing::warn!(kind = "Rollout", %namespace, %name, %error, "cannot read the failure figures; the analysis waits");
+                None
+            }
+        }
+    }
+}
+
+/// The status port in standalone mode: rows of the device store (kept in `states` once saved)
+/// and logs for events.
+struct StoreStatus<'a> {
+    store: &'a DeviceStore,
+    states: &'a mut States,
+    now: Timestamp,
+    /// A promotion was recorded (the channels a later decision reads changed).
+    promoted: bool,
+}
+
+impl StoreStatus<'_> {
+    async fn save(&self, namespace: &str, name: &str, state: &StoredState) -> Result<(), SaveError> {
+        let json = serde_json::to_string(state)?;
+        Ok(self
+            .store
+            .save_rollout_state(namespace, name, &json, self.now.as_millisecond())
+            .await?)
+    }
+}
+
+impl StatusSink for StoreStatus<'_> {
+    type Error = SaveError;
+
+    async fn record_promotion(
+        &mut self,
+        _rollout: &Rollout,
+        channel: &Channel,
+        promoted: PromotedBundle,
+    ) -> Result<(), SaveError> {
+        let channel_key = key_of(&channel.metadata);
+        let state = StoredState::Channel {
+            promoted: promoted.clone(),
+        };
+        let name = format!("{CHANNEL_KEY_PREFIX}{}", channel_key.1);
+        self.save(&channel_key.0, &name, &state).await?;
+        tracing::info!(kind = "Channel", namespace = %channel_key.0, name = %channel_key.1, bundle = %promoted.bundle, "recorded as the channel's stable bundle");
+        self.states.promotions.insert(channel_key, promoted);
+        self.promoted = true;
+        Ok(())
+    }
+
+    async fn write_status(&mut self, rollout: &Rollout, status: &RolloutStatus) -> Result<bool, SaveError> {
+        let key = key_of(&rollout.metadata);
+        let state = StoredState::Rollout {
+            status: Box::new(status.clone()),
+        };
+        self.save(&key.0, &key.1, &state).await?;
+        self.states.rollouts.insert(key, status.clone());
+        Ok(true)
+    }
+
+    async fn publish(&mut self, rollout: &Rollout, event: &RolloutEvent, _sequence: usize, _now: Timestamp) {
+        log_event(&key_of(&rollout.metadata), event);
     }
 }
 

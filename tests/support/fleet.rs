@@ -1,5 +1,6 @@
 //! A fleet of simulated devices speaking the Capgo plugin protocol to a real update server, and
-//! the real `ota standalone` process they talk to.
+//! the real `ota standalone` process they talk to (or standalone mode in this process, on a test
+//! clock).
 //!
 //! Each device does what the plugin (8.x, Android, auto-update) does on a check: `POST /updates`
 //! with its info object; when offered a bundle other than the one it runs, it downloads the zip
@@ -17,11 +18,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use futures::StreamExt as _;
+use ota_operator::clock::TestClock;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -660,5 +662,152 @@ where
         }
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(every).await;
+    }
+}
+
+/// `ota standalone` run in this process on a [`TestClock`], so a scenario moves time by hand:
+/// each start runs on a runtime of its own on a thread of its own, whose log lines it keeps, and
+/// [`InProcessStandalone::kill`] drops that runtime with every task in it (no shutdown, no
+/// flush), as a crash would.
+pub struct InProcessStandalone {
+    /// The folder it serves.
+    pub dir: PathBuf,
+    /// Its address (kept across restarts).
+    pub address: SocketAddr,
+    /// The clock it decides and stamps reports on.
+    pub clock: TestClock,
+    logs: Arc<Mutex<Vec<u8>>>,
+    running: Option<(std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl InProcessStandalone {
+    /// Starts standalone mode on `dir` (polled every 50 ms) on a test clock standing at the
+    /// system clock's now, and waits until it is ready.
+    pub async fn start(dir: &Path) -> InProcessStandalone {
+        let mut server = InProcessStandalone {
+            dir: dir.to_owned(),
+            address: free_address(),
+            clock: TestClock::starting_now(),
+            logs: Arc::new(Mutex::new(Vec::new())),
+            running: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let options = ota_operator::standalone::Options {
+            dir: self.dir.clone(),
+            listen: self.address,
+            public_url: None,
+            database: None,
+            poll_interval: Duration::from_millis(50),
+            credentials: Default::default(),
+            internal_listen: None,
+            clock: Arc::new(self.clock.clone()),
+        };
+        let logs = Arc::clone(&self.logs);
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // One thread runs every task of this start, so its log lines all land here.
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_ansi(false)
+                .with_writer(move || SharedLog(Arc::clone(&logs)))
+                .finish();
+            let _logging = tracing::subscriber::set_default(subscriber);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                tokio::select! {
+                    outcome = ota_operator::standalone::run(options, std::future::pending()) => {
+                        if let Err(error) = outcome {
+                            tracing::error!(%error, "standalone mode stopped");
+                        }
+                    }
+                    _ = killed => {}
+                }
+            });
+            // Drops every task of this start without letting it finish: a crash.
+            runtime.shutdown_background();
+        });
+        self.running = Some((thread, kill));
+        let client = reqwest::Client::new();
+        let ready = format!("{}/readyz", self.base());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(&ready).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                self.running
+                    .as_ref()
+                    .is_some_and(|(thread, _)| !thread.is_finished()),
+                "standalone mode stopped:\n{}",
+                self.logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "standalone mode was not ready within 60 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://<address>`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The device store's URL.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.dir.join(".ota/devices.db").display())
+    }
+
+    /// Every log line of every start so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().expect("the log")).into_owned()
+    }
+
+    /// Stops it at once (its runtime dropped with every task: no shutdown, no flush).
+    pub fn kill(&mut self) {
+        if let Some((thread, kill)) = self.running.take() {
+            let _ = kill.send(());
+            thread.join().expect("the standalone thread ends");
+        }
+    }
+
+    /// Kills it and starts it again on the same folder, database, address and clock.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for InProcessStandalone {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A log writer appending to a shared buffer.
+struct SharedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("the log lock is poisoned"))?
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

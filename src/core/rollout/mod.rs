@@ -296,6 +296,13 @@ pub fn promotion_of(rollout: &Rollout, plan: &RolloutPlan, channel: &Channel) ->
     })
 }
 
+/// Whether a recorded promotion is released: its Channel is gone (`None`), or git moved the
+/// Channel's `spec.bundleRef` from the bundleRef it was made over. Git's choice then stands, also
+/// when it later returns to that bundleRef, so a released promotion is removed, not kept aside.
+pub fn promotion_released(promoted: &PromotedBundle, channel: Option<&Channel>) -> bool {
+    channel.is_none_or(|channel| !promoted.holds_over(channel.spec.bundle_ref.as_deref()))
+}
+
 /// What the analysis of a Rollout asks the device store: how many devices of `channel` reported
 /// on `version` of `app_id` since `since_ms`, and how many of them failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

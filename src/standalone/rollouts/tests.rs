@@ -4,8 +4,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::rollout::RolloutPhase;
 use crate::{
-    api::constants::reason,
+    api::{App, Bundle, constants::reason},
     core::fixtures::{self, APP_ID, NS, bundle, channel, unsynced_bundle},
+    core::rollout::promotion_of,
     store::{OutcomeReport, RolloutStateRow, Write},
 };
 

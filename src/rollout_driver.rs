@@ -1,0 +1,195 @@
+//! The rollout drive, written once for both shells: read the failure figures the decision needs,
+//! decide with the pure core ([`crate::core::rollout::decide`]), record a completing
+//! candidate as its Channel's stable bundle, write the status, publish the events, and say when
+//! to look again.
+//!
+//! The shells plug in two ports: a [`FiguresSource`] (the App's update server in a cluster, the
+//! device store in standalone mode) and a [`StatusSink`] (the status subresource, the Channel's
+//! `status.promoted` and Kubernetes Events in a cluster; rows of the device store and logs in
+//! standalone mode). The time is given by the caller, read from its injected
+//! [`crate::clock::Clock`].
+
+use std::future::Future;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::{
+    api::{App, Bundle, Channel, Rollout, RolloutStatus, channel::PromotedBundle},
+    core::rollout::{FailureCounts, FiguresQuery, RolloutEvent, decide, figures_query, promotion_of},
+};
+
+/// Where the failure figures of a rollout's candidate come from.
+pub trait FiguresSource {
+    /// The figures `query` asks for `rollout` on `channel`; `None` when they cannot be read (the
+    /// source says why in its logs; the analysis waits and says so in status).
+    fn figures(
+        &mut self,
+        rollout: &Rollout,
+        channel: &Channel,
+        query: &FiguresQuery,
+    ) -> impl Future<Output = Option<FailureCounts>> + Send;
+}
+
+/// Where a decision's results go.
+pub trait StatusSink {
+    /// Why a write failed.
+    type Error;
+
+    /// Records `promoted` (the completing rollout's candidate) as `channel`'s stable bundle. It
+    /// is recorded before the Completed status, so a crash between the two loses nothing.
+    fn record_promotion(
+        &mut self,
+        rollout: &Rollout,
+        channel: &Channel,
+        promoted: PromotedBundle,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Writes `status`, which differs from `rollout`'s; whether it was written (a sink may
+    /// decline, e.g. a replica that is no longer the leader), so the events are published only
+    /// with their status.
+    fn write_status(
+        &mut self,
+        rollout: &Rollout,
+        status: &RolloutStatus,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Publishes the `sequence`th event of a written decision; `rollout` carries the new status.
+    fn publish(
+        &mut self,
+        rollout: &Rollout,
+        event: &RolloutEvent,
+        sequence: usize,
+        now: Timestamp,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The objects of a Rollout's namespace that its decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Objects<'a> {
+    /// Apps.
+    pub apps: &'a [App],
+    /// Channels, with their recorded promotions in `status.promoted`.
+    pub channels: &'a [Channel],
+    /// Bundles, with the status their sync gave them.
+    pub bundles: &'a [Bundle],
+}
+
+impl Objects<'_> {
+    /// The Channel `rollout` names, in its namespace.
+    pub fn channel_of(&self, rollout: &Rollout) -> Option<&Channel> {
+        let namespace = rollout.metadata.namespace.as_deref();
+        self.channels.iter().find(|c| {
+            c.metadata.namespace.as_deref() == namespace
+                && c.metadata.name.as_deref() == Some(&rollout.spec.channel_ref)
+        })
+    }
+}
+
+/// Which write of a drive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Recording the completing candidate as the channel's stable bundle (the status was not
+    /// written either).
+    Promotion,
+    /// The status.
+    Status,
+}
+
+impl Write {
+    /// What was written, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Write::Promotion => "the channel's stable bundle",
+            Write::Status => "the rollout's status",
+        }
+    }
+}
+
+/// A write of a drive failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {}: {source}", .write.what())]
+pub struct DriveError<E> {
+    /// Which write.
+    pub write: Write,
+    /// The sink's error.
+    #[source]
+    pub source: E,
+    /// When the decision asked to look again (the caller retries no later than that).
+    pub requeue_at: Option<Timestamp>,
+}
+
+impl<E> DriveError<E> {
+    /// The sink's error.
+    pub fn into_inner(self) -> E {
+        self.source
+    }
+}
+
+/// What a drive did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Driven {
+    /// The status the decision gave (written unless it was the rollout's already).
+    pub status: RolloutStatus,
+    /// When to decide again although nothing changed (`None`: only a change matters).
+    pub requeue_at: Option<Timestamp>,
+}
+
+/// Drives `rollout` (with its last status) one decision on at `now`.
+pub async fn drive<F, S>(
+    rollout: &Rollout,
+    objects: Objects<'_>,
+    figures: &mut F,
+    sink: &mut S,
+    now: Timestamp,
+) -> Result<Driven, DriveError<S::Error>>
+where
+    F: FiguresSource,
+    S: StatusSink,
+{
+    let channel = objects.channel_of(rollout);
+    // No query: the decision reads no figures.
+    let counts = match (
+        figures_query(rollout, objects.apps, objects.channels, objects.bundles, now),
+        channel,
+    ) {
+        (Some(query), Some(channel)) => figures.figures(rollout, channel, &query).await,
+        _ => None,
+    };
+    let plan = decide(rollout, objects.channels, objects.bundles, counts, now);
+    let driven = Driven {
+        status: plan.status.clone(),
+        requeue_at: plan.requeue_at,
+    };
+    let failed = |write| {
+        move |source| DriveError {
+            write,
+            source,
+            requeue_at: plan.requeue_at,
+        }
+    };
+    // An unchanged status completes nothing ([`promotion_of`]) and has no events.
+    if rollout.status.as_ref() == Some(&plan.status) {
+        return Ok(driven);
+    }
+    if let Some(channel) = channel
+        && let Some(promoted) = promotion_of(rollout, &plan, channel)
+    {
+        sink.record_promotion(rollout, channel, promoted)
+            .await
+            .map_err(failed(Write::Promotion))?;
+    }
+    let written = sink
+        .write_status(rollout, &plan.status)
+        .await
+        .map_err(failed(Write::Status))?;
+    if written && !plan.events.is_empty() {
+        let after = Rollout {
+            status: Some(plan.status),
+            ..rollout.clone()
+        };
+        for (sequence, event) in plan.events.iter().enumerate() {
+            sink.publish(&after, event, sequence, now).await;
+        }
+    }
+    Ok(driven)
+}
