@@ -1,5 +1,5 @@
 //! Rebuilds when a device-store migration is added or changed: `sqlx::migrate!` embeds the
 //! folder at compile time, and cargo does not watch it on its own.
 fn main() {
-    println!("cargo:rerun-if-changed=src/store/migrations");
+    println!("cargo:rerun-if-changed=src/devices/migrations");
 }

@@ -44,8 +44,8 @@ use ota_operator::{
         cohort::in_cohort,
         rollout::{inverse_normal_cdf, wilson_lower_bound},
     },
+    devices::DeviceStore,
     standalone::rollouts::read_states,
-    store::DeviceStore,
 };
 
 /// The percents of the share run.

@@ -997,16 +997,16 @@ async fn server_counters(address: SocketAddr) -> anyhow::Result<(BTreeMap<String
 /// How many device sightings per second the device store absorbs through its write queue (the
 /// path of every `/updates` answer), in a temporary SQLite file, with the server's queue settings.
 async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
-    use ota_operator::store::{self, DeviceSeen, DeviceStore, Write, WriteQueue};
+    use ota_operator::devices::{self, DeviceSeen, DeviceStore, Write, WriteQueue};
     let folder = tempfile::tempdir()?;
     let store = DeviceStore::open(&format!("sqlite://{}", folder.path().join("rate.db").display())).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
         store.clone(),
         memory,
-        store::SERVER_QUEUE_CAPACITY,
-        store::SERVER_MAX_BATCH,
-        store::SERVER_FLUSH_EVERY,
+        devices::SERVER_QUEUE_CAPACITY,
+        devices::SERVER_MAX_BATCH,
+        devices::SERVER_FLUSH_EVERY,
     );
     let mut generator = Generator::new(0xD0D0);
     let sightings: Vec<Write> = (0..writes)
@@ -1027,7 +1027,7 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
         })
         .collect();
     let started = Instant::now();
-    for chunk in sightings.chunks(store::SERVER_QUEUE_CAPACITY) {
+    for chunk in sightings.chunks(devices::SERVER_QUEUE_CAPACITY) {
         for write in chunk {
             if !queue.push(write.clone()) {
                 bail!("the write queue dropped a write");
@@ -1767,7 +1767,7 @@ fn run_driver() -> anyhow::Result<()> {
     line(format!(
         "update server counters over the whole run (/metrics): {total} update checks, {dropped} device-store writes dropped, \
          {skipped} device sightings skipped (unchanged, written less than {} s before)",
-        ota_operator::store::SIGHTING_REWRITE_WINDOW.as_secs()
+        ota_operator::devices::SIGHTING_REWRITE_WINDOW.as_secs()
     ));
     for (label, count) in &counters {
         line(format!(

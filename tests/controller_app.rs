@@ -74,9 +74,9 @@ async fn report_ready_pods(client: &Client, namespace: &str, name: &str, ready: 
 /// two devices of com.example.shop seen now. Returns the internal listener's base URL.
 async fn update_server_with_two_devices(folder: &std::path::Path) -> String {
     use ota_operator::{
+        devices::{DeviceSeen, Write},
         server::{self, StorageSetup},
         storage::Credentials,
-        store::{DeviceSeen, Write},
     };
     let database = format!("sqlite://{}", folder.join("devices.db").display());
     let storage = StorageSetup {

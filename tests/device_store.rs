@@ -16,7 +16,7 @@ use std::{
 
 use ota_operator::{
     core::update::DeviceFacts,
-    store::{
+    devices::{
         Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, OutcomeFigures, OutcomeReport,
         RolloutStateRow, StoreError, Write, WriteQueue,
     },

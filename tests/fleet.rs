@@ -29,8 +29,8 @@ use object_store::ObjectStoreExt as _;
 use ota_operator::{
     api::{Channel, Rollout, RolloutStatus, rollout::RolloutPhase},
     core::cohort::in_cohort,
+    devices::DeviceStore,
     standalone::rollouts::read_states,
-    store::DeviceStore,
 };
 use serde_json::{Value, json};
 

@@ -15,7 +15,6 @@ use std::{
 const SHELL_MODULES: &[&str] = &[
     "sync",
     "storage",
-    "store",
     "devices",
     "server",
     "controller",
@@ -59,7 +58,10 @@ fn code_only(source: &str) -> String {
                     i += 1;
                 }
             }
-        } else if c == 'r' && matches!(next, Some('"') | Some('#')) && !is_ident_char(chars.get(i.wrapping_sub(1))) {
+        } else if c == 'r'
+            && matches!(next, Some('"') | Some('#'))
+            && !is_ident_char(chars.get(i.wrapping_sub(1)))
+        {
             // A raw string: r"..." or r#"..."#, with as many `#` at the end as at the start.
             let mut j = i + 1;
             let mut hashes = 0;
@@ -155,7 +157,10 @@ fn crate_modules(source: &str) -> BTreeSet<String> {
         if let Some(group) = path.strip_prefix('{') {
             modules.extend(group_heads(group));
         } else {
-            let name: String = path.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = path
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             if !name.is_empty() {
                 modules.insert(name);
             }
@@ -261,7 +266,10 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
         match marks.get(node) {
             Some(Mark::Done) => return None,
             Some(Mark::Open) => {
-                let start = path.iter().position(|n| n == node).expect("an open node is on the path");
+                let start = path
+                    .iter()
+                    .position(|n| n == node)
+                    .expect("an open node is on the path");
                 let mut cycle = path[start..].to_vec();
                 cycle.push(node.to_owned());
                 return Some(cycle);
@@ -316,7 +324,11 @@ fn no_two_top_level_modules_depend_on_each_other() {
             .windows(2)
             .map(|pair| format!("{} -> {} (in {:?})", pair[0], pair[1], graph[&pair[0]][&pair[1]]))
             .collect();
-        panic!("a cycle between top-level modules: {}\n{}", cycle.join(" -> "), steps.join("\n"));
+        panic!(
+            "a cycle between top-level modules: {}\n{}",
+            cycle.join(" -> "),
+            steps.join("\n")
+        );
     }
 }
 
@@ -333,7 +345,7 @@ fn the_scanner_finds_use_groups_and_inline_paths_but_not_comments_or_strings() {
         pub(crate) use crate :: storage::parse_duration;
         /* crate::standalone in a block comment /* nested crate::cli */ still a comment */
         fn f<'a>(x: &'a str) -> char {
-            let _ = "crate::store in a string";
+            let _ = "crate::devices in a string";
             let _ = r#"crate::devices in a raw string"#;
             let _ = crate::telemetry::error_chain;
             let _: Option<crate::protocol::Wire> = None;
@@ -346,7 +358,15 @@ fn the_scanner_finds_use_groups_and_inline_paths_but_not_comments_or_strings() {
     let found: Vec<String> = crate_modules(source).into_iter().collect();
     assert_eq!(
         found,
-        ["api", "core", "crypto", "protocol", "storage", "sync", "telemetry"]
+        [
+            "api",
+            "core",
+            "crypto",
+            "protocol",
+            "storage",
+            "sync",
+            "telemetry"
+        ]
     );
 }
 
@@ -355,14 +375,27 @@ fn the_cycle_finder_reports_a_cycle_and_accepts_a_layered_graph() {
     let graph = |pairs: &[(&str, &str)]| {
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (from, to) in pairs {
-            graph.entry((*from).to_owned()).or_default().insert((*to).to_owned());
+            graph
+                .entry((*from).to_owned())
+                .or_default()
+                .insert((*to).to_owned());
             graph.entry((*to).to_owned()).or_default();
         }
         graph
     };
-    let layered = graph(&[("core", "api"), ("sync", "core"), ("sync", "api"), ("server", "sync")]);
+    let layered = graph(&[
+        ("core", "api"),
+        ("sync", "core"),
+        ("sync", "api"),
+        ("server", "sync"),
+    ]);
     assert_eq!(find_cycle(&layered), None);
-    let cyclic = graph(&[("core", "api"), ("core", "sync"), ("sync", "storage"), ("storage", "core")]);
+    let cyclic = graph(&[
+        ("core", "api"),
+        ("core", "sync"),
+        ("sync", "storage"),
+        ("storage", "core"),
+    ]);
     assert_eq!(
         find_cycle(&cyclic).expect("a cycle"),
         ["core", "sync", "storage", "core"]

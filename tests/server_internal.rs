@@ -432,8 +432,8 @@ async fn an_unreadable_store_answers_503() {
 async fn outcomes_past_every_rollout_window_are_pruned_for_the_apps_served() {
     use ota_operator::{
         core::snapshot::{Snapshot, SnapshotInputs},
+        devices::{OutcomeReport, Write},
         server::{Served, retention::OutcomePruner},
-        store::{OutcomeReport, Write},
     };
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("devices.db").display());

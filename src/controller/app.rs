@@ -25,11 +25,11 @@ use tokio::sync::watch;
 
 use super::{
     Context,
+    caches::{drive, scoped},
     status::{
         apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
         ready_transition,
     },
-    stores::{drive, scoped},
 };
 use crate::{
     api::{

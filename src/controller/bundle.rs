@@ -22,11 +22,11 @@ use tokio::sync::watch;
 
 use super::{
     Context,
+    caches::{drive, in_namespace, refs_where},
     status::{
         apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
         ready_transition,
     },
-    stores::{drive, in_namespace, refs_where},
 };
 use crate::{
     api::{

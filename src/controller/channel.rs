@@ -13,11 +13,11 @@ use tokio::sync::watch;
 
 use super::{
     Context,
+    caches::{Stores, drive, in_namespace, refs_where},
     status::{
         self, apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented,
         object_key, publish,
     },
-    stores::{Stores, drive, in_namespace, refs_where},
 };
 use crate::{
     api::{

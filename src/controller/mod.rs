@@ -8,6 +8,7 @@
 pub mod app;
 pub mod backoff;
 pub mod bundle;
+pub mod caches;
 pub mod channel;
 pub mod figures;
 pub mod leader;
@@ -15,7 +16,6 @@ pub mod metrics;
 pub mod notify;
 pub mod rollout;
 pub mod status;
-pub mod stores;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -31,8 +31,8 @@ use crate::{api::constants::field_manager, core::app_children::RenderSettings, s
 pub use crate::clock::{Clock, SystemClock};
 pub use backoff::Backoff;
 pub use bundle::BundleSync;
+pub use caches::Stores;
 pub use metrics::Metrics;
-pub use stores::Stores;
 
 /// How the controller runs (set by `ota controller`'s flags).
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ pub async fn run(
         .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(ControllerError::HttpClient)?;
-    let (watches, stores) = stores::Watches::new(&client, options.namespace.as_deref());
+    let (watches, stores) = caches::Watches::new(&client, options.namespace.as_deref());
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),

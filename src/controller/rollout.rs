@@ -18,11 +18,11 @@ use tokio::sync::watch;
 
 use super::{
     Context,
+    caches::{drive, in_namespace, refs_where},
     status::{
         apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented, object_key,
         publish,
     },
-    stores::{drive, in_namespace, refs_where},
 };
 use crate::{
     api::{

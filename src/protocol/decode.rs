@@ -199,24 +199,10 @@ pub fn identity(object: &(impl Fields + ?Sized)) -> Result<(String, String), Dec
     Ok((app_id.to_owned(), device_id))
 }
 
-/// A platform name as the plugin sends it; None for any other string (stats accept any).
-pub fn known_platform(name: &str) -> Option<Platform> {
-    match name {
-        "ios" => Some(Platform::Ios),
-        "android" => Some(Platform::Android),
-        "electron" => Some(Platform::Electron),
-        _ => None,
-    }
-}
-
 fn platform(object: &(impl Fields + ?Sized)) -> Result<Platform, DecodeError> {
     match optional_string(object, "platform", 16)? {
-        Some("ios") => Ok(Platform::Ios),
-        Some("android") => Ok(Platform::Android),
-        Some("electron") => Ok(Platform::Electron),
-        Some(other) => Err(DecodeError::body(format!(
-            "platform {other:?} is not ios, android or electron"
-        ))),
+        Some(name) => Platform::from_name(name)
+            .ok_or_else(|| DecodeError::body(format!("platform {name:?} is not ios, android or electron"))),
         None => Err(DecodeError::body("platform is missing")),
     }
 }

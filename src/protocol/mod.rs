@@ -4,9 +4,6 @@
 pub mod decode;
 pub mod encode;
 
-/// The `platform` values the plugin sends.
-pub const PLATFORMS: &[&str] = &["ios", "android", "electron"];
-
 /// The longest body accepted by `/updates` and `/channel_self` (an info object is < 1 KiB).
 pub const MAX_INFO_BODY: usize = 64 * 1024;
 /// The longest body accepted by `/stats` (a batch holds at most 200 events).

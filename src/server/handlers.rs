@@ -13,17 +13,18 @@ use serde_json::{Value, json};
 
 use super::{ServerState, SourceHealth, files, metrics::AnswerLabels};
 use crate::{
+    api::app::Platform,
     core::{
         channel_self::{self, OverrideChange},
         snapshot::AppView,
         stats::classify,
         update::{DeviceChannelInputs, UpdateAnswer, decide_update, device_channel},
     },
+    devices::{DeviceSeen, OutcomeReport, Write},
     protocol::{
         decode::{self, DecodeError},
         encode,
     },
-    store::{DeviceSeen, OutcomeReport, Write},
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -71,7 +72,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): Who
         Write::SeenDevice(DeviceSeen {
             app_id: check.app_id.clone(),
             device_id: check.device_id.clone(),
-            platform: platform_name(check.platform).to_owned(),
+            platform: check.platform.name().to_owned(),
             plugin_version: check.plugin_version.to_string(),
             native_version: check.version_build.clone(),
             version_name: check.version_name.clone(),
@@ -108,14 +109,6 @@ fn count_answer(state: &ServerState, answer: &'static str) {
         .update_checks
         .get_or_create(&AnswerLabels { answer })
         .inc();
-}
-
-fn platform_name(platform: crate::api::app::Platform) -> &'static str {
-    match platform {
-        crate::api::app::Platform::Ios => "ios",
-        crate::api::app::Platform::Android => "android",
-        crate::api::app::Platform::Electron => "electron",
-    }
 }
 
 /// A request body read whole. When it cannot be (too large: 413, or cut off), the rejection is
@@ -211,7 +204,7 @@ fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
         let facts = state.memory.facts(&event.app_id, &event.device_id);
         let device = DeviceChannelInputs {
             device_id: &event.device_id,
-            platform: decode::known_platform(&stat.platform),
+            platform: Platform::from_name(&stat.platform),
             default_channel: stat.default_channel.as_deref(),
         };
         match device_channel(app, &device, &facts) {

@@ -78,7 +78,11 @@ async fn monthly_active_devices(
         Ok(query) => query.app_id,
         Err(error) => return bad_request(error.to_string()),
     };
-    match state.store.monthly_active_devices(&app_id, state.clock.now_ms()).await {
+    match state
+        .store
+        .monthly_active_devices(&app_id, state.clock.now_ms())
+        .await
+    {
         Ok(devices) => Json(ActiveDevicesAnswer { devices }).into_response(),
         Err(error) => {
             tracing::warn!(%error, %app_id, "cannot count the monthly active devices");

@@ -24,9 +24,9 @@ use self::storage::{AppStorage, AppStorages};
 use crate::{
     clock::{Clock, SystemClock},
     core::snapshot::Snapshot,
+    devices::{self, DeviceMemory, DeviceStore, WriteQueue},
     protocol::{MAX_INFO_BODY, MAX_STATS_BODY, encode::BundleUrls},
     storage::{Credentials, StorageUrls, UrlMode},
-    store::{self, DeviceMemory, DeviceStore, WriteQueue},
 };
 
 /// What the server serves, swapped whole when the source changes.
@@ -258,7 +258,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
 pub enum ServerError {
     /// The device store could not be opened.
     #[error("cannot open the device store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::devices::StoreError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -349,14 +349,14 @@ pub async fn boot_with_clock(
     storage: StorageSetup,
     clock: Arc<dyn Clock>,
 ) -> Result<Boot, ServerError> {
-    let store = store::DeviceStore::open(database).await?;
+    let store = devices::DeviceStore::open(database).await?;
     let memory = store.load_memory().await?;
     let (queue, flusher) = WriteQueue::start(
         store.clone(),
         memory.clone(),
-        store::SERVER_QUEUE_CAPACITY,
-        store::SERVER_MAX_BATCH,
-        store::SERVER_FLUSH_EVERY,
+        devices::SERVER_QUEUE_CAPACITY,
+        devices::SERVER_MAX_BATCH,
+        devices::SERVER_FLUSH_EVERY,
     );
     let (listener, address) = bind(listen).await?;
     let base = public_url.map_or_else(|| format!("http://{address}"), str::to_owned);

@@ -57,7 +57,7 @@ pub enum StandaloneError {
     Http(String),
     /// The saved rollout states cannot be read at start.
     #[error("cannot read the saved rollout states: {0}")]
-    RolloutStates(#[source] crate::store::StoreError),
+    RolloutStates(#[source] crate::devices::StoreError),
 }
 
 /// Runs standalone mode until `shutdown` resolves.

@@ -38,8 +38,8 @@ use crate::{
         EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide,
         figures_query as core_figures_query, promotion_released,
     },
+    devices::{DeviceStore, StoreError},
     rollout_driver::{self, FiguresSource, StatusSink, Write},
-    store::{DeviceStore, StoreError},
 };
 
 pub use crate::{core::rollout::FiguresQuery, rollout_driver::Objects};
@@ -100,7 +100,7 @@ pub struct States {
 
 impl States {
     /// Sorts the rows of the store into statuses and promotions.
-    pub fn from_rows(rows: &[crate::store::RolloutStateRow]) -> States {
+    pub fn from_rows(rows: &[crate::devices::RolloutStateRow]) -> States {
         let mut states = States::default();
         for row in rows {
             let what = format!("{}/{}", row.namespace, row.name);

@@ -168,8 +168,12 @@ fn stored_sync_matches(bundle: &Bundle, status: &BundleStatus) -> bool {
 /// The nominal delay before retry number `attempt` (1 for the first retry): [`RETRY_BASE_MS`]
 /// doubled for each earlier failure, at most [`RETRY_CAP_MS`].
 pub fn nominal_retry_delay_ms(attempt: u32) -> u64 {
-    let doublings = attempt.saturating_sub(1).min(32);
-    RETRY_BASE_MS.saturating_mul(1u64 << doublings).min(RETRY_CAP_MS)
+    let delay = crate::core::backoff::doubling_delay(
+        std::time::Duration::from_millis(RETRY_BASE_MS),
+        std::time::Duration::from_millis(RETRY_CAP_MS),
+        attempt.saturating_sub(1),
+    );
+    u64::try_from(delay.as_millis()).unwrap_or(RETRY_CAP_MS)
 }
 
 /// The delay before retry number `attempt` of the bundle with this uid: the nominal delay moved

@@ -7,7 +7,7 @@ use crate::{
     api::{App, Bundle, constants::reason},
     core::fixtures::{self, APP_ID, NS, bundle, channel, unsynced_bundle},
     core::rollout::promotion_of,
-    store::{OutcomeReport, RolloutStateRow, Write},
+    devices::{OutcomeReport, RolloutStateRow, Write},
 };
 
 const STABLE: &str = "shop-1.4.2";

@@ -522,7 +522,7 @@ mod tests {
         }
     }
 
-    async fn stored_row(store: &DeviceStore, seen: &DeviceSeen) -> crate::store::DeviceRecord {
+    async fn stored_row(store: &DeviceStore, seen: &DeviceSeen) -> crate::devices::DeviceRecord {
         store
             .device(&seen.app_id, &seen.device_id)
             .await

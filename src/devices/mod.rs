@@ -5,7 +5,7 @@
 //!
 //! The database is an SQLite file by default (one replica) or PostgreSQL (shared by replicas).
 //! One implementation serves both, through sqlx's `Any` driver: portable SQL, and one folder of
-//! versioned migrations (`src/store/migrations`) that runs unchanged on either.
+//! versioned migrations (`src/devices/migrations`) that runs unchanged on either.
 //!
 //! - [`DeviceStore`] opens the database, runs the migrations, applies batches of [`Write`]s and
 //!   answers the reads of statistics;

@@ -226,7 +226,7 @@ pub(super) fn compare_keys(a: &Write, b: &Write) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{device_store::Backend, dialect::seen_devices_sql};
+    use crate::devices::{device_store::Backend, dialect::seen_devices_sql};
 
     fn count(version: &str, action: &str, day: i64, n: i64) -> Write {
         Write::Count {

@@ -216,9 +216,9 @@ async fn prepare(connection: &mut AnyConnection, backend: Backend) -> Result<(),
     run_migrations(connection).await.map_err(Preparation::Migrate)
 }
 
-/// Applies the migrations of `src/store/migrations` that the database lacks.
+/// Applies the migrations of `src/devices/migrations` that the database lacks.
 async fn run_migrations(connection: &mut AnyConnection) -> Result<(), String> {
-    let mut migrator = sqlx::migrate!("src/store/migrations");
+    let mut migrator = sqlx::migrate!("src/devices/migrations");
     migrator.set_ignore_missing(true);
     migrator.run(connection).await.map_err(|error| error.to_string())
 }
