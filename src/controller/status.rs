@@ -20,9 +20,11 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Context, metrics::FailureLabels, metrics::Metrics};
 use crate::{
-    api::constants::{API_VERSION, condition, field_manager, reason},
-    core::conditions,
+    api::constants::{API_VERSION, field_manager},
+    core::transitions::{self, Severity},
 };
+
+pub use crate::core::transitions::category_of;
 
 /// `namespace/name` of an object, for logs and per-object backoff.
 pub fn object_key<K: Resource>(object: &K) -> String {
@@ -136,26 +138,18 @@ where
     Ok(())
 }
 
-/// The Event a change of conditions deserves, if any: (type, reason, note). Only a change of
-/// the Ready condition's status or reason is a transition; Warning when the object is Stalled
-/// or retrying.
+/// The Event a change of conditions deserves, if any: (type, reason, note), as the core decides
+/// it ([`transitions::ready_transition`]).
 pub fn ready_transition(before: &[Condition], after: &[Condition]) -> Option<(EventType, String, String)> {
-    let ready_before = before.iter().find(|c| c.type_ == condition::READY);
-    let ready_after = after.iter().find(|c| c.type_ == condition::READY)?;
-    if ready_before.is_some_and(|b| b.status == ready_after.status && b.reason == ready_after.reason) {
-        return None;
+    transitions::ready_transition(before, after).map(|t| (event_type(t.severity), t.reason, t.note))
+}
+
+/// The Kubernetes Event type of a severity.
+pub fn event_type(severity: Severity) -> EventType {
+    match severity {
+        Severity::Normal => EventType::Normal,
+        Severity::Warning => EventType::Warning,
     }
-    let stalled = conditions::status_of(after, condition::STALLED) == Some("True");
-    let event_type = if stalled || ready_after.reason == reason::PROGRESSING_WITH_RETRY {
-        EventType::Warning
-    } else {
-        EventType::Normal
-    };
-    Some((
-        event_type,
-        ready_after.reason.clone(),
-        ready_after.message.clone(),
-    ))
 }
 
 /// Publishes an Event about `object`; a failure is logged, never fatal (Events are best effort).
@@ -215,14 +209,4 @@ pub fn count_failure(context: &Context, kind: &str, category: &str) {
             error: category.to_owned(),
         })
         .inc();
-}
-
-/// The metrics category of a Stalled reason.
-pub fn category_of(reason: &str) -> &'static str {
-    match reason {
-        reason::REFERENCE_NOT_FOUND => "reference_not_found",
-        reason::CHECKSUM_MISMATCH | reason::INVALID_ARCHIVE => "invalid_bundle",
-        reason::SIGNATURE_REQUIRED | reason::INVALID_SIGNATURE => "signature",
-        _ => "invalid_spec",
-    }
 }

@@ -15,5 +15,6 @@ pub mod notification;
 pub mod rollout;
 pub mod snapshot;
 pub mod stats;
+pub mod transitions;
 pub mod update;
 pub mod version;
