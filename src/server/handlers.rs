@@ -22,12 +22,11 @@ use crate::{
     },
     devices::{DeviceSeen, OutcomeReport, Write},
     protocol::{
+        ChannelOperation,
         decode::{self, DecodeError},
-        encode,
+        encode, stats_reply,
     },
 };
-
-const DAY_MS: i64 = 86_400_000;
 
 fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
@@ -153,8 +152,8 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
     };
     let now = state.clock.now_ms();
     let served = state.served();
-    let mut results = Vec::with_capacity(decoded.events.len());
-    for (index, event) in decoded.events.iter().enumerate() {
+    let mut answers = Vec::with_capacity(decoded.events.len());
+    for event in &decoded.events {
         state.metrics.stats_events.inc();
         match event {
             Ok(event) => {
@@ -164,27 +163,16 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
                 if let Some(app) = served.snapshot.app(&event.event.app_id) {
                     record_stat(&state, app, event, now);
                 }
-                results.push(json!({"status": "ok", "index": index}));
+                answers.push(Ok(()));
             }
             Err(error) => {
                 state.metrics.stats_rejected.inc();
-                results.push(
-                    json!({"status": "error", "error": error.code, "message": error.message, "index": index}),
-                );
+                answers.push(Err(error));
             }
         }
     }
-    if decoded.batch {
-        json_response(StatusCode::OK, json!({"status": "ok", "results": results}))
-    } else {
-        match decoded.events.first() {
-            Some(Err(error)) => json_response(
-                StatusCode::BAD_REQUEST,
-                encode::plain_error(error.code, &error.message),
-            ),
-            _ => json_response(StatusCode::OK, json!({"status": "ok"})),
-        }
-    }
+    let (status, body) = stats_reply::stats_answer(decoded.batch, &answers);
+    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
 }
 
 fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) {
@@ -194,10 +182,7 @@ fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
     if left_out {
         state.metrics.stats_unknown_versions.inc();
     }
-    let at = stat
-        .timestamp_ms
-        .filter(|t| (0..=now + DAY_MS).contains(t))
-        .unwrap_or(now);
+    let at = stats_reply::counted_at(stat.timestamp_ms, now);
     if let Some(outcome) = &effect.outcome {
         // The channel the device's update check would resolve now (before this event's own
         // effects, which never change it).
@@ -233,7 +218,7 @@ fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
                 app_id: event.app_id.clone(),
                 version,
                 action,
-                day: at / DAY_MS,
+                day: stats_reply::day_of(at),
                 n: 1,
             },
         );
@@ -314,11 +299,14 @@ pub async fn channel_self(
         .memory
         .facts(&query.app_id, &query.device_id)
         .self_set_channel;
-    let decision = match method {
-        Method::POST => channel_self::set_channel(&served.snapshot, &query),
-        Method::PUT => channel_self::current_channel(&served.snapshot, &query, current_override.as_deref()),
-        Method::GET => channel_self::list_channels(&served.snapshot, &query),
-        _ => channel_self::unset_channel(&served.snapshot, &query, current_override.as_deref()),
+    // The route takes these four methods only; anything else was answered 405 by the router.
+    let operation = ChannelOperation::of_method(method.as_str()).unwrap_or(ChannelOperation::Unset);
+    let current = current_override.as_deref();
+    let decision = match operation {
+        ChannelOperation::Set => channel_self::set_channel(&served.snapshot, &query),
+        ChannelOperation::Get => channel_self::current_channel(&served.snapshot, &query, current),
+        ChannelOperation::List => channel_self::list_channels(&served.snapshot, &query),
+        ChannelOperation::Unset => channel_self::unset_channel(&served.snapshot, &query, current),
     };
     match decision.change {
         Some(OverrideChange::Set(channel)) => push(
@@ -338,7 +326,11 @@ pub async fn channel_self(
         ),
         None => {}
     }
-    let (status, body) = encode::channel_answer(&decision.outcome, &query.app_id, method == Method::PUT);
+    let (status, body) = encode::channel_answer(
+        &decision.outcome,
+        &query.app_id,
+        operation == ChannelOperation::Get,
+    );
     json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
 }
 
