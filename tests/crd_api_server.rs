@@ -133,12 +133,7 @@ async fn every_invalid_example_is_rejected_for_its_stated_reason() {
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("readable");
-        let expected = text
-            .lines()
-            .find_map(|line| line.strip_prefix("# expect-error: "))
-            .unwrap_or_else(|| panic!("{} has no '# expect-error: ' line", file.display()))
-            .trim()
-            .to_owned();
+        let expected = expected_error(file, &text);
         let expected_status: u16 = text
             .lines()
             .find_map(|line| line.strip_prefix("# expect-status: "))

@@ -3,13 +3,16 @@
 //! message of its `# expect-error:` line, the documents before its last accepted as the
 //! versions it updates; every valid example loads with no problem.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 
 use ota_operator::standalone::load::{self, Loaded};
+use support::{expected_error, yaml_files};
 
-/// The YAML files directly in `dir`, sorted.
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+/// The YAML files directly in `dir` (not in its subfolders), sorted.
+fn top_level_yaml(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(support::repo_root().join(dir))
         .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
         .map(|entry| entry.expect("a readable entry").path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
@@ -34,7 +37,7 @@ fn served(loaded: &Loaded) -> usize {
 
 #[test]
 fn every_invalid_example_is_refused_with_its_stated_message() {
-    let files = yaml_files("examples/invalid");
+    let files = yaml_files("examples/invalid", None);
     assert!(
         files.len() >= 30,
         "examples/invalid holds one file per rule, found {}",
@@ -43,11 +46,8 @@ fn every_invalid_example_is_refused_with_its_stated_message() {
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("readable");
-        let expected = text
-            .lines()
-            .find_map(|line| line.strip_prefix("# expect-error: "))
-            .unwrap_or_else(|| panic!("{} has no '# expect-error: ' line", file.display()))
-            .trim();
+        let expected = expected_error(file, &text);
+        let expected = expected.as_str();
         let documents: Vec<serde_json::Value> =
             serde_saphyr::from_multiple(&text).expect("the example is YAML");
         let objects = documents.iter().filter(|d| !d.is_null()).count();
@@ -78,8 +78,8 @@ fn every_invalid_example_is_refused_with_its_stated_message() {
 #[test]
 fn every_valid_example_loads_with_no_problem() {
     let folders = [
-        ("examples", yaml_files("examples")),
-        ("examples/standalone", yaml_files("examples/standalone")),
+        ("examples", top_level_yaml("examples")),
+        ("examples/standalone", top_level_yaml("examples/standalone")),
     ];
     for (folder, files) in folders {
         assert!(!files.is_empty(), "{folder} holds examples");

@@ -208,6 +208,15 @@ pub fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
     documents.into_iter().filter(|doc| !doc.is_null()).collect()
 }
 
+/// The message an example of `examples/invalid/` states on its `# expect-error: ` line.
+pub fn expected_error(file: &Path, text: &str) -> String {
+    text.lines()
+        .find_map(|line| line.strip_prefix("# expect-error: "))
+        .unwrap_or_else(|| panic!("{} has no '# expect-error: ' line", file.display()))
+        .trim()
+        .to_owned()
+}
+
 /// The YAML files under a folder of the repository, recursively, sorted, minus `skip_dir`.
 pub fn yaml_files(dir: &str, skip_dir: Option<&str>) -> Vec<PathBuf> {
     fn walk(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) {
