@@ -32,6 +32,22 @@ pub struct StorageProblem {
     pub recheck: Option<Duration>,
 }
 
+/// Why the storage of a Bundle's App was not opened.
+#[derive(Debug)]
+pub enum OpenFailure<E> {
+    /// The App, what it references or its storage cannot be used: the Bundle is Stalled until
+    /// they change.
+    Unusable(StorageProblem),
+    /// The shell itself failed (e.g. the API server): retried by the shell.
+    Shell(E),
+}
+
+impl<E> From<StorageProblem> for OpenFailure<E> {
+    fn from(problem: StorageProblem) -> Self {
+        OpenFailure::Unusable(problem)
+    }
+}
+
 /// How a shell opens the storage of a Bundle's App.
 pub trait StoragePort {
     /// A failure of the shell itself (e.g. the API server), retried by the shell.
@@ -41,7 +57,7 @@ pub trait StoragePort {
     fn open(
         &self,
         bundle: &Bundle,
-    ) -> impl Future<Output = Result<Result<OpenedStorage, StorageProblem>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<OpenedStorage, OpenFailure<Self::Error>>> + Send;
 }
 
 /// When to look at a Bundle again.
@@ -121,9 +137,10 @@ impl BundleSyncer {
             SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
             SyncDecision::Sync(cause) => {
                 tracing::info!(?cause, "syncing");
-                match self.sync_now(bundle, storage, source_dir).await? {
+                match self.sync_now(bundle, storage, source_dir).await {
                     Ok(outcome) => outcome,
-                    Err(problem) => return Ok(stalled(bundle, problem, now)),
+                    Err(OpenFailure::Unusable(problem)) => return Ok(stalled(bundle, problem, now)),
+                    Err(OpenFailure::Shell(error)) => return Err(error),
                 }
             }
         };
@@ -150,28 +167,25 @@ impl BundleSyncer {
         })
     }
 
-    /// Runs the sync: `Ok(Err(_))` when the App, the source or the storage cannot be used,
-    /// `Ok(Ok(outcome))` otherwise (the sync's own failures are outcomes).
+    /// Runs the sync: an [`OpenFailure`] when the App, the source or the storage cannot be used
+    /// or the shell failed; the outcome otherwise (the sync's own failures are outcomes).
     async fn sync_now<P: StoragePort>(
         &self,
         bundle: &Bundle,
         storage: &P,
         source_dir: Option<&Path>,
-    ) -> Result<Result<SyncOutcome, StorageProblem>, P::Error> {
+    ) -> Result<SyncOutcome, OpenFailure<P::Error>> {
         let source = match BundleSourceRef::of(&bundle.spec.source, source_dir) {
             Ok(source) => source,
             Err(message) => {
-                return Ok(Err(StorageProblem {
+                return Err(OpenFailure::Unusable(StorageProblem {
                     reason: reason::INVALID_SPEC,
                     message,
                     recheck: None,
                 }));
             }
         };
-        let opened = match storage.open(bundle).await? {
-            Ok(opened) => opened,
-            Err(problem) => return Ok(Err(problem)),
-        };
+        let opened = storage.open(bundle).await?;
         let request = SyncRequest {
             source: &source,
             expected_sha256: &bundle.spec.source.sha256,
@@ -184,7 +198,7 @@ impl BundleSyncer {
             Some(_) => sync::sync_encrypted_bundle(request).await,
             None => sync::sync_bundle(request).await,
         };
-        Ok(Ok(match result {
+        Ok(match result {
             Ok(synced) => {
                 tracing::info!(
                     uploaded = synced.uploaded_files,
@@ -198,7 +212,7 @@ impl BundleSyncer {
                 tracing::warn!(error = %error_chain(&error), terminal = error.is_terminal(), "sync failed");
                 SyncOutcome::Failed(SyncFailure::from(&error))
             }
-        }))
+        })
     }
 
     fn retry_of(&self, key: &str) -> Option<RetryState> {
@@ -293,8 +307,8 @@ mod tests {
     impl StoragePort for Fixed {
         type Error = Infallible;
 
-        async fn open(&self, _: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, Infallible> {
-            Ok(self.0.clone())
+        async fn open(&self, _: &Bundle) -> Result<OpenedStorage, OpenFailure<Infallible>> {
+            self.0.clone().map_err(OpenFailure::Unusable)
         }
     }
 

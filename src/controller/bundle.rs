@@ -42,7 +42,7 @@ use crate::{
     },
     storage::{self, Credentials, OpenedStorage},
     sync::{self, SyncLimits},
-    sync_driver::{self, BundleSyncer, NextLook, StoragePort, StorageProblem, SyncStep},
+    sync_driver::{self, BundleSyncer, NextLook, OpenFailure, StoragePort, StorageProblem, SyncStep},
     telemetry::error_chain,
 };
 
@@ -80,9 +80,9 @@ struct ClusterStorage<'a>(&'a Context);
 impl StoragePort for ClusterStorage<'_> {
     type Error = BundleError;
 
-    async fn open(&self, bundle: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, BundleError> {
+    async fn open(&self, bundle: &Bundle) -> Result<OpenedStorage, OpenFailure<BundleError>> {
         let Some(app) = app_of(bundle, self.0) else {
-            return Ok(Err(StorageProblem {
+            return Err(OpenFailure::Unusable(StorageProblem {
                 reason: reason::REFERENCE_NOT_FOUND,
                 message: format!("App {} does not exist", bundle.spec.app_ref),
                 recheck: None,
@@ -243,13 +243,15 @@ fn action_of(next: NextLook) -> Action {
 /// the Brotli variants, then the status that names their manifest. Failures retry with the
 /// reconciler's backoff; the bundle is served with raw files meanwhile.
 async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
-    let opened = match app_of(bundle, context) {
-        Some(app) => open_storage(&app, context).await?,
-        None => return Ok(Action::requeue(REFERENCE_RECHECK)),
+    let Some(app) = app_of(bundle, context) else {
+        return Ok(Action::requeue(REFERENCE_RECHECK));
     };
-    let opened = match opened {
+    let opened = match open_storage(&app, context).await {
         Ok(opened) => opened,
-        Err(problem) => return Ok(Action::requeue(problem.recheck.unwrap_or(REFERENCE_RECHECK))),
+        Err(OpenFailure::Shell(error)) => return Err(error),
+        Err(OpenFailure::Unusable(problem)) => {
+            return Ok(Action::requeue(problem.recheck.unwrap_or(REFERENCE_RECHECK)));
+        }
     };
     let status = sync_driver::compress_variants(
         &bundle.status.clone().unwrap_or_default(),
@@ -263,10 +265,7 @@ async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action,
 }
 
 /// Opens the App's storage with the credentials of the Secrets it names.
-async fn open_storage(
-    app: &App,
-    context: &Context,
-) -> Result<Result<OpenedStorage, StorageProblem>, BundleError> {
+async fn open_storage(app: &App, context: &Context) -> Result<OpenedStorage, OpenFailure<BundleError>> {
     let namespace = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let mut values = BTreeMap::new();
@@ -274,9 +273,10 @@ async fn open_storage(
         let secret = secrets
             .get_opt(&name)
             .await
-            .map_err(BundleError::api(format!("reading Secret {namespace}/{name}")))?;
+            .map_err(BundleError::api(format!("reading Secret {namespace}/{name}")))
+            .map_err(OpenFailure::Shell)?;
         let Some(secret) = secret else {
-            return Ok(Err(StorageProblem {
+            return Err(OpenFailure::Unusable(StorageProblem {
                 reason: reason::REFERENCE_NOT_FOUND,
                 message: format!(
                     "the Secret {name} that App {} names for its storage does not exist",
@@ -304,19 +304,17 @@ async fn open_storage(
         }
     }
     let credentials = Credentials::from_map(values);
-    Ok(
-        storage::open(&app.spec.storage, &context.bundle_sync.storage_dir, &credentials).map_err(|error| {
-            StorageProblem {
-                reason: reason::REFERENCE_NOT_READY,
-                message: format!(
-                    "the storage of App {} cannot be opened: {}",
-                    app.name_any(),
-                    credentials.redact(&error_chain(&error))
-                ),
-                recheck: None,
-            }
-        }),
-    )
+    storage::open(&app.spec.storage, &context.bundle_sync.storage_dir, &credentials).map_err(|error| {
+        OpenFailure::Unusable(StorageProblem {
+            reason: reason::REFERENCE_NOT_READY,
+            message: format!(
+                "the storage of App {} cannot be opened: {}",
+                app.name_any(),
+                credentials.redact(&error_chain(&error))
+            ),
+            recheck: None,
+        })
+    })
 }
 
 /// Writes `status` when it differs from the stored one, with the Event its transition deserves
@@ -451,9 +449,10 @@ async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, BundleEr
     // no Channel or Rollout holds the bundle, since a held bundle removes nothing anyway.
     let held = bundle_lifecycle::bundle_users(&bundle.metadata, &channels, &rollouts);
     let (opened, file_keys) = if held.is_empty() {
-        let opened = match open_storage(&app, context).await? {
+        let opened = match open_storage(&app, context).await {
             Ok(opened) => opened,
-            Err(problem) => {
+            Err(OpenFailure::Shell(error)) => return Err(error),
+            Err(OpenFailure::Unusable(problem)) => {
                 let conditions = vec![crate::core::conditions::DesiredCondition::new(
                     crate::api::constants::condition::RECONCILING,
                     crate::core::conditions::ConditionStatus::True,

@@ -22,7 +22,7 @@ use crate::{
     server::assembly::OpenedApps,
     storage::OpenedStorage,
     sync::SyncError,
-    sync_driver::{self, BundleSyncer, NextLook, StoragePort, StorageProblem, SyncStep},
+    sync_driver::{self, BundleSyncer, NextLook, OpenFailure, StoragePort, SyncStep},
 };
 
 /// Looks at one Bundle in one load: a sync, the status it records, then its variants step.
@@ -74,8 +74,11 @@ struct FolderStorage<'a>(&'a OpenedApps);
 impl StoragePort for FolderStorage<'_> {
     type Error = Infallible;
 
-    async fn open(&self, bundle: &Bundle) -> Result<Result<OpenedStorage, StorageProblem>, Infallible> {
-        Ok(self.0.of_bundle(bundle).map(|storage| storage.opened.clone()))
+    async fn open(&self, bundle: &Bundle) -> Result<OpenedStorage, OpenFailure<Infallible>> {
+        self.0
+            .of_bundle(bundle)
+            .map(|storage| storage.opened.clone())
+            .map_err(OpenFailure::Unusable)
     }
 }
 
