@@ -147,18 +147,32 @@ struct Target {
     signature: String,
 }
 
-/// Reads the Secret: `Ok(Err(why))` when the read failed and may pass later; `Err` when the
-/// Secret or one of its keys is missing or wrong (no attempt can pass until it is fixed).
-async fn read_target(
-    context: &Context,
-    delivery: &Delivery,
-    body: &[u8],
-) -> Result<Result<Target, String>, DeliveryError> {
+/// Why the Secret gave no target.
+enum TargetError {
+    /// The read failed and may pass later.
+    Transient(String),
+    /// The Secret or one of its keys is missing or wrong: no attempt can pass until it is fixed.
+    Fatal(DeliveryError),
+}
+
+impl From<DeliveryError> for TargetError {
+    fn from(error: DeliveryError) -> Self {
+        TargetError::Fatal(error)
+    }
+}
+
+/// Reads the Secret: where to post and the signature.
+async fn read_target(context: &Context, delivery: &Delivery, body: &[u8]) -> Result<Target, TargetError> {
     let namespace = delivery.event.rollout.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
     let secret = match secrets.get_opt(&delivery.secret).await {
         Ok(secret) => secret,
-        Err(error) => return Ok(Err(format!("reading Secret {}: {error}", delivery.secret))),
+        Err(error) => {
+            return Err(TargetError::Transient(format!(
+                "reading Secret {}: {error}",
+                delivery.secret
+            )));
+        }
     };
     let secret = secret
         .ok_or_else(|| DeliveryError::Configuration(format!("Secret {} does not exist", delivery.secret)))?;
@@ -190,7 +204,7 @@ async fn read_target(
             delivery.secret
         ))
     })?;
-    Ok(Ok(Target { url, signature }))
+    Ok(Target { url, signature })
 }
 
 /// Reads the Secret and posts until an attempt passes; the number of attempts it took. The
@@ -208,9 +222,10 @@ async fn attempt_all(
         if attempt > 1 {
             tokio::time::sleep(retry_delay(attempt - 1)).await;
         }
-        let target = match read_target(context, delivery, &body).await? {
+        let target = match read_target(context, delivery, &body).await {
             Ok(target) => target,
-            Err(why) => {
+            Err(TargetError::Fatal(error)) => return Err(error),
+            Err(TargetError::Transient(why)) => {
                 last = why;
                 continue;
             }
