@@ -177,10 +177,10 @@ impl BundleSyncer {
     ) -> Result<SyncOutcome, OpenFailure<P::Error>> {
         let source = match BundleSourceRef::of(&bundle.spec.source, source_dir) {
             Ok(source) => source,
-            Err(message) => {
+            Err(error) => {
                 return Err(OpenFailure::Unusable(StorageProblem {
                     reason: reason::INVALID_SPEC,
-                    message,
+                    message: error.to_string(),
                     recheck: None,
                 }));
             }

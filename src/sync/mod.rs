@@ -62,7 +62,7 @@ pub use manifest::read_manifest;
 pub use pipeline::{sync_bundle, sync_bundle_files};
 pub use remove::{RemoveError, remove_objects, stored_file_keys};
 pub use request::{SyncRequest, SyncedBundle};
-pub use source::BundleSourceRef;
+pub use source::{BundleSourceRef, SourceSpecError};
 pub use variants::{CompressedVariants, already_compressed, compress_variants};
 
 // The key layout lives in the pure `layout` leaf (the core reads it too); re-exported here,

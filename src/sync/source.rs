@@ -18,6 +18,28 @@ pub enum BundleSourceRef {
     Manifest(String),
 }
 
+/// Why a Bundle's `source` names no usable source (the Bundle is Stalled until it changes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceSpecError {
+    /// `source.url` does not parse.
+    #[error("source.url {url:?} is not a URL: {reason}")]
+    NotAUrl {
+        /// The value given.
+        url: String,
+        /// Why it does not parse.
+        reason: url::ParseError,
+    },
+    /// `source.path` in a cluster, where a server's disk is no place for bundles.
+    #[error(
+        "source.path names a file on a standalone server's disk; in a cluster use source.url, \
+         source.storageKey or source.manifestKey"
+    )]
+    LocalPathInCluster,
+    /// None, or more than one, of the kinds.
+    #[error("source needs exactly one of url, storageKey, manifestKey or path")]
+    NotExactlyOne,
+}
+
 impl BundleSourceRef {
     /// The source a Bundle's spec names. `local_folder`: where a relative `source.path` is
     /// resolved (standalone mode); `None` in a cluster, where a path on a server's disk is
@@ -25,27 +47,28 @@ impl BundleSourceRef {
     pub fn of(
         source: &crate::api::bundle::BundleSource,
         local_folder: Option<&std::path::Path>,
-    ) -> Result<BundleSourceRef, String> {
+    ) -> Result<BundleSourceRef, SourceSpecError> {
         match (
             &source.url,
             &source.storage_key,
             &source.manifest_key,
             &source.path,
         ) {
-            (Some(url), None, None, None) => url::Url::parse(url)
-                .map(BundleSourceRef::Url)
-                .map_err(|e| format!("source.url {url:?} is not a URL: {e}")),
+            (Some(url), None, None, None) => {
+                url::Url::parse(url)
+                    .map(BundleSourceRef::Url)
+                    .map_err(|reason| SourceSpecError::NotAUrl {
+                        url: url.clone(),
+                        reason,
+                    })
+            }
             (None, Some(key), None, None) => Ok(BundleSourceRef::StorageKey(key.clone())),
             (None, None, Some(key), None) => Ok(BundleSourceRef::Manifest(key.clone())),
             (None, None, None, Some(path)) => match local_folder {
                 Some(folder) => Ok(BundleSourceRef::File(folder.join(path))),
-                None => Err(
-                    "source.path names a file on a standalone server's disk; in a cluster use \
-                     source.url, source.storageKey or source.manifestKey"
-                        .to_owned(),
-                ),
+                None => Err(SourceSpecError::LocalPathInCluster),
             },
-            _ => Err("source needs exactly one of url, storageKey, manifestKey or path".to_owned()),
+            _ => Err(SourceSpecError::NotExactlyOne),
         }
     }
 
@@ -101,16 +124,19 @@ mod tests {
             Ok(BundleSourceRef::File(path)) if path == folder.join("b.zip")
         ));
         let refused = BundleSourceRef::of(&local, None).expect_err("no local files in a cluster");
-        assert!(refused.contains("in a cluster use source.url"), "{refused}");
+        assert!(
+            refused.to_string().contains("in a cluster use source.url"),
+            "{refused}"
+        );
         let bad_url = BundleSourceRef::of(
             &source(serde_json::json!({"url": "not a url", "sha256": sha})),
             None,
         )
         .expect_err("not a URL");
-        assert!(bad_url.contains("is not a URL"), "{bad_url}");
+        assert!(bad_url.to_string().contains("is not a URL"), "{bad_url}");
         let two =
             source(serde_json::json!({"url": "https://a.example/b.zip", "storageKey": "k", "sha256": sha}));
         let error = BundleSourceRef::of(&two, Some(folder)).expect_err("two kinds");
-        assert!(error.contains("exactly one of"), "{error}");
+        assert_eq!(error, SourceSpecError::NotExactlyOne);
     }
 }
