@@ -18,6 +18,8 @@ use crate::{
 
 pub(super) struct Folder {
     dir: PathBuf,
+    /// Reads the folder, remembering what it accepted, so an edit is checked as an update.
+    loader: load::Loader,
     bundles: Bundles,
     manifests: ManifestCache,
     last_problems: Vec<String>,
@@ -53,6 +55,7 @@ impl Folder {
     pub(super) fn new(dir: PathBuf, http: reqwest::Client) -> Folder {
         Folder {
             dir,
+            loader: load::Loader::default(),
             bundles: Bundles::new(http),
             manifests: ManifestCache::default(),
             last_problems: Vec::new(),
@@ -76,7 +79,7 @@ impl Folder {
         state: &ServerState,
         now: Timestamp,
     ) -> Result<(), load::LoadError> {
-        let loaded = load::load(&self.dir)?;
+        let loaded = self.loader.load(&self.dir)?;
         let complete = loaded.problems.is_empty();
         let apps = assembly::open_storages(state, loaded.apps);
         let (bundles, bundle_problems) = self.bundles.look(loaded.bundles, &apps, now).await;
