@@ -34,10 +34,7 @@ use crate::{
         channel::{ChannelStatus, PromotedBundle},
     },
     clock::Clock,
-    core::rollout::{
-        EventKind, FailureCounts, RolloutEvent, RolloutPlan, decide as core_decide,
-        figures_query as core_figures_query, promotion_released,
-    },
+    core::rollout::{EventKind, FailureCounts, RolloutEvent, promotion_released},
     devices::{DeviceStore, StoreError},
     rollout_driver::{self, FiguresSource, StatusSink, Write},
 };
@@ -135,25 +132,6 @@ impl States {
 /// Reads every saved state (for people and tests: what `kubectl get rollout` shows in a cluster).
 pub async fn read_states(store: &DeviceStore) -> Result<States, StoreError> {
     Ok(States::from_rows(&store.rollout_states().await?))
-}
-
-/// The figures `rollout` (with its last status) needs at `now` from the folder's objects
-/// ([`crate::core::rollout::figures_query`]).
-pub fn figures_query(rollout: &Rollout, objects: &Objects<'_>, now: Timestamp) -> Option<FiguresQuery> {
-    core_figures_query(rollout, objects.apps, objects.channels, objects.bundles, now)
-}
-
-/// The decision for `rollout` (with its last status) at `now`, as the controller makes it
-/// ([`crate::core::rollout::decide`]): validated against the folder's objects, then moved on by
-/// the core. `figures`: what the device store counted for [`figures_query`] (`None`: it could
-/// not be read).
-pub fn decide(
-    rollout: &Rollout,
-    objects: &Objects<'_>,
-    figures: Option<FailureCounts>,
-    now: Timestamp,
-) -> RolloutPlan {
-    core_decide(rollout, objects.channels, objects.bundles, figures, now)
 }
 
 /// `channels` with the recorded promotions in their status.

@@ -13,6 +13,20 @@ use crate::{
 const STABLE: &str = "shop-1.4.2";
 const CANDIDATE: &str = "shop-1.5.0";
 
+/// The figures `rollout` needs at `now` from the world's objects.
+fn figures_query(rollout: &Rollout, objects: &Objects<'_>, now: Timestamp) -> Option<FiguresQuery> {
+    crate::core::rollout::figures_query(rollout, objects.apps, objects.channels, objects.bundles, now)
+}
+
+/// The core's decision for `rollout` from the world's objects.
+fn decide(
+    rollout: &Rollout,
+    objects: &Objects<'_>,
+    figures: Option<FailureCounts>,
+    now: Timestamp,
+) -> crate::core::rollout::RolloutPlan {
+    crate::core::rollout::decide(rollout, objects.channels, objects.bundles, figures, now)
+}
 /// A Rollout as standalone mode reads it: no uid, no generation, no status.
 fn rollout_of(name: &str, steps: Value, analysis: Value, annotations: Value) -> Rollout {
     serde_json::from_value(json!({
