@@ -5,12 +5,7 @@
 //! pause's end, the next analysis), so a [`TestClock`] must wake those sleepers when a test
 //! advances it; a test crosses a one-hour pause in milliseconds.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
@@ -69,19 +64,18 @@ impl Clock for SystemClock {
 }
 
 /// A clock that stands still until a test moves it ([`TestClock::advance`], [`TestClock::set`]);
-/// moving it wakes every sleep whose time has come. Clones share one time.
+/// moving it wakes every sleep whose time has come. Clones share one time, held by the watch
+/// channel that wakes the sleepers.
 #[derive(Clone, Debug)]
 pub struct TestClock {
-    now: Arc<Mutex<Timestamp>>,
-    moved: Arc<watch::Sender<Timestamp>>,
+    now: Arc<watch::Sender<Timestamp>>,
 }
 
 impl TestClock {
     /// A clock standing at `start`.
     pub fn at(start: Timestamp) -> TestClock {
         TestClock {
-            now: Arc::new(Mutex::new(start)),
-            moved: Arc::new(watch::Sender::new(start)),
+            now: Arc::new(watch::Sender::new(start)),
         }
     }
 
@@ -92,26 +86,22 @@ impl TestClock {
 
     /// Moves the clock forward by `by`, waking the sleeps that are due.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now = later(*now, by);
-        self.moved.send_replace(*now);
+        self.now.send_modify(|now| *now = later(*now, by));
     }
 
     /// Sets the clock to `at` (forward or back), waking the sleeps that are due.
     pub fn set(&self, at: Timestamp) {
-        let mut now = self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now = at;
-        self.moved.send_replace(at);
+        self.now.send_replace(at);
     }
 }
 
 impl Clock for TestClock {
     fn now(&self) -> Timestamp {
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.now.borrow()
     }
 
     fn sleep_until(&self, at: Timestamp) -> Sleep {
-        let mut moved = self.moved.subscribe();
+        let mut moved = self.now.subscribe();
         Box::pin(async move {
             // `wait_for` checks the current time first, then each move.
             if moved.wait_for(|now| *now >= at).await.is_err() {
