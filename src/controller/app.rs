@@ -18,7 +18,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, events::EventType, reflector::ReflectHandle, watcher},
+    runtime::{Controller, controller::Action, reflector::ReflectHandle, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
@@ -27,18 +27,19 @@ use super::{
     Context,
     caches::{drive, scoped},
     status::{
-        apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
-        ready_transition,
+        ReconcileError, apply_status, backoff_key, count_failure, event_type, instrumented, object_key,
+        publish, retry_later,
     },
 };
 use crate::{
     api::{
-        App, AppStatus,
-        constants::{MANAGED_BY_VALUE, condition, field_manager, label, reason},
+        App,
+        constants::{MANAGED_BY_VALUE, field_manager, label, reason},
     },
     core::{
         app_children::{self, AppChildren, RenderError},
-        conditions,
+        app_status::{Outcome, desired_status, status_changed, transition_event},
+        transitions::FailureCategory,
     },
 };
 
@@ -51,147 +52,6 @@ const KIND: &str = "App";
 const RESYNC: Duration = Duration::from_secs(3600);
 /// How often an App that names a missing Secret is looked at again (Secrets are not watched).
 const REFERENCE_RECHECK: Duration = Duration::from_secs(30);
-
-/// Why a reconcile failed (transient: retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// The API server refused or could not be reached.
-    #[error("{action}: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl AppError {
-    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> AppError {
-        let action = action.into();
-        move |source| AppError::Api { action, source }
-    }
-
-    /// The metrics category.
-    pub fn category(&self) -> &'static str {
-        match self {
-            AppError::Api { .. } => "api",
-        }
-    }
-}
-
-/// Where a reconcile got to, as the status should tell it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Every child is applied; `ready_replicas` of `replicas` pods are ready.
-    Applied {
-        /// The base URL devices reach.
-        endpoint: String,
-        /// Pods wanted.
-        replicas: i32,
-        /// Pods ready, from the Deployment's status.
-        ready_replicas: i32,
-    },
-    /// Stuck until the App (or what it names) changes.
-    Stalled {
-        /// A PascalCase reason.
-        reason: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// A transient failure, retried with backoff.
-    Retrying {
-        /// The failure.
-        message: String,
-    },
-}
-
-/// The status an App should have after `outcome` (pure). Conditions other than the kstatus
-/// three and fields the controller does not own are left out: server-side apply keeps them.
-/// `monthly_active_devices` is what the update server said now; when it could not be asked, the
-/// status keeps the last figure.
-pub fn desired_status(
-    app: &App,
-    outcome: &Outcome,
-    monthly_active_devices: Option<i64>,
-    now: Timestamp,
-) -> AppStatus {
-    let existing = app.status.clone().unwrap_or_default();
-    let generation = app.metadata.generation;
-    let (wanted, endpoint, replicas, ready_replicas) = match outcome {
-        Outcome::Applied {
-            endpoint,
-            replicas,
-            ready_replicas,
-        } => {
-            let set = if ready_replicas >= replicas {
-                conditions::ready_set(format!(
-                    "the update server is serving at {endpoint} ({ready_replicas} of {replicas} pods ready)"
-                ))
-            } else {
-                conditions::reconciling_set(
-                    reason::PROGRESSING,
-                    format!("waiting for update-server pods: {ready_replicas} of {replicas} ready"),
-                )
-            };
-            (
-                set,
-                Some(endpoint.clone()),
-                Some(*replicas),
-                Some(*ready_replicas),
-            )
-        }
-        Outcome::Stalled { reason, message } => (
-            conditions::stalled_set(reason, message.clone()),
-            existing.endpoint.clone(),
-            existing.replicas,
-            existing.ready_replicas,
-        ),
-        Outcome::Retrying { message } => (
-            conditions::reconciling_set(reason::PROGRESSING_WITH_RETRY, message.clone()),
-            existing.endpoint.clone(),
-            existing.replicas,
-            existing.ready_replicas,
-        ),
-    };
-    let merged = conditions::merge_conditions(&existing.conditions, &wanted, generation, now);
-    AppStatus {
-        conditions: merged
-            .into_iter()
-            .filter(|c| KSTATUS_TYPES.contains(&c.type_.as_str()))
-            .collect(),
-        observed_generation: generation,
-        endpoint,
-        ready_replicas,
-        replicas,
-        monthly_active_devices: monthly_active_devices.or(existing.monthly_active_devices),
-    }
-}
-
-const KSTATUS_TYPES: [&str; 3] = [condition::READY, condition::RECONCILING, condition::STALLED];
-
-/// Whether writing `desired` would change what the App's status says (pure).
-pub fn status_changed(app: &App, desired: &AppStatus) -> bool {
-    let existing = app.status.clone().unwrap_or_default();
-    let ours: Vec<_> = existing
-        .conditions
-        .iter()
-        .filter(|c| KSTATUS_TYPES.contains(&c.type_.as_str()))
-        .cloned()
-        .collect();
-    ours != desired.conditions
-        || existing.observed_generation != desired.observed_generation
-        || existing.endpoint != desired.endpoint
-        || existing.replicas != desired.replicas
-        || existing.ready_replicas != desired.ready_replicas
-        || existing.monthly_active_devices != desired.monthly_active_devices
-}
-
-/// The Event a status change deserves, if any: (type, reason, note).
-pub fn transition_event(app: &App, desired: &AppStatus) -> Option<(EventType, String, String)> {
-    let before = app.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    ready_transition(before, &desired.conditions)
-}
 
 /// Runs the App controller until `stop` reads `true`, on the shared App watch; the children it
 /// renders are watched (by label) so that a change or deletion of one repairs it.
@@ -225,7 +85,7 @@ pub async fn run(
 
 /// One reconcile of one App.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
-pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, AppError> {
+pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, ReconcileError> {
     if let Some(wait) = context.not_now() {
         return Ok(Action::requeue(wait));
     }
@@ -233,7 +93,7 @@ pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, A
     match result {
         Ok((outcome, action)) => {
             if let Outcome::Stalled { reason, .. } = &outcome {
-                count_failure(&context, KIND, category_of(reason));
+                count_failure(&context, KIND, FailureCategory::of_reason(reason));
             }
             write_status(&app, &context, &outcome).await?;
             context.backoff.reset(&backoff_key(KIND, app.as_ref()));
@@ -252,12 +112,11 @@ pub async fn reconcile(app: Arc<App>, context: Arc<Context>) -> Result<Action, A
 }
 
 /// Transient failures wait a per-object, growing, jittered delay.
-pub fn error_policy(app: Arc<App>, error: &AppError, context: Arc<Context>) -> Action {
-    count_failure(&context, KIND, error.category());
-    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, app.as_ref())))
+pub fn error_policy(app: Arc<App>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    retry_later(KIND, app.as_ref(), error, &context)
 }
 
-async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Action), AppError> {
+async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Action), ReconcileError> {
     let namespace = app.namespace().unwrap_or_default();
     if let Some(message) = missing_secret(app, context, &namespace).await? {
         let outcome = Outcome::Stalled {
@@ -302,13 +161,17 @@ async fn reconcile_leader(app: &App, context: &Context) -> Result<(Outcome, Acti
 }
 
 /// A sentence naming the first Secret (or key) the App references that does not exist.
-async fn missing_secret(app: &App, context: &Context, namespace: &str) -> Result<Option<String>, AppError> {
+async fn missing_secret(
+    app: &App,
+    context: &Context,
+    namespace: &str,
+) -> Result<Option<String>, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
     for (name, keys) in app_children::referenced_secrets(&app.spec) {
         let secret = secrets
             .get_opt(&name)
             .await
-            .map_err(AppError::api(format!("reading Secret {namespace}/{name}")))?;
+            .map_err(ReconcileError::api(format!("reading Secret {namespace}/{name}")))?;
         let Some(secret) = secret else {
             return Ok(Some(format!(
                 "the Secret {name} named by the App does not exist in namespace {namespace}: create it"
@@ -325,7 +188,7 @@ async fn missing_secret(app: &App, context: &Context, namespace: &str) -> Result
     Ok(None)
 }
 
-async fn apply<K>(context: &Context, namespace: &str, object: &K) -> Result<K, AppError>
+async fn apply<K>(context: &Context, namespace: &str, object: &K) -> Result<K, ReconcileError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -341,20 +204,25 @@ where
         &Patch::Apply(object),
     )
     .await
-    .map_err(AppError::api(format!(
+    .map_err(ReconcileError::api(format!(
         "applying {} {namespace}/{name}",
         K::kind(&())
     )))
 }
 
 /// Deletes the optional child `name` of kind `K` if it exists and this App controls it.
-async fn remove_if_owned<K>(context: &Context, app: &App, namespace: &str, name: &str) -> Result<(), AppError>
+async fn remove_if_owned<K>(
+    context: &Context,
+    app: &App,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ReconcileError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(context.client.clone(), namespace);
     let action = || format!("removing {} {namespace}/{name}", K::kind(&()));
-    let Some(existing) = api.get_opt(name).await.map_err(AppError::api(action()))? else {
+    let Some(existing) = api.get_opt(name).await.map_err(ReconcileError::api(action()))? else {
         return Ok(());
     };
     let owned = existing
@@ -365,7 +233,7 @@ where
         match api.delete(name, &Default::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(AppError::api(action())(error)),
+            Err(error) => return Err(ReconcileError::api(action())(error)),
         }
     }
     Ok(())
@@ -375,7 +243,7 @@ async fn apply_children(
     app: &App,
     context: &Context,
     children: &AppChildren,
-) -> Result<Deployment, AppError> {
+) -> Result<Deployment, ReconcileError> {
     let namespace = children.namespace.as_str();
     apply(context, namespace, &children.service_account).await?;
     apply(context, namespace, &children.role).await?;
@@ -450,7 +318,7 @@ async fn monthly_active_devices(app: &App, context: &Context, outcome: &Outcome)
     }
 }
 
-async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result<(), AppError> {
+async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result<(), ReconcileError> {
     let devices = monthly_active_devices(app, context, outcome).await;
     let desired = desired_status(app, outcome, devices, context.clock.now());
     if !status_changed(app, &desired) {
@@ -458,15 +326,22 @@ async fn write_status(app: &App, context: &Context, outcome: &Outcome) -> Result
     }
     let written = apply_status(context, app, &desired)
         .await
-        .map_err(AppError::api(format!(
+        .map_err(ReconcileError::api(format!(
             "writing the status of App {}",
             object_key(app)
         )))?;
     if !written {
         return Ok(());
     }
-    if let Some((type_, reason, note)) = transition_event(app, &desired) {
-        publish(context, app, type_, &reason, note).await;
+    if let Some(transition) = transition_event(app, &desired) {
+        publish(
+            context,
+            app,
+            event_type(transition.severity),
+            &transition.reason,
+            transition.note,
+        )
+        .await;
     }
     Ok(())
 }

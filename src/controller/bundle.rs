@@ -24,8 +24,8 @@ use super::{
     Context,
     caches::{drive, in_namespace, refs_where},
     status::{
-        apply_status, backoff_key, category_of, count_failure, instrumented, object_key, publish,
-        ready_transition,
+        ReconcileError, apply_status, backoff_key, count_failure, instrumented, object_key, publish,
+        ready_transition, retry_later,
     },
 };
 use crate::{
@@ -39,6 +39,7 @@ use crate::{
             self, DeletionDecision, StoredBundle, SyncDecision, deletion_decision, sync_decision,
         },
         conditions::merge_conditions,
+        transitions::FailureCategory,
     },
     storage::{self, Credentials, OpenedStorage},
     sync::{self, SyncLimits},
@@ -78,9 +79,9 @@ impl BundleSync {
 struct ClusterStorage<'a>(&'a Context);
 
 impl StoragePort for ClusterStorage<'_> {
-    type Error = BundleError;
+    type Error = ReconcileError;
 
-    async fn open(&self, bundle: &Bundle) -> Result<OpenedStorage, OpenFailure<BundleError>> {
+    async fn open(&self, bundle: &Bundle) -> Result<OpenedStorage, OpenFailure<ReconcileError>> {
         let Some(app) = app_of(bundle, self.0) else {
             return Err(OpenFailure::Unusable(StorageProblem {
                 reason: reason::REFERENCE_NOT_FOUND,
@@ -89,41 +90,6 @@ impl StoragePort for ClusterStorage<'_> {
             }));
         };
         open_storage(&app, self.0).await
-    }
-}
-
-/// Why a Bundle reconcile failed (transient: retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    /// The API server refused or could not be reached.
-    #[error("{action}: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// Storage could not be read or written while cleaning up a deleted Bundle.
-    #[error("cleaning up the storage of a deleted Bundle: {0}")]
-    Cleanup(#[source] sync::RemoveError),
-    /// The Brotli variants of a synced Bundle could not be made (it is served with raw files
-    /// meanwhile).
-    #[error("making the Brotli variants of the Bundle's files: {0}")]
-    Variants(#[source] sync::SyncError),
-}
-
-impl BundleError {
-    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> BundleError {
-        let action = action.into();
-        move |source| BundleError::Api { action, source }
-    }
-
-    fn category(&self) -> &'static str {
-        match self {
-            BundleError::Api { .. } => "api",
-            BundleError::Cleanup(_) | BundleError::Variants(_) => "storage",
-        }
     }
 }
 
@@ -168,7 +134,7 @@ pub async fn run(
 
 /// One reconcile of one Bundle.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %bundle.name_any(), namespace = bundle.namespace().unwrap_or_default()))]
-pub async fn reconcile(bundle: Arc<Bundle>, context: Arc<Context>) -> Result<Action, BundleError> {
+pub async fn reconcile(bundle: Arc<Bundle>, context: Arc<Context>) -> Result<Action, ReconcileError> {
     if let Some(wait) = context.not_now() {
         return Ok(Action::requeue(wait));
     }
@@ -192,10 +158,8 @@ pub async fn reconcile(bundle: Arc<Bundle>, context: Arc<Context>) -> Result<Act
 }
 
 /// Transient failures wait a per-object, growing, jittered delay.
-pub fn error_policy(bundle: Arc<Bundle>, error: &BundleError, context: Arc<Context>) -> Action {
-    tracing::warn!(bundle = %object_key(bundle.as_ref()), error = %error_chain(error), "Bundle reconcile failed; retrying");
-    count_failure(&context, KIND, error.category());
-    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, bundle.as_ref())))
+pub fn error_policy(bundle: Arc<Bundle>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    retry_later(KIND, bundle.as_ref(), error, &context)
 }
 
 fn app_of(bundle: &Bundle, context: &Context) -> Option<Arc<App>> {
@@ -207,7 +171,7 @@ fn app_of(bundle: &Bundle, context: &Context) -> Option<Arc<App>> {
     .pop()
 }
 
-async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, ReconcileError> {
     let step = context
         .bundle_sync
         .syncer
@@ -223,7 +187,7 @@ async fn sync_if_needed(bundle: &Bundle, context: &Context) -> Result<Action, Bu
             ..
         } => {
             if let Some(warning) = &warning {
-                count_failure(context, KIND, category_of(warning.reason));
+                count_failure(context, KIND, FailureCategory::of_reason(warning.reason));
             }
             write_status(bundle, context, *status, warning).await?;
             Ok(action_of(next))
@@ -242,7 +206,7 @@ fn action_of(next: NextLook) -> Action {
 /// The second step of a sync, once Synced is recorded (the status write wakes this reconcile):
 /// the Brotli variants, then the status that names their manifest. Failures retry with the
 /// reconciler's backoff; the bundle is served with raw files meanwhile.
-async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action, ReconcileError> {
     let Some(app) = app_of(bundle, context) else {
         return Ok(Action::requeue(REFERENCE_RECHECK));
     };
@@ -259,13 +223,13 @@ async fn compress_variants(bundle: &Bundle, context: &Context) -> Result<Action,
         &opened,
     )
     .await
-    .map_err(BundleError::Variants)?;
+    .map_err(ReconcileError::Variants)?;
     write_status(bundle, context, status, None).await?;
     Ok(Action::requeue(RESYNC))
 }
 
 /// Opens the App's storage with the credentials of the Secrets it names.
-async fn open_storage(app: &App, context: &Context) -> Result<OpenedStorage, OpenFailure<BundleError>> {
+async fn open_storage(app: &App, context: &Context) -> Result<OpenedStorage, OpenFailure<ReconcileError>> {
     let namespace = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let mut values = BTreeMap::new();
@@ -273,7 +237,7 @@ async fn open_storage(app: &App, context: &Context) -> Result<OpenedStorage, Ope
         let secret = secrets
             .get_opt(&name)
             .await
-            .map_err(BundleError::api(format!("reading Secret {namespace}/{name}")))
+            .map_err(ReconcileError::api(format!("reading Secret {namespace}/{name}")))
             .map_err(OpenFailure::Shell)?;
         let Some(secret) = secret else {
             return Err(OpenFailure::Unusable(StorageProblem {
@@ -324,7 +288,7 @@ async fn write_status(
     context: &Context,
     status: BundleStatus,
     warning: Option<bundle_lifecycle::WarningEvent>,
-) -> Result<(), BundleError> {
+) -> Result<(), ReconcileError> {
     if bundle.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -348,23 +312,23 @@ async fn apply_bundle_status(
     context: &Context,
     bundle: &Bundle,
     status: &BundleStatus,
-) -> Result<bool, BundleError> {
+) -> Result<bool, ReconcileError> {
     apply_status(context, bundle, status)
         .await
-        .map_err(BundleError::api(format!(
+        .map_err(ReconcileError::api(format!(
             "writing the status of Bundle {}",
             object_key(bundle)
         )))
 }
 
-async fn add_finalizer(bundle: &Bundle, context: &Context) -> Result<(), BundleError> {
+async fn add_finalizer(bundle: &Bundle, context: &Context) -> Result<(), ReconcileError> {
     patch_finalizers(bundle, context, |finalizers| {
         finalizers.push(finalizer::BUNDLE_STORAGE.to_owned());
     })
     .await
 }
 
-async fn remove_finalizer(bundle: &Bundle, context: &Context) -> Result<(), BundleError> {
+async fn remove_finalizer(bundle: &Bundle, context: &Context) -> Result<(), ReconcileError> {
     patch_finalizers(bundle, context, |finalizers| {
         finalizers.retain(|f| f != finalizer::BUNDLE_STORAGE);
     })
@@ -378,7 +342,7 @@ async fn patch_finalizers(
     bundle: &Bundle,
     context: &Context,
     change: impl FnOnce(&mut Vec<String>),
-) -> Result<(), BundleError> {
+) -> Result<(), ReconcileError> {
     let mut finalizers = bundle.metadata.finalizers.clone().unwrap_or_default();
     change(&mut finalizers);
     let patch = serde_json::json!({
@@ -398,7 +362,7 @@ async fn patch_finalizers(
         Ok(_) => Ok(()),
         // Gone already: nothing holds it any more.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(BundleError::Api {
+        Err(source) => Err(ReconcileError::Api {
             action: format!("updating the finalizers of Bundle {}", object_key(bundle)),
             source,
         }),
@@ -406,7 +370,7 @@ async fn patch_finalizers(
 }
 
 /// A deleted Bundle: hold while it is used, else remove what only it referenced, then let go.
-async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, BundleError> {
+async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, ReconcileError> {
     let namespace = bundle.metadata.namespace.as_deref();
     let Some(app) = app_of(bundle, context) else {
         // Without its App the storage is unknown: nothing can be cleaned, so nothing may hold
@@ -467,7 +431,7 @@ async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, BundleEr
             .chain(siblings.iter().map(|s| s.spec.source.sha256.as_str()));
         let keys = sync::stored_file_keys(&opened.store, &opened.prefix, sha256s)
             .await
-            .map_err(BundleError::Cleanup)?;
+            .map_err(ReconcileError::Cleanup)?;
         (Some(opened), keys)
     } else {
         (None, BTreeMap::new())
@@ -493,7 +457,7 @@ async fn clean_up(bundle: &Bundle, context: &Context) -> Result<Action, BundleEr
         (DeletionDecision::Remove { keys }, Some(opened)) => {
             let removed = sync::remove_objects(&opened.store, &opened.prefix, keys)
                 .await
-                .map_err(BundleError::Cleanup)?;
+                .map_err(ReconcileError::Cleanup)?;
             remove_finalizer(bundle, context).await?;
             publish(
                 context,
@@ -523,7 +487,7 @@ async fn record_deletion_wait(
     bundle: &Bundle,
     context: &Context,
     conditions: &[crate::core::conditions::DesiredCondition],
-) -> Result<(), BundleError> {
+) -> Result<(), ReconcileError> {
     let existing = bundle.status.clone().unwrap_or_default();
     let merged = merge_conditions(
         &existing.conditions,

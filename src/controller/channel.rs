@@ -4,7 +4,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
     runtime::{Controller, controller::Action, events::EventType, reflector::ReflectHandle},
@@ -15,8 +14,8 @@ use super::{
     Context,
     caches::{Stores, drive, in_namespace, refs_where},
     status::{
-        self, apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented,
-        object_key, publish,
+        self, ReconcileError, apply_status, apply_status_as, backoff_key, count_failure, instrumented,
+        object_key, publish, retry_later,
     },
 };
 use crate::{
@@ -25,10 +24,11 @@ use crate::{
         constants::{field_manager, reason},
     },
     core::{
-        channel_status::{ChannelStatusPlan, channel_status},
-        conditions::{self, merge_conditions},
+        channel_status::{ChannelStatusPlan, channel_status, desired_status},
+        conditions,
         rollout::promotion_released,
         snapshot::{Snapshot, SnapshotInputs},
+        transitions::FailureCategory,
     },
 };
 
@@ -37,35 +37,6 @@ const KIND: &str = "Channel";
 /// How often a Channel is looked at again although nothing it watches changed: a safety net for
 /// events a watch may have missed. A look that finds nothing new writes nothing.
 const RESYNC: Duration = Duration::from_secs(600);
-
-/// Why a Channel reconcile failed (transient: retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    /// The status could not be written.
-    #[error("writing the status of Channel {object}: {source}")]
-    WriteStatus {
-        /// `namespace/name`.
-        object: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-/// The status `channel` should have under `plan` (pure): the plan's conditions merged into the
-/// stored ones (timestamps move only on a flip), for the current generation.
-pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestamp) -> ChannelStatus {
-    let existing = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    let generation = channel.metadata.generation;
-    ChannelStatus {
-        conditions: merge_conditions(existing, &plan.conditions, generation, now),
-        observed_generation: generation,
-        stable: plan.stable.clone(),
-        candidate: plan.candidate.clone(),
-        // Owned by the Rollout reconciler's field manager: kept as it is, never applied here.
-        promoted: channel.promotion().cloned(),
-    }
-}
 
 /// The plan for `channel` from the caches: its App, the App's Bundles and the Rollouts on this
 /// channel, in its namespace (pure given the stores' contents).
@@ -153,7 +124,7 @@ pub async fn run(
 
 /// Removes a recorded promotion once it is released ([`promotion_released`]: git moved
 /// `spec.bundleRef` from the bundleRef it was made over).
-async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(), ChannelError> {
+async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(), ReconcileError> {
     let Some(promoted) = channel
         .promotion()
         .filter(|promoted| promotion_released(promoted, Some(channel)))
@@ -168,10 +139,10 @@ async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(
         field_manager::PROMOTION,
     )
     .await
-    .map_err(|source| ChannelError::WriteStatus {
-        object: object_key(channel),
-        source,
-    })?;
+    .map_err(ReconcileError::api(format!(
+        "writing the status of Channel {}",
+        object_key(channel)
+    )))?;
     let note = format!(
         "spec.bundleRef is now {}: it replaces Bundle {}, which Rollout {} had made the stable bundle",
         channel
@@ -195,7 +166,7 @@ async fn clear_stale_promotion(channel: &Channel, context: &Context) -> Result<(
 
 /// One reconcile of one Channel.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %channel.name_any(), namespace = channel.namespace().unwrap_or_default()))]
-pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<Action, ChannelError> {
+pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<Action, ReconcileError> {
     if let Some(wait) = context.not_now() {
         return Ok(Action::requeue(wait));
     }
@@ -207,7 +178,7 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
             == Some("True")
             && let Some(warning) = &plan.warning
         {
-            count_failure(&context, KIND, category_of(warning.reason));
+            count_failure(&context, KIND, FailureCategory::of_reason(warning.reason));
         }
         if channel.status.as_ref() != Some(&desired) {
             // Apply only what this reconciler owns: leaving `promoted` out keeps its owner.
@@ -215,12 +186,13 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
                 promoted: None,
                 ..desired.clone()
             };
-            let written = apply_status(&context, channel.as_ref(), &owned)
-                .await
-                .map_err(|source| ChannelError::WriteStatus {
-                    object: object_key(channel.as_ref()),
-                    source,
-                })?;
+            let written =
+                apply_status(&context, channel.as_ref(), &owned)
+                    .await
+                    .map_err(ReconcileError::api(format!(
+                        "writing the status of Channel {}",
+                        object_key(channel.as_ref())
+                    )))?;
             let before = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
             if let Some((event_type, reason, note)) =
                 status::ready_transition(before, &desired.conditions).filter(|_| written)
@@ -235,8 +207,6 @@ pub async fn reconcile(channel: Arc<Channel>, context: Arc<Context>) -> Result<A
 }
 
 /// Transient failures wait a per-object, growing, jittered delay.
-pub fn error_policy(channel: Arc<Channel>, error: &ChannelError, context: Arc<Context>) -> Action {
-    tracing::warn!(channel = %object_key(channel.as_ref()), error = %crate::telemetry::error_chain(error), "Channel reconcile failed; retrying");
-    count_failure(&context, KIND, "api");
-    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, channel.as_ref())))
+pub fn error_policy(channel: Arc<Channel>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    retry_later(KIND, channel.as_ref(), error, &context)
 }

@@ -20,8 +20,8 @@ use super::{
     Context,
     caches::{drive, in_namespace, refs_where},
     status::{
-        apply_status, apply_status_as, backoff_key, category_of, count_failure, instrumented, object_key,
-        publish,
+        ReconcileError, apply_status, apply_status_as, backoff_key, count_failure, instrumented, object_key,
+        publish, retry_later,
     },
 };
 use crate::{
@@ -32,6 +32,7 @@ use crate::{
     },
     core::notification::webhook_event,
     core::rollout::{EventKind, FailureCounts, FiguresQuery, RolloutEvent},
+    core::transitions::FailureCategory,
     rollout_driver::{self, DriveError, FiguresSource, Objects, StatusSink},
 };
 
@@ -39,31 +40,6 @@ use crate::{
 const KIND: &str = "Rollout";
 /// How often a Rollout with no deadline is looked at again although nothing changed.
 const RESYNC: Duration = Duration::from_secs(600);
-
-/// Why a Rollout reconcile failed (transient: retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    /// The status could not be written.
-    #[error("writing the status of Rollout {object}: {source}")]
-    WriteStatus {
-        /// `namespace/name`.
-        object: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// The completed candidate could not be recorded on its Channel.
-    #[error("recording Bundle {bundle} as the stable bundle of Channel {channel}: {source}")]
-    RecordStable {
-        /// `namespace/name` of the Channel.
-        channel: String,
-        /// The candidate.
-        bundle: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-}
 
 /// Runs the Rollout controller until `stop` reads `true`.
 pub async fn run(
@@ -154,7 +130,7 @@ impl FiguresSource for UpdateServerFigures<'_> {
             Ok(counts) => Some(counts),
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::error_chain(&error), "failure figures unavailable; the analysis waits");
-                count_failure(self.context, KIND, "figures");
+                count_failure(self.context, KIND, FailureCategory::Figures);
                 None
             }
         }
@@ -168,14 +144,14 @@ struct KubernetesStatus<'a> {
 }
 
 impl StatusSink for KubernetesStatus<'_> {
-    type Error = RolloutError;
+    type Error = ReconcileError;
 
     async fn record_promotion(
         &mut self,
         rollout: &Rollout,
         channel: &Channel,
         promoted: PromotedBundle,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<(), ReconcileError> {
         let context = self.context;
         let candidate = promoted.bundle.clone();
         let status = ChannelStatus {
@@ -184,11 +160,10 @@ impl StatusSink for KubernetesStatus<'_> {
         };
         apply_status_as(context, channel, &status, field_manager::PROMOTION)
             .await
-            .map_err(|source| RolloutError::RecordStable {
-                channel: object_key(channel),
-                bundle: candidate.clone(),
-                source,
-            })?;
+            .map_err(ReconcileError::api(format!(
+                "recording Bundle {candidate} as the stable bundle of Channel {}",
+                object_key(channel)
+            )))?;
         let note = format!(
             "Bundle {candidate} is the stable bundle of Channel {} (Rollout {} completed); it stays so \
              while spec.bundleRef of the Channel is unchanged",
@@ -211,13 +186,13 @@ impl StatusSink for KubernetesStatus<'_> {
         &mut self,
         rollout: &Rollout,
         status: &RolloutStatus,
-    ) -> Result<bool, RolloutError> {
+    ) -> Result<bool, ReconcileError> {
         apply_status(self.context, rollout, status)
             .await
-            .map_err(|source| RolloutError::WriteStatus {
-                object: object_key(rollout),
-                source,
-            })
+            .map_err(ReconcileError::api(format!(
+                "writing the status of Rollout {}",
+                object_key(rollout)
+            )))
     }
 
     async fn publish(&mut self, rollout: &Rollout, event: &RolloutEvent, sequence: usize, now: Timestamp) {
@@ -228,7 +203,7 @@ impl StatusSink for KubernetesStatus<'_> {
         let event_type = match event.kind {
             EventKind::Normal => EventType::Normal,
             EventKind::Warning => {
-                count_failure(context, KIND, category_of(event.reason));
+                count_failure(context, KIND, FailureCategory::of_reason(event.reason));
                 EventType::Warning
             }
         };
@@ -239,7 +214,7 @@ impl StatusSink for KubernetesStatus<'_> {
 /// One reconcile of one Rollout: one drive ([`crate::rollout_driver::drive`]) through the
 /// cluster's ports.
 #[tracing::instrument(skip_all, fields(kind = KIND, name = %rollout.name_any(), namespace = rollout.namespace().unwrap_or_default()))]
-pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Action, RolloutError> {
+pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Action, ReconcileError> {
     if let Some(wait) = context.not_now() {
         return Ok(Action::requeue(wait));
     }
@@ -269,8 +244,6 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
 }
 
 /// Transient failures wait a per-object, growing, jittered delay.
-pub fn error_policy(rollout: Arc<Rollout>, error: &RolloutError, context: Arc<Context>) -> Action {
-    tracing::warn!(rollout = %object_key(rollout.as_ref()), error = %crate::telemetry::error_chain(error), "Rollout reconcile failed; retrying");
-    count_failure(&context, KIND, "api");
-    Action::requeue(context.backoff.next_delay(&backoff_key(KIND, rollout.as_ref())))
+pub fn error_policy(rollout: Arc<Rollout>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    retry_later(KIND, rollout.as_ref(), error, &context)
 }

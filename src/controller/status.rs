@@ -1,5 +1,6 @@
 //! What every reconciler does the same way: write a status with server-side apply, publish the
-//! Event a Ready transition deserves, and count its work in the metrics.
+//! Event a Ready transition deserves, count its work in the metrics, and retry a failure (one
+//! error type for the four, so that a failure's metrics category is decided in one place).
 
 use std::{
     collections::HashMap,
@@ -14,17 +15,20 @@ use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Con
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Context, metrics::FailureLabels, metrics::Metrics};
 use crate::{
     api::constants::{API_VERSION, field_manager},
-    core::transitions::{self, Severity},
+    core::transitions::{self, FailureCategory, Severity},
+    sync,
+    telemetry::error_chain,
 };
-
-pub use crate::core::transitions::category_of;
 
 /// `namespace/name` of an object, for logs and per-object backoff.
 pub fn object_key<K: Resource>(object: &K) -> String {
@@ -200,13 +204,63 @@ pub async fn instrumented<T, E>(
 }
 
 /// Counts a failure of `kind` in `category`.
-pub fn count_failure(context: &Context, kind: &str, category: &str) {
+pub fn count_failure(context: &Context, kind: &str, category: FailureCategory) {
     context
         .metrics
         .failures
         .get_or_create(&FailureLabels {
             kind: kind.to_owned(),
-            error: category.to_owned(),
+            error: category.label().to_owned(),
         })
         .inc();
+}
+
+/// Why a reconcile failed (transient: retried with a per-object backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or could not be reached.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Storage could not be read or written while cleaning up a deleted Bundle.
+    #[error("cleaning up the storage of a deleted Bundle: {0}")]
+    Cleanup(#[source] sync::RemoveError),
+    /// The Brotli variants of a synced Bundle could not be made (it is served with raw files
+    /// meanwhile).
+    #[error("making the Brotli variants of the Bundle's files: {0}")]
+    Variants(#[source] sync::SyncError),
+}
+
+impl ReconcileError {
+    /// Wraps an API error with what was being done.
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+        let action = action.into();
+        move |source| ReconcileError::Api { action, source }
+    }
+
+    /// The metrics category of this failure.
+    pub fn category(&self) -> FailureCategory {
+        match self {
+            ReconcileError::Api { .. } => FailureCategory::Api,
+            ReconcileError::Cleanup(_) | ReconcileError::Variants(_) => FailureCategory::Storage,
+        }
+    }
+}
+
+/// What every reconciler does with a transient failure: log it, count it, and look again after
+/// the object's next backoff delay (growing and jittered).
+pub fn retry_later<K: Resource>(
+    kind: &'static str,
+    object: &K,
+    error: &ReconcileError,
+    context: &Context,
+) -> Action {
+    tracing::warn!(kind, object = %object_key(object), error = %error_chain(error), "reconcile failed; retrying");
+    count_failure(context, kind, error.category());
+    Action::requeue(context.backoff.next_delay(&backoff_key(kind, object)))
 }

@@ -6,16 +6,20 @@
 //! Stalled; a Bundle not synced yet is Reconciling; the candidate is that of the first Rollout (by
 //! name) in progress on the channel whose candidate can be served.
 
+use k8s_openapi::jiff::Timestamp;
+
 use crate::{
     api::{
-        App, Bundle, Channel, Rollout,
+        App, Bundle, Channel, ChannelStatus, Rollout,
         channel::{CandidateBundle, ServedBundle},
         constants::{condition, reason},
         rollout::RolloutPhase,
     },
     core::{
         bundle_lifecycle::WarningEvent,
-        conditions::{DesiredCondition, ready_set, reconciling_set, stalled_set, status_of},
+        conditions::{
+            DesiredCondition, merge_conditions, ready_set, reconciling_set, stalled_set, status_of,
+        },
         snapshot::Problem,
     },
 };
@@ -34,6 +38,21 @@ pub struct ChannelStatusPlan {
     pub conditions: Vec<DesiredCondition>,
     /// When Stalled: the Warning event to publish.
     pub warning: Option<WarningEvent>,
+}
+
+/// The status `channel` should have under `plan` (pure): the plan's conditions merged into the
+/// stored ones (timestamps move only on a flip), for the current generation.
+pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestamp) -> ChannelStatus {
+    let existing = channel.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let generation = channel.metadata.generation;
+    ChannelStatus {
+        conditions: merge_conditions(existing, &plan.conditions, generation, now),
+        observed_generation: generation,
+        stable: plan.stable.clone(),
+        candidate: plan.candidate.clone(),
+        // Owned by the Rollout reconciler's field manager: kept as it is, never applied here.
+        promoted: channel.promotion().cloned(),
+    }
 }
 
 /// Why the stable bundle cannot be served.

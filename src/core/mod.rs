@@ -3,6 +3,7 @@
 
 pub mod active_devices;
 pub mod app_children;
+pub mod app_status;
 pub mod backoff;
 pub mod bundle_lifecycle;
 pub mod channel_self;

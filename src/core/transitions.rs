@@ -1,6 +1,6 @@
-//! Which status changes deserve an Event, and the metrics category of a Stalled reason: pure
-//! decisions over conditions, shared by every reconciler (the controller turns them into
-//! Kubernetes Events and counters).
+//! Which status changes deserve an Event, and the metrics category of a failure: pure
+//! decisions, shared by every reconciler (the controller turns them into Kubernetes Events and
+//! counters).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -50,13 +50,48 @@ pub fn ready_transition(before: &[Condition], after: &[Condition]) -> Option<Tra
     })
 }
 
-/// The metrics category of a Stalled reason (the `error` label of the failure counters).
-pub fn category_of(reason: &str) -> &'static str {
-    match reason {
-        reason::REFERENCE_NOT_FOUND => "reference_not_found",
-        reason::CHECKSUM_MISMATCH | reason::INVALID_ARCHIVE => "invalid_bundle",
-        reason::SIGNATURE_REQUIRED | reason::INVALID_SIGNATURE => "signature",
-        _ => "invalid_spec",
+/// The metrics category of a failure (the `error` label of the failure counters): every
+/// category a counter can carry, and the one mapping from a Stalled reason to its category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCategory {
+    /// The API server refused a request or could not be reached.
+    Api,
+    /// Object storage could not be read or written.
+    Storage,
+    /// A Rollout's failure figures could not be read from the update server.
+    Figures,
+    /// An object names another that does not exist.
+    ReferenceNotFound,
+    /// A Bundle's archive is not what its spec says (checksum, zip).
+    InvalidBundle,
+    /// A signature is missing or does not verify.
+    Signature,
+    /// Any other Stalled reason: the spec asks for something that cannot be done.
+    InvalidSpec,
+}
+
+impl FailureCategory {
+    /// The category of a Stalled (or Warning Event) reason.
+    pub fn of_reason(reason: &str) -> FailureCategory {
+        match reason {
+            reason::REFERENCE_NOT_FOUND => FailureCategory::ReferenceNotFound,
+            reason::CHECKSUM_MISMATCH | reason::INVALID_ARCHIVE => FailureCategory::InvalidBundle,
+            reason::SIGNATURE_REQUIRED | reason::INVALID_SIGNATURE => FailureCategory::Signature,
+            _ => FailureCategory::InvalidSpec,
+        }
+    }
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureCategory::Api => "api",
+            FailureCategory::Storage => "storage",
+            FailureCategory::Figures => "figures",
+            FailureCategory::ReferenceNotFound => "reference_not_found",
+            FailureCategory::InvalidBundle => "invalid_bundle",
+            FailureCategory::Signature => "signature",
+            FailureCategory::InvalidSpec => "invalid_spec",
+        }
     }
 }
 
@@ -124,7 +159,7 @@ mod tests {
             (reason::INVALID_SPEC, "invalid_spec"),
         ];
         for (reason, category) in cases {
-            assert_eq!(category_of(reason), category, "{reason}");
+            assert_eq!(FailureCategory::of_reason(reason).label(), category, "{reason}");
         }
     }
 }
