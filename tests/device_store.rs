@@ -17,8 +17,8 @@ use std::{
 use ota_operator::{
     core::update::DeviceFacts,
     devices::{
-        Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, OutcomeFigures, OutcomeReport,
-        RolloutStateRow, StoreError, Write, WriteQueue,
+        CommitError, Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, OutcomeFigures,
+        OutcomeReport, RolloutStateRow, StoreError, Write, WriteQueue,
     },
 };
 use sqlx::{Connection, Executor, postgres::PgConnection};
@@ -1053,6 +1053,75 @@ async fn a_full_write_queue_drops_and_counts(database: &TestDatabase) {
     assert_eq!(queue.dropped(), 2);
 }
 
+/// What a commit acknowledges is in the database when it returns (a second store opened on
+/// the same database reads it), and only then in memory; concurrent commits share
+/// transactions and all land; an async batch that never comes due does not hold them up.
+async fn a_commit_is_stored_when_it_returns(database: &TestDatabase) {
+    let store = database.open().await;
+    let memory = DeviceMemory::empty();
+    let (queue, _flusher) = WriteQueue::start(
+        store.clone(),
+        memory.clone(),
+        1000,
+        1000,
+        Duration::from_secs(3600),
+    );
+    assert!(queue.push(Write::SeenDevice(seen("sighted", NOW_MS))));
+    let day = NOW_MS / DAY_MS;
+    queue
+        .commit(
+            vec![failed("d1", "1.5.0", NOW_MS), set_override("d1", "beta")],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("committed");
+    assert_eq!(memory.facts(APP, "d1"), facts(Some("beta"), &["1.5.0"]));
+    let other = database.open().await;
+    assert_eq!(
+        other.load_memory().await.expect("memory").facts(APP, "d1"),
+        facts(Some("beta"), &["1.5.0"]),
+        "committed before the answer"
+    );
+    let commits = (0..50).map(|_| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .commit(vec![count("1.5.0", "set", day, 1)], Duration::from_secs(10))
+                .await
+        }
+    });
+    for outcome in futures::future::join_all(commits).await {
+        outcome.expect("committed");
+    }
+    let counted = other.counters(APP, "1.5.0", day).await.expect("counters");
+    assert_eq!(counted.iter().map(|c| c.count).sum::<i64>(), 50);
+    assert_eq!(
+        device(&other, "sighted").await,
+        None,
+        "the async batch is not due yet"
+    );
+}
+
+/// A store that cannot be reached fails a commit at once as unavailable, and nothing of it is
+/// in memory.
+async fn a_commit_to_a_store_that_is_gone_is_unavailable(database: &TestDatabase) {
+    let store = database.open().await;
+    let memory = DeviceMemory::empty();
+    let (queue, _flusher) = WriteQueue::start(
+        store.clone(),
+        memory.clone(),
+        1000,
+        1000,
+        Duration::from_secs(3600),
+    );
+    store.close().await;
+    let outcome = queue
+        .commit(vec![set_override("d1", "beta")], Duration::from_secs(10))
+        .await;
+    assert_eq!(outcome, Err(CommitError::Unavailable));
+    assert_eq!(memory.facts(APP, "d1"), DeviceFacts::default());
+}
+
 /// Runs one scenario on a fresh database of the backend, and removes the database if it passes.
 macro_rules! scenarios_on {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
@@ -1086,6 +1155,8 @@ mod sqlite_file {
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
+        a_commit_is_stored_when_it_returns,
+        a_commit_to_a_store_that_is_gone_is_unavailable,
     );
 
     /// The `detail` lines of an `EXPLAIN QUERY PLAN` query.
@@ -1203,6 +1274,7 @@ mod sqlite_memory {
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
+        a_commit_to_a_store_that_is_gone_is_unavailable,
     );
 }
 
@@ -1225,6 +1297,8 @@ mod postgres {
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
         rollout_states_are_saved_listed_and_deleted,
+        a_commit_is_stored_when_it_returns,
+        a_commit_to_a_store_that_is_gone_is_unavailable,
     );
 
     /// A write PostgreSQL refuses (a NUL byte in text) fails its batch with an error, and in the
@@ -1257,6 +1331,37 @@ mod postgres {
         assert!(device(&store, "good-1").await.is_some());
         assert!(device(&store, "good-2").await.is_some());
         assert_eq!((queue.rejected(), queue.dropped()), (1, 0));
+        drop(store);
+        database.remove().await;
+    }
+
+    /// A request whose writes PostgreSQL refuses (a NUL byte in text) fails alone; the requests
+    /// that shared its transaction are committed.
+    #[tokio::test]
+    async fn a_commit_the_database_refuses_fails_alone() {
+        let database = TestDatabase::new(Backend::Postgres, "refused_commit").await;
+        let store = database.open().await;
+        let (queue, _flusher) = WriteQueue::start(
+            store.clone(),
+            DeviceMemory::empty(),
+            100,
+            100,
+            Duration::from_secs(3600),
+        );
+        let commit = |device: &'static str| {
+            let queue = queue.clone();
+            async move {
+                queue
+                    .commit(vec![failed(device, "1.5.0", NOW_MS)], Duration::from_secs(30))
+                    .await
+            }
+        };
+        let (good, bad, other) = tokio::join!(commit("good-1"), commit("bad\0device"), commit("good-2"));
+        assert_eq!((good, bad, other), (Ok(()), Err(CommitError::Refused), Ok(())));
+        let memory = store.load_memory().await.expect("memory");
+        assert_eq!(memory.facts(APP, "good-1"), facts(None, &["1.5.0"]));
+        assert_eq!(memory.facts(APP, "good-2"), facts(None, &["1.5.0"]));
+        assert_eq!(queue.rejected(), 1);
         drop(store);
         database.remove().await;
     }

@@ -11,9 +11,11 @@
 //!   answers the reads of statistics;
 //! - [`DeviceMemory`] is the in-memory copy of what the update check needs (overrides and failed
 //!   marks), so the hot path never queries the database;
-//! - [`WriteQueue`] takes the HTTP handlers' writes: memory at once, the database in batches
-//!   (device sightings appended to a log, merged into the devices' rows in large batches);
-//!   a device checking again with nothing new within [`SIGHTING_REWRITE_WINDOW`] costs no write.
+//! - [`WriteQueue`] takes the HTTP handlers' writes. Update-check sightings: memory at once, the
+//!   database in batches (appended to a log, merged into the devices' rows in large batches; a
+//!   device checking again with nothing new within [`SIGHTING_REWRITE_WINDOW`] costs no write).
+//!   What a request acknowledges (stats, channel overrides): committed first, by group commit,
+//!   then memory.
 
 mod device_store;
 mod dialect;
@@ -32,8 +34,8 @@ pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
 pub use queue::{
-    COMPACT_AFTER_SIGHTINGS, COMPACT_WHEN_IDLE, SERVER_FLUSH_EVERY, SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY,
-    WriteQueue,
+    COMMIT_WINDOW, COMPACT_AFTER_SIGHTINGS, COMPACT_WHEN_IDLE, CommitError, SERVER_FLUSH_EVERY,
+    SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue,
 };
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
 pub use records::{

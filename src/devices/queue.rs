@@ -1,10 +1,12 @@
-//! [`WriteQueue`]: the HTTP handlers' writes go to memory at once and to the store in batches,
-//! off the request path.
+//! [`WriteQueue`]: the HTTP handlers' writes go to the store in batches. Update-check sightings
+//! go to memory at once and to the store off the request path; the writes a request must not
+//! acknowledge before they are stored ([`WriteQueue::commit`]) wait for the commit of a batch of
+//! their own, which closes every [`COMMIT_WINDOW`] (group commit).
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -38,6 +40,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// The flusher also merges the log once nothing has come for this long.
 pub const COMPACT_WHEN_IDLE: Duration = Duration::from_millis(250);
 
+/// How long a write waiting for its commit lets others join its transaction: the commit's share
+/// of the acknowledgement's latency, and what lets one fsync serve many requests.
+pub const COMMIT_WINDOW: Duration = Duration::from_millis(2);
+
 /// The first pause after a failed batch; it doubles with each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause between two tries of a batch.
@@ -67,6 +73,30 @@ enum QueueMessage {
     Write(Box<Write>),
     /// Write everything received so far, then answer.
     Flush(oneshot::Sender<()>),
+    /// Writes to commit in the next group commit, then answer.
+    Commit(Box<CommitRequest>),
+}
+
+/// One request's writes that must be committed before it is acknowledged, all or none.
+#[derive(Debug)]
+struct CommitRequest {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Why writes were not committed (nothing of them is stored; the caller answers so that the
+/// client sends them again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The database cannot be reached, or the queue is full or stopped: try again later.
+    #[error("the device store cannot commit now")]
+    Unavailable,
+    /// The database answers but refused these writes (twice).
+    #[error("the device store refused the writes")]
+    Refused,
+    /// No commit within the time the caller waits (the database is slow or stuck).
+    #[error("the device store did not commit in time")]
+    TimedOut,
 }
 
 /// A [`DeviceSeen`] as it waits in the queue: its eight strings in one allocation, about half
@@ -166,6 +196,9 @@ struct QueueState {
     dropped: AtomicU64,
     /// Writes the database refused on their own while it answered other writes.
     rejected: AtomicU64,
+    /// Whether the flusher is retrying a batch the database did not take: commits are refused at
+    /// once meanwhile rather than waiting behind it.
+    retrying: AtomicBool,
     /// Sightings not written because the device's row was written lately and would change only
     /// its `last_seen_ms` (see [`super::SIGHTING_REWRITE_WINDOW`]).
     skipped: AtomicU64,
@@ -209,6 +242,7 @@ impl WriteQueue {
             pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            retrying: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
             recent: RecentSightings::default(),
         });
@@ -283,6 +317,51 @@ impl WriteQueue {
         false
     }
 
+    /// Commits `writes` to the database in one transaction, with those of other requests that
+    /// come within [`COMMIT_WINDOW`], and returns once they are committed (SQLite's WAL synced,
+    /// or a PostgreSQL commit); then memory holds them too. Waits at most `timeout`.
+    ///
+    /// Nothing of `writes` is stored when this fails, except after [`CommitError::TimedOut`]:
+    /// writes already in the transaction that was committing then may still be stored (a
+    /// request that gave up before its turn is skipped), so a client that sends them again may
+    /// see them counted twice: at least once, never lost.
+    pub async fn commit(&self, writes: Vec<Write>, timeout: Duration) -> Result<(), CommitError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        if self.state.retrying.load(Ordering::Acquire) {
+            return Err(CommitError::Unavailable);
+        }
+        let count = writes.len();
+        let capacity = self.state.capacity;
+        self.state
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                (pending + count <= capacity).then_some(pending + count)
+            })
+            .map_err(|_| CommitError::Unavailable)?;
+        let (done, committed) = oneshot::channel();
+        let request = CommitRequest {
+            writes: writes.clone(),
+            done,
+        };
+        if self.sender.send(QueueMessage::Commit(Box::new(request))).is_err() {
+            self.state.done(count);
+            return Err(CommitError::Unavailable);
+        }
+        let outcome = match tokio::time::timeout(timeout, committed).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CommitError::Unavailable),
+            Err(_) => Err(CommitError::TimedOut),
+        };
+        if outcome.is_ok() {
+            for write in &writes {
+                self.memory.apply(write);
+            }
+        }
+        outcome
+    }
+
     /// Writes dropped because the queue was full (or, after a crash, its flusher had stopped).
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::Relaxed)
@@ -326,12 +405,19 @@ struct Flusher {
 impl Flusher {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<QueueMessage>) {
         let mut batch: Vec<Write> = Vec::new();
+        let mut commits: Vec<CommitRequest> = Vec::new();
         let mut inbox: Vec<QueueMessage> = Vec::with_capacity(self.max_batch);
         // When the current batch is due (set by its first write).
         let mut due: Option<Instant> = None;
+        // When the waiting commits are due (set by the first of them).
+        let mut commit_due: Option<Instant> = None;
         let mut open = true;
         while open {
-            match due {
+            let wake = match (due, commit_due) {
+                (Some(batch_at), Some(commit_at)) => Some(batch_at.min(commit_at)),
+                (batch_at, commit_at) => batch_at.or(commit_at),
+            };
+            match wake {
                 // Nothing waiting: sleep until a write comes (or the log is due a compaction).
                 None => {
                     let received = if self.appended > 0 {
@@ -368,7 +454,16 @@ impl Flusher {
                 let write = match message {
                     QueueMessage::Seen(packed) => Write::SeenDevice(packed.unpack()),
                     QueueMessage::Write(write) => *write,
+                    QueueMessage::Commit(request) => {
+                        if commits.is_empty() {
+                            commit_due = Some(Instant::now() + COMMIT_WINDOW);
+                        }
+                        commits.push(*request);
+                        continue;
+                    }
                     QueueMessage::Flush(done) => {
+                        self.group_commit(&mut commits).await;
+                        commit_due = None;
                         self.write_out(&mut batch).await;
                         due = None;
                         // The caller may have given up waiting; nothing to do then.
@@ -385,11 +480,16 @@ impl Flusher {
                     due = None;
                 }
             }
+            if commit_due.is_some_and(|due_at| due_at <= Instant::now()) {
+                self.group_commit(&mut commits).await;
+                commit_due = None;
+            }
             if due.is_some_and(|due_at| due_at <= Instant::now()) {
                 self.write_out(&mut batch).await;
                 due = None;
             }
         }
+        self.group_commit(&mut commits).await;
         self.write_out(&mut batch).await;
         tracing::debug!("device store write queue closed: flusher done");
     }
@@ -408,6 +508,48 @@ impl Flusher {
             }
         }));
         self.appended = 0;
+    }
+
+    /// Commits the waiting requests' writes in one transaction and answers each. When that
+    /// fails while the database answers, each request is tried alone (twice), so that writes
+    /// the database refuses fail only their own request. Requests whose caller stopped waiting
+    /// are skipped. Empties `commits`.
+    async fn group_commit(&self, commits: &mut Vec<CommitRequest>) {
+        let mut requests = std::mem::take(commits);
+        let total: usize = requests.iter().map(|request| request.writes.len()).sum();
+        requests.retain(|request| !request.done.is_closed());
+        let writes: Vec<Write> = requests
+            .iter()
+            .flat_map(|request| request.writes.iter().cloned())
+            .collect();
+        let all = self.store.apply(&writes).await;
+        if let Err(error) = &all {
+            tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed");
+        }
+        if all.is_ok() || !self.store.is_reachable().await {
+            let outcome = all.map_err(|_| CommitError::Unavailable);
+            for request in requests {
+                let _ = request.done.send(outcome);
+            }
+        } else {
+            for request in requests {
+                let mut outcome = self.store.apply(&request.writes).await;
+                if outcome.is_err() {
+                    outcome = self.store.apply(&request.writes).await;
+                }
+                let answer = match outcome {
+                    Ok(()) => Ok(()),
+                    Err(error) if self.store.is_reachable().await => {
+                        self.state.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, writes = ?request.writes, "the device store refused a request's writes");
+                        Err(CommitError::Refused)
+                    }
+                    Err(_) => Err(CommitError::Unavailable),
+                };
+                let _ = request.done.send(answer);
+            }
+        }
+        self.state.done(total);
     }
 
     /// Writes the batch, retrying until every write is written or rejected; empties it; then
@@ -434,6 +576,7 @@ impl Flusher {
                 Err(error) => error,
             };
             failures += 1;
+            self.state.retrying.store(true, Ordering::Release);
             tracing::warn!(%error, writes = batch.len(), failures, "writing a batch to the device store failed; retrying");
             if failures >= ISOLATE_AFTER_FAILURES {
                 self.isolate(batch).await;
@@ -446,6 +589,7 @@ impl Flusher {
                 .min(MAX_BACKOFF);
             tokio::time::sleep(backoff).await;
         }
+        self.state.retrying.store(false, Ordering::Release);
         batch.clear();
         self.state.done(total);
     }

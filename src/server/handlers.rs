@@ -1,6 +1,6 @@
 //! The HTTP handlers: decode, decide (pure core), encode, and queue the device-store writes.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -11,7 +11,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{ServerState, SourceHealth, files, metrics::AnswerLabels};
+use super::{
+    ServerState, SourceHealth, files,
+    metrics::{AnswerLabels, CommitLabels},
+};
 use crate::{
     api::app::Platform,
     core::{
@@ -20,7 +23,7 @@ use crate::{
         stats::classify,
         update::{DeviceChannelInputs, UpdateAnswer, decide_update, device_channel},
     },
-    devices::{DeviceSeen, OutcomeReport, Write},
+    devices::{CommitError, DeviceSeen, OutcomeReport, Write},
     protocol::{
         ChannelOperation,
         decode::{self, DecodeError},
@@ -44,6 +47,40 @@ fn json_bytes(body: Vec<u8>) -> Response {
 fn push(state: &ServerState, write: Write) {
     if !state.queue.push(write) {
         state.metrics.writes_dropped.set(state.queue.dropped() as i64);
+    }
+}
+
+/// How long a request waits for its writes' commit before it is answered 503.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a 503 for an uncommitted write asks the client to wait, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Commits what a request acknowledges; None when committed, else the 503 to answer (with
+/// `Retry-After`: the plugin keeps the events it could not send and sends them again).
+async fn commit(state: &ServerState, writes: Vec<Write>) -> Option<Response> {
+    let error = state.queue.commit(writes, COMMIT_TIMEOUT).await.err()?;
+    state
+        .metrics
+        .commits_failed
+        .get_or_create(&CommitLabels {
+            reason: commit_reason(error),
+        })
+        .inc();
+    let mut response = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        encode::plain_error("store_unavailable", &format!("{error}; send it again later")),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    Some(response)
+}
+
+fn commit_reason(error: CommitError) -> &'static str {
+    match error {
+        CommitError::Unavailable => "unavailable",
+        CommitError::Refused => "refused",
+        CommitError::TimedOut => "timed_out",
     }
 }
 
@@ -139,7 +176,10 @@ pub async fn updates_health() -> Json<Value> {
 }
 
 /// `POST /stats`: one event or a batch; each event is recorded on its own, and only a body that
-/// is not an event at all is refused (400, which the plugin drops rather than retries).
+/// is not an event at all is refused (400, which the plugin drops rather than retries). The
+/// answer comes once what the events record is committed (the device sightings they carry
+/// excepted: those are written in the background, as an update check's), or is a 503 that
+/// makes the plugin send them again.
 pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): WholeBody) -> Response {
     let decoded = match decode::decode_stats(&body) {
         Ok(decoded) => decoded,
@@ -153,6 +193,7 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
     let now = state.clock.now_ms();
     let served = state.served();
     let mut answers = Vec::with_capacity(decoded.events.len());
+    let mut writes = Vec::new();
     for event in &decoded.events {
         state.metrics.stats_events.inc();
         match event {
@@ -161,7 +202,7 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
                 // arbitrary app ids cannot grow it. The answer is "ok" either way, as the plugin
                 // must not retry or drop its queue over it.
                 if let Some(app) = served.snapshot.app(&event.event.app_id) {
-                    record_stat(&state, app, event, now);
+                    writes.extend(stat_writes(&state, app, event, now));
                 }
                 answers.push(Ok(()));
             }
@@ -171,11 +212,22 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
             }
         }
     }
+    let (sightings, acknowledged): (Vec<Write>, Vec<Write>) = writes
+        .into_iter()
+        .partition(|write| matches!(write, Write::SeenDevice(_)));
+    if let Some(unavailable) = commit(&state, acknowledged).await {
+        return unavailable;
+    }
+    for sighting in sightings {
+        push(&state, sighting);
+    }
     let (status, body) = stats_reply::stats_answer(decoded.batch, &answers);
     json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
 }
 
-fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) {
+/// What one stats event records.
+fn stat_writes(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, now: i64) -> Vec<Write> {
+    let mut writes = Vec::new();
     let event = &stat.event;
     let (effect, left_out) =
         classify(event).for_known_bundles(|version| app.bundle_versions.contains(version));
@@ -193,79 +245,65 @@ fn record_stat(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
             default_channel: stat.default_channel.as_deref(),
         };
         match device_channel(app, &device, &facts) {
-            Some(channel) => push(
-                state,
-                Write::Outcome(OutcomeReport {
-                    app_id: event.app_id.clone(),
-                    version: outcome.version().to_owned(),
-                    device_id: event.device_id.clone(),
-                    channel: channel.name.clone(),
-                    failed: outcome.is_failure(),
-                    // When the server heard of it: rollout windows are on the server's clock,
-                    // and a device's clock can be far off.
-                    at_ms: now,
-                }),
-            ),
+            Some(channel) => writes.push(Write::Outcome(OutcomeReport {
+                app_id: event.app_id.clone(),
+                version: outcome.version().to_owned(),
+                device_id: event.device_id.clone(),
+                channel: channel.name.clone(),
+                failed: outcome.is_failure(),
+                // When the server heard of it: rollout windows are on the server's clock,
+                // and a device's clock can be far off.
+                at_ms: now,
+            })),
             None => {
                 state.metrics.outcomes_without_channel.inc();
             }
         }
     }
     if let Some((version, action)) = effect.count {
-        push(
-            state,
-            Write::Count {
-                app_id: event.app_id.clone(),
-                version,
-                action,
-                day: stats_reply::day_of(at),
-                n: 1,
-            },
-        );
+        writes.push(Write::Count {
+            app_id: event.app_id.clone(),
+            version,
+            action,
+            day: stats_reply::day_of(at),
+            n: 1,
+        });
     }
     if let Some(version) = effect.failed_version {
-        push(
-            state,
-            Write::FailedMark {
-                app_id: event.app_id.clone(),
-                device_id: event.device_id.clone(),
-                version,
-                at_ms: at,
-            },
-        );
+        writes.push(Write::FailedMark {
+            app_id: event.app_id.clone(),
+            device_id: event.device_id.clone(),
+            version,
+            at_ms: at,
+        });
     }
     if let Some(version) = effect.current_bundle {
-        push(
-            state,
-            Write::CurrentBundle {
-                app_id: event.app_id.clone(),
-                device_id: event.device_id.clone(),
-                version,
-            },
-        );
+        writes.push(Write::CurrentBundle {
+            app_id: event.app_id.clone(),
+            device_id: event.device_id.clone(),
+            version,
+        });
     }
     if effect.touch_device {
-        push(
-            state,
-            Write::SeenDevice(DeviceSeen {
-                app_id: event.app_id.clone(),
-                device_id: event.device_id.clone(),
-                platform: stat.platform.clone(),
-                plugin_version: event
-                    .plugin_version
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                native_version: stat.version_build.clone().unwrap_or_default(),
-                version_name: event.version_name.clone(),
-                custom_id: stat.details.custom_id.clone(),
-                default_channel: stat.default_channel.clone(),
-                is_prod: event.is_prod,
-                is_emulator: event.is_emulator,
-                seen_at_ms: at,
-            }),
-        );
+        writes.push(Write::SeenDevice(DeviceSeen {
+            app_id: event.app_id.clone(),
+            device_id: event.device_id.clone(),
+            platform: stat.platform.clone(),
+            plugin_version: event
+                .plugin_version
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            native_version: stat.version_build.clone().unwrap_or_default(),
+            version_name: event.version_name.clone(),
+            custom_id: stat.details.custom_id.clone(),
+            default_channel: stat.default_channel.clone(),
+            is_prod: event.is_prod,
+            is_emulator: event.is_emulator,
+            seen_at_ms: at,
+        }));
     }
+    writes
 }
 
 /// `/channel_self`: POST sets, PUT gets, GET lists, DELETE unsets (old plugins). Parameters come
@@ -308,23 +346,21 @@ pub async fn channel_self(
         ChannelOperation::List => channel_self::list_channels(&served.snapshot, &query),
         ChannelOperation::Unset => channel_self::unset_channel(&served.snapshot, &query, current),
     };
-    match decision.change {
-        Some(OverrideChange::Set(channel)) => push(
-            &state,
-            Write::SetChannelOverride {
-                app_id: query.app_id.clone(),
-                device_id: query.device_id.clone(),
-                channel,
-            },
-        ),
-        Some(OverrideChange::Clear) => push(
-            &state,
-            Write::ClearChannelOverride {
-                app_id: query.app_id.clone(),
-                device_id: query.device_id.clone(),
-            },
-        ),
-        None => {}
+    let change = decision.change.map(|change| match change {
+        OverrideChange::Set(channel) => Write::SetChannelOverride {
+            app_id: query.app_id.clone(),
+            device_id: query.device_id.clone(),
+            channel,
+        },
+        OverrideChange::Clear => Write::ClearChannelOverride {
+            app_id: query.app_id.clone(),
+            device_id: query.device_id.clone(),
+        },
+    });
+    // A set or unset is answered once it is committed: another replica, or this one after a
+    // crash, then serves the device the channel it was told it has.
+    if let Some(unavailable) = commit(&state, change.into_iter().collect()).await {
+        return unavailable;
     }
     let (status, body) = encode::channel_answer(
         &decision.outcome,

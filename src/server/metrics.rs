@@ -21,6 +21,13 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of requests answered 503 because their writes were not committed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabels {
+    /// `unavailable`, `refused` or `timed_out`.
+    pub reason: &'static str,
+}
+
 /// Every metric of the update server.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +53,8 @@ pub struct Metrics {
     pub channel_requests: Family<MethodLabels, Counter>,
     /// Device-store writes dropped because the queue was full.
     pub writes_dropped: Gauge,
+    /// Requests answered 503 because their writes could not be committed, by reason.
+    pub commits_failed: Family<CommitLabels, Counter>,
     /// Device sightings not written: the row was written lately and would change only its
     /// last-seen time.
     pub sightings_skipped: Gauge,
@@ -110,6 +119,12 @@ impl Default for Metrics {
             "Device-store writes dropped because the write queue was full",
             writes_dropped.clone(),
         );
+        let commits_failed = Family::<CommitLabels, Counter>::default();
+        registry.register(
+            "device_store_commits_failed",
+            "Requests answered 503 because the device store did not commit their writes",
+            commits_failed.clone(),
+        );
         let sightings_skipped = Gauge::default();
         registry.register(
             "device_store_sightings_skipped",
@@ -136,6 +151,7 @@ impl Default for Metrics {
             outcome_prunes_failed,
             channel_requests,
             writes_dropped,
+            commits_failed,
             sightings_skipped,
             apps_served,
             source_degraded,
