@@ -385,6 +385,47 @@ async fn stats_of_every_generation_are_accepted_and_a_failure_stops_the_offer() 
     assert_eq!(answer["kind"], "blocked");
 }
 
+/// A stats event the device store cannot commit (here a table is gone from the real SQLite
+/// file) is answered 503 with `Retry-After`, which makes the plugin keep it and send it again;
+/// once the store is back, the same event is acknowledged and stored.
+#[tokio::test]
+async fn stats_the_store_cannot_commit_are_answered_503_and_stored_when_sent_again() {
+    use sqlx::{Connection, Executor, sqlite::SqliteConnection};
+    let server = start_example().await;
+    let database = format!("sqlite://{}", server.dir.path().join(".ota/devices.db").display());
+    let mut connection = SqliteConnection::connect(&database).await.expect("connect");
+    connection
+        .execute("ALTER TABLE counters RENAME TO counters_away")
+        .await
+        .expect("rename");
+    let mut event = fixture("stats-8.51.14-android-batch.json")["body"][0].clone();
+    event["action"] = json!("set");
+    event["version_name"] = json!("1.4.3");
+    let response = reqwest::Client::new()
+        .post(format!("{}/stats", server.base))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"], "store_unavailable", "{answer}");
+
+    connection
+        .execute("ALTER TABLE counters_away RENAME TO counters")
+        .await
+        .expect("rename back");
+    let (status, answer) = post(&server.base, "/stats", &event).await;
+    assert_eq!(status, 200, "{answer}");
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(SUM(count), 0) FROM counters WHERE action = 'set'")
+            .fetch_one(&mut connection)
+            .await
+            .expect("the counters read");
+    assert_eq!(count, 1, "stored once, when acknowledged");
+}
+
 #[tokio::test]
 async fn channel_self_answers_every_method() {
     let server = start_example().await;
