@@ -6,12 +6,17 @@
 //!   store);
 //! - `cluster_*`: the real test API server holding the objects (`tests/run.sh --test fleet`
 //!   starts it), the controller driving the Rollout (figures from the update server's internal
-//!   listener) and the update server serving the devices from its watch of the API server.
+//!   listener) and the update server serving the devices from its watch of the API server
+//!   (tests/support/fleet_cluster.rs). The controller and the update server are the library code
+//!   `ota controller` and `ota server` run, started in this process rather than as the binary,
+//!   so they share the scenario's clock (the binary has no flag that sets the time).
 //!
-//! Both run their parts in this process (tests/support/fleet.rs's `InProcess`, each part on a
-//! runtime of its own) on one test clock, which each round of the fleet moves on [`CLOCK_STEP`]:
-//! the Rollout's hour-long pauses and analysis intervals pass in milliseconds. A crash drops a
-//! part's runtime with every task in it (no shutdown, no flush), and starts it again.
+//! Both modes run their parts in this process (tests/support/fleet.rs's `InProcess`, each part
+//! on a runtime of its own) on one test clock, which each round of the fleet moves on
+//! [`CLOCK_STEP`]: the Rollout's hour-long pauses and analysis intervals pass in milliseconds.
+//! (The API server stays on wall time; it only stores what the parts decide.) A crash drops a
+//! part's runtime with every task in it (no shutdown, no flush), as a SIGKILL would, and starts
+//! it again.
 //!
 //! Scenarios: a healthy candidate walks every step to 100% and every device ends on it; a
 //! candidate that fails on 30% of devices is aborted at the first analysis with enough attempts,
