@@ -30,6 +30,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn sleep(&self, wait: Duration) -> Sleep {
         self.sleep_until(later(self.now(), wait))
     }
+
+    /// For a clock moved by hand, a receiver that sees each move (`None` for wall time, whose
+    /// passing the runtime's timers already follow). A shell whose waits run on timers it does
+    /// not own (kube-runtime's requeues) looks again when it sees one.
+    fn moves(&self) -> Option<watch::Receiver<Timestamp>> {
+        None
+    }
 }
 
 /// `at` plus `wait`, saturating at the end of time.
@@ -110,6 +117,10 @@ impl Clock for TestClock {
             }
         })
     }
+
+    fn moves(&self) -> Option<watch::Receiver<Timestamp>> {
+        Some(self.now.subscribe())
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +163,20 @@ mod tests {
         let deadline = later(SystemClock.now(), Duration::from_millis(30));
         SystemClock.sleep_until(deadline).await;
         assert!(SystemClock.now() >= deadline);
+    }
+
+    #[tokio::test]
+    async fn a_test_clock_reports_its_moves_and_the_system_clock_none() {
+        assert!(SystemClock.moves().is_none());
+        let clock = TestClock::at(at(0));
+        let mut moves = clock.moves().expect("a test clock reports its moves");
+        assert!(!moves.has_changed().expect("the clock lives"));
+        clock.advance(Duration::from_secs(3_600));
+        tokio::time::timeout(Duration::from_secs(5), moves.changed())
+            .await
+            .expect("the move is seen")
+            .expect("the clock lives");
+        assert_eq!(*moves.borrow_and_update(), at(3_600));
     }
 
     #[test]

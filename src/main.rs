@@ -247,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 default_server_image: server_image,
                 storage_dir: storage_root,
                 figures_url_template: figures_url.unwrap_or_else(controller::figures::default_url_template),
+                clock: std::sync::Arc::new(controller::SystemClock),
             };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()

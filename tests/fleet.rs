@@ -2,30 +2,35 @@
 //! update server while a Rollout moves their channel from 1.0.0 to 1.1.0 (the devices are in
 //! tests/support/fleet.rs). Each scenario is a test, run twice:
 //!
-//! - `standalone_*`: standalone mode in this process on a test clock, which drives the Rollout
-//!   itself (state in its device store); each round of the fleet moves the clock on
-//!   [`CLOCK_STEP`], so its hour-long pauses pass in milliseconds, and a crash drops its runtime
-//!   with every task in it;
-//! - `cluster_*`: the real test API server, the real `ota controller` process driving the Rollout
-//!   (figures from the update server's internal listener) and the real `ota server` process
-//!   serving the devices (`tests/run.sh --test fleet` starts the API server). Processes have no
-//!   seam for a test clock (a flag that sets the time would be a backdoor in production), so
-//!   these run on wall time, with pauses of seconds.
+//! - `standalone_*`: standalone mode, which drives the Rollout itself (state in its device
+//!   store);
+//! - `cluster_*`: the real test API server holding the objects (`tests/run.sh --test fleet`
+//!   starts it), the controller driving the Rollout (figures from the update server's internal
+//!   listener) and the update server serving the devices from its watch of the API server
+//!   (tests/support/fleet_cluster.rs). The controller and the update server are the library code
+//!   `ota controller` and `ota server` run, started in this process rather than as the binary,
+//!   so they share the scenario's clock (the binary has no flag that sets the time).
+//!
+//! Both modes run their parts in this process (tests/support/fleet.rs's `InProcess`, each part
+//! on a runtime of its own) on one test clock, which each round of the fleet moves on
+//! [`CLOCK_STEP`]: the Rollout's hour-long pauses and analysis intervals pass in milliseconds.
+//! (The API server stays on wall time; it only stores what the parts decide.) A crash drops a
+//! part's runtime with every task in it (no shutdown, no flush), as a SIGKILL would, and starts
+//! it again.
 //!
 //! Scenarios: a healthy candidate walks every step to 100% and every device ends on it; a
 //! candidate that fails on 30% of devices is aborted at the first analysis with enough attempts,
 //! and every device returns to the stable bundle (those that took the candidate too); cohorts
 //! are monotonic (no device moves back while the percent rises, and the devices on the candidate
-//! are exactly the cohort); killing the process that drives the rollout mid-rollout (SIGKILL,
-//! twice) changes nothing in the outcome.
+//! are exactly the cohort); crashing what drives the rollout mid-rollout (twice) changes nothing in
+//! the outcome.
 
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use kube::{Api, Client};
-use object_store::ObjectStoreExt as _;
+use kube::Api;
 use ota_operator::{
     api::{Channel, Rollout, RolloutStatus, rollout::RolloutPhase},
     core::cohort::in_cohort,
@@ -36,12 +41,15 @@ use serde_json::{Value, json};
 
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/fleet_cluster.rs"]
+mod fleet_cluster;
 mod support;
 
 use fleet::{
-    APP_ID, BundleFile, FailurePlan, Fleet, InProcessStandalone, OtaProcess, Round, candidate_bundle,
-    failing_share, free_address, no_failures, stable_bundle,
+    BundleFile, FailurePlan, Fleet, InProcessStandalone, Round, candidate_bundle, failing_share, no_failures,
+    stable_bundle,
 };
+use fleet_cluster::InProcessCluster;
 
 /// Devices per scenario.
 const DEVICES: usize = 300;
@@ -49,7 +57,7 @@ const DEVICES: usize = 300;
 const CONCURRENCY: usize = 16;
 /// The longest any scenario may take.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(55);
-/// How far the test clock moves after each round of the fleet (standalone scenarios).
+/// How far the test clock moves after each round of the fleet.
 const CLOCK_STEP: Duration = Duration::from_secs(1_800);
 /// The Rollout's name.
 const ROLLOUT: &str = "fleet-1.1.0";
@@ -69,14 +77,7 @@ enum Servers {
         server: InProcessStandalone,
         store: DeviceStore,
     },
-    Cluster {
-        client: Client,
-        namespace: String,
-        server: Box<OtaProcess>,
-        controller: Box<OtaProcess>,
-        base: String,
-        _root: tempfile::TempDir,
-    },
+    Cluster(Box<InProcessCluster>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,30 +100,16 @@ struct Timing {
     never: &'static str,
 }
 
-impl Mode {
-    fn timing(self) -> Timing {
-        match self {
-            // The test clock: [`CLOCK_STEP`] per round.
-            Mode::Standalone => Timing {
-                pause: "1h",
-                long_pause: "3h",
-                // Every second round: an analysis then reads a whole round's reports, as on
-                // wall time (the server writes them in batches).
-                interval: "1h",
-                window: "720h",
-                never: "8000h",
-            },
-            // Wall time: rounds take tens of milliseconds.
-            Mode::Cluster => Timing {
-                pause: "1s",
-                long_pause: "3s",
-                interval: "1s",
-                window: "1h",
-                never: "1h",
-            },
-        }
-    }
-}
+/// The durations of every scenario's Rollouts, on the test clock ([`CLOCK_STEP`] per round).
+const TIMING: Timing = Timing {
+    pause: "1h",
+    long_pause: "3h",
+    // Every second round: an analysis then reads a whole round's reports (the server writes
+    // them in batches).
+    interval: "1h",
+    window: "720h",
+    never: "8000h",
+};
 
 /// A scenario: the servers, the fleet on the stable bundle, and what every round did.
 struct Scenario {
@@ -155,7 +142,11 @@ impl Scenario {
                     .expect("the server's device store opens beside it");
                 Servers::Standalone { server, store }
             }
-            Mode::Cluster => start_cluster(dir.path(), &stable, &candidate, rollout).await,
+            Mode::Cluster => {
+                let database = fleet_cluster::database_in(dir.path());
+                let cluster = InProcessCluster::start(database, &stable, &candidate, rollout).await;
+                Servers::Cluster(Box::new(cluster))
+            }
         };
         let fleet = Fleet::new(seed, DEVICES, &stable.version, CONCURRENCY);
         let history = vec![fleet.devices.iter().map(|d| d.version.clone()).collect()];
@@ -174,7 +165,7 @@ impl Scenario {
     fn base(&self) -> String {
         match &self.servers {
             Servers::Standalone { server, .. } => server.base(),
-            Servers::Cluster { base, .. } => base.clone(),
+            Servers::Cluster(cluster) => cluster.base(),
         }
     }
 
@@ -187,10 +178,8 @@ impl Scenario {
                 .rollouts
                 .get(&("default".to_owned(), ROLLOUT.to_owned()))
                 .cloned(),
-            Servers::Cluster {
-                client, namespace, ..
-            } => {
-                let rollout = Api::<Rollout>::namespaced(client.clone(), namespace)
+            Servers::Cluster(cluster) => {
+                let rollout = Api::<Rollout>::namespaced(cluster.client.clone(), &cluster.namespace)
                     .get(ROLLOUT)
                     .await
                     .expect("the Rollout");
@@ -209,15 +198,15 @@ impl Scenario {
                 .promotions
                 .get(&("default".to_owned(), "production".to_owned()))
                 .map(|p| p.bundle.clone()),
-            Servers::Cluster {
-                client, namespace, ..
-            } => Api::<Channel>::namespaced(client.clone(), namespace)
-                .get("production")
-                .await
-                .expect("the Channel")
-                .status
-                .and_then(|s| s.promoted)
-                .map(|p| p.bundle),
+            Servers::Cluster(cluster) => {
+                Api::<Channel>::namespaced(cluster.client.clone(), &cluster.namespace)
+                    .get("production")
+                    .await
+                    .expect("the Channel")
+                    .status
+                    .and_then(|s| s.promoted)
+                    .map(|p| p.bundle)
+            }
         }
     }
 
@@ -227,42 +216,42 @@ impl Scenario {
             Servers::Standalone { .. } => {
                 fleet::write_rollout(self.dir.path(), &serde_json::to_string(&rollout).expect("JSON"));
             }
-            Servers::Cluster {
-                client, namespace, ..
-            } => {
-                support::apply_document(client, namespace, &rollout)
+            Servers::Cluster(cluster) => {
+                support::apply_document(&cluster.client, &cluster.namespace, &rollout)
                     .await
                     .expect("the Rollout applies");
             }
         }
     }
 
-    /// Kills (SIGKILL) the process that drives the rollout and starts it again.
+    /// Crashes what drives the rollout and starts it again.
     async fn crash_the_driver(&mut self) {
         match &mut self.servers {
             Servers::Standalone { server, .. } => server.restart().await,
-            Servers::Cluster { controller, .. } => controller.restart().await,
+            Servers::Cluster(cluster) => cluster.restart_controller().await,
         }
     }
 
-    /// Kills (SIGKILL) the process devices talk to and starts it again.
+    /// Crashes what devices talk to and starts it again.
     async fn crash_the_server(&mut self) {
         match &mut self.servers {
             Servers::Standalone { server, .. } => server.restart().await,
-            Servers::Cluster { server, .. } => server.restart().await,
+            Servers::Cluster(cluster) => cluster.restart_server().await,
         }
     }
 
     fn logs(&self) -> String {
         match &self.servers {
             Servers::Standalone { server, .. } => server.logs(),
-            Servers::Cluster {
-                server, controller, ..
-            } => format!(
-                "--- controller\n{}\n--- server\n{}",
-                controller.logs(),
-                server.logs()
-            ),
+            Servers::Cluster(cluster) => cluster.logs(),
+        }
+    }
+
+    /// The clock every part of the scenario runs on.
+    fn clock(&self) -> &ota_operator::clock::TestClock {
+        match &self.servers {
+            Servers::Standalone { server, .. } => &server.clock,
+            Servers::Cluster(cluster) => &cluster.clock,
         }
     }
 
@@ -275,9 +264,7 @@ impl Scenario {
             self.logs()
         );
         let round = self.fleet.round(&self.base(), &self.fails).await;
-        if let Servers::Standalone { server, .. } = &self.servers {
-            server.clock.advance(CLOCK_STEP);
-        }
+        self.clock().advance(CLOCK_STEP);
         let broken = round.broken();
         assert!(broken.is_empty(), "devices saw broken answers: {broken:?}");
         self.history
@@ -322,112 +309,6 @@ impl Scenario {
                 );
             }
         }
-    }
-}
-
-/// Puts the zips in the App's filesystem storage under `root`, applies the App, the Bundles
-/// (synced by the controller from their storage keys), the Channel and `rollout` in a fresh
-/// namespace, and starts `ota server` (with its internal listener) and `ota controller` (asking
-/// that listener for figures) as processes.
-async fn start_cluster(
-    dir: &std::path::Path,
-    stable: &BundleFile,
-    candidate: &BundleFile,
-    rollout: Value,
-) -> Servers {
-    let client = support::client_with_crds().await;
-    let namespace = support::unique_namespace("fleet");
-    let root = tempfile::tempdir().expect("a storage root");
-    let storage: ota_operator::api::app::StorageSpec =
-        serde_json::from_value(json!({"filesystem": {"path": "fleet"}})).expect("a storage spec");
-    let opened = ota_operator::storage::open(&storage, root.path(), &Default::default())
-        .expect("the filesystem storage opens");
-    let mut documents = vec![
-        json!({
-            "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "fleet"},
-            "spec": {"appId": APP_ID, "platforms": ["android"], "storage": storage, "server": {"replicas": 1}},
-        }),
-        json!({
-            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
-            "spec": {"appRef": "fleet", "bundleRef": stable.name, "public": true, "android": true},
-        }),
-    ];
-    for bundle in [stable, candidate] {
-        let key = format!("uploads/{}.zip", bundle.name);
-        let path = ota_operator::sync::object_path(&opened.prefix, &key).expect("a clean key");
-        opened
-            .store
-            .put(&path, bundle.zip.clone().into())
-            .await
-            .expect("the zip is in storage");
-        documents.push(json!({
-            "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle", "metadata": {"name": bundle.name},
-            "spec": {"appRef": "fleet", "version": bundle.version, "source": {"storageKey": key, "sha256": bundle.sha256}},
-        }));
-    }
-    documents.push(rollout);
-    for document in &documents {
-        support::apply_document(&client, &namespace, document)
-            .await
-            .unwrap_or_else(|e| panic!("{document} does not apply: {e}"));
-    }
-    let kubeconfig = support::kubeconfig_path().display().to_string();
-    let root_path = root.path().display().to_string();
-    let (listen, internal) = (free_address(), free_address());
-    let server = OtaProcess::start(
-        "server",
-        &[
-            "server".to_owned(),
-            "--namespace".to_owned(),
-            namespace.clone(),
-            "--listen".to_owned(),
-            listen.to_string(),
-            "--internal-listen".to_owned(),
-            internal.to_string(),
-            "--database".to_owned(),
-            format!("sqlite://{}", dir.join("devices.db").display()),
-            "--storage-root".to_owned(),
-            root_path.clone(),
-        ],
-        // Why an object is not served is logged at debug: a failing scenario prints it.
-        &[
-            ("KUBECONFIG", &kubeconfig),
-            ("OTA_LOG", "info,ota_operator::server::kube_source=debug"),
-        ],
-        &format!("http://{listen}/readyz"),
-        &dir.join("logs"),
-    )
-    .await;
-    let metrics = free_address();
-    let controller = OtaProcess::start(
-        "controller",
-        &[
-            "controller".to_owned(),
-            "--namespace".to_owned(),
-            namespace.clone(),
-            "--lease-namespace".to_owned(),
-            namespace.clone(),
-            "--server-image".to_owned(),
-            support::controller::IMAGE.to_owned(),
-            "--metrics-listen".to_owned(),
-            metrics.to_string(),
-            "--storage-root".to_owned(),
-            root_path,
-            "--figures-url".to_owned(),
-            format!("http://{internal}"),
-        ],
-        &[("KUBECONFIG", &kubeconfig)],
-        &format!("http://{metrics}/readyz"),
-        &dir.join("logs"),
-    )
-    .await;
-    Servers::Cluster {
-        client,
-        namespace,
-        server: Box::new(server),
-        controller: Box::new(controller),
-        base: format!("http://{listen}"),
-        _root: root,
     }
 }
 
@@ -481,7 +362,7 @@ async fn healthy_candidate_walks_every_step(mode: Mode) {
         interval,
         window,
         ..
-    } = mode.timing();
+    } = TIMING;
     let rollout = rollout(
         json!([{"setPercent": 10}, {"pause": {"duration": pause}}, {"setPercent": 30}, {"analysis": {}},
                {"pause": {"duration": pause}}, {"setPercent": 60}, {"pause": {"duration": pause}}, {"setPercent": 100}]),
@@ -538,7 +419,7 @@ async fn healthy_candidate_walks_every_step(mode: Mode) {
 
 async fn failing_candidate_is_aborted(mode: Mode) {
     const MIN_ATTEMPTS: i64 = 30;
-    let Timing { interval, window, .. } = mode.timing();
+    let Timing { interval, window, .. } = TIMING;
     let rollout = rollout(
         json!([{"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]),
         json!({"interval": interval, "minAttempts": MIN_ATTEMPTS, "maxFailureRate": 0.05, "window": window, "action": "rollback"}),
@@ -647,7 +528,7 @@ async fn wait_until_served(scenario: &Scenario, salt: &str, percent: i32) {
 }
 
 async fn cohorts_are_monotonic(mode: Mode) {
-    let Timing { pause, never, .. } = mode.timing();
+    let Timing { pause, never, .. } = TIMING;
     let rollout = rollout(
         json!([{"setPercent": 5}, {"pause": {"duration": pause}}, {"setPercent": 15}, {"pause": {"duration": pause}},
                {"setPercent": 35}, {"pause": {"duration": pause}}, {"setPercent": 65}, {"pause": {"duration": pause}},
@@ -694,7 +575,7 @@ async fn cohorts_are_monotonic(mode: Mode) {
 async fn a_crash_mid_rollout_changes_nothing(mode: Mode) {
     let Timing {
         long_pause, never, ..
-    } = mode.timing();
+    } = TIMING;
     let steps = json!([{"setPercent": 20}, {"pause": {"duration": long_pause}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
     let analysis = json!({"interval": never});
     let mut scenario = Scenario::start(
@@ -737,7 +618,7 @@ async fn a_crash_mid_rollout_changes_nothing(mode: Mode) {
         round.outcomes.iter().all(|(_, o)| o.offered().is_none()),
         "settled at 50%"
     );
-    // Kill the driver again, and the server devices talk to (in standalone mode, one process).
+    // Crash the driver again, and the server devices talk to (in standalone mode, one part).
     scenario.crash_the_driver().await;
     if mode == Mode::Cluster {
         scenario.crash_the_server().await;

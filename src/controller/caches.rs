@@ -4,6 +4,7 @@
 use std::{fmt::Debug, sync::Arc};
 
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Resource,
     runtime::{
@@ -46,6 +47,8 @@ where
 }
 
 /// Runs `controller` until `stop` reads `true`, with the reconciler and error policy of its kind.
+/// On a clock moved by hand (a test's), every object is reconciled again at each move: the
+/// requeues run on tokio's timers, which do not see the clock jump past a pause's end.
 pub async fn drive<K, Fut, E>(
     controller: Controller<K>,
     reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut,
@@ -58,6 +61,10 @@ pub async fn drive<K, Fut, E>(
     E: std::error::Error + Send + 'static,
 {
     let kind = K::kind(&()).to_string();
+    let controller = match context.clock.moves() {
+        Some(moves) => controller.reconcile_all_on(clock_moves(moves)),
+        None => controller,
+    };
     controller
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(async move {
@@ -71,4 +78,11 @@ pub async fn drive<K, Fut, E>(
             std::future::ready(())
         })
         .await;
+}
+
+/// One item per move of a clock, ending when the clock is dropped.
+fn clock_moves(moves: tokio::sync::watch::Receiver<Timestamp>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(moves, |mut moves| async move {
+        moves.changed().await.ok().map(|()| ((), moves))
+    })
 }

@@ -57,6 +57,9 @@ pub struct Options {
     /// The base URL of each App's update-server internal listener, with `{namespace}`,
     /// `{app}` and `{service}` placeholders ([`figures::default_url_template`] in a cluster).
     pub figures_url_template: String,
+    /// The clock every decision reads ([`SystemClock`] for `ota controller`; there is no flag
+    /// that sets the time, so only a test moves it, through a [`crate::clock::TestClock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why the controller stopped.
@@ -253,7 +256,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         metrics: Arc::clone(&metrics),
-        clock: Arc::new(SystemClock),
+        clock: Arc::clone(&options.clock),
         settings: RenderSettings {
             default_image: options.default_server_image.clone(),
         },

@@ -54,6 +54,7 @@ pub fn options(namespace: &str, leader_election: bool, identity: &str) -> Option
         // Outside a cluster the App's Service does not resolve; a port nobody listens on
         // fails at once (tests that run an update server point this at it).
         figures_url_template: "http://127.0.0.1:1".to_owned(),
+        clock: std::sync::Arc::new(controller::SystemClock),
     }
 }
 

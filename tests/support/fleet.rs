@@ -1,6 +1,6 @@
 //! A fleet of simulated devices speaking the Capgo plugin protocol to a real update server, and
 //! the real `ota standalone` process they talk to (or standalone mode in this process, on a test
-//! clock).
+//! clock: [`InProcess`] runs a part of the system in this process, crashable).
 //!
 //! Each device does what the plugin (8.x, Android, auto-update) does on a check: `POST /updates`
 //! with its info object; when offered a bundle other than the one it runs, it downloads the zip
@@ -665,10 +665,116 @@ where
     }
 }
 
-/// `ota standalone` run in this process on a [`TestClock`], so a scenario moves time by hand:
-/// each start runs on a runtime of its own on a thread of its own, whose log lines it keeps, and
-/// [`InProcessStandalone::kill`] drops that runtime with every task in it (no shutdown, no
-/// flush), as a crash would.
+/// A part of the system (standalone mode, the update server, the controller) run in this process
+/// so that it shares a scenario's [`TestClock`]: each start runs on a runtime of its own on a
+/// thread of its own, whose log lines it keeps, and [`InProcess::kill`] drops that runtime with
+/// every task in it (no shutdown, no flush), as a crash would.
+pub struct InProcess {
+    /// What runs (in messages).
+    name: String,
+    /// The log filter of its lines.
+    log_filter: String,
+    logs: Arc<Mutex<Vec<u8>>>,
+    running: Option<(std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl InProcess {
+    /// Nothing running yet; `log_filter` (a tracing filter) selects the lines it keeps.
+    pub fn new(name: &str, log_filter: &str) -> InProcess {
+        InProcess {
+            name: name.to_owned(),
+            log_filter: log_filter.to_owned(),
+            logs: Arc::new(Mutex::new(Vec::new())),
+            running: None,
+        }
+    }
+
+    /// Runs the future `start` makes (on the new thread's runtime, so the clients it opens
+    /// belong to that runtime) until it ends or [`InProcess::kill`], then waits until
+    /// `ready_url` answers 200.
+    pub async fn start<F, Fut>(&mut self, ready_url: &str, start: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let logs = Arc::clone(&self.logs);
+        let filter = self.log_filter.clone();
+        let name = self.name.clone();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // One thread runs every task of this start, so its log lines all land here.
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(move || SharedLog(Arc::clone(&logs)))
+                .finish();
+            let _logging = tracing::subscriber::set_default(subscriber);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                tokio::select! {
+                    outcome = start() => {
+                        if let Err(error) = outcome {
+                            tracing::error!(%error, "{name} stopped");
+                        }
+                    }
+                    _ = killed => {}
+                }
+            });
+            // Drops every task of this start without letting it finish: a crash.
+            runtime.shutdown_background();
+        });
+        self.running = Some((thread, kill));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(ready_url).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                self.running
+                    .as_ref()
+                    .is_some_and(|(thread, _)| !thread.is_finished()),
+                "{} stopped:\n{}",
+                self.name,
+                self.logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} was not ready within 60 s:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every log line of every start so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().expect("the log")).into_owned()
+    }
+
+    /// Stops it at once (its runtime dropped with every task: no shutdown, no flush).
+    pub fn kill(&mut self) {
+        if let Some((thread, kill)) = self.running.take() {
+            let _ = kill.send(());
+            thread.join().expect("the thread of an in-process part ends");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `ota standalone` run in this process ([`InProcess`]) on a [`TestClock`], so a scenario moves
+/// time by hand.
 pub struct InProcessStandalone {
     /// The folder it serves.
     pub dir: PathBuf,
@@ -676,8 +782,7 @@ pub struct InProcessStandalone {
     pub address: SocketAddr,
     /// The clock it decides and stamps reports on.
     pub clock: TestClock,
-    logs: Arc<Mutex<Vec<u8>>>,
-    running: Option<(std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    running: InProcess,
 }
 
 impl InProcessStandalone {
@@ -688,8 +793,7 @@ impl InProcessStandalone {
             dir: dir.to_owned(),
             address: free_address(),
             clock: TestClock::starting_now(),
-            logs: Arc::new(Mutex::new(Vec::new())),
-            running: None,
+            running: InProcess::new("standalone mode", "info"),
         };
         server.spawn().await;
         server
@@ -706,57 +810,14 @@ impl InProcessStandalone {
             internal_listen: None,
             clock: Arc::new(self.clock.clone()),
         };
-        let logs = Arc::clone(&self.logs);
-        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // One thread runs every task of this start, so its log lines all land here.
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter("info")
-                .with_ansi(false)
-                .with_writer(move || SharedLog(Arc::clone(&logs)))
-                .finish();
-            let _logging = tracing::subscriber::set_default(subscriber);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                tokio::select! {
-                    outcome = ota_operator::standalone::run(options, std::future::pending()) => {
-                        if let Err(error) = outcome {
-                            tracing::error!(%error, "standalone mode stopped");
-                        }
-                    }
-                    _ = killed => {}
-                }
-            });
-            // Drops every task of this start without letting it finish: a crash.
-            runtime.shutdown_background();
-        });
-        self.running = Some((thread, kill));
-        let client = reqwest::Client::new();
         let ready = format!("{}/readyz", self.base());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = client.get(&ready).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                self.running
-                    .as_ref()
-                    .is_some_and(|(thread, _)| !thread.is_finished()),
-                "standalone mode stopped:\n{}",
-                self.logs()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "standalone mode was not ready within 60 s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.running
+            .start(&ready, move || async move {
+                ota_operator::standalone::run(options, std::future::pending())
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await;
     }
 
     /// `http://<address>`.
@@ -771,27 +832,18 @@ impl InProcessStandalone {
 
     /// Every log line of every start so far.
     pub fn logs(&self) -> String {
-        String::from_utf8_lossy(&self.logs.lock().expect("the log")).into_owned()
+        self.running.logs()
     }
 
     /// Stops it at once (its runtime dropped with every task: no shutdown, no flush).
     pub fn kill(&mut self) {
-        if let Some((thread, kill)) = self.running.take() {
-            let _ = kill.send(());
-            thread.join().expect("the standalone thread ends");
-        }
+        self.running.kill();
     }
 
     /// Kills it and starts it again on the same folder, database, address and clock.
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
-    }
-}
-
-impl Drop for InProcessStandalone {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
