@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     io::{Cursor, Write},
     process::{Child, Command, Stdio},
+    sync::Arc,
 };
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
@@ -26,6 +27,7 @@ use ota_operator::{
         common::SecretReference,
         constants::finalizer,
     },
+    clock::TestClock,
     storage::{self, Credentials},
     sync,
 };
@@ -804,7 +806,7 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     )
     .await;
     apply(&client, &namespace, channel("production", Some("shop-4.0"))).await;
-    let steps = json!([{"setPercent": 10}, {"pause": {"duration": "3s"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
+    let steps = json!([{"setPercent": 10}, {"pause": {"duration": "1h"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
     // Every transition goes to a webhook, signed with the Secret's key.
     let (hook_url, received) = webhook_receiver().await;
     const SIGNING_KEY: &str = "a shared secret of the receiver";
@@ -829,7 +831,12 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
         rollout("nowhere", "no-such-channel", "shop-4.1", steps),
     )
     .await;
-    let running = start(&client, options(&namespace, false, "solo")).await;
+    // The controller decides on a test clock, so the hour-long pause passes when the test
+    // moves it.
+    let clock = TestClock::starting_now();
+    let mut on_test_clock = options(&namespace, false, "solo");
+    on_test_clock.clock = Arc::new(clock.clone());
+    let running = start(&client, on_test_clock).await;
 
     let rollouts: Api<ota_operator::api::Rollout> = Api::namespaced(client.clone(), &namespace);
     let status_of = |name: &'static str| {
@@ -851,6 +858,12 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     warning_event(&client, &namespace, "Rollout", "nowhere", "ReferenceNotFound").await;
 
     // 10% once the candidate is synced, then 50% after the timed pause, then a wait for a person.
+    eventually(60, "the Rollout pauses at 10%", || async {
+        let status = status_of("to-4.1").await?;
+        (status.current_percent == Some(10) && status.current_step_index == Some(1)).then_some(())
+    })
+    .await;
+    clock.advance(std::time::Duration::from_secs(3600));
     let waiting = eventually(60, "the Rollout waits for promotion at 50%", || async {
         let status = status_of("to-4.1").await?;
         (status.current_percent == Some(50)
@@ -985,7 +998,9 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     ] {
         assert!(reasons.contains(&reason), "{reason} missing from {reasons:?}");
     }
-    let body: Value = serde_json::from_slice(&received.last().unwrap().body).expect("JSON");
+    // Deliveries are concurrent (a retried one may land last): the completion says Completed.
+    let completed = received.iter().find(|r| r.event == "RolloutCompleted").unwrap();
+    let body: Value = serde_json::from_slice(&completed.body).expect("JSON");
     assert_eq!(body["phase"], "Completed");
     assert_eq!(body["percent"], 100);
     running.stop().await;
