@@ -15,6 +15,7 @@ use crate::{
         app_children::{INTERNAL_PORT, internal_service_name},
         rollout::{FailureCounts, FiguresQuery},
     },
+    telemetry::error_chain,
 };
 
 /// The default template of the internal listener's base URL, inside the cluster.
@@ -24,16 +25,71 @@ pub fn default_url_template() -> String {
 /// How long one request for figures may take: the reconcile waits for it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why figures could not be read (the analysis then waits and says so in status).
+/// Why figures could not be read (the analysis then waits and says so in status). Each message
+/// already carries its cause's text, so the causes are not chained as sources (a chain would
+/// repeat them in status).
 #[derive(Debug, thiserror::Error)]
 pub enum FiguresError {
-    /// The request failed: the server is unreachable, slow, or answered with an error.
-    #[error("asking {url} for failure figures: {reason}")]
-    Request {
+    /// The App's base URL (from the template) is not a URL.
+    #[error("asking {url} for failure figures: not a URL: {error}")]
+    BadUrl {
         /// The URL asked (without its query).
         url: String,
-        /// What went wrong.
-        reason: String,
+        /// The URL parser's error.
+        error: url::ParseError,
+    },
+    /// The server is unreachable or slow.
+    #[error("asking {url} for failure figures: {}", error_chain(error))]
+    Unreachable {
+        /// The URL asked (without its query).
+        url: String,
+        /// The HTTP client's error.
+        error: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("asking {url} for failure figures: HTTP {status}: {body}")]
+    Status {
+        /// The URL asked (without its query).
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The answer is not the JSON expected.
+    #[error("asking {url} for failure figures: unreadable answer: {error}")]
+    Unreadable {
+        /// The URL asked (without its query).
+        url: String,
+        /// The HTTP client's decoding error.
+        error: reqwest::Error,
+    },
+    /// The answer reads but makes no sense.
+    #[error("asking {url} for failure figures: inconsistent answer: {inconsistency}")]
+    Inconsistent {
+        /// The URL asked (without its query).
+        url: String,
+        /// What makes no sense.
+        inconsistency: Inconsistency,
+    },
+}
+
+/// What makes an answer of an update server impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inconsistency {
+    /// Negative counts, or more failures than attempts.
+    #[error("{failures} failures in {attempts} attempts")]
+    Counts {
+        /// The failures reported.
+        failures: i64,
+        /// The attempts reported.
+        attempts: i64,
+    },
+    /// A negative number of devices.
+    #[error("{devices} devices")]
+    Devices {
+        /// The devices reported.
+        devices: i64,
     },
 }
 
@@ -76,34 +132,39 @@ impl FiguresClient {
         app_name: &str,
         path: &str,
         query: &str,
-        check: impl FnOnce(&T) -> Result<(), String>,
+        check: impl FnOnce(&T) -> Result<(), Inconsistency>,
     ) -> Result<T, FiguresError> {
         let base = format!("{}{path}", self.base_url(namespace, app_name));
-        let failed = |reason: String| FiguresError::Request {
-            url: base.clone(),
-            reason,
+        let mut url = match url::Url::parse(&base) {
+            Ok(url) => url,
+            Err(error) => return Err(FiguresError::BadUrl { url: base, error }),
         };
-        let mut url = url::Url::parse(&base).map_err(|error| failed(format!("not a URL: {error}")))?;
         url.set_query(Some(query));
-        let response = self
-            .http
-            .get(url)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|error| failed(crate::telemetry::error_chain(&error)))?;
+        let response = match self.http.get(url).timeout(REQUEST_TIMEOUT).send().await {
+            Ok(response) => response,
+            Err(error) => return Err(FiguresError::Unreachable { url: base, error }),
+        };
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             let body: String = body.chars().take(200).collect();
-            return Err(failed(format!("HTTP {status}: {body}")));
+            return Err(FiguresError::Status {
+                url: base,
+                status,
+                body,
+            });
         }
-        let answer: T = response
-            .json()
-            .await
-            .map_err(|error| failed(format!("unreadable answer: {error}")))?;
-        check(&answer).map_err(|why| failed(format!("inconsistent answer: {why}")))?;
-        Ok(answer)
+        let answer: T = match response.json().await {
+            Ok(answer) => answer,
+            Err(error) => return Err(FiguresError::Unreadable { url: base, error }),
+        };
+        match check(&answer) {
+            Ok(()) => Ok(answer),
+            Err(inconsistency) => Err(FiguresError::Inconsistent {
+                url: base,
+                inconsistency,
+            }),
+        }
     }
 
     /// The figures that the update server of the App `app_name` in `namespace` holds.
@@ -123,10 +184,10 @@ impl FiguresClient {
                     || answer.failures < 0
                     || answer.failures > answer.attempts
                 {
-                    true => Err(format!(
-                        "{} failures in {} attempts",
-                        answer.failures, answer.attempts
-                    )),
+                    true => Err(Inconsistency::Counts {
+                        failures: answer.failures,
+                        attempts: answer.attempts,
+                    }),
                     false => Ok(()),
                 },
             )
@@ -154,7 +215,9 @@ impl FiguresClient {
                 MONTHLY_ACTIVE_DEVICES_PATH,
                 &query.to_query(),
                 |answer: &ActiveDevicesAnswer| match answer.devices < 0 {
-                    true => Err(format!("{} devices", answer.devices)),
+                    true => Err(Inconsistency::Devices {
+                        devices: answer.devices,
+                    }),
                     false => Ok(()),
                 },
             )

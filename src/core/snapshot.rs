@@ -233,7 +233,9 @@ impl Snapshot {
         let bundles = servable_bundles(inputs, &mut problems);
         let bundle_target = |namespace: &str, app: &str, bundle: &str| -> Result<Arc<BundleView>, String> {
             match bundles.get(&(namespace.to_owned(), bundle.to_owned())) {
-                Some((owner, view)) if owner == app => view.clone(),
+                Some((owner, view)) if owner == app => {
+                    view.as_ref().map(Arc::clone).map_err(ToString::to_string)
+                }
                 Some((owner, _)) => Err(format!("Bundle {bundle} belongs to App {owner}")),
                 None => Err(format!("Bundle {bundle} does not exist")),
             }
@@ -430,7 +432,7 @@ fn signature_refusal(channel: &str, bundle: &BundleView, public_key: Option<&str
 
 /// Bundles keyed by (namespace, name) with their App's name, and either a servable view or why
 /// they cannot be served.
-type BundleIndex = HashMap<(String, String), (String, Result<Arc<BundleView>, String>)>;
+type BundleIndex = HashMap<(String, String), (String, Result<Arc<BundleView>, UnservableBundle>)>;
 
 fn servable_bundles(inputs: &SnapshotInputs, problems: &mut Vec<Problem>) -> BundleIndex {
     let mut index = BundleIndex::new();
@@ -443,7 +445,7 @@ fn servable_bundles(inputs: &SnapshotInputs, problems: &mut Vec<Problem>) -> Bun
         if let Err(reason) = &view {
             problems.push(Problem {
                 object: format!("Bundle/{namespace}/{name}"),
-                message: reason.clone(),
+                message: reason.to_string(),
             });
         }
         index.insert(
@@ -454,7 +456,27 @@ fn servable_bundles(inputs: &SnapshotInputs, problems: &mut Vec<Problem>) -> Bun
     index
 }
 
-fn bundle_view(bundle: &Bundle, manifest: Option<Arc<[ManifestFile]>>) -> Result<BundleView, String> {
+/// Why a Bundle cannot be served (its Channels and Rollouts report it as a problem).
+#[derive(Debug, thiserror::Error)]
+enum UnservableBundle {
+    #[error("Bundle {name} is not synced yet")]
+    NotSynced { name: String },
+    #[error("Bundle {name} is synced but its status lacks the checksum or storage keys")]
+    IncompleteStatus { name: String },
+    #[error("Bundle {name}: version {version} is not semver: {source}")]
+    Version {
+        name: String,
+        version: String,
+        source: semver::Error,
+    },
+    #[error("Bundle {name}: native.minVersion {min_version} is not semver")]
+    NativeMinVersion { name: String, min_version: String },
+}
+
+fn bundle_view(
+    bundle: &Bundle,
+    manifest: Option<Arc<[ManifestFile]>>,
+) -> Result<BundleView, UnservableBundle> {
     let name = name_of(&bundle.metadata);
     let status = bundle.status.as_ref();
     let synced = status.is_some_and(|s| {
@@ -463,23 +485,22 @@ fn bundle_view(bundle: &Bundle, manifest: Option<Arc<[ManifestFile]>>) -> Result
             .any(|c| c.type_ == condition::SYNCED && c.status == "True")
     });
     let (Some(status), true) = (status, synced) else {
-        return Err(format!("Bundle {name} is not synced yet"));
+        return Err(UnservableBundle::NotSynced { name });
     };
     let (Some(sha256), Some(storage)) = (&status.checksum, &status.storage) else {
-        return Err(format!(
-            "Bundle {name} is synced but its status lacks the checksum or storage keys"
-        ));
+        return Err(UnservableBundle::IncompleteStatus { name });
     };
-    let semver = Version::parse(&bundle.spec.version).map_err(|e| {
-        format!(
-            "Bundle {name}: version {} is not semver: {e}",
-            bundle.spec.version
-        )
+    let semver = Version::parse(&bundle.spec.version).map_err(|source| UnservableBundle::Version {
+        name: name.clone(),
+        version: bundle.spec.version.clone(),
+        source,
     })?;
     let min_native_version = match bundle.spec.native.as_ref().and_then(|n| n.min_version.as_deref()) {
         Some(raw) => Some(
-            coerce_native_version(raw)
-                .ok_or_else(|| format!("Bundle {name}: native.minVersion {raw} is not semver"))?,
+            coerce_native_version(raw).ok_or_else(|| UnservableBundle::NativeMinVersion {
+                name: name.clone(),
+                min_version: raw.to_owned(),
+            })?,
         ),
         None => None,
     };

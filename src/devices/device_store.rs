@@ -12,6 +12,7 @@ use std::{
 use sqlx::{
     AnyConnection, AnyPool, ConnectOptions, Connection, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::MigrateError,
 };
 
 use super::{
@@ -122,7 +123,7 @@ impl DeviceStore {
                     .await
                     .map_err(|error| connect_error(error.to_string()))?;
                 let migrated = match pool.acquire().await {
-                    Ok(mut connection) => run_migrations(&mut connection).await,
+                    Ok(mut connection) => run_migrations(&mut connection).await.map_err(|e| e.to_string()),
                     Err(error) => Err(error.to_string()),
                 };
                 if let Err(reason) = migrated {
@@ -148,8 +149,8 @@ impl DeviceStore {
                 let prepared = prepare(&mut connection, backend).await;
                 let closed = connection.close().await;
                 match prepared {
-                    Err(Preparation::Connect(reason)) => return Err(connect_error(reason)),
-                    Err(Preparation::Migrate(reason)) => return Err(migrate_error(reason)),
+                    Err(wal @ Preparation::Wal(_)) => return Err(connect_error(wal.to_string())),
+                    Err(Preparation::Migrate(error)) => return Err(migrate_error(error.to_string())),
                     Ok(()) => {}
                 }
                 if let Err(error) = closed {
@@ -180,17 +181,20 @@ impl DeviceStore {
 }
 
 /// Why preparing a new database failed.
+#[derive(Debug, thiserror::Error)]
 enum Preparation {
-    /// The connection failed (WAL could not be set).
-    Connect(String),
+    /// The SQLite file could not be switched to WAL mode.
+    #[error("cannot switch the SQLite file to WAL mode: {0}")]
+    Wal(#[source] sqlx::Error),
     /// The migrations failed.
-    Migrate(String),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
 }
 
 /// Prepares a database on its first connection: WAL for SQLite files, then the migrations.
 async fn prepare(connection: &mut AnyConnection, backend: Backend) -> Result<(), Preparation> {
     if backend == Backend::Postgres {
-        return run_migrations(connection).await.map_err(Preparation::Migrate);
+        return Ok(run_migrations(connection).await?);
     }
     // Stores of this process prepare one at a time: switching to WAL needs the file to itself.
     let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
@@ -208,24 +212,20 @@ async fn prepare(connection: &mut AnyConnection, backend: Backend) -> Result<(),
                 tries += 1;
                 tokio::time::sleep(WAL_SWITCH_PAUSE).await;
             }
-            Err(error) => {
-                return Err(Preparation::Connect(format!(
-                    "cannot switch the SQLite file to WAL mode: {error}"
-                )));
-            }
+            Err(error) => return Err(Preparation::Wal(error)),
         }
     };
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(journal_mode = %mode, "the SQLite device store could not use WAL mode");
     }
-    run_migrations(connection).await.map_err(Preparation::Migrate)
+    Ok(run_migrations(connection).await?)
 }
 
 /// Applies the migrations of `src/devices/migrations` that the database lacks.
-async fn run_migrations(connection: &mut AnyConnection) -> Result<(), String> {
+async fn run_migrations(connection: &mut AnyConnection) -> Result<(), MigrateError> {
     let mut migrator = sqlx::migrate!("src/devices/migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(connection).await.map_err(|error| error.to_string())
+    migrator.run(connection).await
 }
 
 /// The pool of a file or PostgreSQL store.

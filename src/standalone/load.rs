@@ -183,23 +183,76 @@ fn is_dns_label(namespace: &str) -> bool {
     namespace.len() <= 63 && !namespace.contains('.') && is_dns_subdomain(namespace)
 }
 
+/// Why one document of the folder is skipped (reported with its file and position).
+#[derive(Debug, thiserror::Error)]
+enum DocumentProblem {
+    /// An apiVersion of the operator's group other than the one served.
+    #[error(
+        "apiVersion {api_version} is not served; use {}",
+        crate::api::constants::API_VERSION
+    )]
+    UnservedVersion { api_version: String },
+    /// No `metadata.name`.
+    #[error("{kind} without metadata.name")]
+    NoName { kind: String },
+    /// A name the API server would refuse.
+    #[error(
+        "{kind} {name:?}: metadata.name must be lower-case letters, digits, '-' and '.', \
+         starting and ending with a letter or digit (at most 253 characters)"
+    )]
+    InvalidName { kind: String, name: String },
+    /// A namespace the API server would refuse.
+    #[error(
+        "{kind} {name}: metadata.namespace {namespace:?} must be lower-case letters, digits and \
+         '-', starting and ending with a letter or digit (at most 63 characters)"
+    )]
+    InvalidNamespace {
+        kind: String,
+        name: String,
+        namespace: String,
+    },
+    /// Refused by the CRD's schema or rules, worded as the serde problems below, with the API
+    /// server's causes.
+    #[error("{kind} {name} is invalid: {}", refused.causes_text())]
+    Refused {
+        kind: String,
+        name: String,
+        refused: super::validate::Invalid,
+    },
+    /// The same object again: as `kubectl apply` of two such documents would leave one
+    /// object, the first is kept.
+    #[error("{kind} {namespace}/{name} is defined again; this one is skipped")]
+    DefinedAgain {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    /// A kind of the group that is not one of the four.
+    #[error("kind {kind:?} is not one of App, Channel, Bundle, Rollout")]
+    UnknownKind { kind: String },
+    /// The document does not read as its kind.
+    #[error("{kind} {name} is invalid: {source}")]
+    Unreadable {
+        kind: String,
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
 impl Pass<'_> {
-    fn add_document(&mut self, mut document: Value, folder: &Path) -> Result<(), String> {
+    fn add_document(&mut self, mut document: Value, folder: &Path) -> Result<(), DocumentProblem> {
         let api_version = document["apiVersion"].as_str().unwrap_or_default().to_owned();
         let kind = document["kind"].as_str().unwrap_or_default().to_owned();
         if api_version != crate::api::constants::API_VERSION {
             // Other kinds (Secrets, ConfigMaps, ...) may live in the same folder: not ours to read.
             return if api_version.starts_with(crate::api::constants::GROUP) {
-                Err(format!(
-                    "apiVersion {api_version} is not served; use {}",
-                    crate::api::constants::API_VERSION
-                ))
+                Err(DocumentProblem::UnservedVersion { api_version })
             } else {
                 Ok(())
             };
         }
         if document["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-            return Err(format!("{kind} without metadata.name"));
+            return Err(DocumentProblem::NoName { kind });
         }
         if document["metadata"]["namespace"].is_null() {
             document["metadata"]["namespace"] = Value::String(DEFAULT_NAMESPACE.to_owned());
@@ -213,34 +266,33 @@ impl Pass<'_> {
             .unwrap_or_default()
             .to_owned();
         if !is_dns_subdomain(&name) {
-            return Err(format!(
-                "{kind} {name:?}: metadata.name must be lower-case letters, digits, '-' and '.', \
-             starting and ending with a letter or digit (at most 253 characters)"
-            ));
+            return Err(DocumentProblem::InvalidName { kind, name });
         }
         let namespace = document["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         if !is_dns_label(&namespace) {
-            return Err(format!(
-                "{kind} {name}: metadata.namespace {namespace:?} must be lower-case letters, digits and \
-             '-', starting and ending with a letter or digit (at most 63 characters)"
-            ));
+            return Err(DocumentProblem::InvalidNamespace {
+                kind,
+                name,
+                namespace,
+            });
         }
-        let invalid = |e: serde_json::Error| format!("{kind} {name} is invalid: {e}");
         let key = (kind.clone(), namespace.clone(), name.clone());
         let previous = self.seen.get(&key).or_else(|| self.earlier.get(&key));
         if let Err(refused) = super::validate::Validator::shared().validate(&document, previous) {
             self.refused.insert(key);
             // Worded as the serde problems below, with the API server's causes.
-            return Err(format!("{kind} {name} is invalid: {}", refused.causes_text()));
+            return Err(DocumentProblem::Refused { kind, name, refused });
         }
         if self.seen.contains_key(&key) {
             // As `kubectl apply` of two such documents would leave one object: the first is kept.
-            return Err(format!(
-                "{kind} {namespace}/{name} is defined again; this one is skipped"
-            ));
+            return Err(DocumentProblem::DefinedAgain {
+                kind,
+                namespace,
+                name,
+            });
         }
         let accepted = document.clone();
         let loaded = &mut self.loaded;
@@ -251,14 +303,18 @@ impl Pass<'_> {
                 .map(|bundle| loaded.bundles.push((bundle, folder.to_owned()))),
             "Rollout" => serde_json::from_value(document).map(|rollout| loaded.rollouts.push(rollout)),
             other => {
-                return Err(format!(
-                    "kind {other:?} is not one of App, Channel, Bundle, Rollout"
-                ));
+                return Err(DocumentProblem::UnknownKind {
+                    kind: other.to_owned(),
+                });
             }
         };
         if let Err(error) = parsed {
             self.refused.insert(key);
-            return Err(invalid(error));
+            return Err(DocumentProblem::Unreadable {
+                kind,
+                name,
+                source: error,
+            });
         }
         self.seen.insert(key, accepted);
         Ok(())

@@ -222,16 +222,31 @@ struct Entry {
     stored: bool,
 }
 
+/// Why an entry's name is refused (the message follows the quoted name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum UnsafeName {
+    #[error("contains control characters")]
+    ControlCharacters,
+    #[error("contains a backslash")]
+    Backslash,
+    #[error("is an absolute path")]
+    Absolute,
+    #[error("is an absolute path (drive letter)")]
+    DriveLetter,
+    #[error("escapes the bundle root (`..`)")]
+    Escapes,
+}
+
 /// Checks a name and splits it into path components.
-fn name_components(name: &str) -> Result<Vec<String>, String> {
+fn name_components(name: &str) -> Result<Vec<String>, UnsafeName> {
     if name.chars().any(|c| c.is_control()) {
-        return Err("contains control characters".into());
+        return Err(UnsafeName::ControlCharacters);
     }
     if name.contains('\\') {
-        return Err("contains a backslash".into());
+        return Err(UnsafeName::Backslash);
     }
     if name.starts_with('/') {
-        return Err("is an absolute path".into());
+        return Err(UnsafeName::Absolute);
     }
     let components: Vec<String> = name
         .split('/')
@@ -241,11 +256,11 @@ fn name_components(name: &str) -> Result<Vec<String>, String> {
     if let Some(first) = components.first() {
         let bytes = first.as_bytes();
         if bytes.len() == 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
-            return Err("is an absolute path (drive letter)".into());
+            return Err(UnsafeName::DriveLetter);
         }
     }
     if components.iter().any(|part| part == "..") {
-        return Err("escapes the bundle root (`..`)".into());
+        return Err(UnsafeName::Escapes);
     }
     Ok(components)
 }

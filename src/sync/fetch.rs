@@ -177,11 +177,12 @@ async fn fetch_url(
     {
         return Err(too_large(length, limits));
     }
+    // Without the URL: it may hold credentials, and the message names the source already.
     let body = response
         .bytes_stream()
-        .map(|chunk| chunk.map_err(|e| error_chain(&e.without_url())));
-    copy_stream(body, sink, |message| {
-        unavailable(format!("reading the body failed: {message}"))
+        .map(|chunk| chunk.map_err(reqwest::Error::without_url));
+    copy_stream(body, sink, |failure| {
+        unavailable(format!("reading the body failed: {failure}"))
     })
     .await
 }
@@ -265,34 +266,44 @@ async fn fetch_object(
     if result.meta.size > limits.max_zip_bytes {
         return Err(too_large(result.meta.size, limits));
     }
-    let body = result
-        .into_stream()
-        .map(|chunk| chunk.map_err(|e| error_chain(&e)));
-    copy_stream(body, sink, |message| {
-        SyncError::SourceUnavailable(format!("storage key {key}: reading failed: {message}"))
+    copy_stream(result.into_stream(), sink, |failure| {
+        SyncError::SourceUnavailable(format!("storage key {key}: reading failed: {failure}"))
     })
     .await
 }
 
+/// Why reading a source's body stopped: its message goes into the [`SyncError`] the caller
+/// makes of it.
+#[derive(Debug, thiserror::Error)]
+enum ReadFailure<E: std::error::Error + 'static> {
+    /// No chunk came for [`SOURCE_IDLE_TIMEOUT`].
+    #[error("no data for {} s", SOURCE_IDLE_TIMEOUT.as_secs())]
+    Silent,
+    /// The source's stream failed.
+    #[error("{}", error_chain(.0))]
+    Source(E),
+}
+
 /// Copies a stream of chunks into the sink, failing when the source stays silent too long.
-async fn copy_stream<S, B>(
+async fn copy_stream<S, B, E>(
     body: S,
     sink: &mut HashingSink<'_>,
-    failed: impl Fn(String) -> SyncError,
+    failed: impl Fn(ReadFailure<E>) -> SyncError,
 ) -> Result<(), SyncError>
 where
-    S: Stream<Item = Result<B, String>>,
+    S: Stream<Item = Result<B, E>>,
     B: AsRef<[u8]>,
+    E: std::error::Error + 'static,
 {
     let mut body = std::pin::pin!(body);
     loop {
         let next = tokio::time::timeout(SOURCE_IDLE_TIMEOUT, body.next())
             .await
-            .map_err(|_| failed(format!("no data for {} s", SOURCE_IDLE_TIMEOUT.as_secs())))?;
+            .map_err(|_| failed(ReadFailure::Silent))?;
         match next {
             None => return Ok(()),
             Some(Ok(chunk)) => sink.write(chunk.as_ref()).await?,
-            Some(Err(message)) => return Err(failed(message)),
+            Some(Err(error)) => return Err(failed(ReadFailure::Source(error))),
         }
     }
 }

@@ -57,23 +57,34 @@ pub enum BuildError {
     #[error("the generated CRD {0} has no OpenAPI schema")]
     NoSchema(String),
     /// A CRD's schema is not a valid JSON schema.
-    #[error("the schema of the CRD {crd} does not compile: {message}")]
+    #[error("the schema of the CRD {crd} does not compile: {source}")]
     Schema {
         /// The CRD's name.
         crd: String,
-        /// The JSON-schema compiler's message.
-        message: String,
+        /// The JSON-schema compiler's error.
+        source: jsonschema::ValidationError<'static>,
     },
     /// A CEL rule does not compile.
-    #[error("the CEL rule {rule:?} of the CRD {crd} does not compile: {message}")]
+    #[error("the CEL rule {rule:?} of the CRD {crd} does not compile: {source}")]
     Rule {
         /// The CRD's name.
         crd: String,
         /// The rule.
         rule: String,
-        /// The CEL parser's message.
-        message: String,
+        /// The CEL compiler's error.
+        source: RuleCompileError,
     },
+}
+
+/// Why a CEL rule does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleCompileError {
+    /// An extension of Kubernetes' CEL could not be declared.
+    #[error(transparent)]
+    Extension(#[from] cel::DeclarationError),
+    /// The rule does not parse.
+    #[error(transparent)]
+    Parse(#[from] cel::ParseErrors),
 }
 
 /// Why the API server would refuse a document: its message is the server's
@@ -156,14 +167,14 @@ impl Validator {
                 .and_then(|schema| schema.open_api_v3_schema.as_ref())
                 .and_then(|schema| serde_json::to_value(schema).ok())
                 .ok_or_else(|| BuildError::NoSchema(crd_name.clone()))?;
-            let checker = schema::compile(&schema).map_err(|message| BuildError::Schema {
+            let checker = schema::compile(&schema).map_err(|source| BuildError::Schema {
                 crd: crd_name.clone(),
-                message,
+                source,
             })?;
-            let rules = rules::Rules::compile(&schema).map_err(|(rule, message)| BuildError::Rule {
+            let rules = rules::Rules::compile(&schema).map_err(|uncompiled| BuildError::Rule {
                 crd: crd_name.clone(),
-                rule,
-                message,
+                rule: uncompiled.rule,
+                source: uncompiled.cause,
             })?;
             let kind = crd.spec.names.kind.clone();
             kinds.insert(

@@ -7,7 +7,16 @@ use std::{collections::HashMap, sync::Arc};
 use cel::{Context, Env, ExecutionError, Program, Value as CelValue, extractors::This};
 use serde_json::Value;
 
-use super::{FieldPath, type_name};
+use super::{FieldPath, RuleCompileError, type_name};
+
+/// A rule of a CRD that does not compile: its source and why.
+#[derive(Debug)]
+pub(super) struct UncompiledRule {
+    /// The rule's source, or `<strings extension>` when the extension could not be declared.
+    pub(super) rule: String,
+    /// The CEL compiler's error.
+    pub(super) cause: RuleCompileError,
+}
 
 /// The compiled rules of one CRD, by their source.
 pub(super) struct Rules {
@@ -17,18 +26,22 @@ pub(super) struct Rules {
 
 impl Rules {
     /// Compiles every rule of `schema`; the error names the rule and the parser's message.
-    pub(super) fn compile(schema: &Value) -> Result<Self, (String, String)> {
+    pub(super) fn compile(schema: &Value) -> Result<Self, UncompiledRule> {
         let mut env = Env::stdlib();
         // Kubernetes' CEL has cel-go's string extension (`trim`, ...).
         env.add_extension(cel::extensions::strings)
-            .map_err(|error| ("<strings extension>".to_owned(), error.to_string()))?;
+            .map_err(|error| UncompiledRule {
+                rule: "<strings extension>".to_owned(),
+                cause: error.into(),
+            })?;
         let mut sources = Vec::new();
         collect_rules(schema, &mut sources);
         let mut programs = HashMap::new();
         for source in sources {
-            let program = env
-                .compile(&source)
-                .map_err(|error| (source.clone(), error.to_string()))?;
+            let program = env.compile(&source).map_err(|error| UncompiledRule {
+                rule: source.clone(),
+                cause: error.into(),
+            })?;
             programs.insert(source, program);
         }
         Ok(Self {

@@ -9,13 +9,14 @@ use super::{FieldPath, render, type_name};
 
 /// Compiles a CRD's `openAPIV3Schema` as a draft-4 JSON schema (the dialect OpenAPI v3.0 is
 /// built on), with `nullable` spelled as JSON schema spells it.
-pub(super) fn compile(openapi: &Value) -> Result<jsonschema::Validator, String> {
+pub(super) fn compile(
+    openapi: &Value,
+) -> Result<jsonschema::Validator, jsonschema::ValidationError<'static>> {
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft4)
         // `int32`, `double`, ...: OpenAPI's formats only describe; the rules check the rest.
         .should_validate_formats(false)
         .build(&json_schema(openapi))
-        .map_err(|error| error.to_string())
 }
 
 /// `openapi` with `nullable: true` as a `null` type (and enum value), the one keyword of
