@@ -15,6 +15,7 @@
 //! credential errors and the local part of presigning (the signature itself, which needs no
 //! server with a service-account or account key) are tested.
 
+mod emulators;
 mod support;
 
 use support::{javascript, noise, sha256};
@@ -24,7 +25,6 @@ use std::{
     fs::File,
     io::{Read, Write},
     path::{Path as FsPath, PathBuf},
-    process::Command,
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -243,26 +243,17 @@ fn init() {
     ota_operator::telemetry::install_crypto_provider();
 }
 
-// ---------------------------------------------------------------------------------------------
-// S3, for real
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bundle_sync_stores_every_object_in_s3() {
-    init();
-    let prefix = unique_prefix("sync");
-    let storage = open_s3(&prefix, &good_credentials());
-    assert_eq!(storage.backend, Backend::S3);
-    assert_eq!(storage.prefix.as_ref(), prefix.trim_end_matches('/'));
-    storage.check().await.expect("the server accepts the keys");
-
-    let bundle = test_bundle(1);
-    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+/// Syncs `bundle` into `storage` as the controller does, then reads every object back through
+/// the store's API: the zip, each file (raw and its Brotli variant), both manifests, exactly the
+/// sync module's layout under the prefix, and a second sync that finds everything and uploads
+/// nothing.
+async fn sync_and_check_every_object(storage: &OpenedStorage, bundle: &TestBundle) -> SyncedBundle {
+    let synced = sync_into(storage, bundle).await.expect("the sync succeeds");
     assert_eq!(synced.sha256, bundle.sha256);
     assert_eq!(synced.file_count, 3);
     assert_eq!(synced.uploaded_files, 3);
 
-    // Every object, read back through the S3 API.
+    // Every object, read back through the storage API.
     let read = |key: String| {
         let store = storage.store.clone();
         let path = sync::object_path(&storage.prefix, &key).expect("a clean key");
@@ -320,11 +311,77 @@ async fn bundle_sync_stores_every_object_in_s3() {
     assert_eq!(listed, expected);
 
     // A second sync finds everything already there (HEAD requests) and uploads nothing.
-    let again = sync_into(&storage, &bundle)
+    let again = sync_into(storage, bundle)
         .await
         .expect("the second sync succeeds");
     assert_eq!((again.uploaded_files, again.reused_files), (0, 3));
     assert_eq!(again.manifest, synced.manifest);
+    synced
+}
+
+/// What a device does with the URLs an update check answers: a plain GET, without credentials,
+/// of the zip URL and of every manifest file's URL, each giving the exact bytes. The zip comes
+/// with the headers the server's own /files route sends.
+async fn assert_devices_download(
+    urls: &StorageUrls,
+    app: &AppView,
+    view: &BundleView,
+    bundle: &TestBundle,
+    synced: &SyncedBundle,
+) {
+    // A plain GET, no credentials: the exact bytes.
+    // Stored with the headers the server's own /files route sends: devices download from the
+    // bucket directly, and a CDN in front of it must neither expire nor re-encode the bytes.
+    let zip_url = urls.zip_url(app, view);
+    let headers = reqwest::get(&zip_url).await.expect("GET").headers().clone();
+    assert_eq!(
+        headers.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some(ota_operator::storage::IMMUTABLE_CACHE_CONTROL)
+    );
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    let (status, body) = get(&zip_url).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sha256(&body), bundle.sha256);
+    assert_eq!(body, bundle.bytes);
+
+    // Every manifest file through its presigned URL.
+    for file in &synced.manifest {
+        let url = urls.file_url(app, file);
+        let (status, body) = get(&url).await;
+        assert_eq!(
+            status,
+            200,
+            "{}: {}",
+            file.file_name,
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            sha256(&decoded(file, &body)),
+            file.file_hash,
+            "{}",
+            file.file_name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3, for real
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_s3() {
+    init();
+    let prefix = unique_prefix("sync");
+    let storage = open_s3(&prefix, &good_credentials());
+    assert_eq!(storage.backend, Backend::S3);
+    assert_eq!(storage.prefix.as_ref(), prefix.trim_end_matches('/'));
+    storage.check().await.expect("the server accepts the keys");
+
+    let bundle = test_bundle(1);
+    sync_and_check_every_object(&storage, &bundle).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,41 +485,7 @@ async fn presigned_urls_download_the_exact_bytes_and_tampering_is_refused() {
     eprintln!("presigning: first {first_sign:?}, cached {cached:?}");
     assert_eq!(urls.cached(), 1);
 
-    // A plain GET, no credentials: the exact bytes.
-    // Stored with the headers the server's own /files route sends: devices download from the
-    // bucket directly, and a CDN in front of it must neither expire nor re-encode the bytes.
-    let headers = reqwest::get(&zip_url).await.expect("GET").headers().clone();
-    assert_eq!(
-        headers.get("cache-control").and_then(|v| v.to_str().ok()),
-        Some(ota_operator::storage::IMMUTABLE_CACHE_CONTROL)
-    );
-    assert_eq!(
-        headers.get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/octet-stream")
-    );
-    let (status, body) = get(&zip_url).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(sha256(&body), bundle.sha256);
-    assert_eq!(body, bundle.bytes);
-
-    // Every manifest file through its presigned URL.
-    for file in &synced.manifest {
-        let url = urls.file_url(&app, file);
-        let (status, body) = get(&url).await;
-        assert_eq!(
-            status,
-            200,
-            "{}: {}",
-            file.file_name,
-            String::from_utf8_lossy(&body)
-        );
-        assert_eq!(
-            sha256(&decoded(file, &body)),
-            file.file_hash,
-            "{}",
-            file.file_name
-        );
-    }
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
 
     // A tampered signature, another key under the same signature, and no signature: refused.
     let mut tampered = zip_url.clone();
@@ -642,13 +665,14 @@ async fn the_filesystem_backend_round_trips_and_is_served_by_the_server() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GCS and Azure: construction only (no real server of either runs here)
+// GCS and Azure: construction and credential errors (no server needed)
 // ---------------------------------------------------------------------------------------------
 
 fn gcs_spec(secret: Option<&str>) -> StorageSpec {
     StorageSpec {
         gcs: Some(GcsStorage {
             bucket: "ota-bundles".to_owned(),
+            endpoint: None,
             credentials_secret_ref: secret.map(|name| SecretReference {
                 name: name.to_owned(),
             }),
@@ -675,20 +699,6 @@ fn azure_spec(secret: Option<&str>, endpoint: Option<&str>) -> StorageSpec {
 
 fn one(key: &str, value: &str) -> Credentials {
     Credentials::from_map(BTreeMap::from([(key.to_owned(), value.to_owned())]))
-}
-
-/// A fresh RSA key (PKCS#8 PEM) from the openssl command line.
-fn rsa_private_key_pem() -> String {
-    let output = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed to make a test service-account key: {e}"));
-    assert!(
-        output.status.success(),
-        "openssl genpkey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("a PEM key")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -730,6 +740,11 @@ async fn gcs_construction_and_credential_errors() {
     );
     assert!(!error.to_string().contains("topsecretid"), "{error}");
 
+    let mut spec = gcs_spec(None);
+    spec.gcs.as_mut().expect("gcs").endpoint = Some("ftp://fake-gcs".to_owned());
+    let error = storage::open(&spec, FsPath::new("/"), &Credentials::none()).expect_err("a bad endpoint");
+    assert!(error.to_string().contains("must be an http(s) URL"), "{error}");
+
     let bad_pem = r#"{"client_email": "x@y.iam.gserviceaccount.com", "private_key": "-----BEGIN PRIVATE KEY-----\nTm90QUtleVRoaXNJc1NlY3JldEJ5dGVz\n-----END PRIVATE KEY-----\n", "private_key_id": "k1"}"#;
     let error = storage::open(
         &gcs_spec(Some("gcs-key")),
@@ -751,7 +766,7 @@ async fn gcs_construction_and_credential_errors() {
     assert!(!text.contains("Tm90QUtleVRoaXNJc1NlY3JldEJ5dGVz"), "{text}");
 
     // A well-formed key: the store opens, and URLs are signed locally (RSA), without a server.
-    let pem = rsa_private_key_pem();
+    let pem = emulators::rsa_private_key_pem();
     let key = serde_json::json!({
         "type": "service_account",
         "client_email": "ota@example-project.iam.gserviceaccount.com",
@@ -865,4 +880,223 @@ async fn azure_construction_and_credential_errors() {
         assert!(url.starts_with(expected), "{url}");
         assert!(url.contains("sig="), "{url}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GCS, on fake-gcs-server (which checks no credentials: see tests/emulators)
+// ---------------------------------------------------------------------------------------------
+
+fn open_gcs(prefix: &str) -> OpenedStorage {
+    storage::open(
+        &emulators::gcs_spec(prefix),
+        FsPath::new("/nonexistent"),
+        &emulators::gcs_credentials(),
+    )
+    .unwrap_or_else(|e| panic!("cannot open the test GCS storage: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_gcs() {
+    init();
+    let prefix = unique_prefix("gcs-sync");
+    let storage = open_gcs(&prefix);
+    assert_eq!(storage.backend, Backend::Gcs);
+    storage.check().await.expect("the emulator answers a listing");
+    sync_and_check_every_object(&storage, &test_bundle(11)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_signed_urls_name_the_endpoint_and_a_device_downloads_the_exact_bytes() {
+    init();
+    let server = emulators::gcs();
+    let prefix = unique_prefix("gcs-presign");
+    let spec = emulators::gcs_spec(&prefix);
+    let storage = open_gcs(&prefix);
+    let bundle = test_bundle(12);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Presigned);
+    let app = app_view();
+    let view = bundle_view(&synced);
+    let zip_url = urls.zip_url(&app, &view);
+    let expected_start = format!(
+        "{}/{}/{}zips/{}.zip?",
+        server.endpoint, server.bucket, prefix, bundle.sha256
+    );
+    assert!(zip_url.starts_with(&expected_start), "{zip_url}");
+    for part in [
+        "X-Goog-Algorithm=GOOG4-RSA-SHA256",
+        "X-Goog-Credential=ota%40example-project.iam.gserviceaccount.com%2F",
+        "X-Goog-Expires=3600",
+        "X-Goog-Signature=",
+    ] {
+        assert!(zip_url.contains(part), "{part} missing in {zip_url}");
+    }
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure Blob Storage, on Azurite (which checks Shared Key and SAS signatures)
+// ---------------------------------------------------------------------------------------------
+
+fn open_azure(prefix: &str, credentials: &Credentials) -> OpenedStorage {
+    storage::open(
+        &emulators::azure_spec(prefix),
+        FsPath::new("/nonexistent"),
+        credentials,
+    )
+    .unwrap_or_else(|e| panic!("cannot open the test Azure storage: {e}"))
+}
+
+/// `url` with the first character of its query parameter `name` changed.
+fn tampered(url: &str, name: &str) -> String {
+    let at = url
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        + name.len()
+        + 1;
+    let mut out = url.to_owned();
+    let replacement = if url[at..].starts_with('A') { "B" } else { "A" };
+    out.replace_range(at..at + 1, replacement);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_azure() {
+    init();
+    let prefix = unique_prefix("azure-sync");
+    let storage = open_azure(&prefix, &emulators::azure_credentials());
+    assert_eq!(storage.backend, Backend::Azure);
+    storage.check().await.expect("Azurite accepts the key");
+    sync_and_check_every_object(&storage, &test_bundle(21)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_azure_key_is_refused_by_azurite_and_never_shown() {
+    init();
+    let server = emulators::azure();
+    let prefix = unique_prefix("azure-wrong-key");
+    // A well-formed key of the right length, but not the account's.
+    let wrong_key = emulators::azure_credentials()
+        .get(AZURE_STORAGE_ACCOUNT_KEY)
+        .expect("the key")
+        .chars()
+        .map(|c| match c {
+            'A' => 'B',
+            'B' => 'A',
+            c if c.is_ascii_digit() => {
+                if c == '0' {
+                    '1'
+                } else {
+                    '0'
+                }
+            }
+            c => c,
+        })
+        .collect::<String>();
+    assert_ne!(wrong_key, server.account_key);
+    let storage = open_azure(&prefix, &one(AZURE_STORAGE_ACCOUNT_KEY, &wrong_key));
+    let shown = |text: &str| {
+        assert!(!text.contains(&wrong_key), "the wrong key leaked: {text}");
+        assert!(!text.contains(&server.account_key), "the real key leaked: {text}");
+    };
+    shown(&format!("{storage:?} {:?}", storage.store));
+
+    let error = storage
+        .check()
+        .await
+        .expect_err("Azurite must refuse a wrong key");
+    let text = error.to_string();
+    assert!(error.is_refusal(), "not a refusal: {text}");
+    assert!(
+        text.starts_with("azure storage refused the request (list):"),
+        "{text}"
+    );
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    let error = sync_into(&storage, &test_bundle(22))
+        .await
+        .expect_err("the sync must fail");
+    let text = error.to_string();
+    assert!(matches!(error, SyncError::Storage { .. }), "{text}");
+    assert!(!error.is_terminal(), "a storage refusal can be retried: {text}");
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    // Nothing was written with the wrong key.
+    let good = open_azure(&prefix, &emulators::azure_credentials());
+    let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(good.store.list(Some(&good.prefix)))
+        .await
+        .expect("a listing");
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_sas_urls_download_the_exact_bytes_and_tampering_or_expiry_is_refused() {
+    init();
+    let server = emulators::azure();
+    let prefix = unique_prefix("azure-presign");
+    let spec = emulators::azure_spec(&prefix);
+    let storage = open_azure(&prefix, &emulators::azure_credentials());
+    let bundle = test_bundle(23);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Presigned);
+    let app = app_view();
+    let view = bundle_view(&synced);
+    let zip_url = urls.zip_url(&app, &view);
+    let expected_start = format!(
+        "{}/{}/{}zips/{}.zip?",
+        server.endpoint, server.container, prefix, bundle.sha256
+    );
+    assert!(zip_url.starts_with(&expected_start), "{zip_url}");
+    for part in ["sp=r&", "sr=b&", "sig="] {
+        assert!(zip_url.contains(part), "{part} missing in {zip_url}");
+    }
+    assert!(!zip_url.contains(&server.account_key), "{zip_url}");
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
+
+    // A tampered signature, the signature of one blob used for another, and no signature.
+    let (status, body) = get(&tampered(&zip_url, "sig")).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 403, "a tampered signature was accepted: {body}");
+    assert!(
+        body.contains("AuthenticationFailed") || body.contains("AuthorizationFailure"),
+        "{body}"
+    );
+    let manifest_file = &synced.manifest[0];
+    let other_blob = zip_url.replacen(&format!("zips/{}.zip", bundle.sha256), &manifest_file.key, 1);
+    assert_ne!(other_blob, zip_url);
+    let (status, _) = get(&other_blob).await;
+    assert_eq!(status, 403, "a signature was accepted for another blob");
+    let unsigned = &zip_url[..zip_url.find('?').expect("a query")];
+    let (status, body) = get(unsigned).await;
+    assert_ne!(status, 200, "an unsigned GET was answered");
+    assert_ne!(body, bundle.bytes);
+
+    // An expired URL is refused: a 2 s TTL (the expiry is written in whole seconds, so at
+    // least 1 s of validity), used at once and after 3 s.
+    let short = StorageUrls::new(
+        &StorageSpec {
+            presigned_url_ttl: "2s".to_owned(),
+            ..spec.clone()
+        },
+        &storage,
+        "http://update-server.invalid",
+    )
+    .expect("URLs");
+    let short_url = short.zip_url(&app, &view);
+    let (status, _) = get(&short_url).await;
+    assert_eq!(status, 200, "the short-lived URL works while it is valid");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, body) = get(&short_url).await;
+    assert_eq!(
+        status,
+        403,
+        "an expired URL was not refused: {}",
+        String::from_utf8_lossy(&body)
+    );
 }

@@ -25,8 +25,8 @@ use std::{
 };
 
 use object_store::{
-    ClientOptions, ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder,
-    local::LocalFileSystem, path::Path, signer::Signer,
+    ClientOptions, ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
+    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path, signer::Signer,
 };
 
 use self::redacted::Redacted;

@@ -7,6 +7,11 @@
 # any bearer token and any URL signature are accepted, so tests against it prove the requests and
 # the URLs' shape, never that a key is right.
 #
+# fake-gcs-server lacks one call object_store makes: an XML API upload (PUT /<bucket>/<object>)
+# without a URL signature. tests/gcs/xml_upload_shim.py, a pass-through proxy that changes only
+# those uploads (see its docstring), listens on the endpoint the tests use; fake-gcs-server runs
+# behind it on a second loopback port.
+#
 #   gcs.sh start   install fake-gcs-server if needed, start it on a free port, wait until it
 #                  answers, create the bucket, write $STATE_DIR/env and print it:
 #                    OTA_TEST_GCS_ENDPOINT=http://127.0.0.1:<port>
@@ -71,15 +76,19 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# The recorded PID is alive and is a fake-gcs-server serving our data folder (never signal a
-# reused PID).
-is_ours() {
-  [ -f "$state/server.pid" ] || return 1
-  local pid; pid=$(cat "$state/server.pid")
+# The PID recorded in $1 is alive and its command line holds the argument $2 (our data folder,
+# our shim script): never signal a reused PID.
+is_ours_pid() {
+  [ -f "$1" ] || return 1
+  local pid; pid=$(cat "$1")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   if [ -r "/proc/$pid/cmdline" ]; then
-    tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qxF "$state/data" || return 1
+    tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qxF "$2" || return 1
   fi
+}
+
+is_ours() {
+  is_ours_pid "$state/server.pid" "$state/data" && is_ours_pid "$state/shim.pid" "$here/xml_upload_shim.py"
 }
 
 # An HTTP request; prints the status.
@@ -98,18 +107,24 @@ start() {
   command -v curl >/dev/null || die "curl is required to check the server"
 
   rm -rf "$state"; mkdir -p "$state/data"
-  local port; port=$(free_port)
-  "$server" -scheme http -host 127.0.0.1 -port "$port" -backend filesystem \
-      -filesystem-root "$state/data" -log-level warn \
+  local port server_port
+  port=$(free_port)
+  server_port=$(free_port)
+  # -public-host is the proxy's address: the Host clients send, which selects the XML API routes.
+  "$server" -scheme http -host 127.0.0.1 -port "$server_port" -public-host "127.0.0.1:$port" \
+      -backend filesystem -filesystem-root "$state/data" -log-level warn \
       </dev/null > "$state/server.log" 2>&1 9>&- &
   echo $! > "$state/server.pid"
+  python3 "$here/xml_upload_shim.py" "$port" "$server_port" </dev/null > "$state/shim.log" 2>&1 9>&- &
+  echo $! > "$state/shim.pid"
 
   local endpoint="http://127.0.0.1:$port" i status
   for i in $(seq 1 100); do
     status=$(request GET "$endpoint/storage/v1/b")
     [ "$status" = 200 ] && break
     if ! is_ours; then
-      tail -n 20 "$state/server.log" >&2; stop_quietly; die "fake-gcs-server exited during start-up"
+      tail -n 20 "$state/server.log" "$state/shim.log" >&2; stop_quietly
+      die "fake-gcs-server or its proxy exited during start-up"
     fi
     [ "$i" = 100 ] && { tail -n 20 "$state/server.log" >&2; stop_quietly
                         die "fake-gcs-server did not answer a bucket listing within 10 s (last status $status)"; }
@@ -127,15 +142,21 @@ start() {
   cat "$state/env"
 }
 
-stop_quietly() {
-  rm -f "$state/env"
-  if is_ours; then
-    local pid i; pid=$(cat "$state/server.pid")
+# Stops the process recorded in $1 if it is ours (see is_ours_pid), and forgets it.
+stop_pid() {
+  if is_ours_pid "$1" "$2"; then
+    local pid i; pid=$(cat "$1")
     kill "$pid" 2>/dev/null || true
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$state/server.pid"
+  rm -f "$1"
+}
+
+stop_quietly() {
+  rm -f "$state/env"
+  stop_pid "$state/shim.pid" "$here/xml_upload_shim.py"
+  stop_pid "$state/server.pid" "$state/data"
 }
 
 # One start or stop at a time: test binaries and helpers may call this concurrently.
