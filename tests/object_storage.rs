@@ -1,19 +1,19 @@
-//! Object storage (`ota_operator::storage`) against a real S3-compatible server: `rclone serve
-//! s3` on 127.0.0.1 (tests/s3/s3.sh), which checks SigV4 signatures in headers and in presigned
-//! URLs. The test starts it through the script unless `OTA_TEST_S3_ENDPOINT` (and the other
-//! `OTA_TEST_S3_*` variables) are set; it never skips, and fails with the reason when the server
-//! cannot be started.
+//! Object storage (`ota_operator::storage`) against real servers: `rclone serve s3` on
+//! 127.0.0.1 (tests/s3/s3.sh), which checks SigV4 signatures in headers and in presigned URLs;
+//! Azurite (tests/azure/azure.sh), which checks Shared Key and SAS signatures; and
+//! fake-gcs-server (tests/gcs/gcs.sh), which checks no credentials. The test starts each through
+//! its script unless its `OTA_TEST_*` variables are set; it never skips, and fails with the reason
+//! when a server cannot be started.
 //!
-//! Covered for real: opening S3 storage from a `StorageSpec` (path-style, custom http endpoint,
-//! keys from `Credentials::from_map`), the crate's bundle sync into it, refusal of a wrong secret
-//! key by the server (without the secret in any error), presigned URLs downloaded with a plain
-//! HTTP GET (and tampered or expired ones refused), public base URLs, and the filesystem
-//! backend end to end.
+//! Covered for real: opening each backend from a `StorageSpec` (custom http endpoints, keys from
+//! `Credentials::from_map`), the crate's bundle sync into it (every object read back, a second
+//! sync uploading nothing), presigned URLs downloaded with a plain HTTP GET as a device does (the
+//! exact bytes and the download headers), refusal of a wrong key by S3 and Azurite (without the
+//! key in any error), tampered and expired signatures refused (S3 and Azurite), public base
+//! URLs, and the filesystem backend end to end. GCS signatures cannot be checked by the emulator,
+//! so the test checks them itself against the throwaway service-account key.
 //!
-//! Google Cloud Storage and Azure Blob Storage: no real server of either runs on these machines
-//! (there is no GCS or Azurite emulator to install), so for them only construction, the
-//! credential errors and the local part of presigning (the signature itself, which needs no
-//! server with a service-account or account key) are tested.
+//! Construction and credential errors of GCS and Azure need no server.
 
 mod emulators;
 mod support;
@@ -933,6 +933,18 @@ async fn gcs_signed_urls_name_the_endpoint_and_a_device_downloads_the_exact_byte
     ] {
         assert!(zip_url.contains(part), "{part} missing in {zip_url}");
     }
+    // The emulator accepts any signature: check it here, as Google checks it. The signature
+    // covers the object, so the same signature on another key fails.
+    assert!(
+        emulators::gcs_signature_verifies(&zip_url),
+        "not a valid signature by the service-account key: {zip_url}"
+    );
+    let manifest_file = &synced.manifest[0];
+    let other_key = zip_url.replacen(&format!("zips/{}.zip", bundle.sha256), &manifest_file.key, 1);
+    assert!(!emulators::gcs_signature_verifies(&other_key), "{other_key}");
+    assert!(emulators::gcs_signature_verifies(
+        &urls.file_url(&app, manifest_file)
+    ));
     assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
 }
 

@@ -216,8 +216,10 @@ pub struct GcsStorage {
     /// The bucket.
     #[schemars(length(min = 3, max = 222))]
     pub bucket: String,
-    /// A custom endpoint (e.g. a fake-gcs-server emulator, or a private or restricted Google
-    /// endpoint); absent for `https://storage.googleapis.com`. Presigned URLs point at it too.
+    /// A custom endpoint (e.g. a fake-gcs-server emulator); absent for
+    /// `https://storage.googleapis.com`. Presigned URLs point at it too, but are signed for the
+    /// host `storage.googleapis.com` (as the object_store client signs them): an endpoint that
+    /// checks signatures under another host name refuses them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint must be an http(s) URL"))]

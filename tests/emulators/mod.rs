@@ -160,3 +160,93 @@ pub fn rsa_private_key_pem() -> String {
     );
     String::from_utf8(output.stdout).expect("a PEM key")
 }
+
+/// The host every GCS signed URL is signed for: object_store puts `host:storage.googleapis.com`
+/// in the canonical request whatever the endpoint (see `GcsStorage::endpoint`).
+pub const GCS_SIGNING_HOST: &str = "storage.googleapis.com";
+
+/// Whether a GCS V4 signed GET URL carries a valid signature by the throwaway service-account
+/// key ([`gcs_service_account_key`]), checked as Google's servers check it (the canonical
+/// request of the URL's path and query with the host [`GCS_SIGNING_HOST`], its SHA-256 in the
+/// string to sign, RSA PKCS#1 v1.5 with SHA-256), with the openssl command line: fake-gcs-server
+/// accepts any signature, so this is where a GCS signature is checked.
+pub fn gcs_signature_verifies(url: &str) -> bool {
+    use sha2::{Digest, Sha256};
+
+    // The strict percent-encoding of canonical query strings: only unreserved bytes are kept.
+    fn encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    let url = url::Url::parse(url).expect("a URL");
+    let mut pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let take = |pairs: &[(String, String)], name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {url}"))
+    };
+    let signature = hex::decode(take(&pairs, "X-Goog-Signature")).expect("a hex signature");
+    let date = take(&pairs, "X-Goog-Date");
+    let credential = take(&pairs, "X-Goog-Credential");
+    let scope = credential
+        .split_once('/')
+        .map(|(_, scope)| scope.to_owned())
+        .expect("a credential scope");
+    pairs.retain(|(k, _)| k != "X-Goog-Signature");
+    let mut query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    query.sort();
+    let canonical_request = format!(
+        "GET\n{}\n{}\nhost:{GCS_SIGNING_HOST}\n\nhost\nUNSIGNED-PAYLOAD",
+        url.path(),
+        query.join("&")
+    );
+    let string_to_sign = format!(
+        "GOOG4-RSA-SHA256\n{date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    );
+
+    let key: serde_json::Value = serde_json::from_str(gcs_service_account_key()).expect("JSON");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("a temporary file");
+        path
+    };
+    let private = write("key.pem", key["private_key"].as_str().expect("a PEM").as_bytes());
+    let public = dir.path().join("public.pem");
+    let derived = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl");
+    assert!(derived.success(), "openssl pkey -pubout failed");
+    let signature = write("signature.bin", &signature);
+    let message = write("message.txt", string_to_sign.as_bytes());
+    Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&public)
+        .arg("-signature")
+        .arg(&signature)
+        .arg(&message)
+        .output()
+        .expect("openssl dgst")
+        .status
+        .success()
+}
