@@ -998,24 +998,11 @@ async fn a_wrong_azure_key_is_refused_by_azurite_and_never_shown() {
     init();
     let server = emulators::azure();
     let prefix = unique_prefix("azure-wrong-key");
-    // A well-formed key of the right length, but not the account's.
-    let wrong_key = emulators::azure_credentials()
-        .get(AZURE_STORAGE_ACCOUNT_KEY)
-        .expect("the key")
-        .chars()
-        .map(|c| match c {
-            'A' => 'B',
-            'B' => 'A',
-            c if c.is_ascii_digit() => {
-                if c == '0' {
-                    '1'
-                } else {
-                    '0'
-                }
-            }
-            c => c,
-        })
-        .collect::<String>();
+    // A well-formed key of the right length (64 bytes), but not the account's.
+    let wrong_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(noise(64, 24))
+    };
     assert_ne!(wrong_key, server.account_key);
     let storage = open_azure(&prefix, &one(AZURE_STORAGE_ACCOUNT_KEY, &wrong_key));
     let shown = |text: &str| {
