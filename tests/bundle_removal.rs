@@ -1,10 +1,13 @@
 //! Deleting a Bundle frees its storage: two bundles that share files are synced for real into a
-//! folder and into the real S3 server (`tests/s3/s3.sh`, started here unless the
-//! `OTA_TEST_S3_*` variables are set; never skipped), the deletion is decided by
-//! `core::bundle_lifecycle::deletion_decision` from the manifests read back from storage, and
-//! `sync::remove_objects` removes what only the deleted bundle referenced. The other bundle's zip,
-//! manifest and files stay, and still download (through presigned URLs on S3).
+//! folder, into the real S3 server (`tests/s3/s3.sh`), into a GCS emulator (fake-gcs-server,
+//! `tests/gcs/gcs.sh`) and into an Azure Blob emulator (Azurite, `tests/azure/azure.sh`), each
+//! started here unless its `OTA_TEST_*` variables are set (never skipped). The deletion is
+//! decided by `core::bundle_lifecycle::deletion_decision` from the manifests read back from
+//! storage, and `sync::remove_objects` removes what only the deleted bundle referenced. The other
+//! bundle's zip, manifest and files stay, and still download (through presigned URLs on the cloud
+//! stores).
 
+mod emulators;
 mod support;
 
 use support::{javascript, noise, sha256};
@@ -382,8 +385,38 @@ async fn deleting_a_bundle_on_s3_frees_only_its_own_objects_and_the_rest_still_d
     let storage = storage::open(&spec, FsPath::new("/nonexistent"), &s3_credentials()).expect("open");
     let new = delete_the_old_version(&storage).await;
 
+    assert_the_rest_downloads(&spec, &storage, &new).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_bundle_on_gcs_frees_only_its_own_objects_and_the_rest_still_downloads() {
+    ota_operator::telemetry::install_crypto_provider();
+    let spec = emulators::gcs_spec(&unique_prefix("gcs-removal"));
+    let storage =
+        storage::open(&spec, FsPath::new("/nonexistent"), &emulators::gcs_credentials()).expect("open");
+    let new = delete_the_old_version(&storage).await;
+    assert_the_rest_downloads(&spec, &storage, &new).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_bundle_on_azure_frees_only_its_own_objects_and_the_rest_still_downloads() {
+    ota_operator::telemetry::install_crypto_provider();
+    let spec = emulators::azure_spec(&unique_prefix("azure-removal"));
+    let storage = storage::open(
+        &spec,
+        FsPath::new("/nonexistent"),
+        &emulators::azure_credentials(),
+    )
+    .expect("open");
+    let new = delete_the_old_version(&storage).await;
+    assert_the_rest_downloads(&spec, &storage, &new).await;
+}
+
+/// The remaining bundle is served: presigned URLs of its zip and of every file download the
+/// exact content with a plain GET, as a device does.
+async fn assert_the_rest_downloads(spec: &StorageSpec, storage: &OpenedStorage, new: &SyncedBundle) {
     // Served: presigned URLs of the zip and every file download the exact content.
-    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    let urls = StorageUrls::new(spec, storage, "http://update-server.invalid").expect("URLs");
     assert_eq!(urls.mode(), UrlMode::Presigned);
     let get = |key: String| {
         let urls = urls.clone();

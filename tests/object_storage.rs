@@ -1,20 +1,21 @@
-//! Object storage (`ota_operator::storage`) against a real S3-compatible server: `rclone serve
-//! s3` on 127.0.0.1 (tests/s3/s3.sh), which checks SigV4 signatures in headers and in presigned
-//! URLs. The test starts it through the script unless `OTA_TEST_S3_ENDPOINT` (and the other
-//! `OTA_TEST_S3_*` variables) are set; it never skips, and fails with the reason when the server
-//! cannot be started.
+//! Object storage (`ota_operator::storage`) against real servers: `rclone serve s3` on
+//! 127.0.0.1 (tests/s3/s3.sh), which checks SigV4 signatures in headers and in presigned URLs;
+//! Azurite (tests/azure/azure.sh), which checks Shared Key and SAS signatures; and
+//! fake-gcs-server (tests/gcs/gcs.sh), which checks no credentials. The test starts each through
+//! its script unless its `OTA_TEST_*` variables are set; it never skips, and fails with the reason
+//! when a server cannot be started.
 //!
-//! Covered for real: opening S3 storage from a `StorageSpec` (path-style, custom http endpoint,
-//! keys from `Credentials::from_map`), the crate's bundle sync into it, refusal of a wrong secret
-//! key by the server (without the secret in any error), presigned URLs downloaded with a plain
-//! HTTP GET (and tampered or expired ones refused), public base URLs, and the filesystem
-//! backend end to end.
+//! Covered for real: opening each backend from a `StorageSpec` (custom http endpoints, keys from
+//! `Credentials::from_map`), the crate's bundle sync into it (every object read back, a second
+//! sync uploading nothing), presigned URLs downloaded with a plain HTTP GET as a device does (the
+//! exact bytes and the download headers), refusal of a wrong key by S3 and Azurite (without the
+//! key in any error), tampered and expired signatures refused (S3 and Azurite), public base
+//! URLs, and the filesystem backend end to end. GCS signatures cannot be checked by the emulator,
+//! so the test checks them itself against the throwaway service-account key.
 //!
-//! Google Cloud Storage and Azure Blob Storage: no real server of either runs on these machines
-//! (there is no GCS or Azurite emulator to install), so for them only construction, the
-//! credential errors and the local part of presigning (the signature itself, which needs no
-//! server with a service-account or account key) are tested.
+//! Construction and credential errors of GCS and Azure need no server.
 
+mod emulators;
 mod support;
 
 use support::{javascript, noise, sha256};
@@ -24,7 +25,6 @@ use std::{
     fs::File,
     io::{Read, Write},
     path::{Path as FsPath, PathBuf},
-    process::Command,
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -140,6 +140,15 @@ struct TestBundle {
 }
 
 fn test_bundle(seed: u64) -> TestBundle {
+    test_bundle_with_asset(seed, 20 * 1024)
+}
+
+/// Above the sync's part size (5 MiB), the zip and its incompressible asset are uploaded in parts
+/// (S3 multipart upload, Azure blocks).
+const OVER_THE_PART_SIZE: usize = 6 * 1024 * 1024;
+
+/// [`test_bundle`] with a binary asset of `asset_len` incompressible bytes.
+fn test_bundle_with_asset(seed: u64, asset_len: usize) -> TestBundle {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let path = dir.path().join("bundle.zip");
     let files = BTreeMap::from([
@@ -148,7 +157,7 @@ fn test_bundle(seed: u64) -> TestBundle {
             format!("<!doctype html><script src=\"assets/app.js\"></script><!-- {seed} -->").into_bytes(),
         ),
         ("assets/app.js".to_owned(), javascript(64 * 1024)),
-        ("assets/logo.bin".to_owned(), noise(20 * 1024, seed)),
+        ("assets/logo.bin".to_owned(), noise(asset_len, seed)),
     ]);
     let mut zip = ZipWriter::new(File::create(&path).expect("a zip file"));
     let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
@@ -243,26 +252,17 @@ fn init() {
     ota_operator::telemetry::install_crypto_provider();
 }
 
-// ---------------------------------------------------------------------------------------------
-// S3, for real
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bundle_sync_stores_every_object_in_s3() {
-    init();
-    let prefix = unique_prefix("sync");
-    let storage = open_s3(&prefix, &good_credentials());
-    assert_eq!(storage.backend, Backend::S3);
-    assert_eq!(storage.prefix.as_ref(), prefix.trim_end_matches('/'));
-    storage.check().await.expect("the server accepts the keys");
-
-    let bundle = test_bundle(1);
-    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+/// Syncs `bundle` into `storage` as the controller does, then reads every object back through
+/// the store's API: the zip, each file (raw and its Brotli variant), both manifests, exactly the
+/// sync module's layout under the prefix, and a second sync that finds everything and uploads
+/// nothing.
+async fn sync_and_check_every_object(storage: &OpenedStorage, bundle: &TestBundle) -> SyncedBundle {
+    let synced = sync_into(storage, bundle).await.expect("the sync succeeds");
     assert_eq!(synced.sha256, bundle.sha256);
     assert_eq!(synced.file_count, 3);
     assert_eq!(synced.uploaded_files, 3);
 
-    // Every object, read back through the S3 API.
+    // Every object, read back through the storage API.
     let read = |key: String| {
         let store = storage.store.clone();
         let path = sync::object_path(&storage.prefix, &key).expect("a clean key");
@@ -320,11 +320,77 @@ async fn bundle_sync_stores_every_object_in_s3() {
     assert_eq!(listed, expected);
 
     // A second sync finds everything already there (HEAD requests) and uploads nothing.
-    let again = sync_into(&storage, &bundle)
+    let again = sync_into(storage, bundle)
         .await
         .expect("the second sync succeeds");
     assert_eq!((again.uploaded_files, again.reused_files), (0, 3));
     assert_eq!(again.manifest, synced.manifest);
+    synced
+}
+
+/// What a device does with the URLs an update check answers: a plain GET, without credentials,
+/// of the zip URL and of every manifest file's URL, each giving the exact bytes. The zip comes
+/// with the headers the server's own /files route sends.
+async fn assert_devices_download(
+    urls: &StorageUrls,
+    app: &AppView,
+    view: &BundleView,
+    bundle: &TestBundle,
+    synced: &SyncedBundle,
+) {
+    // A plain GET, no credentials: the exact bytes.
+    // Stored with the headers the server's own /files route sends: devices download from the
+    // bucket directly, and a CDN in front of it must neither expire nor re-encode the bytes.
+    let zip_url = urls.zip_url(app, view);
+    let headers = reqwest::get(&zip_url).await.expect("GET").headers().clone();
+    assert_eq!(
+        headers.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some(ota_operator::storage::IMMUTABLE_CACHE_CONTROL)
+    );
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    let (status, body) = get(&zip_url).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(sha256(&body), bundle.sha256);
+    assert_eq!(body, bundle.bytes);
+
+    // Every manifest file through its presigned URL.
+    for file in &synced.manifest {
+        let url = urls.file_url(app, file);
+        let (status, body) = get(&url).await;
+        assert_eq!(
+            status,
+            200,
+            "{}: {}",
+            file.file_name,
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            sha256(&decoded(file, &body)),
+            file.file_hash,
+            "{}",
+            file.file_name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3, for real
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_s3() {
+    init();
+    let prefix = unique_prefix("sync");
+    let storage = open_s3(&prefix, &good_credentials());
+    assert_eq!(storage.backend, Backend::S3);
+    assert_eq!(storage.prefix.as_ref(), prefix.trim_end_matches('/'));
+    storage.check().await.expect("the server accepts the keys");
+
+    let bundle = test_bundle(1);
+    sync_and_check_every_object(&storage, &bundle).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,41 +494,7 @@ async fn presigned_urls_download_the_exact_bytes_and_tampering_is_refused() {
     eprintln!("presigning: first {first_sign:?}, cached {cached:?}");
     assert_eq!(urls.cached(), 1);
 
-    // A plain GET, no credentials: the exact bytes.
-    // Stored with the headers the server's own /files route sends: devices download from the
-    // bucket directly, and a CDN in front of it must neither expire nor re-encode the bytes.
-    let headers = reqwest::get(&zip_url).await.expect("GET").headers().clone();
-    assert_eq!(
-        headers.get("cache-control").and_then(|v| v.to_str().ok()),
-        Some(ota_operator::storage::IMMUTABLE_CACHE_CONTROL)
-    );
-    assert_eq!(
-        headers.get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/octet-stream")
-    );
-    let (status, body) = get(&zip_url).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(sha256(&body), bundle.sha256);
-    assert_eq!(body, bundle.bytes);
-
-    // Every manifest file through its presigned URL.
-    for file in &synced.manifest {
-        let url = urls.file_url(&app, file);
-        let (status, body) = get(&url).await;
-        assert_eq!(
-            status,
-            200,
-            "{}: {}",
-            file.file_name,
-            String::from_utf8_lossy(&body)
-        );
-        assert_eq!(
-            sha256(&decoded(file, &body)),
-            file.file_hash,
-            "{}",
-            file.file_name
-        );
-    }
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
 
     // A tampered signature, another key under the same signature, and no signature: refused.
     let mut tampered = zip_url.clone();
@@ -642,13 +674,14 @@ async fn the_filesystem_backend_round_trips_and_is_served_by_the_server() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GCS and Azure: construction only (no real server of either runs here)
+// GCS and Azure: construction and credential errors (no server needed)
 // ---------------------------------------------------------------------------------------------
 
 fn gcs_spec(secret: Option<&str>) -> StorageSpec {
     StorageSpec {
         gcs: Some(GcsStorage {
             bucket: "ota-bundles".to_owned(),
+            endpoint: None,
             credentials_secret_ref: secret.map(|name| SecretReference {
                 name: name.to_owned(),
             }),
@@ -675,20 +708,6 @@ fn azure_spec(secret: Option<&str>, endpoint: Option<&str>) -> StorageSpec {
 
 fn one(key: &str, value: &str) -> Credentials {
     Credentials::from_map(BTreeMap::from([(key.to_owned(), value.to_owned())]))
-}
-
-/// A fresh RSA key (PKCS#8 PEM) from the openssl command line.
-fn rsa_private_key_pem() -> String {
-    let output = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed to make a test service-account key: {e}"));
-    assert!(
-        output.status.success(),
-        "openssl genpkey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("a PEM key")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -730,6 +749,11 @@ async fn gcs_construction_and_credential_errors() {
     );
     assert!(!error.to_string().contains("topsecretid"), "{error}");
 
+    let mut spec = gcs_spec(None);
+    spec.gcs.as_mut().expect("gcs").endpoint = Some("ftp://fake-gcs".to_owned());
+    let error = storage::open(&spec, FsPath::new("/"), &Credentials::none()).expect_err("a bad endpoint");
+    assert!(error.to_string().contains("must be an http(s) URL"), "{error}");
+
     let bad_pem = r#"{"client_email": "x@y.iam.gserviceaccount.com", "private_key": "-----BEGIN PRIVATE KEY-----\nTm90QUtleVRoaXNJc1NlY3JldEJ5dGVz\n-----END PRIVATE KEY-----\n", "private_key_id": "k1"}"#;
     let error = storage::open(
         &gcs_spec(Some("gcs-key")),
@@ -751,7 +775,7 @@ async fn gcs_construction_and_credential_errors() {
     assert!(!text.contains("Tm90QUtleVRoaXNJc1NlY3JldEJ5dGVz"), "{text}");
 
     // A well-formed key: the store opens, and URLs are signed locally (RSA), without a server.
-    let pem = rsa_private_key_pem();
+    let pem = emulators::rsa_private_key_pem();
     let key = serde_json::json!({
         "type": "service_account",
         "client_email": "ota@example-project.iam.gserviceaccount.com",
@@ -865,4 +889,254 @@ async fn azure_construction_and_credential_errors() {
         assert!(url.starts_with(expected), "{url}");
         assert!(url.contains("sig="), "{url}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GCS, on fake-gcs-server (which checks no credentials: see tests/emulators)
+// ---------------------------------------------------------------------------------------------
+
+fn open_gcs(prefix: &str) -> OpenedStorage {
+    storage::open(
+        &emulators::gcs_spec(prefix),
+        FsPath::new("/nonexistent"),
+        &emulators::gcs_credentials(),
+    )
+    .unwrap_or_else(|e| panic!("cannot open the test GCS storage: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_gcs() {
+    init();
+    let prefix = unique_prefix("gcs-sync");
+    let storage = open_gcs(&prefix);
+    assert_eq!(storage.backend, Backend::Gcs);
+    storage.check().await.expect("the emulator answers a listing");
+    sync_and_check_every_object(&storage, &test_bundle(11)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_signed_urls_name_the_endpoint_and_a_device_downloads_the_exact_bytes() {
+    init();
+    let server = emulators::gcs();
+    let prefix = unique_prefix("gcs-presign");
+    let spec = emulators::gcs_spec(&prefix);
+    let storage = open_gcs(&prefix);
+    let bundle = test_bundle(12);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Presigned);
+    let app = app_view();
+    let view = bundle_view(&synced);
+    let zip_url = urls.zip_url(&app, &view);
+    let expected_start = format!(
+        "{}/{}/{}zips/{}.zip?",
+        server.endpoint, server.bucket, prefix, bundle.sha256
+    );
+    assert!(zip_url.starts_with(&expected_start), "{zip_url}");
+    for part in [
+        "X-Goog-Algorithm=GOOG4-RSA-SHA256",
+        "X-Goog-Credential=ota%40example-project.iam.gserviceaccount.com%2F",
+        "X-Goog-Expires=3600",
+        "X-Goog-Signature=",
+    ] {
+        assert!(zip_url.contains(part), "{part} missing in {zip_url}");
+    }
+    // The emulator accepts any signature: check it here, as Google checks it. The signature
+    // covers the object, so the same signature on another key fails.
+    assert!(
+        emulators::gcs_signature_verifies(&zip_url),
+        "not a valid signature by the service-account key: {zip_url}"
+    );
+    let manifest_file = &synced.manifest[0];
+    let other_key = zip_url.replacen(&format!("zips/{}.zip", bundle.sha256), &manifest_file.key, 1);
+    assert!(!emulators::gcs_signature_verifies(&other_key), "{other_key}");
+    assert!(emulators::gcs_signature_verifies(
+        &urls.file_url(&app, manifest_file)
+    ));
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure Blob Storage, on Azurite (which checks Shared Key and SAS signatures)
+// ---------------------------------------------------------------------------------------------
+
+fn open_azure(prefix: &str, credentials: &Credentials) -> OpenedStorage {
+    storage::open(
+        &emulators::azure_spec(prefix),
+        FsPath::new("/nonexistent"),
+        credentials,
+    )
+    .unwrap_or_else(|e| panic!("cannot open the test Azure storage: {e}"))
+}
+
+/// `url` with the first character of its query parameter `name` changed.
+fn tampered(url: &str, name: &str) -> String {
+    let at = url
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        + name.len()
+        + 1;
+    let mut out = url.to_owned();
+    let replacement = if url[at..].starts_with('A') { "B" } else { "A" };
+    out.replace_range(at..at + 1, replacement);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_sync_stores_every_object_in_azure() {
+    init();
+    let prefix = unique_prefix("azure-sync");
+    let storage = open_azure(&prefix, &emulators::azure_credentials());
+    assert_eq!(storage.backend, Backend::Azure);
+    storage.check().await.expect("Azurite accepts the key");
+    sync_and_check_every_object(&storage, &test_bundle(21)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_azure_key_is_refused_by_azurite_and_never_shown() {
+    init();
+    let server = emulators::azure();
+    let prefix = unique_prefix("azure-wrong-key");
+    // A well-formed key of the right length (64 bytes), but not the account's.
+    let wrong_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(noise(64, 24))
+    };
+    assert_ne!(wrong_key, server.account_key);
+    let storage = open_azure(&prefix, &one(AZURE_STORAGE_ACCOUNT_KEY, &wrong_key));
+    let shown = |text: &str| {
+        assert!(!text.contains(&wrong_key), "the wrong key leaked: {text}");
+        assert!(!text.contains(&server.account_key), "the real key leaked: {text}");
+    };
+    shown(&format!("{storage:?} {:?}", storage.store));
+
+    let error = storage
+        .check()
+        .await
+        .expect_err("Azurite must refuse a wrong key");
+    let text = error.to_string();
+    assert!(error.is_refusal(), "not a refusal: {text}");
+    assert!(
+        text.starts_with("azure storage refused the request (list):"),
+        "{text}"
+    );
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    let error = sync_into(&storage, &test_bundle(22))
+        .await
+        .expect_err("the sync must fail");
+    let text = error.to_string();
+    assert!(matches!(error, SyncError::Storage { .. }), "{text}");
+    assert!(!error.is_terminal(), "a storage refusal can be retried: {text}");
+    shown(&text);
+    shown(&format!("{error:?}"));
+
+    // Nothing was written with the wrong key.
+    let good = open_azure(&prefix, &emulators::azure_credentials());
+    let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(good.store.list(Some(&good.prefix)))
+        .await
+        .expect("a listing");
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_sas_urls_download_the_exact_bytes_and_tampering_or_expiry_is_refused() {
+    init();
+    let server = emulators::azure();
+    let prefix = unique_prefix("azure-presign");
+    let spec = emulators::azure_spec(&prefix);
+    let storage = open_azure(&prefix, &emulators::azure_credentials());
+    let bundle = test_bundle(23);
+    let synced = sync_into(&storage, &bundle).await.expect("the sync succeeds");
+
+    let urls = StorageUrls::new(&spec, &storage, "http://update-server.invalid").expect("URLs");
+    assert_eq!(urls.mode(), UrlMode::Presigned);
+    let app = app_view();
+    let view = bundle_view(&synced);
+    let zip_url = urls.zip_url(&app, &view);
+    let expected_start = format!(
+        "{}/{}/{}zips/{}.zip?",
+        server.endpoint, server.container, prefix, bundle.sha256
+    );
+    assert!(zip_url.starts_with(&expected_start), "{zip_url}");
+    for part in ["sp=r&", "sr=b&", "sig="] {
+        assert!(zip_url.contains(part), "{part} missing in {zip_url}");
+    }
+    assert!(!zip_url.contains(&server.account_key), "{zip_url}");
+    assert_devices_download(&urls, &app, &view, &bundle, &synced).await;
+
+    // A tampered signature, the signature of one blob used for another, and no signature.
+    let (status, body) = get(&tampered(&zip_url, "sig")).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 403, "a tampered signature was accepted: {body}");
+    assert!(
+        body.contains("AuthenticationFailed") || body.contains("AuthorizationFailure"),
+        "{body}"
+    );
+    let manifest_file = &synced.manifest[0];
+    let other_blob = zip_url.replacen(&format!("zips/{}.zip", bundle.sha256), &manifest_file.key, 1);
+    assert_ne!(other_blob, zip_url);
+    let (status, _) = get(&other_blob).await;
+    assert_eq!(status, 403, "a signature was accepted for another blob");
+    let unsigned = &zip_url[..zip_url.find('?').expect("a query")];
+    let (status, body) = get(unsigned).await;
+    assert_ne!(status, 200, "an unsigned GET was answered");
+    assert_ne!(body, bundle.bytes);
+
+    // An expired URL is refused: a 2 s TTL (the expiry is written in whole seconds, so at
+    // least 1 s of validity), used at once and after 3 s.
+    let short = StorageUrls::new(
+        &StorageSpec {
+            presigned_url_ttl: "2s".to_owned(),
+            ..spec.clone()
+        },
+        &storage,
+        "http://update-server.invalid",
+    )
+    .expect("URLs");
+    let short_url = short.zip_url(&app, &view);
+    let (status, _) = get(&short_url).await;
+    assert_eq!(status, 200, "the short-lived URL works while it is valid");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, body) = get(&short_url).await;
+    assert_eq!(
+        status,
+        403,
+        "an expired URL was not refused: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bundles over the part size, uploaded in parts
+// ---------------------------------------------------------------------------------------------
+
+/// Syncs a bundle whose zip and asset are over the part size, and checks every object and the
+/// download a device makes. Not run on GCS: fake-gcs-server has no XML API multipart upload.
+async fn a_bundle_over_the_part_size_round_trips(storage: &OpenedStorage, spec: &StorageSpec) {
+    let bundle = test_bundle_with_asset(31, OVER_THE_PART_SIZE);
+    assert!(bundle.bytes.len() > OVER_THE_PART_SIZE, "{}", bundle.bytes.len());
+    let synced = sync_and_check_every_object(storage, &bundle).await;
+    let urls = StorageUrls::new(spec, storage, "http://update-server.invalid").expect("URLs");
+    assert_devices_download(&urls, &app_view(), &bundle_view(&synced), &bundle, &synced).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_over_the_part_size_goes_to_s3_in_parts() {
+    init();
+    let prefix = unique_prefix("s3-parts");
+    a_bundle_over_the_part_size_round_trips(&open_s3(&prefix, &good_credentials()), &s3_spec(&prefix)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_over_the_part_size_goes_to_azure_in_blocks() {
+    init();
+    let prefix = unique_prefix("azure-parts");
+    a_bundle_over_the_part_size_round_trips(
+        &open_azure(&prefix, &emulators::azure_credentials()),
+        &emulators::azure_spec(&prefix),
+    )
+    .await;
 }

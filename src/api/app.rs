@@ -210,12 +210,20 @@ fn default_region() -> String {
 }
 
 /// Google Cloud Storage.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GcsStorage {
     /// The bucket.
     #[schemars(length(min = 3, max = 222))]
     pub bucket: String,
+    /// A custom endpoint (e.g. a fake-gcs-server emulator); absent for
+    /// `https://storage.googleapis.com`. Presigned URLs point at it too, but are signed for the
+    /// host `storage.googleapis.com` (as the object_store client signs them): an endpoint that
+    /// checks signatures under another host name refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint must be an http(s) URL"))]
+    pub endpoint: Option<String>,
     /// A Secret with the key `GOOGLE_SERVICE_ACCOUNT_KEY` holding a service-account JSON key.
     /// Absent: the update server's workload identity is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -666,6 +666,7 @@ fn storage_spec(args: &StorageArgs) -> Result<StorageSpec, CliError> {
         }
         spec.gcs = Some(GcsStorage {
             bucket,
+            endpoint: None,
             credentials_secret_ref: None,
         });
         spec.prefix = prefix;

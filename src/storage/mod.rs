@@ -25,8 +25,8 @@ use std::{
 };
 
 use object_store::{
-    ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder,
-    local::LocalFileSystem, path::Path, signer::Signer,
+    ClientOptions, ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
+    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path, signer::Signer,
 };
 
 use self::redacted::Redacted;
@@ -287,8 +287,9 @@ fn is_auth_failure(message: &str) -> bool {
 ///   host>`); static keys from `credentials` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 ///   optional `AWS_SESSION_TOKEN`), else the default chain (web identity, container or instance
 ///   credentials, configured by the usual `AWS_*` variables of the process);
-/// - gcs: `bucket`, with `GOOGLE_SERVICE_ACCOUNT_KEY` when given, else application default
-///   credentials or the metadata server (workload identity);
+/// - gcs: `bucket` (at `endpoint` when set, plain `http://` allowed), with
+///   `GOOGLE_SERVICE_ACCOUNT_KEY` when given, else application default credentials or the
+///   metadata server (workload identity);
 /// - azure: `account` and `container` (at `endpoint` when set), with
 ///   `AZURE_STORAGE_ACCOUNT_KEY` when given, else workload or managed identity.
 ///
@@ -558,6 +559,12 @@ fn open_gcs(
         &[GOOGLE_SERVICE_ACCOUNT_KEY],
     )?;
     let mut builder = GoogleCloudStorageBuilder::new().with_bucket_name(&spec.bucket);
+    if let Some(endpoint) = &spec.endpoint {
+        let (url, http) = parse_endpoint(backend, endpoint)?;
+        builder = builder
+            .with_base_url(url.as_str().trim_end_matches('/'))
+            .with_client_options(ClientOptions::new().with_allow_http(http));
+    }
     match credentials.get(GOOGLE_SERVICE_ACCOUNT_KEY) {
         Some(key) => {
             check_service_account_key(key)?;

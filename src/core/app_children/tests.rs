@@ -301,6 +301,7 @@ fn gcs_and_azure_credentials_use_their_variables() {
     app.spec.storage.filesystem = None;
     app.spec.storage.gcs = Some(GcsStorage {
         bucket: "bucket".to_owned(),
+        endpoint: None,
         credentials_secret_ref: Some(SecretReference {
             name: "gcs-key".to_owned(),
         }),
