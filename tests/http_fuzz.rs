@@ -86,7 +86,10 @@ fn start_standalone() -> Standalone {
             let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
             panic!("ota standalone exited with {status}:\n{log}");
         }
-        assert!(Instant::now() < deadline, "ota standalone was not ready within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "ota standalone was not ready within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -283,8 +286,7 @@ fn fixtures() -> Vec<Fixture> {
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|extension| extension == "json"))
         .map(|path| {
-            let fixture: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             Fixture {
                 name: path.file_name().unwrap().to_string_lossy().into_owned(),
                 method: method_named(fixture["method"].as_str().unwrap()),
@@ -299,7 +301,9 @@ fn fixtures() -> Vec<Fixture> {
     fixtures
 }
 
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE",
+];
 
 fn method_named(name: &str) -> &'static str {
     METHODS
@@ -369,7 +373,11 @@ fn oversized(limit: usize, rng: &mut fastrand::Rng) -> Vec<u8> {
 }
 
 fn limit_of(path: &str) -> usize {
-    if path == "/stats" { MAX_STATS_BODY } else { MAX_INFO_BODY }
+    if path == "/stats" {
+        MAX_STATS_BODY
+    } else {
+        MAX_INFO_BODY
+    }
 }
 
 /// One fuzzed request: a fixture, mutated.
@@ -427,7 +435,10 @@ fn mutated(fixtures: &[Fixture], rng: &mut fastrand::Rng) -> FuzzRequest {
                 let key = body.as_mut().and_then(|body| {
                     let object = some_object(body, rng)?;
                     let key = some_key(object, rng)?;
-                    object.insert(key.clone(), serde_json::from_str(&nested(depth.min(100))).unwrap());
+                    object.insert(
+                        key.clone(),
+                        serde_json::from_str(&nested(depth.min(100))).unwrap(),
+                    );
                     Some(key)
                 });
                 format!("{key:?} nested {} deep", depth.min(100))
@@ -458,7 +469,11 @@ fn mutated(fixtures: &[Fixture], rng: &mut fastrand::Rng) -> FuzzRequest {
         12 => {
             // A body on a GET or DELETE, up to past /updates's limit (the 70 KB).
             method = if rng.bool() { "GET" } else { "DELETE" };
-            let size = if rng.bool() { rng.usize(0..2_000) } else { rng.usize(60_000..80_000) };
+            let size = if rng.bool() {
+                rng.usize(0..2_000)
+            } else {
+                rng.usize(60_000..80_000)
+            };
             let pad = "y".repeat(size);
             raw = Some(format!("{{\"pad\":\"{pad}\"}}").into_bytes());
             format!("{method} with a {size}-byte body")
@@ -501,7 +516,11 @@ fn mutated(fixtures: &[Fixture], rng: &mut fastrand::Rng) -> FuzzRequest {
         content_type: content_type.filter(|_| body.is_some()),
         body,
         chunked,
-        what: format!("{} ({what}{})", fixture.name, if chunked { ", chunked" } else { "" }),
+        what: format!(
+            "{} ({what}{})",
+            fixture.name,
+            if chunked { ", chunked" } else { "" }
+        ),
     }
 }
 
