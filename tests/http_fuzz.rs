@@ -3,7 +3,8 @@
 //! the plugin fixtures (tests/fixtures/plugin) and mutated — type swaps, missing and huge fields,
 //! random bytes, deep nesting, truncated JSON, wrong methods, paths and content types, bodies
 //! over the server's limits, bodies on GET and DELETE, chunked bodies — sent by a raw HTTP/1.1
-//! client over a few persistent keep-alive connections per worker.
+//! client over a few persistent keep-alive connections per worker; and 600 requests with wrong
+//! methods, paths and bodies to its internal listener.
 //!
 //! Asserts: no 5xx, no panic in the server (its stderr, and it is still running), every request
 //! answered, and no connection closed by the server unless the response before said
@@ -19,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ota_operator::protocol::{MAX_INFO_BODY, MAX_STATS_BODY};
+use ota_operator::{
+    api::constants::{MONTHLY_ACTIVE_DEVICES_PATH, ROLLOUT_FIGURES_PATH},
+    protocol::{MAX_INFO_BODY, MAX_STATS_BODY},
+};
 use serde_json::{Map, Value, json};
 
 mod support;
@@ -28,12 +32,14 @@ const SEED: u64 = 0x0007_A0F2_2012;
 const WORKERS: u64 = 4;
 const REQUESTS_PER_WORKER: usize = 1_500;
 const CONNECTIONS_PER_WORKER: usize = 2;
+const INTERNAL_REQUESTS: usize = 600;
 /// How long a read may wait: far above any answer's time, so a timeout is a hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Standalone {
     child: Child,
     port: u16,
+    internal_port: u16,
     stderr: PathBuf,
     _served: tempfile::TempDir,
     _logs: tempfile::TempDir,
@@ -56,11 +62,12 @@ fn start_standalone() -> Standalone {
     );
     let logs = tempfile::tempdir().unwrap();
     let stderr = logs.path().join("stderr.log");
-    let port = support::free_port();
+    let (port, internal_port) = (support::free_port(), support::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_ota"))
         .args(["standalone", "--poll-ms", "100", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(served.path())
+        .env("OTA_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
         .env("OTA_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -69,17 +76,21 @@ fn start_standalone() -> Standalone {
     let mut server = Standalone {
         child,
         port,
+        internal_port,
         stderr,
         _served: served,
         _logs: logs,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let ready = FuzzRequest::plain("GET", "/readyz".to_owned(), "readyz".to_owned());
+    let alive = FuzzRequest::plain("GET", "/healthz".to_owned(), "healthz".to_owned());
+    let answers_200 = |port: u16, request: &FuzzRequest| {
+        Connection::open(port)
+            .and_then(|mut connection| connection.exchange(request))
+            .is_ok_and(|response| response.status == 200)
+    };
     loop {
-        if let Ok(mut connection) = Connection::open(port)
-            && let Ok(response) = connection.exchange(&ready)
-            && response.status == 200
-        {
+        if answers_200(port, &ready) && answers_200(internal_port, &alive) {
             return server;
         }
         if let Ok(Some(status)) = server.child.try_wait() {
@@ -524,6 +535,44 @@ fn mutated(fixtures: &[Fixture], rng: &mut fastrand::Rng) -> FuzzRequest {
     }
 }
 
+const INTERNAL_PATHS: [&str; 6] = [
+    "?app_id=com.example.shop&channel=production&version=1.4.3&since_ms=0",
+    "?app_id=",
+    "?app_id=com.example.shop",
+    "/healthz",
+    "/metrics",
+    "/nope",
+];
+
+/// A request to the internal listener: any method, right and wrong paths, with or without a
+/// body (small, or past 64 KiB).
+fn internal_request(rng: &mut fastrand::Rng) -> FuzzRequest {
+    let method = METHODS[rng.usize(..METHODS.len())];
+    let suffix = INTERNAL_PATHS[rng.usize(..INTERNAL_PATHS.len())];
+    let target = match (suffix.starts_with('?'), rng.bool()) {
+        (true, true) => format!("{ROLLOUT_FIGURES_PATH}{suffix}"),
+        (true, false) => format!("{MONTHLY_ACTIVE_DEVICES_PATH}{suffix}"),
+        (false, _) => suffix.to_owned(),
+    };
+    let body = match rng.u8(..3) {
+        0 => None,
+        1 => Some((0..rng.usize(0..2_000)).map(|_| rng.u8(..)).collect::<Vec<u8>>()),
+        _ => Some(vec![b'z'; rng.usize(60_000..80_000)]),
+    };
+    let what = format!(
+        "internal {method} {target} with {} body bytes",
+        body.as_ref().map_or(0, Vec::len)
+    );
+    FuzzRequest {
+        method,
+        target,
+        content_type: body.as_ref().map(|_| "application/json"),
+        body,
+        chunked: false,
+        what,
+    }
+}
+
 /// What one worker saw.
 #[derive(Default)]
 struct Tally {
@@ -533,13 +582,19 @@ struct Tally {
     failures: Vec<String>,
 }
 
-/// Sends `count` fuzzed requests over `CONNECTIONS_PER_WORKER` keep-alive connections.
-fn fuzz(port: u16, fixtures: &[Fixture], seed: u64, count: usize) -> Tally {
+/// Sends `count` requests made by `generate` over `CONNECTIONS_PER_WORKER` keep-alive
+/// connections.
+fn fuzz(
+    port: u16,
+    seed: u64,
+    count: usize,
+    mut generate: impl FnMut(&mut fastrand::Rng) -> FuzzRequest,
+) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut pool: Vec<Option<Connection>> = (0..CONNECTIONS_PER_WORKER).map(|_| None).collect();
     let mut tally = Tally::default();
     for n in 0..count {
-        let request = mutated(fixtures, &mut rng);
+        let request = generate(&mut rng);
         let slot = &mut pool[rng.usize(..CONNECTIONS_PER_WORKER)];
         let connection = match slot {
             Some(connection) => connection,
@@ -586,14 +641,29 @@ fn fuzzed_plugin_requests_get_no_5xx_and_no_silent_close() {
     let server = start_standalone();
     let fixtures = fixtures();
     let started = Instant::now();
-    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+    let (tallies, internal): (Vec<Tally>, Tally) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..WORKERS)
             .map(|worker| {
                 let fixtures = &fixtures;
-                scope.spawn(move || fuzz(server.port, fixtures, SEED + worker, REQUESTS_PER_WORKER))
+                scope.spawn(move || {
+                    fuzz(server.port, SEED + worker, REQUESTS_PER_WORKER, |rng| {
+                        mutated(fixtures, rng)
+                    })
+                })
             })
             .collect();
-        workers.into_iter().map(|worker| worker.join().unwrap()).collect()
+        let internal = scope.spawn(|| {
+            fuzz(
+                server.internal_port,
+                SEED + WORKERS,
+                INTERNAL_REQUESTS,
+                internal_request,
+            )
+        });
+        (
+            workers.into_iter().map(|worker| worker.join().unwrap()).collect(),
+            internal.join().unwrap(),
+        )
     });
     let mut total = Tally::default();
     for tally in tallies {
@@ -612,7 +682,16 @@ fn fuzzed_plugin_requests_get_no_5xx_and_no_silent_close() {
         total.closes_said,
         total.failures.len()
     );
+    println!(
+        "internal listener: {} requests, statuses {:?}, {} answered with Connection: close, {} failed",
+        internal.requests,
+        internal.statuses,
+        internal.closes_said,
+        internal.failures.len()
+    );
     assert!(total.requests >= 5_000);
+    total.requests += internal.requests;
+    total.failures.extend(internal.failures);
     let mut server = server;
     let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
