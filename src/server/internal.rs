@@ -31,6 +31,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route(MONTHLY_ACTIVE_DEVICES_PATH, get(monthly_active_devices))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
+        .layer(axum::middleware::from_fn(super::hygiene::close_unless_body_read))
         .with_state(state)
 }
 

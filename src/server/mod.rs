@@ -5,6 +5,7 @@
 pub mod assembly;
 pub mod files;
 mod handlers;
+pub mod hygiene;
 pub mod internal;
 pub mod kube_source;
 pub mod metrics;
@@ -250,6 +251,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        // Outermost, so that 404s and 405s are covered too.
+        .layer(axum::middleware::from_fn(hygiene::close_unless_body_read))
         .with_state(state)
 }
 
