@@ -3,11 +3,11 @@
 //! holds exactly the permissions it uses, cluster-wide or in the one watched namespace, plus the
 //! Lease only with leader election. Schema validation of every rendered object is check.sh's job.
 
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
     process::Command,
-    sync::OnceLock,
 };
 
 use k8s_openapi::api::{
@@ -19,76 +19,20 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
-use ota_operator::api::{App, Bundle, Channel, Rollout, constants::GROUP};
-use serde::de::DeserializeOwned;
+use ota_operator::{
+    api::{App, Bundle, Channel, Rollout, constants::GROUP},
+    core::app_children::{self, RenderSettings},
+};
+use support::helm::objects;
 
 const RELEASE_NAMESPACE: &str = "ota-system";
 
 /// (API group, resource) → verbs.
 type Grants = BTreeMap<(String, String), BTreeSet<String>>;
 
-fn helm() -> &'static str {
-    static HELM: OnceLock<String> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/check.sh");
-        let output = Command::new(&script)
-            .arg("tools")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "tests/helm/check.sh tools could not install helm:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .expect("UTF-8 output")
-            .lines()
-            .find_map(|line| line.strip_prefix("HELM=").map(str::to_owned))
-            .expect("check.sh tools prints HELM=<path>")
-    })
-}
-
 /// The chart rendered with `values` (a file under tests/helm/values/) and `sets`.
 fn render(values: &str, sets: &[&str]) -> Vec<serde_json::Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut command = Command::new(helm());
-    command
-        .args([
-            "template",
-            "ota",
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--kube-version",
-            "1.29.0",
-        ])
-        .arg(root.join("charts/ota-operator"))
-        .arg("-f")
-        .arg(root.join("tests/helm/values").join(values));
-    for set in sets {
-        command.args(["--set", set]);
-    }
-    let output = command.output().expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm template with {values} {sets:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stream = String::from_utf8(output.stdout).expect("UTF-8 output");
-    serde_saphyr::from_multiple::<serde_json::Value>(&stream)
-        .expect("helm renders a YAML stream")
-        .into_iter()
-        .filter(|document| !document.is_null())
-        .collect()
-}
-
-fn objects<K: DeserializeOwned>(documents: &[serde_json::Value], kind: &str) -> Vec<K> {
-    documents
-        .iter()
-        .filter(|document| document["kind"] == kind)
-        .map(|document| {
-            serde_json::from_value(document.clone()).unwrap_or_else(|e| panic!("a {kind} as rendered: {e}"))
-        })
-        .collect()
+    support::helm::render(RELEASE_NAMESPACE, values, sets)
 }
 
 fn grants(rules: &[PolicyRule]) -> Grants {
@@ -132,26 +76,34 @@ fn controller_needs() -> Grants {
         custom::<Rollout>,
     ];
     for kind in ota_kinds {
-        // Watched; finalizers added and removed with a patch.
-        needs.insert(kind(""), verbs(&["get", "list", "watch", "patch"]));
-        needs.insert(kind("/status"), verbs(&["get", "patch"]));
+        // Watched; status written.
+        needs.insert(kind(""), verbs(&["list", "watch"]));
+        needs.insert(kind("/status"), verbs(&["patch"]));
     }
+    // A Bundle's finalizer added and removed with a patch.
+    needs.insert(custom::<Bundle>(""), verbs(&["list", "watch", "patch"]));
     // Owner references with blockOwnerDeletion on every child of an App.
     needs.insert(custom::<App>("/finalizers"), verbs(&["update"]));
-    // The update server's children: server-side applied, watched (Controller::owns), removed
-    // when the App stops asking for one.
+    // The update server's children: server-side applied (patch, create) and watched
+    // (Controller::owns); garbage-collected with the App.
     let children = [
         built_in::<ServiceAccount>(),
         built_in::<ConfigMap>(),
         built_in::<Service>(),
         built_in::<Deployment>(),
-        built_in::<PodDisruptionBudget>(),
-        built_in::<HorizontalPodAutoscaler>(),
-        built_in::<Ingress>(),
         built_in::<Role>(),
         built_in::<RoleBinding>(),
     ];
     for child in children {
+        needs.insert(child, verbs(&["list", "watch", "create", "patch"]));
+    }
+    // The optional children are also read by name and removed when the App stops asking for one.
+    let optional_children = [
+        built_in::<PodDisruptionBudget>(),
+        built_in::<HorizontalPodAutoscaler>(),
+        built_in::<Ingress>(),
+    ];
+    for child in optional_children {
         needs.insert(
             child,
             verbs(&["get", "list", "watch", "create", "patch", "delete"]),
@@ -160,10 +112,6 @@ fn controller_needs() -> Grants {
     needs.insert(built_in::<Secret>(), verbs(&["get"]));
     needs.insert(
         built_in::<k8s_openapi::api::events::v1::Event>(),
-        verbs(&["create", "patch"]),
-    );
-    needs.insert(
-        built_in::<k8s_openapi::api::core::v1::Event>(),
         verbs(&["create", "patch"]),
     );
     needs
@@ -316,17 +264,25 @@ fn the_controller_holds_what_it_grants_each_update_server() {
     let documents = render("default.yaml", &[]);
     let cluster_roles: Vec<ClusterRole> = objects(&documents, "ClusterRole");
     let held = grants(cluster_roles[0].rules.as_deref().unwrap_or_default());
-    let update_server_reads = verbs(&["get", "list", "watch"]);
-    for kind in [
-        custom::<App>(""),
-        custom::<Channel>(""),
-        custom::<Bundle>(""),
-        custom::<Rollout>(""),
-    ] {
-        let verbs = held.get(&kind).cloned().unwrap_or_default();
+    let app: App = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "App",
+        "metadata": {"name": "shop", "namespace": "apps", "uid": "0d8a4c5e-4b51-4f0c-9d7e-3f1f2a6b7c8d"},
+        "spec": {"appId": "com.example.shop", "storage": {"filesystem": {"path": "bundles"}}}
+    }))
+    .expect("an App");
+    let settings = RenderSettings {
+        default_image: "ota:test".to_owned(),
+    };
+    let role = app_children::render(&app, &settings)
+        .expect("the App renders")
+        .role;
+    let granted = grants(role.rules.as_deref().unwrap_or_default());
+    assert!(!granted.is_empty(), "the update server's Role grants something");
+    for (kind, verbs) in granted {
+        let holds = held.get(&kind).cloned().unwrap_or_default();
         assert!(
-            update_server_reads.is_subset(&verbs),
-            "the controller cannot grant {update_server_reads:?} on {kind:?}: it holds {verbs:?}"
+            verbs.is_subset(&holds),
+            "the controller cannot grant {verbs:?} on {kind:?}: it holds {holds:?}"
         );
     }
 }
@@ -368,4 +324,152 @@ fn the_ota_binary_accepts_every_flag_the_chart_passes() {
         !ok && stderr.contains("--no-such-flag"),
         "an unknown flag must be refused: {stderr}"
     );
+}
+
+/// The opt-in NetworkPolicy: off by default; on, one per App namespace over every update server
+/// the controller deploys there (selected by the labels `core::app_children` gives their pods),
+/// the public port open, the internal port only to the controller's pods and the extra peers.
+#[test]
+fn the_network_policy_lets_only_the_controller_reach_the_internal_port() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    assert!(objects::<NetworkPolicy>(&render("default.yaml", &[]), "NetworkPolicy").is_empty());
+    let one = render("single-namespace.yaml", &["networkPolicy.enabled=true"]);
+    let in_watched: Vec<NetworkPolicy> = objects(&one, "NetworkPolicy");
+    assert_eq!(in_watched.len(), 1);
+    assert_eq!(in_watched[0].metadata.namespace.as_deref(), Some("mobile-apps"));
+
+    let documents = render("network-policy.yaml", &[]);
+    let policies: Vec<NetworkPolicy> = objects(&documents, "NetworkPolicy");
+    let namespaces: Vec<_> = policies
+        .iter()
+        .map(|p| p.metadata.namespace.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(namespaces, ["mobile-apps", "games"]);
+
+    // What the controller deploys for an App, and the controller's own pods.
+    let app: App = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "App",
+        "metadata": {"name": "shop", "namespace": "games", "uid": "0d8a4c5e-4b51-4f0c-9d7e-3f1f2a6b7c8d"},
+        "spec": {"appId": "com.example.shop", "storage": {"filesystem": {"path": "bundles"}}}
+    }))
+    .expect("an App");
+    let children = app_children::render(
+        &app,
+        &RenderSettings {
+            default_image: "ota:test".to_owned(),
+        },
+    )
+    .expect("the App renders");
+    let server_pod = children.deployment.spec.expect("a spec").template;
+    let server_labels = server_pod
+        .metadata
+        .expect("pod metadata")
+        .labels
+        .expect("pod labels");
+    let ports: BTreeMap<String, i32> = server_pod.spec.expect("a pod spec").containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([
+            (app_children::PORT_NAME.to_owned(), app_children::SERVER_PORT),
+            (
+                app_children::INTERNAL_PORT_NAME.to_owned(),
+                app_children::INTERNAL_PORT
+            ),
+        ]),
+        "the update server's ports, which the policy names"
+    );
+    let controller_deployment: Vec<Deployment> = objects(&documents, "Deployment");
+    let controller_labels = controller_deployment[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .expect("the controller's pod labels");
+    let selects = |selector: &Option<BTreeMap<String, String>>, labels: &BTreeMap<String, String>| {
+        let selector = selector.clone().unwrap_or_default();
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+
+    for policy in &policies {
+        let spec = policy.spec.as_ref().expect("a spec");
+        assert!(
+            selects(
+                &spec.pod_selector.as_ref().and_then(|s| s.match_labels.clone()),
+                &server_labels
+            ),
+            "the policy selects the update-server pods: {:?}",
+            spec.pod_selector
+        );
+        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+        let rules = spec.ingress.clone().unwrap_or_default();
+        let port_names = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| -> Vec<String> {
+            rule.ports
+                .iter()
+                .flatten()
+                .map(|p| match p.port.clone() {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => name,
+                    other => panic!("a port named as the pods name it, not {other:?}"),
+                })
+                .collect()
+        };
+        let public: Vec<_> = rules
+            .iter()
+            .filter(|r| port_names(r) == [app_children::PORT_NAME])
+            .collect();
+        assert_eq!(public.len(), 1, "{rules:?}");
+        assert!(
+            public[0].from.is_none(),
+            "the public port is open to devices anywhere"
+        );
+        let internal: Vec<_> = rules
+            .iter()
+            .filter(|r| port_names(r) == [app_children::INTERNAL_PORT_NAME])
+            .collect();
+        assert_eq!(internal.len(), 1, "{rules:?}");
+        assert_eq!(rules.len(), 2, "no other port is open: {rules:?}");
+        let peers = internal[0].from.clone().expect("the internal port has peers");
+        let controller_peer = &peers[0];
+        assert_eq!(
+            controller_peer
+                .namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                RELEASE_NAMESPACE.to_owned()
+            )])),
+            "the controller's namespace"
+        );
+        assert!(
+            selects(
+                &controller_peer
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone()),
+                &controller_labels
+            ),
+            "the controller's pods"
+        );
+        assert!(
+            !selects(
+                &controller_peer
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone()),
+                &server_labels
+            ),
+            "not the update servers themselves"
+        );
+        assert_eq!(
+            peers.len(),
+            2,
+            "the controller and the one extra peer the values add"
+        );
+    }
 }

@@ -82,7 +82,8 @@ pub struct AppChildren {
     pub namespace: String,
     /// The identity of the update-server pods.
     pub service_account: ServiceAccount,
-    /// Read access to the four ota.dev kinds in the namespace, nothing more.
+    /// List and watch on the four ota.dev kinds in the namespace, nothing more: the update
+    /// server only watches them (tests/least_privilege.rs checks each request it makes).
     pub role: Role,
     /// Binds `role` to `service_account`.
     pub role_binding: RoleBinding,
@@ -351,7 +352,7 @@ pub fn render(app: &App, settings: &RenderSettings) -> Result<AppChildren, Rende
                     .map(str::to_owned)
                     .to_vec(),
             ),
-            verbs: ["get", "list", "watch"].map(str::to_owned).to_vec(),
+            verbs: ["list", "watch"].map(str::to_owned).to_vec(),
             ..Default::default()
         }]),
     };

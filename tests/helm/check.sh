@@ -9,7 +9,8 @@
 #   - the chart's CRDs against the CustomResourceDefinition schema (that a real API server accepts
 #     them is tests/crd_api_server.rs; that they are the generated ones, tests/generated_crds.rs);
 #   - each tests/helm/invalid/*.yaml refused with the message its first line names;
-#   - the validators themselves refuse a manifest with an unknown field and a mistyped one;
+#   - the validators themselves refuse a manifest with an unknown field and a mistyped one, and
+#     the opt-in NetworkPolicy (values/network-policy.yaml) with a misspelt field;
 #   - the Dockerfile: hadolint, and an empty stand-in for every [[bench]] Cargo.toml declares
 #     (cargo refuses a manifest whose targets are missing, so the dependency layer needs them).
 #
@@ -128,8 +129,17 @@ write("broken-unknown-field", unknown_field)
 write("broken-mistyped", mistyped)
 write("broken-monitor", bad_monitor)
 PY
+  # The NetworkPolicy (tests/helm/values/network-policy.yaml) with a misspelt selector field.
+  "$tools/venv/bin/python" - "$work/network-policy.yaml" "$work/broken-network-policy.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+assert policies, "network-policy.yaml renders no NetworkPolicy"
+policies[0]["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabel"] = {"a": "b"}
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
   local broken
-  for broken in broken-unknown-field broken-mistyped broken-monitor; do
+  for broken in broken-unknown-field broken-mistyped broken-monitor broken-network-policy; do
     if validate "$work/$broken.yaml" >"$work/$broken.out" 2>&1; then
       fail "the validators accepted $broken.yaml"
     else

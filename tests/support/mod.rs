@@ -20,6 +20,8 @@ use kube::{
 use tokio::sync::OnceCell;
 
 pub mod controller;
+pub mod helm;
+pub mod recording_proxy;
 
 /// The field manager the tests apply with.
 pub const TEST_MANAGER: &str = "ota-tests";
