@@ -961,13 +961,16 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
 
     // Every transition reached the webhook, signed; the refused first POST was sent again with
     // the same delivery id.
-    let received = eventually(30, "the webhook gets the completion", || async {
-        let received = received.lock().unwrap().clone();
-        received
-            .iter()
-            .any(|r| r.event == "RolloutCompleted")
-            .then_some(received)
-    })
+    let received = eventually(
+        30,
+        "the webhook gets the completion and the refused first delivery again",
+        || async {
+            let received = received.lock().unwrap().clone();
+            let first = received.first()?;
+            let again = received[1..].iter().any(|r| r.delivery == first.delivery);
+            (again && received.iter().any(|r| r.event == "RolloutCompleted")).then_some(received)
+        },
+    )
     .await;
     for post in &received {
         assert_eq!(

@@ -4,18 +4,13 @@
 //! device store: counters, outcomes, failed marks and channel overrides. On an SQLite file and
 //! on the real PostgreSQL server (`tests/run.sh --test durability` starts it).
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
 use futures::{StreamExt, stream};
 use ota_operator::devices::DeviceStore;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, postgres::PgConnection};
 
 mod support;
+
+use support::standalone::StandaloneProcess;
 
 const APP: &str = "com.example.shop";
 /// The example's bundle: events that name it count for failed marks and outcomes.
@@ -36,55 +31,9 @@ spec:
   allowDeviceSelfSet: true
 ";
 
-struct Standalone {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ota standalone` on a copy of examples/standalone with a beta channel, its device
-/// store at `database`, and waits until it is ready.
-async fn start(database: &str) -> Standalone {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    support::copy_example_dir(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/standalone"),
-        dir.path(),
-    );
-    std::fs::write(dir.path().join("beta.yaml"), BETA_CHANNEL).expect("beta.yaml");
-    let port = support::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ota"))
-        .args(["standalone", "--database", database, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(dir.path())
-        .env("OTA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("ota starts");
-    let standalone = Standalone {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{}/readyz", standalone.base))
-        .await
-        .is_ok_and(|response| response.status() == 200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "ota standalone was not ready within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    standalone
+/// Starts `ota standalone` with a beta channel, its device store at `database`.
+async fn start(database: &str) -> StandaloneProcess {
+    StandaloneProcess::start(database, &[("beta.yaml", BETA_CHANNEL)]).await
 }
 
 /// The UUID of the device that reports stats number `device`.
@@ -135,7 +84,7 @@ fn requests() -> Vec<(&'static str, Value)> {
 }
 
 /// Sends every request (each must be answered 200), then kills the server at once.
-async fn send_all_then_kill(mut server: Standalone) {
+async fn send_all_then_kill(mut server: StandaloneProcess) {
     let client = reqwest::Client::new();
     let base = server.base.clone();
     let answers: Vec<(u16, String)> = stream::iter(requests())
@@ -227,28 +176,7 @@ async fn sigkill_after_the_last_acknowledgement_loses_nothing_on_sqlite() {
 
 #[tokio::test]
 async fn sigkill_after_the_last_acknowledgement_loses_nothing_on_postgres() {
-    let database = fresh_postgres_database("durability").await;
+    let database = support::fresh_postgres_database("durability").await;
     send_all_then_kill(start(&database).await).await;
     assert_everything_stored(&database).await;
-}
-
-/// A new, empty database on the test PostgreSQL server; its URL.
-async fn fresh_postgres_database(prefix: &str) -> String {
-    let server = support::postgres_url();
-    let name = format!("{prefix}_{}_{}", std::process::id(), fastrand::u32(..));
-    let mut connection = PgConnection::connect(server).await.expect("PostgreSQL answers");
-    connection
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("a fresh database");
-    let (base, query) = server
-        .split_once('?')
-        .map_or((server, None), |(b, q)| (b, Some(q)));
-    let (root, _) = base
-        .rsplit_once('/')
-        .expect("the PostgreSQL URL names a database");
-    match query {
-        Some(query) => format!("{root}/{name}?{query}"),
-        None => format!("{root}/{name}"),
-    }
 }

@@ -57,8 +57,16 @@ pub struct DeviceStore {
     pub(super) writer: i64,
     /// The sequence number of this store's next sighting in the log.
     pub(super) next_seq: Arc<AtomicI64>,
+    /// Where the store is.
+    urls: Arc<StoreUrls>,
+}
+
+/// Where a store is.
+struct StoreUrls {
     /// The URL with its password redacted, for logs and `Debug`.
-    redacted_url: Arc<str>,
+    redacted: String,
+    /// A PostgreSQL store's URL, for the change feed's listening connection (never logged).
+    postgres: Option<String>,
 }
 
 /// The database behind a store.
@@ -73,7 +81,7 @@ impl fmt::Debug for DeviceStore {
         formatter
             .debug_struct("DeviceStore")
             .field("backend", &self.backend)
-            .field("url", &self.redacted_url)
+            .field("url", &self.urls.redacted)
             .finish()
     }
 }
@@ -165,13 +173,26 @@ impl DeviceStore {
             backend,
             writer: fastrand::i64(..),
             next_seq: Arc::new(AtomicI64::new(0)),
-            redacted_url: redacted_url.into(),
+            urls: Arc::new(StoreUrls {
+                redacted: redacted_url,
+                postgres: (backend == Backend::Postgres).then(|| url.to_owned()),
+            }),
         })
     }
 
     /// Whether the database answers (`SELECT 1`).
     pub(super) async fn is_reachable(&self) -> bool {
         self.pool.execute("SELECT 1").await.is_ok()
+    }
+
+    /// A PostgreSQL store's URL (None for SQLite), for a connection of the store's own.
+    pub(super) fn listen_url(&self) -> Option<&str> {
+        self.urls.postgres.as_deref()
+    }
+
+    /// `message` with the store URL's password replaced.
+    pub(super) fn scrub(&self, message: &str) -> String {
+        UrlSecrets::of(self.listen_url().unwrap_or_default()).scrub(message)
     }
 
     /// Closes the connections: every later read and write fails, as when the database is gone.

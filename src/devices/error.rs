@@ -51,6 +51,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A row of the change feed could not be read as text.
+    #[error("the device store's change feed has an unreadable row (number {seq})")]
+    FeedRow {
+        /// The row's number.
+        seq: i64,
+    },
     /// The write queue's flusher task is no longer running, so nothing more will be written.
     #[error("the device store's write queue has stopped: its flusher task is no longer running")]
     QueueStopped,

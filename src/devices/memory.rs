@@ -12,8 +12,9 @@ use crate::core::update::DeviceFacts;
 /// In-memory copy of overrides and failed marks, kept in step with the store: the update check
 /// reads only this. Cheap to clone: clones share the same copy.
 ///
-/// It holds what this process loaded at start ([`super::DeviceStore::load_memory`]) and what it
-/// pushed since ([`super::WriteQueue::push`]); writes of other replicas show after a restart.
+/// It holds what this process loaded at start ([`super::DeviceStore::load_memory`]), what it
+/// wrote since, and, on PostgreSQL, what other replicas wrote: the change feed
+/// ([`super::follow_changes`]) is applied in order from the position the load was taken at.
 #[derive(Clone, Default)]
 pub struct DeviceMemory {
     shared: Arc<RwLock<RememberedApps>>,
@@ -24,6 +25,8 @@ pub struct DeviceMemory {
 #[derive(Default)]
 pub(super) struct RememberedApps {
     apps: HashMap<String, HashMap<String, RememberedDevice>>,
+    /// The number of the last change of the feed this memory holds (0: none).
+    pub(super) feed_position: i64,
 }
 
 /// What is remembered of one device.
@@ -140,12 +143,44 @@ impl DeviceMemory {
 
     /// Applies a write's effect on memory (overrides and failed marks; other writes are no-ops).
     pub fn apply(&self, write: &Write) {
-        if matches!(
-            write,
-            Write::SetChannelOverride { .. } | Write::ClearChannelOverride { .. } | Write::FailedMark { .. }
-        ) {
+        if remembered(write) {
             self.write().apply(write);
         }
+    }
+
+    /// Applies a write this process committed as change number `number` of the feed (None: the
+    /// store keeps no feed). A change the feed already brought here is not applied again: the
+    /// changes after it, which may undo it, were applied too, in order.
+    pub fn apply_committed(&self, write: &Write, number: Option<i64>) {
+        if !remembered(write) {
+            return;
+        }
+        let mut apps = self.write();
+        if number.is_none_or(|number| number > apps.feed_position) {
+            apps.apply(write);
+        }
+    }
+
+    /// Applies change number `number` of the feed, if this memory does not hold it yet.
+    pub fn apply_change(&self, write: &Write, number: i64) {
+        let mut apps = self.write();
+        if number > apps.feed_position {
+            if remembered(write) {
+                apps.apply(write);
+            }
+            apps.feed_position = number;
+        }
+    }
+
+    /// The number of the last change of the feed this memory holds.
+    pub fn feed_position(&self) -> i64 {
+        self.read().feed_position
+    }
+
+    /// Takes what `loaded` holds, its feed position included (a reload).
+    pub fn replace_with(&self, loaded: &DeviceMemory) {
+        let taken = std::mem::take(&mut *loaded.write());
+        *self.write() = taken;
     }
 
     // A panic while holding the lock cannot leave the maps half-updated in a way that matters
@@ -157,6 +192,14 @@ impl DeviceMemory {
     fn write(&self) -> RwLockWriteGuard<'_, RememberedApps> {
         self.shared.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether memory keeps anything of `write`.
+fn remembered(write: &Write) -> bool {
+    matches!(
+        write,
+        Write::SetChannelOverride { .. } | Write::ClearChannelOverride { .. } | Write::FailedMark { .. }
+    )
 }
 
 impl fmt::Debug for DeviceMemory {
@@ -181,6 +224,52 @@ mod tests {
             version: version.into(),
             at_ms: 1,
         }
+    }
+
+    fn set(channel: &str) -> Write {
+        Write::SetChannelOverride {
+            app_id: "app".into(),
+            device_id: "d1".into(),
+            channel: channel.into(),
+        }
+    }
+
+    fn clear() -> Write {
+        Write::ClearChannelOverride {
+            app_id: "app".into(),
+            device_id: "d1".into(),
+        }
+    }
+
+    fn channel(memory: &DeviceMemory) -> Option<String> {
+        memory.facts("app", "d1").self_set_channel
+    }
+
+    #[test]
+    fn the_feed_applies_in_order_and_a_late_local_apply_never_undoes_a_newer_change() {
+        let memory = DeviceMemory::empty();
+        // This replica committed change 10 (beta); another committed 11 (a clear), and the feed
+        // brought both before this replica put its own in memory: its late apply is skipped.
+        memory.apply_change(&set("beta"), 10);
+        memory.apply_change(&clear(), 11);
+        memory.apply_committed(&set("beta"), Some(10));
+        assert_eq!(channel(&memory), None);
+        assert_eq!(memory.feed_position(), 11);
+        // A local change ahead of the feed shows at once; the feed then brings it again.
+        memory.apply_committed(&set("beta"), Some(12));
+        assert_eq!(channel(&memory), Some("beta".into()));
+        memory.apply_change(&set("beta"), 12);
+        // A change the feed already passed is not applied twice; without a feed (SQLite)
+        // every committed write applies.
+        memory.apply_change(&clear(), 12);
+        assert_eq!(channel(&memory), Some("beta".into()));
+        memory.apply_committed(&clear(), None);
+        assert_eq!(channel(&memory), None);
+        // A reload takes the loaded copy and its position.
+        let loaded = DeviceMemory::empty();
+        loaded.apply_change(&set("gamma"), 40);
+        memory.replace_with(&loaded);
+        assert_eq!((channel(&memory), memory.feed_position()), (Some("gamma".into()), 40));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   What a request acknowledges (stats, channel overrides): committed first, by group commit,
 //!   then memory.
 
+mod changes;
 mod device_store;
 mod dialect;
 mod error;
@@ -30,6 +31,7 @@ mod rollout_states;
 mod write_plan;
 mod writes;
 
+pub use changes::{CHANGES_CHANNEL, catch_up, follow_changes};
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;

@@ -13,6 +13,9 @@ const MONTH_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 impl DeviceStore {
     /// Loads what the hot path needs into memory: server-side channel overrides and failed marks.
     pub async fn load_memory(&self) -> Result<DeviceMemory, StoreError> {
+        // The feed's position first: a change committed during the load is then applied again
+        // by the follower, never missed (applying one twice changes nothing).
+        let feed_position = self.latest_change().await?;
         let overrides = sqlx::query(
             "SELECT app_id, device_id, channel_override FROM devices WHERE channel_override IS NOT NULL",
         )
@@ -27,6 +30,7 @@ impl DeviceStore {
         .map_err(StoreError::database("load the failed marks"))?;
 
         let mut loaded = RememberedApps::default();
+        loaded.feed_position = feed_position;
         for row in &overrides {
             let (app_id, device_id, channel) = three_texts(row, "channel_override")
                 .map_err(StoreError::database("read a channel override"))?;

@@ -248,6 +248,7 @@ impl WriteQueue {
         });
         let flusher = Flusher {
             store,
+            memory: memory.clone(),
             state: state.clone(),
             max_batch: max_batch.max(1),
             flush_every,
@@ -341,25 +342,16 @@ impl WriteQueue {
             })
             .map_err(|_| CommitError::Unavailable)?;
         let (done, committed) = oneshot::channel();
-        let request = CommitRequest {
-            writes: writes.clone(),
-            done,
-        };
+        let request = CommitRequest { writes, done };
         if self.sender.send(QueueMessage::Commit(Box::new(request))).is_err() {
             self.state.done(count);
             return Err(CommitError::Unavailable);
         }
-        let outcome = match tokio::time::timeout(timeout, committed).await {
+        match tokio::time::timeout(timeout, committed).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(CommitError::Unavailable),
             Err(_) => Err(CommitError::TimedOut),
-        };
-        if outcome.is_ok() {
-            for write in &writes {
-                self.memory.apply(write);
-            }
         }
-        outcome
     }
 
     /// Writes dropped because the queue was full (or, after a crash, its flusher had stopped).
@@ -393,6 +385,8 @@ impl WriteQueue {
 /// The task that writes batches.
 struct Flusher {
     store: DeviceStore,
+    /// Where committed writes go once committed (before their request is answered).
+    memory: DeviceMemory,
     state: Arc<QueueState>,
     max_batch: usize,
     flush_every: Duration,
@@ -510,10 +504,9 @@ impl Flusher {
         self.appended = 0;
     }
 
-    /// Commits the waiting requests' writes in one transaction and answers each. When that
-    /// fails while the database answers, each request is tried alone (twice), so that writes
-    /// the database refuses fail only their own request. Requests whose caller stopped waiting
-    /// are skipped. Empties `commits`.
+    /// Commits the waiting requests' writes in one transaction, puts them in memory, and answers
+    /// each. When that fails while the database answers, each request is tried alone. Requests
+    /// whose caller stopped waiting are skipped. Empties `commits`.
     async fn group_commit(&self, commits: &mut Vec<CommitRequest>) {
         let mut requests = std::mem::take(commits);
         let total: usize = requests.iter().map(|request| request.writes.len()).sum();
@@ -522,34 +515,57 @@ impl Flusher {
             .iter()
             .flat_map(|request| request.writes.iter().cloned())
             .collect();
-        let all = self.store.apply(&writes).await;
-        if let Err(error) = &all {
-            tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed");
-        }
-        if all.is_ok() || !self.store.is_reachable().await {
-            let outcome = all.map_err(|_| CommitError::Unavailable);
-            for request in requests {
-                let _ = request.done.send(outcome);
-            }
-        } else {
-            for request in requests {
-                let mut outcome = self.store.apply(&request.writes).await;
-                if outcome.is_err() {
-                    outcome = self.store.apply(&request.writes).await;
+        let all = self.store.apply_numbered(&writes).await;
+        match all {
+            Ok(numbers) => {
+                self.remember(&writes, &numbers);
+                for request in requests {
+                    let _ = request.done.send(Ok(()));
                 }
-                let answer = match outcome {
-                    Ok(()) => Ok(()),
-                    Err(error) if self.store.is_reachable().await => {
-                        self.state.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, writes = ?request.writes, "the device store refused a request's writes");
-                        Err(CommitError::Refused)
-                    }
-                    Err(_) => Err(CommitError::Unavailable),
-                };
-                let _ = request.done.send(answer);
+            }
+            Err(error) if !self.store.is_reachable().await => {
+                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed");
+                for request in requests {
+                    let _ = request.done.send(Err(CommitError::Unavailable));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed; each request is tried alone");
+                self.commit_one_by_one(requests).await;
             }
         }
         self.state.done(total);
+    }
+
+    /// Puts committed writes in memory, with the numbers the change feed gave them.
+    fn remember(&self, writes: &[Write], numbers: &[Option<i64>]) {
+        for (write, number) in writes.iter().zip(numbers) {
+            self.memory.apply_committed(write, *number);
+        }
+    }
+
+    /// Commits each request alone (twice at most), so that writes the database refuses fail
+    /// only their own request.
+    async fn commit_one_by_one(&self, requests: Vec<CommitRequest>) {
+        for request in requests {
+            let mut outcome = self.store.apply_numbered(&request.writes).await;
+            if outcome.is_err() {
+                outcome = self.store.apply_numbered(&request.writes).await;
+            }
+            let answer = match outcome {
+                Ok(numbers) => {
+                    self.remember(&request.writes, &numbers);
+                    Ok(())
+                }
+                Err(error) if self.store.is_reachable().await => {
+                    self.state.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, writes = ?request.writes, "the device store refused a request's writes");
+                    Err(CommitError::Refused)
+                }
+                Err(_) => Err(CommitError::Unavailable),
+            };
+            let _ = request.done.send(answer);
+        }
     }
 
     /// Writes the batch, retrying until every write is written or rejected; empties it; then

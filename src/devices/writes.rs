@@ -5,6 +5,7 @@ use sqlx::AnyConnection;
 
 use super::{
     StoreError, Write,
+    changes::record_changes,
     device_store::DeviceStore,
     dialect::{COMPACTION_RANGES, compaction_sql, outcomes_query, seen_devices_query},
     write_plan::{DeviceStep, MergedOutcome, WritePlan, row_chunks, sighting_chunks},
@@ -19,8 +20,14 @@ impl DeviceStore {
     /// devices compact first, so they see every sighting applied). Rows are written in key order, so
     /// replicas writing the same rows at once do not deadlock.
     pub async fn apply(&self, batch: &[Write]) -> Result<(), StoreError> {
+        self.apply_numbered(batch).await.map(drop)
+    }
+
+    /// [`DeviceStore::apply`], returning the number the change feed gave each write of the batch
+    /// that is a change of what memory keeps (None for the others, and always on SQLite).
+    pub async fn apply_numbered(&self, batch: &[Write]) -> Result<Vec<Option<i64>>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let plan = WritePlan::of(batch);
         let mut transaction = self
@@ -72,6 +79,10 @@ impl DeviceStore {
             .await
             .map_err(StoreError::database("add to a counter"))?;
         }
+        // Last: the feed's lock is held from here to the commit.
+        let numbers = record_changes(&mut transaction, self.backend, batch)
+            .await
+            .map_err(StoreError::database("record the changes in the change feed"))?;
         transaction
             .commit()
             .await
@@ -82,7 +93,7 @@ impl DeviceStore {
             outcomes = plan.outcomes.len(),
             "device store batch written"
         );
-        Ok(())
+        Ok(numbers)
     }
 
     /// Merges the sightings log into the devices' rows, in key order, in one transaction per

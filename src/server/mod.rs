@@ -387,6 +387,9 @@ pub async fn serve_until(
     } = boot;
     let presigner = tokio::spawn(keep_presigned_urls_fresh(Arc::clone(&state)));
     let pruner = tokio::spawn(retention::prune_outcomes_periodically(Arc::clone(&state)));
+    // Replicas on one PostgreSQL database: what the others write reaches memory within a
+    // second (nothing on SQLite).
+    let follower = tokio::spawn(devices::follow_changes(state.store.clone(), state.memory.clone()));
     let (stop_internal, internal_stopped) = tokio::sync::oneshot::channel::<()>();
     let internal = internal.map(|(listener, address)| {
         tracing::info!(%address, "internal listener (rollout figures, metrics, health) listening");
@@ -410,6 +413,7 @@ pub async fn serve_until(
     }
     presigner.abort();
     pruner.abort();
+    follower.abort();
     if let Err(error) = state.queue.flush().await {
         tracing::warn!(%error, "device-store writes could not all be flushed at shutdown");
     }

@@ -22,6 +22,7 @@ use tokio::sync::OnceCell;
 pub mod controller;
 pub mod helm;
 pub mod recording_proxy;
+pub mod standalone;
 
 /// The field manager the tests apply with.
 pub const TEST_MANAGER: &str = "ota-tests";
@@ -95,6 +96,28 @@ pub fn kubeconfig_path() -> &'static Path {
             "OTA_TEST_KUBECONFIG",
         ))
     })
+}
+
+/// A new, empty database on the test PostgreSQL server, named `<prefix>_<unique>`; its URL.
+pub async fn fresh_postgres_database(prefix: &str) -> String {
+    use sqlx::{Connection, Executor, postgres::PgConnection};
+    let server = postgres_url();
+    let name = format!("{prefix}_{}_{}", std::process::id(), fastrand::u32(..));
+    let mut connection = PgConnection::connect(server).await.expect("PostgreSQL answers");
+    connection
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("a fresh database");
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server, None), |(b, q)| (b, Some(q)));
+    let (root, _) = base
+        .rsplit_once('/')
+        .expect("the PostgreSQL URL names a database");
+    match query {
+        Some(query) => format!("{root}/{name}?{query}"),
+        None => format!("{root}/{name}"),
+    }
 }
 
 /// The URL of the test PostgreSQL server's database `ota_test` (tests/postgres/postgres.sh).
