@@ -215,9 +215,7 @@ async fn run_driver() -> anyhow::Result<()> {
         format!("machine: {}", machine()),
         format!("{events} events per round, {CONCURRENCY} concurrent, {rounds} rounds per path (medians)"),
         String::new(),
-        format!(
-            "| store | async events/s | durable events/s | ratio (target ≥ {TARGET_RATIO}) | |"
-        ),
+        format!("| store | async events/s | durable events/s | ratio (target ≥ {TARGET_RATIO}) | |"),
         "|---|---|---|---|---|".to_owned(),
     ];
     let sqlite_dir = work.join("sqlite");
@@ -229,7 +227,11 @@ async fn run_driver() -> anyhow::Result<()> {
             async move {
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir)?;
-                Ok(DeviceStore::open(&format!("sqlite://{}", dir.join(format!("round-{n}.db")).display())).await?)
+                Ok(DeviceStore::open(&format!(
+                    "sqlite://{}",
+                    dir.join(format!("round-{n}.db")).display()
+                ))
+                .await?)
             }
         })
         .await?
@@ -277,9 +279,15 @@ async fn fresh_postgres(server: &str) -> anyhow::Result<DeviceStore> {
     use sqlx::{Connection, Executor, postgres::PgConnection};
     let name = format!("bench_durability_{}", fastrand::u32(..));
     let mut connection = PgConnection::connect(server).await?;
-    connection.execute(format!("CREATE DATABASE {name}").as_str()).await?;
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
-    let (root, _) = base.rsplit_once('/').context("the PostgreSQL URL names a database")?;
+    connection
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server, None), |(b, q)| (b, Some(q)));
+    let (root, _) = base
+        .rsplit_once('/')
+        .context("the PostgreSQL URL names a database")?;
     let url = match query {
         Some(query) => format!("{root}/{name}?{query}"),
         None => format!("{root}/{name}"),
@@ -378,7 +386,12 @@ async fn kill_after_stats(work: &std::path::Path, requests: usize) -> anyhow::Re
     child.kill()?;
     child.wait()?;
     let store = DeviceStore::open(&database).await?;
-    let stored: i64 = store.counters(APP, VERSION, 0).await?.iter().map(|c| c.count).sum();
+    let stored: i64 = store
+        .counters(APP, VERSION, 0)
+        .await?
+        .iter()
+        .map(|c| c.count)
+        .sum();
     Ok((acknowledged, stored))
 }
 
