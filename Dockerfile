@@ -21,6 +21,7 @@ RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > benches/bundle_sync.rs \
     && echo 'fn main() {}' > benches/controller.rs \
     && echo 'fn main() {}' > benches/fleet.rs \
+    && echo 'fn main() {}' > benches/durability.rs \
     && cargo build --release --locked --bin ota \
     && rm -rf src benches
 
