@@ -77,6 +77,12 @@ free_port() {
 
 # The recorded PID is alive and is an Azurite serving our data folder (never signal a reused
 # PID).
+# Whether the process recorded in $1 still runs. During start-up this, not is_ours, tells
+# whether it exited: right after the fork its command line is still the shell's.
+alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 is_ours() {
   [ -f "$state/azurite.pid" ] || return 1
   local pid; pid=$(cat "$state/azurite.pid")
@@ -141,7 +147,7 @@ start() {
   for i in $(seq 1 150); do
     status=$(create_container "$endpoint")
     case "$status" in 201|409) break ;; esac
-    if ! is_ours; then
+    if ! { alive "$state/azurite.pid"; }; then
       tail -n 20 "$state/azurite.log" >&2; stop_quietly; die "Azurite exited during start-up"
     fi
     [ "$i" = 150 ] && { tail -n 20 "$state/azurite.log" >&2; stop_quietly

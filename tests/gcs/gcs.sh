@@ -87,6 +87,12 @@ is_ours_pid() {
   fi
 }
 
+# Whether the process recorded in $1 still runs. During start-up this, not is_ours, tells
+# whether it exited: right after the fork its command line is still the shell's.
+alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 is_ours() {
   is_ours_pid "$state/server.pid" "$state/data" && is_ours_pid "$state/shim.pid" "$here/xml_upload_shim.py"
 }
@@ -122,7 +128,7 @@ start() {
   for i in $(seq 1 100); do
     status=$(request GET "$endpoint/storage/v1/b")
     [ "$status" = 200 ] && break
-    if ! is_ours; then
+    if ! { alive "$state/server.pid" && alive "$state/shim.pid"; }; then
       tail -n 20 "$state/server.log" "$state/shim.log" >&2; stop_quietly
       die "fake-gcs-server or its proxy exited during start-up"
     fi

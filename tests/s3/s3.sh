@@ -68,6 +68,12 @@ random_hex() {
 }
 
 # The recorded PID is alive and is an rclone serving our data folder (never signal a reused PID).
+# Whether the process recorded in $1 still runs. During start-up this, not is_ours, tells
+# whether it exited: right after the fork its command line is still the shell's.
+alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 is_ours() {
   [ -f "$state/rclone.pid" ] || return 1
   local pid; pid=$(cat "$state/rclone.pid")
@@ -113,7 +119,7 @@ start() {
   for i in $(seq 1 100); do
     status=$(signed GET "$endpoint/")
     [ "$status" = 200 ] && break
-    if ! is_ours; then
+    if ! { alive "$state/rclone.pid"; }; then
       tail -n 20 "$state/rclone.log" >&2; stop_quietly; die "rclone exited during start-up"
     fi
     [ "$i" = 100 ] && { tail -n 20 "$state/rclone.log" >&2; stop_quietly
