@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::standalone::StandaloneProcess;
+use support::standalone::{BETA_CHANNEL, StandaloneProcess};
 
 const APP: &str = "com.example.shop";
 /// The example's bundle: events that name it count for failed marks and outcomes.
@@ -19,21 +19,9 @@ const VERSION: &str = "1.4.3";
 const DEVICES: usize = 1000;
 const CONCURRENCY: usize = 64;
 
-/// A channel devices may set for themselves, beside the example's production channel.
-const BETA_CHANNEL: &str = "
-apiVersion: ota.dev/v1alpha1
-kind: Channel
-metadata:
-  name: beta
-spec:
-  appRef: shop
-  bundleRef: shop-1.4.3
-  allowDeviceSelfSet: true
-";
-
 /// Starts `ota standalone` with a beta channel, its device store at `database`.
 async fn start(database: &str) -> StandaloneProcess {
-    StandaloneProcess::start(database, &[("beta.yaml", BETA_CHANNEL)]).await
+    StandaloneProcess::start(database, &[BETA_CHANNEL]).await
 }
 
 /// The UUID of the device that reports stats number `device`.

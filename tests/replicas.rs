@@ -12,21 +12,10 @@ use sqlx::{Connection, Executor, postgres::PgConnection};
 
 mod support;
 
-use support::standalone::StandaloneProcess;
+use support::standalone::{BETA_CHANNEL, StandaloneProcess};
 
 /// How soon every replica must know what one of them acknowledged.
 const IN_STEP_WITHIN: Duration = Duration::from_secs(1);
-
-const BETA_CHANNEL: &str = "
-apiVersion: ota.dev/v1alpha1
-kind: Channel
-metadata:
-  name: beta
-spec:
-  appRef: shop
-  bundleRef: shop-1.4.3
-  allowDeviceSelfSet: true
-";
 
 fn fixture_body(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -115,7 +104,7 @@ async fn figures(replica: &StandaloneProcess) -> Value {
 #[tokio::test]
 async fn replicas_on_one_postgres_database_agree_within_a_second() {
     let database = support::fresh_postgres_database("replicas").await;
-    let extra = [("beta.yaml", BETA_CHANNEL)];
+    let extra = [BETA_CHANNEL];
     let replicas = vec![
         StandaloneProcess::start(&database, &extra).await,
         StandaloneProcess::start(&database, &extra).await,

@@ -6,6 +6,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A channel devices may set for themselves, beside the example's production channel (an extra
+/// file for [`StandaloneProcess::start`]).
+pub const BETA_CHANNEL: (&str, &str) = (
+    "beta.yaml",
+    "
+apiVersion: ota.dev/v1alpha1
+kind: Channel
+metadata:
+  name: beta
+spec:
+  appRef: shop
+  bundleRef: shop-1.4.3
+  allowDeviceSelfSet: true
+",
+);
+
 /// A running `ota standalone`; killed (SIGKILL) when dropped.
 pub struct StandaloneProcess {
     pub child: Child,
