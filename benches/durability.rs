@@ -238,6 +238,7 @@ async fn run_driver() -> anyhow::Result<()> {
         "|---|---|---|---|---|---|".to_owned(),
     ];
     let sqlite_dir = work.join("sqlite");
+    let _ = std::fs::remove_dir_all(&sqlite_dir);
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let postgres_server = std::env::var("OTA_TEST_POSTGRES_URL").ok();
     for concurrency in STORE_CONCURRENCY {
