@@ -269,7 +269,10 @@ mod tests {
         let loaded = DeviceMemory::empty();
         loaded.apply_change(&set("gamma"), 40);
         memory.replace_with(&loaded);
-        assert_eq!((channel(&memory), memory.feed_position()), (Some("gamma".into()), 40));
+        assert_eq!(
+            (channel(&memory), memory.feed_position()),
+            (Some("gamma".into()), 40)
+        );
     }
 
     #[test]
