@@ -310,6 +310,8 @@ async fn every_kind_has_a_status_subresource_that_keeps_what_the_controller_writ
         }),
         message: Some("Paused for 1h at 5%".into()),
         handled_commands: [("ota.dev/pause".to_owned(), "2026-01-01T00:00:00Z".to_owned())].into(),
+        // Never serialized with the status (its own field manager writes it).
+        pending_notifications: Vec::new(),
     })
     .unwrap();
     status_round_trip::<Rollout>(&client, &namespace, "shop-1.5.0", rollout_status).await;

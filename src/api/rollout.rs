@@ -265,6 +265,30 @@ pub struct RolloutStatus {
     /// value (the kubectl plugin writes the time) acts again, and a restart replays nothing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handled_commands: BTreeMap<String, String>,
+    /// The webhook notifications not delivered yet, oldest first: each is written here before
+    /// its first attempt and removed once delivered or given up, so a controller that restarts
+    /// (or a replica that takes over) resumes them with the same delivery id and body. Written
+    /// by the controller under a field manager of its own (`ota-operator-notifications`), never
+    /// with the rest of the status: serializing a status leaves it out, so a status write cannot
+    /// bring back a delivery already removed.
+    #[serde(default, skip_serializing)]
+    pub pending_notifications: Vec<PendingNotification>,
+}
+
+/// A webhook notification not delivered yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingNotification {
+    /// The delivery id (`X-Ota-Delivery`), the same on every attempt.
+    pub id: String,
+    /// The event's reason (`X-Ota-Event`).
+    pub event: String,
+    /// The JSON body, byte for byte as every attempt sends (and signs) it.
+    pub body: String,
+    /// How many attempts failed so far.
+    pub attempts: i32,
+    /// When the next attempt is due.
+    pub next_attempt_at: Time,
 }
 
 /// The phase of a Rollout.

@@ -219,6 +219,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
         return Ok(Action::requeue(wait));
     }
     instrumented(&context, KIND, async {
+        // Deliveries a previous leader left pending go on before this reconcile sends more.
+        context.notifier.resume(&context, &rollout).await;
         let now = context.clock.now();
         let named = Named::of(&rollout, &context);
         let objects = Objects {

@@ -1,5 +1,7 @@
-//! Rollout notifications: what a webhook receives for each transition, how it is signed, and
-//! how long a failed delivery waits before the next attempt. Pure: the shell sends.
+//! Rollout notifications: what a webhook receives for each transition, how it is signed, how
+//! long a failed delivery waits before the next attempt, and when it is given up. Pure: the
+//! shell sends, and keeps the pending deliveries in the Rollout's `status.pendingNotifications`
+//! so that a restart resumes them.
 
 use std::time::Duration;
 
@@ -8,11 +10,13 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use super::rollout::{EventKind, RolloutEvent};
 use crate::api::{
     Rollout,
     constants::API_VERSION,
-    rollout::{AnalysisFigures, RolloutPhase},
+    rollout::{AnalysisFigures, PendingNotification, RolloutPhase},
 };
 
 /// The header that carries the signature: `sha256=` and the hex HMAC-SHA256 of the body under
@@ -138,6 +142,51 @@ pub fn worth_retrying(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
 
+/// The pending delivery of `event`: its body as every attempt will send it, due at `now`.
+pub fn pending(event: &WebhookEvent, now: Timestamp) -> PendingNotification {
+    PendingNotification {
+        id: event.id.clone(),
+        event: event.reason.to_owned(),
+        // Serializing plain data cannot fail.
+        body: serde_json::to_string(event).unwrap_or_default(),
+        attempts: 0,
+        next_attempt_at: Time(now),
+    }
+}
+
+/// How long until `pending`'s next attempt is due (zero when it is due already).
+pub fn due_in(pending: &PendingNotification, now: Timestamp) -> Duration {
+    Duration::try_from(pending.next_attempt_at.0.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// What follows a failed attempt that may pass later.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterFailure {
+    /// Another attempt, when the returned delivery says.
+    Retry(PendingNotification),
+    /// [`MAX_ATTEMPTS`] attempts failed.
+    GiveUp {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+}
+
+/// What follows the failure, at `now`, of `pending`'s next attempt: another one after
+/// [`retry_delay`], or giving up once [`MAX_ATTEMPTS`] failed.
+pub fn after_failure(pending: &PendingNotification, now: Timestamp) -> AfterFailure {
+    let attempts = u32::try_from(pending.attempts).unwrap_or(0).saturating_add(1);
+    if attempts >= MAX_ATTEMPTS {
+        return AfterFailure::GiveUp { attempts };
+    }
+    let delay = k8s_openapi::jiff::SignedDuration::try_from(retry_delay(attempts))
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    AfterFailure::Retry(PendingNotification {
+        attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        next_attempt_at: Time(now.saturating_add(delay).unwrap_or(now)),
+        ..pending.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use kube::api::ObjectMeta;
@@ -235,5 +284,49 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert!(worth_retrying(503) && worth_retrying(500) && worth_retrying(429) && worth_retrying(408));
         assert!(!worth_retrying(400) && !worth_retrying(401) && !worth_retrying(404));
+    }
+
+    #[test]
+    fn a_pending_delivery_keeps_the_id_and_the_exact_body_and_is_due_at_once() {
+        let now: Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let event = webhook_event(&rollout(), &aborted(), 0, now);
+        let pending = pending(&event, now);
+        assert_eq!(pending.id, event.id);
+        assert_eq!(pending.event, "Aborted");
+        assert_eq!(pending.body.as_bytes(), serde_json::to_vec(&event).unwrap());
+        assert_eq!(pending.attempts, 0);
+        assert_eq!(due_in(&pending, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn failed_attempts_back_off_and_the_last_one_gives_up() {
+        let now: Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let mut pending = pending(&webhook_event(&rollout(), &aborted(), 0, now), now);
+        let first = pending.clone();
+        let mut waits = Vec::new();
+        let outcome = loop {
+            match after_failure(&pending, now) {
+                AfterFailure::Retry(next) => {
+                    assert_eq!(
+                        (next.id.as_str(), next.body.as_str()),
+                        (first.id.as_str(), first.body.as_str())
+                    );
+                    waits.push(due_in(&next, now).as_secs());
+                    pending = next;
+                }
+                given_up => break given_up,
+            }
+        };
+        assert_eq!(waits, [1, 2, 4, 8, 16]);
+        assert_eq!(pending.attempts, 5);
+        assert_eq!(
+            outcome,
+            AfterFailure::GiveUp {
+                attempts: MAX_ATTEMPTS
+            }
+        );
+        // A delivery due in the past (the controller was down) is due at once.
+        let later: Timestamp = "2026-11-27T11:00:00Z".parse().unwrap();
+        assert_eq!(due_in(&pending, later), Duration::ZERO);
     }
 }
