@@ -350,7 +350,7 @@ async fn sqlite_disk_full_then_room_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_under_load() {
     let database = support::fresh_postgres_database("faults_replicas").await;
-    let mut replicas = vec![
+    let mut replicas = [
         StandaloneProcess::start(&database, &[]).await,
         StandaloneProcess::start(&database, &[]).await,
         StandaloneProcess::start(&database, &[]).await,
