@@ -249,10 +249,18 @@ async fn run_migrations(connection: &mut AnyConnection) -> Result<(), MigrateErr
     migrator.run(connection).await
 }
 
+/// How long a PostgreSQL store waits for a connection of its pool before a read or write fails.
+const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The pool of a file or PostgreSQL store.
 fn pool_options(backend: Backend) -> AnyPoolOptions {
     match backend {
-        Backend::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS),
+        // A connection is waited for at most POSTGRES_ACQUIRE_TIMEOUT (sqlx's default is 30 s):
+        // while the server is down, a write fails within that time, readiness says so, and the
+        // flusher's retries go on, instead of each write hanging for half a minute.
+        Backend::Postgres => AnyPoolOptions::new()
+            .max_connections(POSTGRES_MAX_CONNECTIONS)
+            .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT),
         // FULL syncs the WAL at every commit, so what a request acknowledged survives a power
         // loss too (NORMAL would survive only a crash of this process); group commit shares
         // one sync among the requests of a few milliseconds.

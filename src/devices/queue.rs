@@ -206,6 +206,8 @@ struct QueueState {
     skipped: AtomicU64,
     /// Device rows written lately.
     recent: RecentSightings,
+    /// Why the store's last commit or batch failed, until one succeeds again (for readiness).
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl QueueState {
@@ -217,6 +219,17 @@ impl QueueState {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
                 Some(pending.saturating_sub(n))
             });
+    }
+
+    /// Records the outcome of a commit or a batch: an error makes the store failing, a success
+    /// makes it healthy again.
+    fn record(&self, outcome: Result<(), &StoreError>) {
+        let failure = outcome.err().map(ToString::to_string);
+        // A poisoned lock still holds a usable value: a reason string.
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
     }
 }
 
@@ -247,6 +260,7 @@ impl WriteQueue {
             retrying: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
             recent: RecentSightings::default(),
+            failure: std::sync::Mutex::new(None),
         });
         let (commits, commit_requests) = mpsc::unbounded_channel();
         let committer = Committer {
@@ -382,6 +396,27 @@ impl WriteQueue {
         self.state.rejected.load(Ordering::Relaxed)
     }
 
+    /// Writes waiting in the queue (pushed or to commit, not yet written nor rejected); at most
+    /// [`WriteQueue::capacity`].
+    pub fn pending(&self) -> usize {
+        self.state.pending.load(Ordering::Relaxed)
+    }
+
+    /// The most writes the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.state.capacity
+    }
+
+    /// Why the store cannot write now (the error of its last commit or batch), or None once a
+    /// commit or batch succeeded again: readiness reports it.
+    pub fn store_failure(&self) -> Option<String> {
+        self.state
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Waits until everything pushed so far is written (for shutdown and tests).
     ///
     /// Writes the database rejected (see [`WriteQueue::rejected`]) count as done. While the
@@ -434,6 +469,9 @@ impl Committer {
             .flat_map(|request| request.writes.iter().cloned())
             .collect();
         let all = self.store.apply_numbered(&writes).await;
+        if !writes.is_empty() {
+            self.state.record(all.as_ref().map(drop));
+        }
         match all {
             Ok(numbers) => {
                 self.remember(&writes, &numbers);
@@ -470,6 +508,7 @@ impl Committer {
             if outcome.is_err() {
                 outcome = self.store.apply_numbered(&request.writes).await;
             }
+            self.state.record(outcome.as_ref().map(drop));
             let answer = match outcome {
                 Ok(numbers) => {
                     self.remember(&request.writes, &numbers);
@@ -605,9 +644,10 @@ impl Flusher {
         let total = batch.len();
         let mut failures: u32 = 0;
         while !batch.is_empty() {
-            let error = match self.store.apply(batch).await {
-                Ok(()) => break,
-                Err(error) => error,
+            let outcome = self.store.apply(batch).await;
+            self.state.record(outcome.as_ref().map(drop));
+            let Err(error) = outcome else {
+                break;
             };
             failures += 1;
             self.state.retrying.store(true, Ordering::Release);

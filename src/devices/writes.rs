@@ -29,10 +29,29 @@ impl DeviceStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let plan = WritePlan::of(batch);
-        let mut transaction = self
+        let mut connection = self
             .pool
-            .begin()
+            .acquire()
+            .await
+            .map_err(StoreError::database("begin a transaction"))?;
+        let written = self.write_batch(&mut connection, batch).await;
+        if written.is_err() {
+            // A failed transaction may still be open on its connection: SQLite keeps it open
+            // after some errors (a full disk among them), and with it the write lock, so every
+            // later write would wait for it and fail "database is locked". Never reused.
+            connection.close_on_drop();
+        }
+        written
+    }
+
+    /// [`DeviceStore::apply_numbered`] on one connection.
+    async fn write_batch(
+        &self,
+        connection: &mut AnyConnection,
+        batch: &[Write],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let plan = WritePlan::of(batch);
+        let mut transaction = sqlx::Connection::begin(connection)
             .await
             .map_err(StoreError::database("begin a transaction"))?;
         for step in &plan.device_steps {
@@ -121,39 +140,63 @@ impl DeviceStore {
         // `devices` (so the merge costs no more page writes than one big transaction would), and
         // on SQLite the appends of the write queue get the lock between two ranges.
         for (from, to) in COMPACTION_RANGES {
-            let mut transaction = self
+            let mut connection = self
                 .pool
-                .begin()
+                .acquire()
                 .await
                 .map_err(StoreError::database("begin a transaction"))?;
-            for &(writer, last) in &writers {
-                sqlx::query(compaction_sql(self.backend))
-                    .bind(writer)
-                    .bind(last)
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::database("merge the sightings log into the devices"))?;
-                merged += sqlx::query(
-                    "DELETE FROM device_sightings WHERE writer = $1 AND seq <= $2 \
-                     AND device_id >= $3 AND ($4 = '' OR device_id < $4)",
-                )
+            match self.compact_range(&mut connection, &writers, from, to).await {
+                Ok(n) => merged += n,
+                Err(error) => {
+                    // As in apply_numbered: a failed transaction's connection is never reused.
+                    connection.close_on_drop();
+                    return Err(error);
+                }
+            }
+        }
+        tracing::debug!(merged, "sightings log merged into the devices");
+        Ok(merged)
+    }
+
+    /// Merges the log's sightings of the device ids from `from` to `to` (exclusive; '' for no
+    /// end) in one transaction on `connection`; returns how many were merged.
+    async fn compact_range(
+        &self,
+        connection: &mut AnyConnection,
+        writers: &[(i64, i64)],
+        from: &str,
+        to: &str,
+    ) -> Result<u64, StoreError> {
+        let mut merged = 0;
+        let mut transaction = sqlx::Connection::begin(connection)
+            .await
+            .map_err(StoreError::database("begin a transaction"))?;
+        for &(writer, last) in writers {
+            sqlx::query(compaction_sql(self.backend))
                 .bind(writer)
                 .bind(last)
                 .bind(from)
                 .bind(to)
                 .execute(&mut *transaction)
                 .await
-                .map_err(StoreError::database("empty the sightings log"))?
-                .rows_affected();
-            }
-            transaction
-                .commit()
-                .await
-                .map_err(StoreError::database("commit a compaction of the sightings log"))?;
+                .map_err(StoreError::database("merge the sightings log into the devices"))?;
+            merged += sqlx::query(
+                "DELETE FROM device_sightings WHERE writer = $1 AND seq <= $2 \
+                     AND device_id >= $3 AND ($4 = '' OR device_id < $4)",
+            )
+            .bind(writer)
+            .bind(last)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::database("empty the sightings log"))?
+            .rows_affected();
         }
-        tracing::debug!(merged, "sightings log merged into the devices");
+        transaction
+            .commit()
+            .await
+            .map_err(StoreError::database("commit a compaction of the sightings log"))?;
         Ok(merged)
     }
 }

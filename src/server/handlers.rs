@@ -59,6 +59,11 @@ const RETRY_AFTER_SECONDS: &str = "1";
 /// `Retry-After`: the plugin keeps the events it could not send and sends them again).
 async fn commit(state: &ServerState, writes: Vec<Write>) -> Option<Response> {
     let error = state.queue.commit(writes, COMMIT_TIMEOUT).await.err()?;
+    // The store's own error says what is wrong (a full disk, a database that is down).
+    let message = match state.queue.store_failure() {
+        Some(failure) => format!("{error} ({failure}); send it again later"),
+        None => format!("{error}; send it again later"),
+    };
     state
         .metrics
         .commits_failed
@@ -68,7 +73,7 @@ async fn commit(state: &ServerState, writes: Vec<Write>) -> Option<Response> {
         .inc();
     let mut response = json_response(
         StatusCode::SERVICE_UNAVAILABLE,
-        encode::plain_error("store_unavailable", &format!("{error}; send it again later")),
+        encode::plain_error("store_unavailable", &message),
     );
     response
         .headers_mut()
@@ -415,15 +420,32 @@ pub async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 once a snapshot is served (also while degraded, saying so), else 503.
+/// Degraded too while the device store cannot commit (update checks are still answered; `/stats`
+/// and `/channel_self` get 503 until it can again), with the store's error as the reason.
 pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
-    match state.health() {
-        SourceHealth::Starting => {
+    let store_failure = state.queue.store_failure();
+    let device_store = json!({
+        "status": if store_failure.is_some() { "failing" } else { "ok" },
+        "reason": store_failure,
+        "pending_writes": state.queue.pending(),
+        "capacity": state.queue.capacity(),
+        "writes_dropped": state.queue.dropped(),
+    });
+    match (state.health(), store_failure) {
+        (SourceHealth::Starting, _) => {
             json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"}))
         }
-        SourceHealth::Current => json_response(StatusCode::OK, json!({"status": "ready"})),
-        SourceHealth::Degraded(reason) => json_response(
+        (SourceHealth::Current, None) => json_response(
             StatusCode::OK,
-            json!({"status": "degraded", "serving": "last good snapshot", "reason": reason}),
+            json!({"status": "ready", "device_store": device_store}),
+        ),
+        (SourceHealth::Current, Some(failure)) => json_response(
+            StatusCode::OK,
+            json!({"status": "degraded", "reason": format!("the device store cannot commit: {failure}"), "device_store": device_store}),
+        ),
+        (SourceHealth::Degraded(reason), _) => json_response(
+            StatusCode::OK,
+            json!({"status": "degraded", "serving": "last good snapshot", "reason": reason, "device_store": device_store}),
         ),
     }
 }

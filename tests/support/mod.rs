@@ -21,6 +21,8 @@ use tokio::sync::OnceCell;
 
 pub mod controller;
 pub mod helm;
+pub mod load;
+pub mod private_postgres;
 pub mod recording_proxy;
 pub mod standalone;
 
