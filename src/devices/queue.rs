@@ -60,8 +60,6 @@ const ISOLATE_AFTER_FAILURES: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct WriteQueue {
     sender: mpsc::UnboundedSender<QueueMessage>,
-    /// To the committer task, which commits what requests acknowledge.
-    commits: mpsc::UnboundedSender<CommitRequest>,
     memory: DeviceMemory,
     state: Arc<QueueState>,
 }
@@ -75,14 +73,14 @@ enum QueueMessage {
     Write(Box<Write>),
     /// Write everything received so far, then answer.
     Flush(oneshot::Sender<()>),
+    /// Writes to commit in the next group commit, then answer.
+    Commit(Box<CommitRequest>),
 }
 
 /// One request's writes that must be committed before it is acknowledged, all or none.
 #[derive(Debug)]
 struct CommitRequest {
     writes: Vec<Write>,
-    /// When it was made: it waits at most [`COMMIT_WINDOW`] from then for others to join.
-    made: Instant,
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -262,15 +260,9 @@ impl WriteQueue {
             recent: RecentSightings::default(),
             failure: std::sync::Mutex::new(None),
         });
-        let (commits, commit_requests) = mpsc::unbounded_channel();
-        let committer = Committer {
-            store: store.clone(),
-            memory: memory.clone(),
-            state: state.clone(),
-        };
-        tokio::spawn(committer.run(commit_requests));
         let flusher = Flusher {
             store,
+            memory: memory.clone(),
             state: state.clone(),
             max_batch: max_batch.max(1),
             flush_every,
@@ -282,7 +274,6 @@ impl WriteQueue {
         (
             WriteQueue {
                 sender,
-                commits,
                 memory,
                 state,
             },
@@ -365,12 +356,8 @@ impl WriteQueue {
             })
             .map_err(|_| CommitError::Unavailable)?;
         let (done, committed) = oneshot::channel();
-        let request = CommitRequest {
-            writes,
-            made: Instant::now(),
-            done,
-        };
-        if self.commits.send(request).is_err() {
+        let request = CommitRequest { writes, done };
+        if self.sender.send(QueueMessage::Commit(Box::new(request))).is_err() {
             self.state.done(count);
             return Err(CommitError::Unavailable);
         }
@@ -430,31 +417,126 @@ impl WriteQueue {
     }
 }
 
-/// The task that commits what requests acknowledge, apart from the flusher, so that a large
-/// batch of sightings being written never holds up an acknowledgement (on SQLite the two still
-/// take turns at the file).
-struct Committer {
+/// The task that writes batches.
+struct Flusher {
     store: DeviceStore,
     /// Where committed writes go once committed (before their request is answered).
     memory: DeviceMemory,
     state: Arc<QueueState>,
+    max_batch: usize,
+    flush_every: Duration,
+    /// Sightings appended to the log since its last compaction started (at least).
+    appended: usize,
+    /// The compaction running beside the flusher, if any.
+    compaction: Option<JoinHandle<()>>,
 }
 
-impl Committer {
-    /// Group commits until every clone of the queue is dropped: a request waits at most
-    /// [`COMMIT_WINDOW`] from when it was made for others to join its transaction; those that
-    /// came while the previous transaction ran have waited already and go at once.
-    async fn run(self, mut receiver: mpsc::UnboundedReceiver<CommitRequest>) {
+impl Flusher {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<QueueMessage>) {
+        let mut batch: Vec<Write> = Vec::new();
         let mut commits: Vec<CommitRequest> = Vec::new();
-        while receiver.recv_many(&mut commits, 4096).await > 0 {
-            if let Some(first) = commits.first() {
-                tokio::time::sleep_until(first.made + COMMIT_WINDOW).await;
+        let mut inbox: Vec<QueueMessage> = Vec::with_capacity(self.max_batch);
+        // When the current batch is due (set by its first write).
+        let mut due: Option<Instant> = None;
+        // When the waiting commits are due (set by the first of them).
+        let mut commit_due: Option<Instant> = None;
+        let mut open = true;
+        while open {
+            let wake = match (due, commit_due) {
+                (Some(batch_at), Some(commit_at)) => Some(batch_at.min(commit_at)),
+                (batch_at, commit_at) => batch_at.or(commit_at),
+            };
+            match wake {
+                // Nothing waiting: sleep until a write comes (or the log is due a compaction).
+                None => {
+                    let received = if self.appended > 0 {
+                        tokio::select! {
+                            received = receiver.recv_many(&mut inbox, self.max_batch) => received,
+                            () = tokio::time::sleep(COMPACT_WHEN_IDLE) => {
+                                self.compact();
+                                continue;
+                            }
+                        }
+                    } else {
+                        receiver.recv_many(&mut inbox, self.max_batch).await
+                    };
+                    open = received > 0;
+                }
+                // A batch is open: take what came every DRAIN_EVERY rather than being woken by
+                // each write (at the benchmark's rate, a wake-up per write cost more than the
+                // write).
+                Some(due_at) => {
+                    tokio::time::sleep_until(due_at.min(Instant::now() + DRAIN_EVERY)).await;
+                    while inbox.len() < self.max_batch {
+                        match receiver.try_recv() {
+                            Ok(message) => inbox.push(message),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                        }
+                    }
+                }
             }
-            while let Ok(request) = receiver.try_recv() {
-                commits.push(request);
+            for message in inbox.drain(..) {
+                let write = match message {
+                    QueueMessage::Seen(packed) => Write::SeenDevice(packed.unpack()),
+                    QueueMessage::Write(write) => *write,
+                    QueueMessage::Commit(request) => {
+                        if commits.is_empty() {
+                            commit_due = Some(Instant::now() + COMMIT_WINDOW);
+                        }
+                        commits.push(*request);
+                        continue;
+                    }
+                    QueueMessage::Flush(done) => {
+                        self.group_commit(&mut commits).await;
+                        commit_due = None;
+                        self.write_out(&mut batch).await;
+                        due = None;
+                        // The caller may have given up waiting; nothing to do then.
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                if batch.is_empty() {
+                    due = Some(Instant::now() + self.flush_every);
+                }
+                batch.push(write);
+                if batch.len() >= self.max_batch {
+                    self.write_out(&mut batch).await;
+                    due = None;
+                }
             }
-            self.group_commit(&mut commits).await;
+            if commit_due.is_some_and(|due_at| due_at <= Instant::now()) {
+                self.group_commit(&mut commits).await;
+                commit_due = None;
+            }
+            if due.is_some_and(|due_at| due_at <= Instant::now()) {
+                self.write_out(&mut batch).await;
+                due = None;
+            }
         }
+        self.group_commit(&mut commits).await;
+        self.write_out(&mut batch).await;
+        tracing::debug!("device store write queue closed: flusher done");
+    }
+
+    /// Starts merging the sightings log into the devices' rows in a task of its own, so the
+    /// flusher keeps appending meanwhile (unless a compaction is still running: then the next
+    /// trigger starts one). A failed compaction is logged; its rows wait for the next one.
+    fn compact(&mut self) {
+        if self.compaction.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let store = self.store.clone();
+        self.compaction = Some(tokio::spawn(async move {
+            if let Err(error) = store.compact().await {
+                tracing::warn!(%error, "merging the sightings log failed; it is tried again later");
+            }
+        }));
+        self.appended = 0;
     }
 
     /// Commits the waiting requests' writes in one transaction, puts them in memory, and answers
@@ -523,106 +605,6 @@ impl Committer {
             };
             let _ = request.done.send(answer);
         }
-    }
-}
-
-/// The task that writes batches.
-struct Flusher {
-    store: DeviceStore,
-    state: Arc<QueueState>,
-    max_batch: usize,
-    flush_every: Duration,
-    /// Sightings appended to the log since its last compaction started (at least).
-    appended: usize,
-    /// The compaction running beside the flusher, if any.
-    compaction: Option<JoinHandle<()>>,
-}
-
-impl Flusher {
-    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<QueueMessage>) {
-        let mut batch: Vec<Write> = Vec::new();
-        let mut inbox: Vec<QueueMessage> = Vec::with_capacity(self.max_batch);
-        // When the current batch is due (set by its first write).
-        let mut due: Option<Instant> = None;
-        let mut open = true;
-        while open {
-            match due {
-                // Nothing waiting: sleep until a write comes (or the log is due a compaction).
-                None => {
-                    let received = if self.appended > 0 {
-                        tokio::select! {
-                            received = receiver.recv_many(&mut inbox, self.max_batch) => received,
-                            () = tokio::time::sleep(COMPACT_WHEN_IDLE) => {
-                                self.compact();
-                                continue;
-                            }
-                        }
-                    } else {
-                        receiver.recv_many(&mut inbox, self.max_batch).await
-                    };
-                    open = received > 0;
-                }
-                // A batch is open: take what came every DRAIN_EVERY rather than being woken by
-                // each write (at the benchmark's rate, a wake-up per write cost more than the
-                // write).
-                Some(due_at) => {
-                    tokio::time::sleep_until(due_at.min(Instant::now() + DRAIN_EVERY)).await;
-                    while inbox.len() < self.max_batch {
-                        match receiver.try_recv() {
-                            Ok(message) => inbox.push(message),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                open = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            for message in inbox.drain(..) {
-                let write = match message {
-                    QueueMessage::Seen(packed) => Write::SeenDevice(packed.unpack()),
-                    QueueMessage::Write(write) => *write,
-                    QueueMessage::Flush(done) => {
-                        self.write_out(&mut batch).await;
-                        due = None;
-                        // The caller may have given up waiting; nothing to do then.
-                        let _ = done.send(());
-                        continue;
-                    }
-                };
-                if batch.is_empty() {
-                    due = Some(Instant::now() + self.flush_every);
-                }
-                batch.push(write);
-                if batch.len() >= self.max_batch {
-                    self.write_out(&mut batch).await;
-                    due = None;
-                }
-            }
-            if due.is_some_and(|due_at| due_at <= Instant::now()) {
-                self.write_out(&mut batch).await;
-                due = None;
-            }
-        }
-        self.write_out(&mut batch).await;
-        tracing::debug!("device store write queue closed: flusher done");
-    }
-
-    /// Starts merging the sightings log into the devices' rows in a task of its own, so the
-    /// flusher keeps appending meanwhile (unless a compaction is still running: then the next
-    /// trigger starts one). A failed compaction is logged; its rows wait for the next one.
-    fn compact(&mut self) {
-        if self.compaction.as_ref().is_some_and(|task| !task.is_finished()) {
-            return;
-        }
-        let store = self.store.clone();
-        self.compaction = Some(tokio::spawn(async move {
-            if let Err(error) = store.compact().await {
-                tracing::warn!(%error, "merging the sightings log failed; it is tried again later");
-            }
-        }));
-        self.appended = 0;
     }
 
     /// Writes the batch, retrying until every write is written or rejected; empties it; then
