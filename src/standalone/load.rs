@@ -91,10 +91,19 @@ type ObjectKey = (String, String, String);
 /// Reads a folder again and again, remembering the last version of each object it accepted, so
 /// that an edited document is checked as an update of it (the CRDs' transition rules, such as an
 /// immutable `sha256`), as `kubectl apply` of the edited file would be. An object whose update is
-/// refused stays remembered as it was; one whose documents are gone is forgotten (as deleted).
+/// refused keeps its accepted version, which goes on being served (as the API server goes on
+/// serving the object a refused `kubectl apply` left alone); one whose documents are gone is
+/// forgotten (as deleted).
 #[derive(Debug, Default)]
 pub struct Loader {
-    accepted: HashMap<ObjectKey, Value>,
+    accepted: HashMap<ObjectKey, Accepted>,
+}
+
+/// An accepted document, with the folder of the file it came from.
+#[derive(Debug, Clone)]
+struct Accepted {
+    document: Value,
+    folder: PathBuf,
 }
 
 /// Reads every object of a folder, with no earlier version of any.
@@ -106,11 +115,11 @@ pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
 struct Pass<'a> {
     loaded: Loaded,
     /// The documents accepted in this read.
-    seen: HashMap<ObjectKey, Value>,
+    seen: HashMap<ObjectKey, Accepted>,
     /// The objects that have a document in this read that was refused.
     refused: HashSet<ObjectKey>,
     /// The versions accepted by earlier reads.
-    earlier: &'a HashMap<ObjectKey, Value>,
+    earlier: &'a HashMap<ObjectKey, Accepted>,
 }
 
 impl Loader {
@@ -149,7 +158,7 @@ impl Loader {
             }
         }
         let Pass {
-            loaded,
+            mut loaded,
             mut seen,
             refused,
             ..
@@ -158,7 +167,10 @@ impl Loader {
             if !seen.contains_key(&key)
                 && let Some(kept) = self.accepted.remove(&key)
             {
-                seen.insert(key, kept);
+                // Accepted before, so it reads as its kind.
+                if push_object(&mut loaded, &key.0, kept.document.clone(), &kept.folder).is_ok() {
+                    seen.insert(key, kept);
+                }
             }
         }
         self.accepted = seen;
@@ -280,7 +292,11 @@ impl Pass<'_> {
             });
         }
         let key = (kind.clone(), namespace.clone(), name.clone());
-        let previous = self.seen.get(&key).or_else(|| self.earlier.get(&key));
+        let previous = self
+            .seen
+            .get(&key)
+            .or_else(|| self.earlier.get(&key))
+            .map(|accepted| &accepted.document);
         if let Err(refused) = super::validate::Validator::shared().validate(&document, previous) {
             self.refused.insert(key);
             // Worded as the serde problems below, with the API server's causes.
@@ -294,31 +310,50 @@ impl Pass<'_> {
                 name,
             });
         }
-        let accepted = document.clone();
-        let loaded = &mut self.loaded;
-        let parsed = match kind.as_str() {
-            "App" => serde_json::from_value(document).map(|app| loaded.apps.push(app)),
-            "Channel" => serde_json::from_value(document).map(|channel| loaded.channels.push(channel)),
-            "Bundle" => serde_json::from_value(document)
-                .map(|bundle| loaded.bundles.push((bundle, folder.to_owned()))),
-            "Rollout" => serde_json::from_value(document).map(|rollout| loaded.rollouts.push(rollout)),
-            other => {
-                return Err(DocumentProblem::UnknownKind {
-                    kind: other.to_owned(),
-                });
-            }
+        let accepted = Accepted {
+            document: document.clone(),
+            folder: folder.to_owned(),
         };
-        if let Err(error) = parsed {
-            self.refused.insert(key);
-            return Err(DocumentProblem::Unreadable {
-                kind,
-                name,
-                source: error,
-            });
+        if let Err(problem) = push_object(&mut self.loaded, &kind, document, folder) {
+            if matches!(problem, DocumentProblem::Unreadable { .. }) {
+                self.refused.insert(key);
+            }
+            return Err(problem);
         }
         self.seen.insert(key, accepted);
         Ok(())
     }
+}
+
+/// Adds a document that passed validation to the objects read, as its kind.
+fn push_object(
+    loaded: &mut Loaded,
+    kind: &str,
+    document: Value,
+    folder: &Path,
+) -> Result<(), DocumentProblem> {
+    let name = document["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let parsed = match kind {
+        "App" => serde_json::from_value(document).map(|app| loaded.apps.push(app)),
+        "Channel" => serde_json::from_value(document).map(|channel| loaded.channels.push(channel)),
+        "Bundle" => {
+            serde_json::from_value(document).map(|bundle| loaded.bundles.push((bundle, folder.to_owned())))
+        }
+        "Rollout" => serde_json::from_value(document).map(|rollout| loaded.rollouts.push(rollout)),
+        other => {
+            return Err(DocumentProblem::UnknownKind {
+                kind: other.to_owned(),
+            });
+        }
+    };
+    parsed.map_err(|source| DocumentProblem::Unreadable {
+        kind: kind.to_owned(),
+        name,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -448,18 +483,26 @@ mod tests {
                 None => std::fs::remove_file(&file).unwrap(),
             }
             let loaded = loader.load(dir.path()).unwrap();
-            (loaded.bundles.len(), loaded.problems)
+            let served: Vec<String> = loaded
+                .bundles
+                .iter()
+                .map(|(bundle, _)| bundle.spec.source.sha256.clone())
+                .collect();
+            (served, loaded.problems)
         };
-        assert_eq!(reload(Some(bundle('a'))), (1, vec![]));
-        let (served, problems) = reload(Some(bundle('b')));
-        assert_eq!(served, 0);
+        let served = |sha256: char| vec![sha256.to_string().repeat(64)];
+        assert_eq!(reload(Some(bundle('a'))), (served('a'), vec![]));
+        // The refused edit is reported, and the version accepted before goes on being served,
+        // as the API server goes on serving the object a refused apply left alone.
+        let (kept, problems) = reload(Some(bundle('b')));
+        assert_eq!(kept, served('a'));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("spec.source.sha256: Invalid value: \"string\": sha256 is immutable"));
         // The refused edit left the accepted version as it was: going back to it is no change.
-        assert_eq!(reload(Some(bundle('a'))), (1, vec![]));
+        assert_eq!(reload(Some(bundle('a'))), (served('a'), vec![]));
         // A Bundle whose document is gone is deleted: a new one may have any sha256.
-        assert_eq!(reload(None), (0, vec![]));
-        assert_eq!(reload(Some(bundle('b'))), (1, vec![]));
+        assert_eq!(reload(None), (vec![], vec![]));
+        assert_eq!(reload(Some(bundle('b'))), (served('b'), vec![]));
     }
 
     #[test]
