@@ -321,6 +321,11 @@ async fn sqlite_disk_full_then_room_again() {
     }
     let recovered = room_at.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A full disk is the database's condition, not bad data: every write waited for room,
+    // none was dropped as refused.
+    let ready = load::readiness(&server.base).await;
+    assert_eq!(ready["device_store"]["writes_rejected"], 0, "{ready}");
+    assert_eq!(ready["device_store"]["writes_dropped"], 0, "{ready}");
     let tally = load.stop().await;
     drop(server);
 

@@ -24,6 +24,10 @@ use super::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections to an SQLite file: one writer at a time in any case; WAL lets readers run beside it.
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// The WAL's pages after which a commit moves them into the database (SQLite's default is
+/// 1,000, about 4 MiB): a smaller WAL leaves room on a nearly full disk for the checkpoint that
+/// empties it, which writes into the database file first.
+const SQLITE_WAL_CHECKPOINT_PAGES: u32 = 256;
 /// Connections to PostgreSQL, per replica.
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 
@@ -269,6 +273,11 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     connection.execute("PRAGMA synchronous = FULL").await?;
+                    connection
+                        .execute(
+                            format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_CHECKPOINT_PAGES}").as_str(),
+                        )
+                        .await?;
                     Ok(())
                 })
             }),

@@ -60,6 +60,8 @@ const ISOLATE_AFTER_FAILURES: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct WriteQueue {
     sender: mpsc::UnboundedSender<QueueMessage>,
+    /// To the committer task, which commits what requests acknowledge.
+    commits: mpsc::UnboundedSender<CommitRequest>,
     memory: DeviceMemory,
     state: Arc<QueueState>,
 }
@@ -73,14 +75,14 @@ enum QueueMessage {
     Write(Box<Write>),
     /// Write everything received so far, then answer.
     Flush(oneshot::Sender<()>),
-    /// Writes to commit in the next group commit, then answer.
-    Commit(Box<CommitRequest>),
 }
 
 /// One request's writes that must be committed before it is acknowledged, all or none.
 #[derive(Debug)]
 struct CommitRequest {
     writes: Vec<Write>,
+    /// When it was made: it waits at most [`COMMIT_WINDOW`] from then for others to join.
+    made: Instant,
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -260,9 +262,15 @@ impl WriteQueue {
             recent: RecentSightings::default(),
             failure: std::sync::Mutex::new(None),
         });
+        let (commits, commit_requests) = mpsc::unbounded_channel();
+        let committer = Committer {
+            store: store.clone(),
+            memory: memory.clone(),
+            state: state.clone(),
+        };
+        tokio::spawn(committer.run(commit_requests));
         let flusher = Flusher {
             store,
-            memory: memory.clone(),
             state: state.clone(),
             max_batch: max_batch.max(1),
             flush_every,
@@ -274,6 +282,7 @@ impl WriteQueue {
         (
             WriteQueue {
                 sender,
+                commits,
                 memory,
                 state,
             },
@@ -356,8 +365,12 @@ impl WriteQueue {
             })
             .map_err(|_| CommitError::Unavailable)?;
         let (done, committed) = oneshot::channel();
-        let request = CommitRequest { writes, done };
-        if self.sender.send(QueueMessage::Commit(Box::new(request))).is_err() {
+        let request = CommitRequest {
+            writes,
+            made: Instant::now(),
+            done,
+        };
+        if self.commits.send(request).is_err() {
             self.state.done(count);
             return Err(CommitError::Unavailable);
         }
@@ -417,11 +430,105 @@ impl WriteQueue {
     }
 }
 
-/// The task that writes batches.
-struct Flusher {
+/// The task that commits what requests acknowledge, apart from the flusher, so that a large
+/// batch of sightings being written never holds up an acknowledgement (on SQLite the two still
+/// take turns at the file).
+struct Committer {
     store: DeviceStore,
     /// Where committed writes go once committed (before their request is answered).
     memory: DeviceMemory,
+    state: Arc<QueueState>,
+}
+
+impl Committer {
+    /// Group commits until every clone of the queue is dropped: a request waits at most
+    /// [`COMMIT_WINDOW`] from when it was made for others to join its transaction; those that
+    /// came while the previous transaction ran have waited already and go at once.
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<CommitRequest>) {
+        let mut commits: Vec<CommitRequest> = Vec::new();
+        while receiver.recv_many(&mut commits, 4096).await > 0 {
+            if let Some(first) = commits.first() {
+                tokio::time::sleep_until(first.made + COMMIT_WINDOW).await;
+            }
+            while let Ok(request) = receiver.try_recv() {
+                commits.push(request);
+            }
+            self.group_commit(&mut commits).await;
+        }
+    }
+
+    /// Commits the waiting requests' writes in one transaction, puts them in memory, and answers
+    /// each. When that fails while the database answers, each request is tried alone. Requests
+    /// whose caller stopped waiting are skipped. Empties `commits`.
+    async fn group_commit(&self, commits: &mut Vec<CommitRequest>) {
+        let mut requests = std::mem::take(commits);
+        let total: usize = requests.iter().map(|request| request.writes.len()).sum();
+        requests.retain(|request| !request.done.is_closed());
+        let writes: Vec<Write> = requests
+            .iter()
+            .flat_map(|request| request.writes.iter().cloned())
+            .collect();
+        let all = self.store.apply_numbered(&writes).await;
+        if !writes.is_empty() {
+            self.state.record(all.as_ref().map(drop));
+        }
+        match all {
+            Ok(numbers) => {
+                self.remember(&writes, &numbers);
+                for request in requests {
+                    let _ = request.done.send(Ok(()));
+                }
+            }
+            Err(error) if error.is_transient() || !self.store.is_reachable().await => {
+                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed");
+                for request in requests {
+                    let _ = request.done.send(Err(CommitError::Unavailable));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed; each request is tried alone");
+                self.commit_one_by_one(requests).await;
+            }
+        }
+        self.state.done(total);
+    }
+
+    /// Puts committed writes in memory, with the numbers the change feed gave them.
+    fn remember(&self, writes: &[Write], numbers: &[Option<i64>]) {
+        for (write, number) in writes.iter().zip(numbers) {
+            self.memory.apply_committed(write, *number);
+        }
+    }
+
+    /// Commits each request alone (twice at most), so that writes the database refuses fail
+    /// only their own request.
+    async fn commit_one_by_one(&self, requests: Vec<CommitRequest>) {
+        for request in requests {
+            let mut outcome = self.store.apply_numbered(&request.writes).await;
+            if outcome.is_err() {
+                outcome = self.store.apply_numbered(&request.writes).await;
+            }
+            self.state.record(outcome.as_ref().map(drop));
+            let answer = match outcome {
+                Ok(numbers) => {
+                    self.remember(&request.writes, &numbers);
+                    Ok(())
+                }
+                Err(error) if !error.is_transient() && self.store.is_reachable().await => {
+                    self.state.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, writes = ?request.writes, "the device store refused a request's writes");
+                    Err(CommitError::Refused)
+                }
+                Err(_) => Err(CommitError::Unavailable),
+            };
+            let _ = request.done.send(answer);
+        }
+    }
+}
+
+/// The task that writes batches.
+struct Flusher {
+    store: DeviceStore,
     state: Arc<QueueState>,
     max_batch: usize,
     flush_every: Duration,
@@ -434,19 +541,12 @@ struct Flusher {
 impl Flusher {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<QueueMessage>) {
         let mut batch: Vec<Write> = Vec::new();
-        let mut commits: Vec<CommitRequest> = Vec::new();
         let mut inbox: Vec<QueueMessage> = Vec::with_capacity(self.max_batch);
         // When the current batch is due (set by its first write).
         let mut due: Option<Instant> = None;
-        // When the waiting commits are due (set by the first of them).
-        let mut commit_due: Option<Instant> = None;
         let mut open = true;
         while open {
-            let wake = match (due, commit_due) {
-                (Some(batch_at), Some(commit_at)) => Some(batch_at.min(commit_at)),
-                (batch_at, commit_at) => batch_at.or(commit_at),
-            };
-            match wake {
+            match due {
                 // Nothing waiting: sleep until a write comes (or the log is due a compaction).
                 None => {
                     let received = if self.appended > 0 {
@@ -483,16 +583,7 @@ impl Flusher {
                 let write = match message {
                     QueueMessage::Seen(packed) => Write::SeenDevice(packed.unpack()),
                     QueueMessage::Write(write) => *write,
-                    QueueMessage::Commit(request) => {
-                        if commits.is_empty() {
-                            commit_due = Some(Instant::now() + COMMIT_WINDOW);
-                        }
-                        commits.push(*request);
-                        continue;
-                    }
                     QueueMessage::Flush(done) => {
-                        self.group_commit(&mut commits).await;
-                        commit_due = None;
                         self.write_out(&mut batch).await;
                         due = None;
                         // The caller may have given up waiting; nothing to do then.
@@ -509,16 +600,11 @@ impl Flusher {
                     due = None;
                 }
             }
-            if commit_due.is_some_and(|due_at| due_at <= Instant::now()) {
-                self.group_commit(&mut commits).await;
-                commit_due = None;
-            }
             if due.is_some_and(|due_at| due_at <= Instant::now()) {
                 self.write_out(&mut batch).await;
                 due = None;
             }
         }
-        self.group_commit(&mut commits).await;
         self.write_out(&mut batch).await;
         tracing::debug!("device store write queue closed: flusher done");
     }
@@ -537,74 +623,6 @@ impl Flusher {
             }
         }));
         self.appended = 0;
-    }
-
-    /// Commits the waiting requests' writes in one transaction, puts them in memory, and answers
-    /// each. When that fails while the database answers, each request is tried alone. Requests
-    /// whose caller stopped waiting are skipped. Empties `commits`.
-    async fn group_commit(&self, commits: &mut Vec<CommitRequest>) {
-        let mut requests = std::mem::take(commits);
-        let total: usize = requests.iter().map(|request| request.writes.len()).sum();
-        requests.retain(|request| !request.done.is_closed());
-        let writes: Vec<Write> = requests
-            .iter()
-            .flat_map(|request| request.writes.iter().cloned())
-            .collect();
-        let all = self.store.apply_numbered(&writes).await;
-        if !writes.is_empty() {
-            self.state.record(all.as_ref().map(drop));
-        }
-        match all {
-            Ok(numbers) => {
-                self.remember(&writes, &numbers);
-                for request in requests {
-                    let _ = request.done.send(Ok(()));
-                }
-            }
-            Err(error) if !self.store.is_reachable().await => {
-                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed");
-                for request in requests {
-                    let _ = request.done.send(Err(CommitError::Unavailable));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, requests = requests.len(), "a group commit to the device store failed; each request is tried alone");
-                self.commit_one_by_one(requests).await;
-            }
-        }
-        self.state.done(total);
-    }
-
-    /// Puts committed writes in memory, with the numbers the change feed gave them.
-    fn remember(&self, writes: &[Write], numbers: &[Option<i64>]) {
-        for (write, number) in writes.iter().zip(numbers) {
-            self.memory.apply_committed(write, *number);
-        }
-    }
-
-    /// Commits each request alone (twice at most), so that writes the database refuses fail
-    /// only their own request.
-    async fn commit_one_by_one(&self, requests: Vec<CommitRequest>) {
-        for request in requests {
-            let mut outcome = self.store.apply_numbered(&request.writes).await;
-            if outcome.is_err() {
-                outcome = self.store.apply_numbered(&request.writes).await;
-            }
-            self.state.record(outcome.as_ref().map(drop));
-            let answer = match outcome {
-                Ok(numbers) => {
-                    self.remember(&request.writes, &numbers);
-                    Ok(())
-                }
-                Err(error) if self.store.is_reachable().await => {
-                    self.state.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, writes = ?request.writes, "the device store refused a request's writes");
-                    Err(CommitError::Refused)
-                }
-                Err(_) => Err(CommitError::Unavailable),
-            };
-            let _ = request.done.send(answer);
-        }
     }
 
     /// Writes the batch, retrying until every write is written or rejected; empties it; then
@@ -634,7 +652,8 @@ impl Flusher {
             failures += 1;
             self.state.retrying.store(true, Ordering::Release);
             tracing::warn!(%error, writes = batch.len(), failures, "writing a batch to the device store failed; retrying");
-            if failures >= ISOLATE_AFTER_FAILURES {
+            // A full disk or a lost connection fails every write alike: the batch waits whole.
+            if failures >= ISOLATE_AFTER_FAILURES && !error.is_transient() {
                 self.isolate(batch).await;
                 if batch.is_empty() {
                     break;
@@ -660,7 +679,7 @@ impl Flusher {
             let Err(first_error) = self.store.apply(std::slice::from_ref(&write)).await else {
                 continue;
             };
-            if !self.store.is_reachable().await {
+            if first_error.is_transient() || !self.store.is_reachable().await {
                 remaining.push(write);
                 break;
             }
@@ -669,7 +688,7 @@ impl Flusher {
                 tracing::debug!(error = %first_error, "a write failed once, then was written");
                 continue;
             };
-            if self.store.is_reachable().await {
+            if !error.is_transient() && self.store.is_reachable().await {
                 self.state.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, ?write, "the device store rejected a write; dropped");
             } else {

@@ -6,6 +6,7 @@ use sqlx::AnyConnection;
 use super::{
     StoreError, Write,
     changes::record_changes,
+    device_store::Backend,
     device_store::DeviceStore,
     dialect::{COMPACTION_RANGES, compaction_sql, outcomes_query, seen_devices_query},
     write_plan::{DeviceStep, MergedOutcome, WritePlan, row_chunks, sighting_chunks},
@@ -40,8 +41,27 @@ impl DeviceStore {
             // after some errors (a full disk among them), and with it the write lock, so every
             // later write would wait for it and fail "database is locked". Never reused.
             connection.close_on_drop();
+            drop(connection);
+            self.reclaim_wal().await;
         }
         written
+    }
+
+    /// After a failed write on SQLite: moves the WAL's pages into the database and empties the
+    /// WAL file. On a full disk the WAL may have taken the last free bytes, and it is emptied only
+    /// by a checkpoint, which runs after a commit, which needs room in the WAL: without this, the
+    /// store would stay full after the disk had room again. Best effort; fails while the disk is
+    /// still full, and is tried again after the next failure.
+    async fn reclaim_wal(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(%error, "emptying the SQLite WAL after a failed write failed");
+        }
     }
 
     /// [`DeviceStore::apply_numbered`] on one connection.

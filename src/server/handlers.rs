@@ -430,6 +430,7 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         "pending_writes": state.queue.pending(),
         "capacity": state.queue.capacity(),
         "writes_dropped": state.queue.dropped(),
+        "writes_rejected": state.queue.rejected(),
     });
     match (state.health(), store_failure) {
         (SourceHealth::Starting, _) => {
@@ -454,6 +455,7 @@ pub async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
 pub async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     state.metrics.writes_dropped.set(state.queue.dropped() as i64);
     state.metrics.sightings_skipped.set(state.queue.skipped() as i64);
+    state.metrics.writes_rejected.set(state.queue.rejected() as i64);
     (
         [(
             header::CONTENT_TYPE,

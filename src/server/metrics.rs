@@ -53,6 +53,9 @@ pub struct Metrics {
     pub channel_requests: Family<MethodLabels, Counter>,
     /// Device-store writes dropped because the queue was full.
     pub writes_dropped: Gauge,
+    /// Device-store writes the database refused on their own (bad data, not its condition),
+    /// dropped.
+    pub writes_rejected: Gauge,
     /// Requests answered 503 because their writes could not be committed, by reason.
     pub commits_failed: Family<CommitLabels, Counter>,
     /// Device sightings not written: the row was written lately and would change only its
@@ -119,6 +122,12 @@ impl Default for Metrics {
             "Device-store writes dropped because the write queue was full",
             writes_dropped.clone(),
         );
+        let writes_rejected = Gauge::default();
+        registry.register(
+            "device_store_writes_rejected",
+            "Device-store writes the database refused on their own while it took others, dropped",
+            writes_rejected.clone(),
+        );
         let commits_failed = Family::<CommitLabels, Counter>::default();
         registry.register(
             "device_store_commits_failed",
@@ -151,6 +160,7 @@ impl Default for Metrics {
             outcome_prunes_failed,
             channel_requests,
             writes_dropped,
+            writes_rejected,
             commits_failed,
             sightings_skipped,
             apps_served,
