@@ -67,10 +67,7 @@ impl Drop for Standalone {
 impl Standalone {
     async fn start(s3: &PrivateS3, logs: &Path) -> Standalone {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        support::copy_example_dir(
-            &support::repo_root().join("examples/standalone"),
-            dir.path(),
-        );
+        support::copy_example_dir(&support::repo_root().join("examples/standalone"), dir.path());
         let app = format!(
             "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  appId: com.example.shop\n  \
              platforms: [ios, android]\n  storage:\n    s3:\n      bucket: {}\n      region: us-east-1\n      \
@@ -136,7 +133,11 @@ fn check(channel: &str) -> Value {
 }
 
 /// One update check: its status, answer and how long it took, or why it got none.
-async fn update_check(client: &reqwest::Client, base: &str, body: &Value) -> Result<(u16, Value, Duration), String> {
+async fn update_check(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+) -> Result<(u16, Value, Duration), String> {
     let sent = Instant::now();
     let response = client
         .post(format!("{base}/updates"))
@@ -251,11 +252,7 @@ impl Checker {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Checker {
-            stop,
-            results,
-            task,
-        }
+        Checker { stop, results, task }
     }
 
     async fn stop(self) -> Vec<(Instant, Result<(u16, Value, Duration), String>)> {
@@ -290,11 +287,17 @@ async fn storage_unreachable_during_a_sync(outage: Outage) {
     let added_at = Instant::now();
 
     // The new channel is served at once, saying its bundle is not synced yet.
-    let beta = answer_when(&server.base, "beta", RELOAD_BOUND, "beta served while the storage is down", |answer| {
-        answer["message"]
-            .as_str()
-            .is_some_and(|message| message.contains("shop-1.5.0") && message.contains("not synced"))
-    })
+    let beta = answer_when(
+        &server.base,
+        "beta",
+        RELOAD_BOUND,
+        "beta served while the storage is down",
+        |answer| {
+            answer["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("shop-1.5.0") && message.contains("not synced"))
+        },
+    )
     .await;
     let reloaded_after = added_at.elapsed();
     // B is reported as retrying, and stays unsynced while the storage is down.
@@ -330,9 +333,13 @@ async fn storage_unreachable_during_a_sync(outage: Outage) {
         Outage::Refused => s3.start_again(),
     }
     // The retry syncs B, and it is served and downloads, by the same process.
-    let offer_b = answer_when(&server.base, "beta", RECOVERY_BOUND, "B offered after the storage came back", |answer| {
-        presigned_offer_of(answer, "1.5.0")
-    })
+    let offer_b = answer_when(
+        &server.base,
+        "beta",
+        RECOVERY_BOUND,
+        "B offered after the storage came back",
+        |answer| presigned_offer_of(answer, "1.5.0"),
+    )
     .await;
     let recovered_after = up_at.elapsed();
     assert_eq!(
@@ -358,7 +365,10 @@ async fn storage_unreachable_during_a_sync(outage: Outage) {
             .as_ref()
             .unwrap_or_else(|e| panic!("an update check {at:?} after the outage began: {e}"));
         assert_eq!(*status, 200, "{at:?} after the outage began: {answer}");
-        assert_eq!(answer["version"], "1.4.3", "{at:?} after the outage began: {answer}");
+        assert_eq!(
+            answer["version"], "1.4.3",
+            "{at:?} after the outage began: {answer}"
+        );
         assert_eq!(answer["checksum"], A_SHA, "{answer}");
         assert!(
             *took <= ANSWER_BOUND,

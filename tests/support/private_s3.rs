@@ -55,8 +55,7 @@ impl PrivateS3 {
             argv: Vec::new(),
             again: None,
         };
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s3.pid()))
-            .expect("rclone's command line");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s3.pid())).expect("rclone's command line");
         s3.argv = cmdline
             .split(|byte| *byte == 0)
             .filter(|arg| !arg.is_empty())
