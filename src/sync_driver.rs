@@ -455,4 +455,59 @@ mod tests {
             SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1)))
         );
     }
+
+    #[tokio::test]
+    async fn a_sync_run_apart_counts_its_retry_from_when_it_ended() {
+        let folder = tempfile::tempdir().unwrap();
+        let app = fixtures::app("shop", "com.example.shop", json!({}));
+        let opened = crate::storage::open(&app.spec.storage, folder.path(), &Credentials::default()).unwrap();
+        let storage = Fixed(Ok(opened));
+        let syncer = syncer();
+        let mut bundle = unsynced_bundle();
+        // A sync is due: the look says so and records nothing.
+        assert_eq!(syncer.look(&bundle, at(0)), None);
+        assert!(syncer.sync_due(&bundle, at(0)).is_some());
+        assert!(syncer.retry_of(&retry_key(&bundle)).is_none());
+
+        // The attempt (no one answers the source) ends 40 s later, as a hung storage's would.
+        let attempt = syncer.attempt(&bundle, &storage, None).await.unwrap();
+        let step = syncer.plan(&bundle, attempt, at(40));
+        let SyncStep::Record { status, next, .. } = step else {
+            panic!("a status to record: {step:?}");
+        };
+        let NextLook::After(wait) = next else {
+            panic!("a retry: {next:?}");
+        };
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(6)).contains(&wait),
+            "{wait:?}"
+        );
+        bundle.status = Some(*status);
+        assert_eq!(
+            syncer.look(&bundle, at(41)),
+            Some(SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1))))
+        );
+        assert!(syncer.sync_due(&bundle, at(41)).is_none());
+        // Once due, the retry is a sync again.
+        assert!(syncer.sync_due(&bundle, at(47)).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_storage_found_by_an_attempt_is_the_stalled_status() {
+        let problem = StorageProblem {
+            reason: reason::REFERENCE_NOT_READY,
+            message: "the storage of App shop cannot be opened".into(),
+            recheck: None,
+        };
+        let syncer = syncer();
+        let bundle = unsynced_bundle();
+        let attempt = syncer.attempt(&bundle, &Fixed(Err(problem)), None).await.unwrap();
+        assert!(matches!(attempt, Attempt::Unusable(_)), "{attempt:?}");
+        let step = syncer.plan(&bundle, attempt, at(0));
+        let SyncStep::Record { status, next, .. } = step else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("True"));
+        assert_eq!(next, NextLook::AwaitChange);
+    }
 }

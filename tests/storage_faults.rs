@@ -302,11 +302,9 @@ async fn storage_unreachable_during_a_sync(outage: Outage) {
     let reloaded_after = added_at.elapsed();
     // B is reported as retrying, and stays unsynced while the storage is down.
     let deadline = added_at + RETRYING_BOUND;
-    while !server
-        .log_text()
-        .lines()
-        .any(|line| line.contains("shop-1.5.0") && line.contains("(retrying)"))
-    {
+    while !server.log_text().lines().any(|line| {
+        line.contains("shop-1.5.0") && line.contains("StorageUnavailable") && line.contains("(retrying)")
+    }) {
         assert!(
             Instant::now() < deadline,
             "B not reported as retrying within {RETRYING_BOUND:?}:\n{}",
