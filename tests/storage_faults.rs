@@ -132,12 +132,11 @@ fn check(channel: &str) -> Value {
     })
 }
 
-/// One update check: its status, answer and how long it took, or why it got none.
-async fn update_check(
-    client: &reqwest::Client,
-    base: &str,
-    body: &Value,
-) -> Result<(u16, Value, Duration), String> {
+/// An update check's status, answer and how long it took, or why it got none.
+type Answered = Result<(u16, Value, Duration), String>;
+
+/// One update check.
+async fn update_check(client: &reqwest::Client, base: &str, body: &Value) -> Answered {
     let sent = Instant::now();
     let response = client
         .post(format!("{base}/updates"))
@@ -234,7 +233,7 @@ fn add_bundle_b(dir: &Path, sha: &str, zip: &[u8]) {
 /// time and result.
 struct Checker {
     stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<(Instant, Result<(u16, Value, Duration), String>)>>>,
+    results: Arc<Mutex<Vec<(Instant, Answered)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -255,7 +254,7 @@ impl Checker {
         Checker { stop, results, task }
     }
 
-    async fn stop(self) -> Vec<(Instant, Result<(u16, Value, Duration), String>)> {
+    async fn stop(self) -> Vec<(Instant, Answered)> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("the checker ends");
         std::mem::take(&mut *self.results.lock().unwrap())
