@@ -7,6 +7,8 @@
 //! - every update check is answered 200 with A's offer, none slow (a hung storage holds no
 //!   request and no reload of the folder);
 //! - once the server is back, B is synced by the retry and served, without restarting `ota`.
+//!
+//! The controller gets the same fault in `the_controller_retries_a_bundle_while_its_storage_hangs`.
 
 use std::{
     io::Write,
@@ -387,4 +389,152 @@ async fn a_hung_storage_during_a_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storage_refusing_connections_during_a_sync() {
     storage_unreachable_during_a_sync(Outage::Refused).await;
+}
+
+/// The cluster side of the same fault: `ota controller` (in this process, against the test API
+/// server) syncs Bundles into an S3 server of the test's own; while that server hangs, a new
+/// Bundle is reported Synced=False (`StorageUnavailable`) and Reconciling (retrying) in bounded
+/// time, the synced one stays Ready, and once the server answers the retry syncs the new one.
+/// Needs the test API server (`tests/run.sh --test storage_faults`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_controller_retries_a_bundle_while_its_storage_hangs() {
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+    };
+    use ota_operator::{
+        api::{
+            Bundle,
+            app::{S3Storage, StorageSpec},
+            common::SecretReference,
+        },
+        storage::{self, Credentials},
+        sync,
+    };
+
+    const SECRET: &str = "faulty-storage";
+    let s3 = PrivateS3::start();
+    let client = support::client_with_crds().await;
+    let namespace = support::unique_namespace("storage-faults");
+    let spec = StorageSpec {
+        s3: Some(S3Storage {
+            bucket: s3.bucket.clone(),
+            region: "us-east-1".to_owned(),
+            endpoint: Some(s3.endpoint.clone()),
+            force_path_style: true,
+            credentials_secret_ref: Some(SecretReference {
+                name: SECRET.to_owned(),
+            }),
+        }),
+        prefix: Some(format!("apps/{namespace}/")),
+        ..StorageSpec::default()
+    };
+    let credentials = Credentials::from_map(std::collections::BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID".to_owned(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), s3.secret_key.clone()),
+    ]));
+    let opened = storage::open(&spec, Path::new("/nonexistent"), &credentials).expect("the storage opens");
+    // Both zips are in the storage before the outage (a Bundle's `storageKey` source).
+    let a_zip = std::fs::read(support::repo_root().join("examples/standalone/bundles/shop-1.4.3.zip"))
+        .expect("A's zip");
+    let (b_zip, b_sha) = bundle_b();
+    for (key, bytes) in [("uploads/a.zip", a_zip), ("uploads/b.zip", b_zip)] {
+        let path = sync::object_path(&opened.prefix, key).expect("a clean key");
+        object_store::ObjectStoreExt::put(&*opened.store, &path, bytes.into())
+            .await
+            .unwrap_or_else(|e| panic!("uploading {key}: {e}"));
+    }
+
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    });
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &namespace)
+        .patch(
+            SECRET,
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("the Secret is created");
+    let bundle = |name: &str, version: &str, key: &str, sha: &str| {
+        json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Bundle", "metadata": {"name": name},
+            "spec": {"appRef": "shop", "version": version, "source": {"storageKey": key, "sha256": sha}}
+        })
+    };
+    let documents = [
+        json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "shop"},
+            "spec": {"appId": "com.example.faults", "storage": serde_json::to_value(&spec).expect("a spec"),
+                     "server": {"replicas": 1}}
+        }),
+        bundle("shop-1.4.3", "1.4.3", "uploads/a.zip", A_SHA),
+    ];
+    for document in &documents {
+        support::apply_document(&client, &namespace, document)
+            .await
+            .expect("applied");
+    }
+    let controller = support::controller::start(
+        &client,
+        support::controller::options(&namespace, false, "storage-faults"),
+    )
+    .await;
+    let api: Api<Bundle> = Api::namespaced(client.clone(), &namespace);
+    let condition = |bundle: &Bundle, type_: &str| {
+        let status = bundle.status.as_ref()?;
+        (status.observed_generation == bundle.metadata.generation)
+            .then(|| status.conditions.iter().find(|c| c.type_ == type_).cloned())
+            .flatten()
+    };
+    let when = |name: &'static str, type_: &'static str, status: &'static str, seconds: u64| {
+        let api = api.clone();
+        async move {
+            support::controller::eventually(seconds, &format!("Bundle {name} has {type_}={status}"), || {
+                let api = api.clone();
+                async move {
+                    let bundle = api.get_opt(name).await.expect("a read")?;
+                    condition(&bundle, type_)
+                        .is_some_and(|c| c.status == status)
+                        .then_some(bundle)
+                }
+            })
+            .await
+        }
+    };
+    when("shop-1.4.3", "Ready", "True", 60).await;
+
+    s3.hang();
+    let hung_at = Instant::now();
+    support::apply_document(
+        &client,
+        &namespace,
+        &bundle("shop-1.5.0", "1.5.0", "uploads/b.zip", &b_sha),
+    )
+    .await
+    .expect("B applied");
+    let retrying = when("shop-1.5.0", "Reconciling", "True", 60).await;
+    let reported_after = hung_at.elapsed();
+    let synced = condition(&retrying, "Synced").expect("a Synced condition");
+    assert_eq!(synced.status, "False", "{synced:?}");
+    assert_eq!(synced.reason, "StorageUnavailable", "{synced:?}");
+    let stalled = condition(&retrying, "Stalled").expect("a Stalled condition");
+    assert_eq!(stalled.status, "False", "a transient failure: {stalled:?}");
+    let a = api.get("shop-1.4.3").await.expect("A");
+    assert_eq!(
+        condition(&a, "Ready").map(|c| c.status),
+        Some("True".to_owned()),
+        "A stays Ready"
+    );
+
+    s3.resume();
+    let up_at = Instant::now();
+    when("shop-1.5.0", "Synced", "True", 90).await;
+    eprintln!(
+        "controller: B reported retrying {reported_after:?} after the storage hung ({}); synced {:?} after it answered again",
+        synced.message,
+        up_at.elapsed()
+    );
+    controller.stop().await;
 }
