@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::{
     api::{Bundle, BundleStatus, constants::reason},
     core::bundle_lifecycle::{
-        self, RetryState, SyncDecision, SyncFacts, SyncFailure, SyncOutcome, WarningEvent,
+        self, RetryState, SyncCause, SyncDecision, SyncFacts, SyncFailure, SyncOutcome, WarningEvent,
         bundle_status_after_sync, sync_decision,
     },
     storage::OpenedStorage,
@@ -92,6 +92,15 @@ pub enum SyncStep {
     CompressVariants,
 }
 
+/// What one sync attempt gave.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    /// The sync ran: synced, or failed (its failures are outcomes).
+    Outcome(SyncOutcome),
+    /// The App, the source or the storage cannot be used: the Bundle is Stalled.
+    Unusable(StorageProblem),
+}
+
 /// Runs Bundle syncs, remembering transient failures for the core's retry schedule.
 pub struct BundleSyncer {
     /// The HTTP client for URL sources.
@@ -124,26 +133,71 @@ impl BundleSyncer {
         source_dir: Option<&Path>,
         now: Timestamp,
     ) -> Result<SyncStep, P::Error> {
+        if let Some(step) = self.look(bundle, now) {
+            return Ok(step);
+        }
+        let attempt = self.attempt(bundle, storage, source_dir).await?;
+        Ok(self.plan(bundle, attempt, now))
+    }
+
+    /// The part of [`BundleSyncer::step`] that needs no I/O: the step when the core's decision
+    /// at `now` is not a sync, None when a sync is due (then run [`BundleSyncer::attempt`] and
+    /// give its result to [`BundleSyncer::plan`]; standalone mode does so in the background).
+    pub fn look(&self, bundle: &Bundle, now: Timestamp) -> Option<SyncStep> {
+        let retry = self.retry_of(&retry_key(bundle));
+        let now_ms = now.as_millisecond();
+        match sync_decision(bundle, retry.as_ref(), now_ms) {
+            SyncDecision::UpToDate => Some(SyncStep::Wait(NextLook::Resync)),
+            SyncDecision::CompressVariants => Some(SyncStep::CompressVariants),
+            SyncDecision::AwaitChange { .. } => Some(SyncStep::Wait(NextLook::AwaitChange)),
+            SyncDecision::RetryAt { retry_at_ms } => {
+                Some(SyncStep::Wait(NextLook::After(until(retry_at_ms, now_ms))))
+            }
+            SyncDecision::RecordGeneration => {
+                Some(self.plan(bundle, Attempt::Outcome(SyncOutcome::AlreadyStored), now))
+            }
+            SyncDecision::Sync(cause) => {
+                tracing::info!(?cause, "syncing");
+                None
+            }
+        }
+    }
+
+    /// Why a sync of `bundle` is due at `now`, if it is (what [`BundleSyncer::look`] answers
+    /// None for), without recording anything.
+    pub fn sync_due(&self, bundle: &Bundle, now: Timestamp) -> Option<SyncCause> {
+        let retry = self.retry_of(&retry_key(bundle));
+        match sync_decision(bundle, retry.as_ref(), now.as_millisecond()) {
+            SyncDecision::Sync(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Runs the sync of `bundle` (the I/O of a look; it remembers nothing): what it gave, or the
+    /// shell's own failure.
+    pub async fn attempt<P: StoragePort>(
+        &self,
+        bundle: &Bundle,
+        storage: &P,
+        source_dir: Option<&Path>,
+    ) -> Result<Attempt, P::Error> {
+        match self.sync_now(bundle, storage, source_dir).await {
+            Ok(outcome) => Ok(Attempt::Outcome(outcome)),
+            Err(OpenFailure::Unusable(problem)) => Ok(Attempt::Unusable(problem)),
+            Err(OpenFailure::Shell(error)) => Err(error),
+        }
+    }
+
+    /// The status plan after `attempt`, made at `now` (when the attempt ended, so a retry is
+    /// counted from its failure): remembers a transient failure for the core's retry schedule.
+    pub fn plan(&self, bundle: &Bundle, attempt: Attempt, now: Timestamp) -> SyncStep {
+        let outcome = match attempt {
+            Attempt::Outcome(outcome) => outcome,
+            Attempt::Unusable(problem) => return stalled(bundle, problem, now),
+        };
         let key = retry_key(bundle);
         let retry = self.retry_of(&key);
         let now_ms = now.as_millisecond();
-        let outcome = match sync_decision(bundle, retry.as_ref(), now_ms) {
-            SyncDecision::UpToDate => return Ok(SyncStep::Wait(NextLook::Resync)),
-            SyncDecision::CompressVariants => return Ok(SyncStep::CompressVariants),
-            SyncDecision::AwaitChange { .. } => return Ok(SyncStep::Wait(NextLook::AwaitChange)),
-            SyncDecision::RetryAt { retry_at_ms } => {
-                return Ok(SyncStep::Wait(NextLook::After(until(retry_at_ms, now_ms))));
-            }
-            SyncDecision::RecordGeneration => SyncOutcome::AlreadyStored,
-            SyncDecision::Sync(cause) => {
-                tracing::info!(?cause, "syncing");
-                match self.sync_now(bundle, storage, source_dir).await {
-                    Ok(outcome) => outcome,
-                    Err(OpenFailure::Unusable(problem)) => return Ok(stalled(bundle, problem, now)),
-                    Err(OpenFailure::Shell(error)) => return Err(error),
-                }
-            }
-        };
         let plan = bundle_status_after_sync(bundle, &outcome, retry.as_ref(), now_ms);
         self.remember(&key, plan.retry.clone());
         let next = match &plan.retry {
@@ -159,12 +213,12 @@ impl BundleSyncer {
             SyncOutcome::Synced(_) | SyncOutcome::AlreadyStored => None,
         };
         let warning = plan.warning.clone();
-        Ok(SyncStep::Record {
+        SyncStep::Record {
             status: Box::new(plan.into_status(now)),
             warning,
             problem,
             next,
-        })
+        }
     }
 
     /// Runs the sync: an [`OpenFailure`] when the App, the source or the storage cannot be used
@@ -400,5 +454,60 @@ mod tests {
             again,
             SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1)))
         );
+    }
+
+    #[tokio::test]
+    async fn a_sync_run_apart_counts_its_retry_from_when_it_ended() {
+        let folder = tempfile::tempdir().unwrap();
+        let app = fixtures::app("shop", "com.example.shop", json!({}));
+        let opened = crate::storage::open(&app.spec.storage, folder.path(), &Credentials::default()).unwrap();
+        let storage = Fixed(Ok(opened));
+        let syncer = syncer();
+        let mut bundle = unsynced_bundle();
+        // A sync is due: the look says so and records nothing.
+        assert_eq!(syncer.look(&bundle, at(0)), None);
+        assert!(syncer.sync_due(&bundle, at(0)).is_some());
+        assert!(syncer.retry_of(&retry_key(&bundle)).is_none());
+
+        // The attempt (no one answers the source) ends 40 s later, as a hung storage's would.
+        let attempt = syncer.attempt(&bundle, &storage, None).await.unwrap();
+        let step = syncer.plan(&bundle, attempt, at(40));
+        let SyncStep::Record { status, next, .. } = step else {
+            panic!("a status to record: {step:?}");
+        };
+        let NextLook::After(wait) = next else {
+            panic!("a retry: {next:?}");
+        };
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(6)).contains(&wait),
+            "{wait:?}"
+        );
+        bundle.status = Some(*status);
+        assert_eq!(
+            syncer.look(&bundle, at(41)),
+            Some(SyncStep::Wait(NextLook::After(wait - Duration::from_secs(1))))
+        );
+        assert!(syncer.sync_due(&bundle, at(41)).is_none());
+        // Once due, the retry is a sync again.
+        assert!(syncer.sync_due(&bundle, at(47)).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_storage_found_by_an_attempt_is_the_stalled_status() {
+        let problem = StorageProblem {
+            reason: reason::REFERENCE_NOT_READY,
+            message: "the storage of App shop cannot be opened".into(),
+            recheck: None,
+        };
+        let syncer = syncer();
+        let bundle = unsynced_bundle();
+        let attempt = syncer.attempt(&bundle, &Fixed(Err(problem)), None).await.unwrap();
+        assert!(matches!(attempt, Attempt::Unusable(_)), "{attempt:?}");
+        let step = syncer.plan(&bundle, attempt, at(0));
+        let SyncStep::Record { status, next, .. } = step else {
+            panic!("a status to record: {step:?}");
+        };
+        assert_eq!(status_of(&status.conditions, condition::STALLED), Some("True"));
+        assert_eq!(next, NextLook::AwaitChange);
     }
 }

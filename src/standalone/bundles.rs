@@ -4,11 +4,19 @@
 //!
 //! A folder has no API server to count generations, so this module does: a Bundle's generation
 //! goes up when its spec changes, which is what the core's decisions read.
+//!
+//! Syncs run in the background: a look of the folder starts the syncs that are due, waits for
+//! them at most [`SYNC_WAIT`], and serves what it has. A sync still running then (a big zip, or a
+//! storage that does not answer) keeps its Bundle's last status until it ends, and its end is
+//! recorded at the next look ([`Bundles::look_due`]): a storage that hangs never holds the
+//! folder's other changes, or the rollouts, for longer than that.
 
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
     path::PathBuf,
+    sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::jiff::Timestamp;
@@ -17,24 +25,44 @@ use crate::{
     api::{
         Bundle,
         bundle::{BundleSpec, BundleStatus},
+        constants::reason,
     },
-    core::bundle_lifecycle::retry_delay_ms,
+    core::bundle_lifecycle::{SyncFailure, SyncOutcome, retry_delay_ms},
     server::assembly::OpenedApps,
     storage::OpenedStorage,
     sync::SyncError,
-    sync_driver::{self, BundleSyncer, NextLook, OpenFailure, StoragePort, SyncStep},
+    sync_driver::{
+        self, Attempt, BundleSyncer, NextLook, OpenFailure, StoragePort, StorageProblem, SyncStep,
+    },
 };
 
 /// Looks at one Bundle in one load: a sync, the status it records, then its variants step.
 const MAX_STEPS_PER_LOOK: usize = 3;
+
+/// How long a look of the folder waits for the syncs it started before serving without them.
+/// A quick sync (a small zip, a storage that answers) is served by the look that started it; a
+/// longer one is served by the look after it ends.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+
+/// At most this many syncs run at once (each reads a zip and uploads its files).
+const SYNCS_AT_ONCE: usize = 4;
 
 /// A namespace and a name.
 type BundleId = (String, String);
 
 /// The Bundles of the folder, as synced so far.
 pub(super) struct Bundles {
-    syncer: BundleSyncer,
+    syncs: Syncs,
     held: HashMap<BundleId, Held>,
+}
+
+/// Starts the syncs in the background.
+struct Syncs {
+    syncer: Arc<BundleSyncer>,
+    /// Bounds the syncs running at once.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Woken when a sync ends.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// What is held of one Bundle between two loads of the folder.
@@ -53,6 +81,21 @@ struct Held {
     look_at_ms: Option<i64>,
     /// The second step of a plain sync (the Brotli variants), running or waiting for a retry.
     variants: Option<VariantsTask>,
+    /// The sync running in the background, if any.
+    sync: Option<SyncTask>,
+}
+
+/// A sync of one generation of a Bundle, running in the background; stopped when dropped (its
+/// Bundle changed, or left the folder).
+struct SyncTask {
+    generation: i64,
+    task: tokio::task::JoinHandle<Attempt>,
+}
+
+impl Drop for SyncTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The Brotli variants of a synced bundle, made in the background (it is served with raw files
@@ -67,35 +110,84 @@ enum VariantsTask {
     Retry { at_ms: i64, failures: u32 },
 }
 
-/// Standalone mode's way to a Bundle's storage: the App's, opened with the environment's
-/// credentials when the folder was read.
-struct FolderStorage<'a>(&'a OpenedApps);
+impl Syncs {
+    /// Starts the sync of `bundle` (as it is now: its generation and status) in the background.
+    fn start(&self, bundle: &Bundle, apps: &OpenedApps, folder: PathBuf) -> SyncTask {
+        let syncer = Arc::clone(&self.syncer);
+        let permits = Arc::clone(&self.permits);
+        let ended = Arc::clone(&self.ended);
+        let storage = FolderStorage::of(apps, bundle);
+        let bundle = bundle.clone();
+        let generation = bundle.metadata.generation.unwrap_or_default();
+        let task = tokio::spawn(async move {
+            let attempt = match permits.acquire_owned().await {
+                Ok(_permit) => match syncer.attempt(&bundle, &storage, Some(&folder)).await {
+                    Ok(attempt) => attempt,
+                    Err(never) => match never {},
+                },
+                Err(closed) => stopped(&closed),
+            };
+            ended.notify_one();
+            attempt
+        });
+        SyncTask { generation, task }
+    }
+}
 
-impl StoragePort for FolderStorage<'_> {
+/// Standalone mode's way to a Bundle's storage: the App's, opened with the environment's
+/// credentials when the folder was read (or why it cannot be used).
+struct FolderStorage(Result<OpenedStorage, StorageProblem>);
+
+impl FolderStorage {
+    fn of(apps: &OpenedApps, bundle: &Bundle) -> FolderStorage {
+        FolderStorage(apps.of_bundle(bundle).map(|storage| storage.opened.clone()))
+    }
+}
+
+impl StoragePort for FolderStorage {
     type Error = Infallible;
 
-    async fn open(&self, bundle: &Bundle) -> Result<OpenedStorage, OpenFailure<Infallible>> {
-        self.0
-            .of_bundle(bundle)
-            .map(|storage| storage.opened.clone())
-            .map_err(OpenFailure::Unusable)
+    async fn open(&self, _: &Bundle) -> Result<OpenedStorage, OpenFailure<Infallible>> {
+        self.0.clone().map_err(OpenFailure::Unusable)
     }
 }
 
 impl Bundles {
     pub(super) fn new(http: reqwest::Client) -> Bundles {
         Bundles {
-            syncer: BundleSyncer::new(http, crate::sync::SyncLimits::default()),
+            syncs: Syncs {
+                syncer: Arc::new(BundleSyncer::new(http, crate::sync::SyncLimits::default())),
+                permits: Arc::new(tokio::sync::Semaphore::new(SYNCS_AT_ONCE)),
+                ended: Arc::new(tokio::sync::Notify::new()),
+            },
             held: HashMap::new(),
         }
     }
 
-    /// Whether a Bundle is due for another look at `now`: a retry, or a variants step that
-    /// finished or may be tried again.
+    /// Waits until every running sync ended, or until `deadline`.
+    async fn wait_for_syncs(&self, deadline: tokio::time::Instant) {
+        loop {
+            let running = self
+                .held
+                .values()
+                .any(|held| held.sync.as_ref().is_some_and(|sync| !sync.task.is_finished()));
+            if !running
+                || tokio::time::timeout_at(deadline, self.syncs.ended.notified())
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Whether a Bundle is due for another look at `now`: a retry, a sync that ended, or a
+    /// variants step that finished or may be tried again.
     pub(super) fn look_due(&self, now: Timestamp) -> bool {
         let now_ms = now.as_millisecond();
         self.held.values().any(|held| {
             held.look_at_ms.is_some_and(|at| at <= now_ms)
+                || held.sync.as_ref().is_some_and(|sync| sync.task.is_finished())
                 || match &held.variants {
                     Some(VariantsTask::Running { task, .. }) => task.is_finished(),
                     Some(VariantsTask::Retry { at_ms, .. }) => *at_ms <= now_ms,
@@ -104,17 +196,19 @@ impl Bundles {
         })
     }
 
-    /// The folder's Bundles with their statuses after a look at each at `now` (syncing those the
-    /// core says to), and the problems found, for the log.
+    /// The folder's Bundles with their statuses after a look at each at `now` (starting the syncs
+    /// the core says to, and waiting for them at most [`SYNC_WAIT`]), and the problems found, for
+    /// the log.
     pub(super) async fn look(
         &mut self,
         loaded: Vec<(Bundle, PathBuf)>,
         apps: &OpenedApps,
         now: Timestamp,
     ) -> (Vec<Bundle>, Vec<String>) {
-        let mut bundles = Vec::with_capacity(loaded.len());
-        let mut problems = Vec::new();
-        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        // Every Bundle with its generation and status as held; the syncs that are due started.
+        let mut looked = Vec::with_capacity(loaded.len());
+        let mut started = false;
         for (mut bundle, folder) in loaded {
             let id = (
                 bundle.metadata.namespace.clone().unwrap_or_default(),
@@ -132,21 +226,58 @@ impl Bundles {
                 problem: None,
                 look_at_ms: None,
                 variants: None,
+                sync: None,
             });
             held.observe(&bundle.spec, storage);
             held.collect_variants(&id, now).await;
             bundle.metadata.generation = Some(held.generation);
             bundle.status = held.status.clone();
+            if held.sync.is_none()
+                && let Some(cause) = self.syncs.syncer.sync_due(&bundle, now)
+            {
+                tracing::info!(bundle = %id.1, ?cause, "syncing");
+                held.sync = Some(self.syncs.start(&bundle, apps, folder.clone()));
+                started = true;
+            }
+            looked.push((bundle, folder, id));
+        }
+        let seen: HashSet<&BundleId> = looked.iter().map(|(_, _, id)| id).collect();
+        self.held.retain(|id, _| seen.contains(id));
+        if started {
+            self.wait_for_syncs(deadline).await;
+        }
+
+        let mut bundles = Vec::with_capacity(looked.len());
+        let mut problems = Vec::new();
+        for (mut bundle, folder, id) in looked {
+            let Some(held) = self.held.get_mut(&id) else {
+                continue;
+            };
             // A recorded change is looked at again at once, as the controller's status write
             // wakes its reconcile (a sync, then its variants step); an unchanged one is not.
             for _ in 0..MAX_STEPS_PER_LOOK {
-                let step = match self
-                    .syncer
-                    .step(&bundle, &FolderStorage(apps), Some(&folder), now)
-                    .await
-                {
-                    Ok(step) => step,
-                    Err(never) => match never {},
+                let step = match &mut held.sync {
+                    Some(sync) if sync.task.is_finished() => {
+                        let attempt = match (&mut sync.task).await {
+                            Ok(attempt) => attempt,
+                            Err(error) => stopped(&error),
+                        };
+                        let current = sync.generation == held.generation;
+                        held.sync = None;
+                        if !current {
+                            continue;
+                        }
+                        self.syncs.syncer.plan(&bundle, attempt, now)
+                    }
+                    // Still running: the Bundle keeps its status until it ends.
+                    Some(_) => break,
+                    None => match self.syncs.syncer.look(&bundle, now) {
+                        Some(step) => step,
+                        None => {
+                            held.sync = Some(self.syncs.start(&bundle, apps, folder.clone()));
+                            break;
+                        }
+                    },
                 };
                 match step {
                     SyncStep::Record {
@@ -175,12 +306,20 @@ impl Bundles {
                     bundle.metadata.name.as_deref().unwrap_or_default()
                 ));
             }
-            seen.insert(id);
             bundles.push(bundle);
         }
-        self.held.retain(|id, _| seen.contains(id));
         (bundles, problems)
     }
+}
+
+/// A sync that stopped without an outcome (its task panicked, or was cancelled): a transient
+/// failure, tried again on the core's schedule.
+fn stopped(error: &dyn std::fmt::Display) -> Attempt {
+    Attempt::Outcome(SyncOutcome::Failed(SyncFailure {
+        terminal: false,
+        reason: reason::STORAGE_UNAVAILABLE,
+        message: format!("the sync stopped: {error}"),
+    }))
 }
 
 impl Held {
@@ -191,11 +330,13 @@ impl Held {
             self.status = None;
             self.problem = None;
             self.variants = None;
+            self.sync = None;
         }
         if self.spec != *spec {
             self.spec = spec.clone();
             self.generation = self.generation.saturating_add(1);
             self.variants = None;
+            self.sync = None;
         }
     }
 

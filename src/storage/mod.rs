@@ -458,6 +458,22 @@ fn parse_endpoint(backend: Backend, endpoint: &str) -> Result<(url::Url, bool), 
     Ok((url, http))
 }
 
+/// How long a request to object storage is retried by the client, at most. A request that gets
+/// no answer still fails at the client's own timeout (30 s, object_store's default), then is not
+/// tried again: the Bundle's own retry schedule (5 s doubling to 5 min) takes over, so an
+/// unreachable storage is reported as such within about 30 s, not after object_store's default
+/// of 3 minutes of retries.
+const REQUEST_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The retries of every object-storage client: object_store's backoff and count, within
+/// [`REQUEST_RETRY_TIMEOUT`].
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        retry_timeout: REQUEST_RETRY_TIMEOUT,
+        ..object_store::RetryConfig::default()
+    }
+}
+
 /// Environment variables of the AWS default credential chain that `AmazonS3Builder` reads as
 /// configuration (only these: the spec, not the environment, decides bucket and endpoint).
 const AWS_CHAIN_ENV: [&str; 8] = [
@@ -543,6 +559,7 @@ fn open_s3(spec: &S3Storage, credentials: &Credentials) -> Result<object_store::
         }
     }
     builder
+        .with_retry(retry_config())
         .build()
         .map_err(|e| config_error(backend, &e, credentials))
 }
@@ -579,6 +596,7 @@ fn open_gcs(
         }
     }
     builder
+        .with_retry(retry_config())
         .build()
         .map_err(|e| config_error(backend, &e, credentials))
 }
@@ -662,6 +680,7 @@ fn open_azure(
         }
     }
     builder
+        .with_retry(retry_config())
         .build()
         .map_err(|e| config_error(backend, &e, credentials))
 }

@@ -23,6 +23,7 @@ pub mod controller;
 pub mod helm;
 pub mod load;
 pub mod private_postgres;
+pub mod private_s3;
 pub mod recording_proxy;
 pub mod standalone;
 
