@@ -305,6 +305,115 @@ mod tests {
         assert_eq!(address_from_header(peer, &headers, &source), peer);
     }
 
+    fn snapshot_with(rate_limits: serde_json::Value) -> Snapshot {
+        use crate::core::fixtures;
+        let mut inputs = fixtures::inputs();
+        inputs.apps = vec![fixtures::app(
+            "shop",
+            fixtures::APP_ID,
+            serde_json::json!({"server": {"rateLimits": rate_limits}}),
+        )];
+        fixtures::snapshot(&inputs)
+    }
+
+    fn peer(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, n))
+    }
+
+    #[test]
+    fn a_client_over_its_burst_is_refused_with_the_wait_until_its_next_request() {
+        let limiters = RateLimiters::default();
+        limiters.update(&snapshot_with(serde_json::json!({
+            "perClient": {"requestsPerSecond": 1, "burst": 2},
+        })));
+        let headers = HeaderMap::new();
+        assert!(limiters.check_client(peer(1), &headers).is_ok());
+        assert!(limiters.check_client(peer(1), &headers).is_ok());
+        let over = limiters.check_client(peer(1), &headers).unwrap_err();
+        assert_eq!(over.kind, LimitKind::PerClient);
+        assert!(
+            over.wait > Duration::ZERO && over.wait <= Duration::from_secs(1),
+            "{over:?}"
+        );
+        assert!(limiters.check_client(peer(2), &headers).is_ok(), "another client");
+    }
+
+    #[test]
+    fn the_same_limits_in_a_new_snapshot_keep_the_budgets_spent() {
+        let limiters = RateLimiters::default();
+        let rate_limits = serde_json::json!({
+            "perClient": {"requestsPerSecond": 1, "burst": 1},
+            "perApp": {"requestsPerSecond": 1, "burst": 1},
+        });
+        limiters.update(&snapshot_with(rate_limits.clone()));
+        let headers = HeaderMap::new();
+        assert!(limiters.check_client(peer(1), &headers).is_ok());
+        assert!(limiters.check_app(fixtures_app_id()).is_ok());
+        limiters.update(&snapshot_with(rate_limits));
+        assert!(limiters.check_client(peer(1), &headers).is_err());
+        assert_eq!(
+            limiters.check_app(fixtures_app_id()).unwrap_err().kind,
+            LimitKind::PerApp
+        );
+        // An app not served has no per-App limit.
+        assert!(limiters.check_app("com.example.other").is_ok());
+        // New limits: new budgets.
+        limiters.update(&snapshot_with(serde_json::json!({
+            "perClient": {"requestsPerSecond": 2, "burst": 1},
+            "perApp": {"requestsPerSecond": 2, "burst": 1},
+        })));
+        assert!(limiters.check_client(peer(1), &headers).is_ok());
+        assert!(limiters.check_app(fixtures_app_id()).is_ok());
+        // Off: nothing is counted.
+        limiters.update(&snapshot_with(serde_json::json!({"enabled": false})));
+        for _ in 0..10 {
+            assert!(limiters.check_client(peer(1), &headers).is_ok());
+            assert!(limiters.check_app(fixtures_app_id()).is_ok());
+        }
+    }
+
+    fn fixtures_app_id() -> &'static str {
+        crate::core::fixtures::APP_ID
+    }
+
+    #[test]
+    fn clients_whose_bucket_is_full_again_are_forgotten() {
+        let limiters = RateLimiters::default();
+        // A bucket of 1 refilled in 1 ms: full again almost at once.
+        limiters.update(&snapshot_with(serde_json::json!({
+            "perClient": {"requestsPerSecond": 1000, "burst": 1},
+        })));
+        let headers = HeaderMap::new();
+        for n in 1..=50 {
+            assert!(limiters.check_client(peer(n), &headers).is_ok());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(limiters.retain_recent(), 0);
+        // A client within its window is kept.
+        limiters.update(&snapshot_with(serde_json::json!({
+            "perClient": {"requestsPerSecond": 1, "burst": 1},
+        })));
+        assert!(limiters.check_client(peer(1), &headers).is_ok());
+        assert_eq!(limiters.retain_recent(), 1);
+    }
+
+    #[test]
+    fn the_trusted_header_names_the_client() {
+        let limiters = RateLimiters::default();
+        limiters.update(&snapshot_with(serde_json::json!({
+            "perClient": {"requestsPerSecond": 1, "burst": 1},
+            "clientIpHeader": "X-Forwarded-For",
+        })));
+        let mut first = HeaderMap::new();
+        first.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
+        let mut second = HeaderMap::new();
+        second.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.2"));
+        // One proxy address, two clients behind it.
+        assert!(limiters.check_client(peer(9), &first).is_ok());
+        assert!(limiters.check_client(peer(9), &second).is_ok());
+        assert!(limiters.check_client(peer(9), &first).is_err());
+    }
+
     #[test]
     fn a_quota_is_the_limit_given() {
         let quota = quota(Limit {
