@@ -1,7 +1,7 @@
 //! Benchmark of the update server's `POST /updates` against a bare hyper server, in one run.
 //!
 //! `cargo bench --bench update_server` (or `tests/bench/update_server.sh`, which installs `wrk`
-//! first) runs the driver. The same binary plays three main roles, chosen by `OTA_BENCH_ROLE` (or a
+//! first) runs the driver. The same binary plays four main roles, chosen by `OTA_BENCH_ROLE` (or a
 //! first argument of the same name), so each server is a process of its own and the update
 //! server's memory is measured alone:
 //!
@@ -9,6 +9,10 @@
 //!   Bundles with 30-file delta manifests, one Rollout at 10% per App), boots the real server on
 //!   127.0.0.1 with a device store in a temporary SQLite file, prints `LISTENING <address>` and
 //!   serves until killed (or until its standard input closes, i.e. the driver is gone);
+//! - `ota-server-limited`: the same with every App's rate limits on, at limits no run reaches
+//!   (every check passes the per-client and the per-App limiter): the driver runs it in the same
+//!   rounds and reports its throughput against `ota-server`'s (whose Apps have rate limits off,
+//!   as the benchmark's load is one client on 127.0.0.1); `OTA_BENCH_LIMITER=0` leaves it out;
 //! - `bare`: a bare hyper 1 HTTP/1 server answering every request with a fixed 300-byte JSON
 //!   body, on the same Tokio runtime settings;
 //! - `driver` (the default): starts both, samples an answer mix from the update server, drives
@@ -31,7 +35,7 @@
 //! CPU processes that the benchmark did not start took meanwhile (a run disturbed by them says
 //! so).
 //!
-//! Settings (environment): `OTA_BENCH_WORKERS` (server worker threads, default: the CPU count),
+//! Settings (environment): `OTA_BENCH_LIMITER` (1: also run `ota-server-limited`), `OTA_BENCH_WORKERS` (server worker threads, default: the CPU count),
 //! `OTA_BENCH_WRK_THREADS` (2), `OTA_BENCH_CONNECTIONS` (64), `OTA_BENCH_WARMUP_SECONDS` (3),
 //! `OTA_BENCH_SECONDS` (10, per round), `OTA_BENCH_ROUNDS` (3), `OTA_BENCH_PROBE_SECONDS` (10),
 //! `OTA_BENCH_PROBE_CONNECTIONS` (32), `OTA_BENCH_DATABASE` (`file`, or `memory` for
@@ -81,6 +85,8 @@ use sha2::{Digest, Sha256};
 use tokio::{net::TcpStream, time::Instant};
 
 const ROLE_ENV: &str = "OTA_BENCH_ROLE";
+/// The name of the update server with rate limits on in the report.
+const LIMITED: &str = "ota+limits";
 const APPS: usize = 100;
 const BUNDLES: usize = 20;
 const FILES_PER_BUNDLE: usize = 30;
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         first_arg.filter(|a| {
             [
                 "ota-server",
+                "ota-server-limited",
                 "bare",
                 "driver",
                 "wrk-script",
@@ -120,7 +127,8 @@ fn main() -> ExitCode {
         })
     });
     let result = match role.as_deref() {
-        Some("ota-server") => run_ota_server(),
+        Some("ota-server") => run_ota_server(false),
+        Some("ota-server-limited") => run_ota_server(true),
         Some("bare") => run_bare(),
         Some("driver") => run_driver(),
         Some("wrk-script") => {
@@ -275,7 +283,19 @@ fn manifest(app: usize, number: usize) -> Arc<[ManifestFile]> {
         .into()
 }
 
-fn world_inputs(storage: &Path) -> anyhow::Result<SnapshotInputs> {
+/// The Apps' `server.rateLimits`: off, as every request comes from 127.0.0.1 (one client,
+/// which the per-client limit exists to stop), or on with limits no run reaches (role
+/// `ota-server-limited`), to measure what counting costs.
+fn rate_limits(limited: bool) -> Value {
+    if limited {
+        let never = json!({"requestsPerSecond": 100_000_000, "burst": 1_000_000_000});
+        json!({"enabled": true, "perClient": never, "perApp": never})
+    } else {
+        json!({"enabled": false})
+    }
+}
+
+fn world_inputs(storage: &Path, limited: bool) -> anyhow::Result<SnapshotInputs> {
     let mut inputs = SnapshotInputs::default();
     for app in 0..APPS {
         let namespace = format!("{NAMESPACE_PREFIX}{}", app_name(app));
@@ -288,6 +308,7 @@ fn world_inputs(storage: &Path) -> anyhow::Result<SnapshotInputs> {
                 "appId": app_id(app),
                 "platforms": ["ios", "android"],
                 "storage": {"filesystem": {"path": storage.join(&name).display().to_string()}},
+                "server": {"rateLimits": rate_limits(limited)},
             }),
             None,
         )?);
@@ -349,8 +370,8 @@ fn world_inputs(storage: &Path) -> anyhow::Result<SnapshotInputs> {
 
 /// The world as the server serves it, each App's storage opened by `storages` (as the sources
 /// of the real server do); the objects it was built from are dropped here.
-fn build_world(storage: &Path, storages: &AppStorages) -> anyhow::Result<Served> {
-    let inputs = world_inputs(storage)?;
+fn build_world(storage: &Path, storages: &AppStorages, limited: bool) -> anyhow::Result<Served> {
+    let inputs = world_inputs(storage, limited)?;
     let mut app_storage = HashMap::new();
     for app in &inputs.apps {
         app_storage.insert(app.spec.app_id.clone(), storages.of(app)?);
@@ -382,7 +403,15 @@ fn build_world(storage: &Path, storages: &AppStorages) -> anyhow::Result<Served>
 fn smoke() -> anyhow::Result<()> {
     let storage = tempfile::tempdir()?;
     let storages = AppStorages::new(storage.path(), Credentials::none(), "http://127.0.0.1");
-    build_world(storage.path(), &storages)?;
+    build_world(storage.path(), &storages, false)?;
+    let limited = build_world(storage.path(), &storages, true)?;
+    if limited
+        .snapshot
+        .apps()
+        .any(|app| app.rate_limits.per_client.is_none() || app.rate_limits.per_app.is_none())
+    {
+        bail!("the world of ota-server-limited has an App without rate limits");
+    }
     let mut generator = Generator::new(1);
     let body = generator.body();
     ota_operator::protocol::decode::decode_update(body.as_bytes())
@@ -652,7 +681,8 @@ end
 // ---------------------------------------------------------------------------------------------
 // Role: ota-server
 
-fn run_ota_server() -> anyhow::Result<()> {
+/// `limited`: the Apps' rate limits on, with limits no run reaches.
+fn run_ota_server(limited: bool) -> anyhow::Result<()> {
     exit_when_stdin_closes();
     let memory_database = std::env::var("OTA_BENCH_DATABASE").is_ok_and(|v| v == "memory");
     let runtime = server_runtime()?;
@@ -668,7 +698,7 @@ fn run_ota_server() -> anyhow::Result<()> {
             credentials: Credentials::none(),
         };
         let boot = server::boot(&database, "127.0.0.1:0".parse()?, None, setup).await?;
-        let served = build_world(folder.path(), boot.state.storages())?;
+        let served = build_world(folder.path(), boot.state.storages(), limited)?;
         boot.state.publish(served);
         let mut stdout = std::io::stdout();
         writeln!(stdout, "LISTENING {}", boot.address)?;
@@ -967,6 +997,18 @@ async fn sample_answers(address: SocketAddr, requests: usize) -> anyhow::Result<
         *mix.counts.entry(label).or_default() += 1;
     }
     Ok(mix)
+}
+
+/// `ota_server_rate_limited_total` of the server at `address`, every limit together.
+async fn rate_limited(address: SocketAddr) -> anyhow::Result<u64> {
+    let mut sender = connect(address).await?;
+    let (_, body) = send(&mut sender, "GET", "/metrics", Bytes::new()).await?;
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|line| line.strip_prefix("ota_server_rate_limited_total{"))
+        .filter_map(|rest| rest.split_once("} "))
+        .map(|(_, value)| value.trim().parse::<u64>().unwrap_or(0))
+        .sum())
 }
 
 /// `ota_server_update_checks_total` by answer, the dropped device-store writes and the skipped
@@ -1402,6 +1444,12 @@ fn run_driver() -> anyhow::Result<()> {
     eprintln!("starting the servers (the update server builds its world first)...");
     let ota = ServerProcess::start("ota-server")?;
     let bare = ServerProcess::start("bare")?;
+    // The same update server with rate limits on (never reached): what counting costs.
+    let limited = if env_number("OTA_BENCH_LIMITER", 1)? != 0 {
+        Some(ServerProcess::start("ota-server-limited")?)
+    } else {
+        None
+    };
     let ota_watch = RssWatch::start(ota.pid());
     let bare_watch = RssWatch::start(bare.pid());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1409,6 +1457,9 @@ fn run_driver() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         wait_ready(ota.address, "/readyz").await?;
+        if let Some(limited) = &limited {
+            wait_ready(limited.address, "/readyz").await?;
+        }
         wait_ready(bare.address, "/").await
     })?;
     thread::sleep(Duration::from_millis(300));
@@ -1434,9 +1485,12 @@ fn run_driver() -> anyhow::Result<()> {
     eprintln!("measuring the device store's write rate...");
     let store_rate = runtime.block_on(device_store_rate(STORE_RATE_WRITES))?;
 
-    let servers = [("bare", &bare), ("ota", &ota)];
+    let mut servers = vec![("bare", &bare), ("ota", &ota)];
+    if let Some(limited) = &limited {
+        servers.push((LIMITED, limited));
+    }
     if warmup > 0 {
-        for (name, server) in servers {
+        for &(name, server) in &servers {
             eprintln!("warm-up: wrk on {name} for {warmup} s...");
             run_wrk(&settings, &script, server.address, warmup)?;
             wait_settled(server.pid(), Duration::from_secs(60));
@@ -1448,9 +1502,9 @@ fn run_driver() -> anyhow::Result<()> {
         let mut attempt = 0;
         loop {
             let mut pair = Vec::new();
-            for (name, server) in servers {
+            for &(name, server) in &servers {
                 eprintln!("round {round}/{rounds}: wrk on {name} for {seconds} s...");
-                let other = if name == "ota" { bare.pid() } else { ota.pid() };
+                let other = if name == "bare" { ota.pid() } else { bare.pid() };
                 let (result, cpu) = measured(server.pid(), other, || {
                     let result = run_wrk(&settings, &script, server.address, seconds)?;
                     let settled = wait_settled(server.pid(), Duration::from_secs(60));
@@ -1529,10 +1583,15 @@ fn run_driver() -> anyhow::Result<()> {
     let bare_end = read_rss(bare.pid()).unwrap_or_default();
     let bare_peak = bare_watch.peak();
     let (counters, dropped, skipped) = runtime.block_on(server_counters(ota.address))?;
+    let refused_by_limits = match &limited {
+        Some(limited) => Some(runtime.block_on(rate_limited(limited.address))?),
+        None => None,
+    };
     drop(ota_watch);
     drop(bare_watch);
     drop(ota);
     drop(bare);
+    drop(limited);
 
     // ---- The report
     let mut out = String::new();
@@ -1655,7 +1714,29 @@ fn run_driver() -> anyhow::Result<()> {
          foreign: share of the machine's CPU used by processes this benchmark did not start)"
             .into(),
     );
-    for name in ["bare", "ota"] {
+    if let Some(refused) = refused_by_limits {
+        let ratios: Vec<f64> = results["ota"]
+            .iter()
+            .zip(&results[LIMITED])
+            .map(|((o, _), (l, _))| l.rate() / o.rate())
+            .collect();
+        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let limited_cost = cost(LIMITED);
+        line(format!(
+            "  rate limits on (never reached; per-client and per-App limiter on every check) vs off: throughput \
+             ratio {:.3} (median; rounds {}; medians {:.0} vs {:.0} requests/s); CPU cost per request, server + wrk: \
+             {limited_cost:.1} vs {ota_cost:.1} us (ratio off/on {:.3}); requests the limited server answered 429: {refused}",
+            median(&ratios),
+            rounds.join(" / "),
+            median(&rates(LIMITED)),
+            ota_max,
+            ota_cost / limited_cost.max(1e-9)
+        ));
+    }
+    for name in ["bare", "ota", LIMITED] {
+        if !results.contains_key(name) {
+            continue;
+        }
         let errors: u64 = results[name].iter().map(|(r, _)| r.errors).sum();
         if errors > 0 {
             let detail: Vec<&str> = results[name]

@@ -1066,6 +1066,7 @@ fn served_manifest(files: &[ota_operator::core::snapshot::ManifestFile]) -> Stri
         device_overrides: HashMap::new(),
         bundle_versions: Default::default(),
         outcome_retention: ota_operator::core::rollout::OUTCOME_RETENTION_MARGIN,
+        rate_limits: Default::default(),
     };
     let urls = ota_operator::storage::StorageUrls::server("https://ota.example.com");
     ota_operator::protocol::encode::manifest_json(&app, files, &urls)

@@ -72,7 +72,7 @@ fn sample_in_background(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopped_for_30_s_under_load() {
     let postgres = PrivatePostgres::start();
-    let server = StandaloneProcess::start(&postgres.url, &[]).await;
+    let server = StandaloneProcess::start_without_rate_limits(&postgres.url).await;
     let pid = server.child.id();
     let targets = Targets::new(vec![server.base.clone()]);
     let load = Load::start(targets, 8);
@@ -266,7 +266,7 @@ async fn sqlite_disk_full_then_room_again() {
     let disk = SmallDisk::mount("4m");
     let file = disk.path().join("devices.db");
     let database = format!("sqlite://{}", file.display());
-    let server = StandaloneProcess::start(&database, &[]).await;
+    let server = StandaloneProcess::start_without_rate_limits(&database).await;
     let targets = Targets::new(vec![server.base.clone()]);
     let load = Load::start(targets, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -356,9 +356,9 @@ async fn sqlite_disk_full_then_room_again() {
 async fn a_replica_killed_under_load() {
     let database = support::fresh_postgres_database("faults_replicas").await;
     let mut replicas = [
-        StandaloneProcess::start(&database, &[]).await,
-        StandaloneProcess::start(&database, &[]).await,
-        StandaloneProcess::start(&database, &[]).await,
+        StandaloneProcess::start_without_rate_limits(&database).await,
+        StandaloneProcess::start_without_rate_limits(&database).await,
+        StandaloneProcess::start_without_rate_limits(&database).await,
     ];
     let targets = Targets::new(replicas.iter().map(|replica| replica.base.clone()).collect());
     let load = Load::start(targets.clone(), 12);

@@ -204,6 +204,7 @@ fn app_view() -> AppView {
         device_overrides: HashMap::new(),
         bundle_versions: Default::default(),
         outcome_retention: ota_operator::core::rollout::OUTCOME_RETENTION_MARGIN,
+        rate_limits: Default::default(),
     }
 }
 

@@ -282,10 +282,116 @@ pub struct UpdateServerSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("publicUrl must be an http(s) URL"))]
     pub public_url: Option<String>,
+    /// Request-rate limits of the public endpoints (which devices reach without credentials).
+    /// Absent: on, with the defaults of each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitsSpec>,
 }
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Request-rate limits of the update server's public endpoints, counted by each server process
+/// (each replica has its own budget). A request over a limit is answered `429 Too Many
+/// Requests` with `Retry-After` (whole seconds). `/updates`, `/stats` and `/channel_self` count
+/// against both limits; `/files` and `/metrics` against the per-client limit only (one update's
+/// download is many files, which a per-App limit would slow down for a whole fleet updating at
+/// once); `/healthz` and `/readyz` (the kubelet's probes) against neither.
+///
+/// A server that serves several Apps (standalone mode, or `ota server` without `--app`) counts
+/// a client before it knows the App its request is for: it applies the most generous per-client
+/// limit of its Apps (none if one of them is disabled), and a client IP header only when every
+/// App names the same one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    /// `false` turns both limits off (the only way to: a rate of 0 is refused).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// The limit of one client (one IP address; IPv6 clients by their /64 network, which is what
+    /// one device or home is given). Default: 1000 requests per second, with a burst of 10000.
+    /// A device sends a few requests per app launch, and one request per file of a delta update
+    /// (a few thousand at most, all at once); a NAT with thousands of devices behind one address
+    /// sends far fewer than 1000 per second.
+    #[serde(default = "RateLimit::per_client_default")]
+    pub per_client: RateLimit,
+    /// The limit of all clients of the App together. Default: 10000 requests per second, with a
+    /// burst of 50000: a fleet of 10 million devices launching their app 10 times a day sends
+    /// about 3500 per second on average, spread over the replicas; the burst takes a peak of
+    /// five times that for a few seconds. One replica answers about 35000 update checks per
+    /// second on 2 cores (README, Performance), so the default leaves room for other work.
+    #[serde(default = "RateLimit::per_app_default")]
+    pub per_app: RateLimit,
+    /// A header that carries the client's address, set by a proxy in front of the server (an
+    /// Ingress controller, a load balancer): `X-Forwarded-For` or `X-Real-IP`. Absent: the
+    /// client is the connection's peer address, which behind a proxy is the proxy's, so every
+    /// client through one proxy pod shares one per-client budget. Set it only when every request
+    /// reaches the server through that proxy: a client that reaches the server directly can
+    /// write any address into it. The header holds plain addresses separated by commas (not the
+    /// `Forwarded` header's `for=` syntax); a request without a usable one is counted by its
+    /// peer address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]+$')").message("clientIpHeader must be an HTTP header name such as X-Forwarded-For"))]
+    pub client_ip_header: Option<String>,
+    /// How many proxies in front of the server append to `clientIpHeader`: the client is the
+    /// address this many entries from the right (1, the default: the right-most, written by the
+    /// proxy next to the server, so that addresses a client wrote into the header itself are
+    /// never used). With fewer entries, the left-most is used.
+    #[serde(default = "one_proxy")]
+    #[schemars(range(min = 1, max = 10))]
+    pub trusted_proxies: i32,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+fn one_proxy() -> i32 {
+    1
+}
+
+impl Default for RateLimitsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_client: RateLimit::per_client_default(),
+            per_app: RateLimit::per_app_default(),
+            client_ip_header: None,
+            trusted_proxies: one_proxy(),
+        }
+    }
+}
+
+/// A rate limit: a token bucket of `burst` requests, refilled at `requestsPerSecond`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per second, sustained.
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub requests_per_second: i32,
+    /// The most requests allowed at once (the bucket's size); at least 1.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub burst: i32,
+}
+
+impl RateLimit {
+    /// The per-client default: 1000 per second, a burst of 10000.
+    pub fn per_client_default() -> Self {
+        Self {
+            requests_per_second: 1_000,
+            burst: 10_000,
+        }
+    }
+
+    /// The per-App default: 10000 per second, a burst of 50000.
+    pub fn per_app_default() -> Self {
+        Self {
+            requests_per_second: 10_000,
+            burst: 50_000,
+        }
+    }
 }
 
 /// Horizontal pod autoscaling of the update server.

@@ -548,6 +548,7 @@ fn default_server() -> UpdateServerSpec {
         service: Default::default(),
         ingress: None,
         public_url: None,
+        rate_limits: None,
     }
 }
 

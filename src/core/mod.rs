@@ -13,6 +13,7 @@ pub mod conditions;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod notification;
+pub mod rate_limits;
 pub mod rollout;
 pub mod snapshot;
 pub mod stats;

@@ -126,6 +126,8 @@ pub struct AppView {
     /// How long devices' outcomes must be kept for the analysis of the Rollouts on its channels,
     /// in any phase ([`crate::core::rollout::outcome_retention`]; the margin alone when none).
     pub outcome_retention: std::time::Duration,
+    /// The request-rate limits of the App's clients (`spec.server.rateLimits`).
+    pub rate_limits: crate::core::rate_limits::AppRateLimits,
 }
 
 /// Everything the update server serves.
@@ -220,6 +222,9 @@ impl Snapshot {
                     device_overrides: HashMap::new(),
                     bundle_versions: HashSet::new(),
                     outcome_retention: crate::core::rollout::OUTCOME_RETENTION_MARGIN,
+                    rate_limits: crate::core::rate_limits::AppRateLimits::of(
+                        app.spec.server.as_ref().and_then(|s| s.rate_limits.as_ref()),
+                    ),
                 },
             );
         }

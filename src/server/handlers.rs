@@ -89,7 +89,8 @@ fn commit_reason(error: CommitError) -> &'static str {
     }
 }
 
-/// `POST /updates`: always 200 (the plugin reads the body), with an offer or `{error, message, kind}`.
+/// `POST /updates`: 200 (the plugin reads the body), with an offer or `{error, message, kind}`;
+/// 429 over a rate limit.
 pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): WholeBody) -> Response {
     let request = match decode::decode_update(&body) {
         Ok(request) => request,
@@ -99,6 +100,9 @@ pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): Who
         }
     };
     let check = &request.check;
+    if let Err(over) = state.rate_limits.check_app(&check.app_id) {
+        return over.response(&state);
+    }
     let served = state.served();
     let facts = state.memory.facts(&check.app_id, &check.device_id);
     let answer = decide_update(&served.snapshot, check, &facts);
@@ -195,6 +199,19 @@ pub async fn stats(State(state): State<Arc<ServerState>>, WholeBody(body): Whole
             );
         }
     };
+    // A batch counts once against the limit of each App it names (one, from a plugin).
+    let mut app_ids: Vec<&str> = decoded
+        .events
+        .iter()
+        .filter_map(|event| event.as_ref().ok().map(|event| event.event.app_id.as_str()))
+        .collect();
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    for app_id in app_ids {
+        if let Err(over) = state.rate_limits.check_app(app_id) {
+            return over.response(&state);
+        }
+    }
     let now = state.clock.now_ms();
     let served = state.served();
     let mut answers = Vec::with_capacity(decoded.events.len());
@@ -337,6 +354,9 @@ pub async fn channel_self(
             return json_response(StatusCode::BAD_REQUEST, encode::plain_error(code, &message));
         }
     };
+    if let Err(over) = state.rate_limits.check_app(&query.app_id) {
+        return over.response(&state);
+    }
     let served = state.served();
     let current_override = state
         .memory

@@ -28,6 +28,13 @@ pub struct CommitLabels {
     pub reason: &'static str,
 }
 
+/// Labels of requests answered 429.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `per_client` or `per_app`.
+    pub limit: &'static str,
+}
+
 /// Every metric of the update server.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +68,10 @@ pub struct Metrics {
     /// Device sightings not written: the row was written lately and would change only its
     /// last-seen time.
     pub sightings_skipped: Gauge,
+    /// Requests answered 429 because they were over a rate limit, by limit.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Clients the per-client rate limiter remembers (after its last cleanup).
+    pub rate_limit_clients: Gauge,
     /// Apps in the served snapshot.
     pub apps_served: Gauge,
     /// 1 while the snapshot source is lost and the last good snapshot is served.
@@ -140,6 +151,18 @@ impl Default for Metrics {
             "Device sightings not written because the device's row was written lately and would change only its last-seen time",
             sightings_skipped.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 because they were over a rate limit, by limit (per_client, per_app)",
+            rate_limited.clone(),
+        );
+        let rate_limit_clients = Gauge::default();
+        registry.register(
+            "rate_limit_clients",
+            "Clients the per-client rate limiter remembers, after its last cleanup",
+            rate_limit_clients.clone(),
+        );
         let apps_served = Gauge::default();
         registry.register("apps_served", "Apps in the served snapshot", apps_served.clone());
         let source_degraded = Gauge::default();
@@ -163,6 +186,8 @@ impl Default for Metrics {
             writes_rejected,
             commits_failed,
             sightings_skipped,
+            rate_limited,
+            rate_limit_clients,
             apps_served,
             source_degraded,
         }

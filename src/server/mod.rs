@@ -9,6 +9,7 @@ pub mod hygiene;
 pub mod internal;
 pub mod kube_source;
 pub mod metrics;
+pub mod rate_limits;
 pub mod retention;
 pub mod storage;
 
@@ -82,6 +83,8 @@ pub struct ServerState {
     published: tokio::sync::Notify,
     /// The clock requests are stamped with and the server's timers run on.
     pub clock: Arc<dyn Clock>,
+    /// The public endpoints' rate limiters, set from each snapshot.
+    pub rate_limits: rate_limits::RateLimiters,
 }
 
 impl ServerState {
@@ -105,6 +108,7 @@ impl ServerState {
             storages: AppStorages::new(&storage.base_dir, storage.credentials, public_base_url),
             published: tokio::sync::Notify::new(),
             clock,
+            rate_limits: rate_limits::RateLimiters::default(),
         }
     }
 
@@ -124,6 +128,7 @@ impl ServerState {
             .apps_served
             .set(served.snapshot.apps().count() as i64);
         served.manifests = render_manifests(&served, &self.urls);
+        self.rate_limits.update(&served.snapshot);
         self.served.store(Arc::new(served));
         self.set_health(SourceHealth::Current);
         self.published.notify_one();
@@ -226,7 +231,8 @@ pub async fn keep_presigned_urls_fresh(state: Arc<ServerState>) {
     }
 }
 
-/// The router of every endpoint.
+/// The router of every endpoint. `/updates`, `/stats`, `/channel_self`, `/files` and `/metrics`
+/// are under the per-client rate limit (the handlers add the per-App one); the probes are not.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/updates", post(handlers::updates).get(handlers::updates_health))
@@ -248,9 +254,13 @@ pub fn router(state: Arc<ServerState>) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_INFO_BODY)),
         )
         .route("/files/{app_id}/{*key}", get(handlers::file))
+        .route("/metrics", get(handlers::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            rate_limits::per_client,
+        ))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
         // Outermost, so that 404s and 405s are covered too.
         .layer(axum::middleware::from_fn(hygiene::close_unless_body_read))
         .with_state(state)
@@ -292,10 +302,14 @@ pub async fn serve(
     state: Arc<ServerState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve)
+    // The peer's address, for the per-client rate limit.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServerError::Serve)
 }
 
 /// A server ready to serve: its state, its listener and its device-store writer.
@@ -387,6 +401,7 @@ pub async fn serve_until(
     } = boot;
     let presigner = tokio::spawn(keep_presigned_urls_fresh(Arc::clone(&state)));
     let pruner = tokio::spawn(retention::prune_outcomes_periodically(Arc::clone(&state)));
+    let limits = tokio::spawn(rate_limits::retain_recent_periodically(Arc::clone(&state)));
     // Replicas on one PostgreSQL database: what the others write reaches memory within a
     // second (nothing on SQLite).
     let follower = tokio::spawn(devices::follow_changes(state.store.clone(), state.memory.clone()));
@@ -413,6 +428,7 @@ pub async fn serve_until(
     }
     presigner.abort();
     pruner.abort();
+    limits.abort();
     follower.abort();
     if let Err(error) = state.queue.flush().await {
         tracing::warn!(%error, "device-store writes could not all be flushed at shutdown");

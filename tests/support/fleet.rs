@@ -92,11 +92,15 @@ pub fn candidate_bundle() -> BundleFile {
 
 /// Writes the App (filesystem storage), the public Android channel `production` serving
 /// `stable`, the two Bundles (zips next to the YAML) and `rollout_yaml` into `dir`.
+///
+/// The App's rate limits are off: the simulated fleet sends everything from 127.0.0.1 as fast as
+/// the server answers, which the per-client limit exists to stop.
 pub fn write_world(dir: &Path, stable: &BundleFile, candidate: &BundleFile, rollout_yaml: &str) {
     std::fs::create_dir_all(dir.join("bundles")).expect("a bundles folder");
     let mut yaml = format!(
         "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata: {{name: fleet}}\nspec:\n  appId: {APP_ID}\n  \
-         platforms: [android]\n  storage: {{filesystem: {{path: ./storage}}}}\n---\n\
+         platforms: [android]\n  storage: {{filesystem: {{path: ./storage}}}}\n  \
+         server: {{rateLimits: {{enabled: false}}}}\n---\n\
          apiVersion: ota.dev/v1alpha1\nkind: Channel\nmetadata: {{name: production}}\nspec:\n  appRef: fleet\n  \
          bundleRef: {}\n  public: true\n  android: true\n",
         stable.name

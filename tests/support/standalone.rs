@@ -40,6 +40,14 @@ impl Drop for StandaloneProcess {
 }
 
 impl StandaloneProcess {
+    /// [`StandaloneProcess::start`] with the example App's rate limits off, for a load that
+    /// sends everything from 127.0.0.1 as fast as the server answers (one client, which the
+    /// per-client limit exists to stop).
+    pub async fn start_without_rate_limits(database: &str) -> StandaloneProcess {
+        let app = example_app_without_rate_limits();
+        StandaloneProcess::start(database, &[("app.yaml", app.as_str())]).await
+    }
+
     /// Starts `ota standalone` on a copy of examples/standalone with `extra` files (name,
     /// YAML) added, its device store at `database`, and waits until it is ready.
     pub async fn start(database: &str, extra: &[(&str, &str)]) -> StandaloneProcess {
@@ -82,4 +90,18 @@ impl StandaloneProcess {
         }
         standalone
     }
+}
+
+/// examples/standalone/app.yaml with `spec.server.rateLimits.enabled: false`.
+pub fn example_app_without_rate_limits() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/standalone/app.yaml");
+    let app = std::fs::read_to_string(path).expect("the example App");
+    assert!(
+        !app.contains("\n  server:"),
+        "the example App names server settings: merge rateLimits into them"
+    );
+    format!(
+        "{}\n  server:\n    rateLimits: {{enabled: false}}\n",
+        app.trim_end()
+    )
 }
