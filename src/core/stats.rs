@@ -328,7 +328,12 @@ mod tests {
     fn counters_of_made_up_versions_and_actions_are_folded() {
         let is_bundle = |v: &str| v == "1.5.0" || v == "1.4.2";
         // (action, version) sent → (counted as, whether the version is no Bundle)
-        let table: &[((&str, &str), Option<(&str, &str)>, bool)] = &[
+        type Row = (
+            (&'static str, &'static str),
+            Option<(&'static str, &'static str)>,
+            bool,
+        );
+        let table: &[Row] = &[
             (("set", "1.5.0"), Some(("1.5.0", "set")), false),
             (
                 ("download_complete", "1.4.2"),
