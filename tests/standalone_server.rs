@@ -426,6 +426,83 @@ async fn stats_the_store_cannot_commit_are_answered_503_and_stored_when_sent_aga
     assert_eq!(count, 1, "stored once, when acknowledged");
 }
 
+/// Stats are unauthenticated: a flood of events with made-up versions and actions from made-up
+/// devices leaves at most [`counter_rows_per_day`] counter rows a day (versions that are no
+/// Bundle are counted as `unknown`, actions the plugin does not send as `other`), and failed
+/// marks and outcomes only for the App's Bundle (here 1.4.3).
+#[tokio::test]
+async fn made_up_versions_and_actions_leave_a_bounded_number_of_rows() {
+    use ota_operator::core::stats::counter_rows_per_day;
+    use sqlx::{Connection, sqlite::SqliteConnection};
+    const EVENTS: usize = 20_000;
+    const BATCH: usize = 200;
+    let server = start_example().await;
+    let mut rng = fastrand::Rng::with_seed(12);
+    let client = reqwest::Client::new();
+    let (mut real_failures, mut made_up_versions) = (std::collections::HashSet::new(), 0);
+    for _ in 0..EVENTS / BATCH {
+        let batch: Vec<Value> = (0..BATCH)
+            .map(|_| {
+                let device = format!("00000000-0000-4000-8000-{:012x}", rng.u64(..1 << 48));
+                let version = if rng.u8(..10) == 0 {
+                    "1.4.3".to_owned()
+                } else {
+                    made_up_versions += 1;
+                    format!("{}.{}.{}", rng.u8(..50), rng.u16(..500), rng.u32(..))
+                };
+                let action = match rng.u8(..4) {
+                    0 => "set".to_owned(),
+                    1 => "update_fail".to_owned(),
+                    2 => "download_complete".to_owned(),
+                    _ => format!("made_up_{}", rng.u32(..)),
+                };
+                if action == "update_fail" && version == "1.4.3" {
+                    real_failures.insert(device.clone());
+                }
+                json!({
+                    "platform": "android", "device_id": device, "app_id": "com.example.shop",
+                    "version_build": "1.4.0", "version_os": "14", "version_name": version,
+                    "plugin_version": "8.51.14", "is_emulator": false, "is_prod": true,
+                    "action": action,
+                })
+            })
+            .collect();
+        let response = client
+            .post(format!("{}/stats", server.base))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(made_up_versions > EVENTS / 2 && !real_failures.is_empty());
+
+    let database = format!("sqlite://{}", server.dir.path().join(".ota/devices.db").display());
+    let mut connection = SqliteConnection::connect(&database).await.expect("connect");
+    let count = async |connection: &mut SqliteConnection, sql: &str| -> i64 {
+        sqlx::query_scalar(sql).fetch_one(connection).await.expect(sql)
+    };
+    let counters = count(&mut connection, "SELECT COUNT(*) FROM counters").await;
+    let days = count(&mut connection, "SELECT COUNT(DISTINCT day) FROM counters").await;
+    assert!(
+        counters as usize <= days as usize * counter_rows_per_day(1) && counters >= 2 * 4,
+        "{counters} counter rows on {days} day(s), bound {} a day",
+        counter_rows_per_day(1)
+    );
+    let versions = count(&mut connection, "SELECT COUNT(DISTINCT version) FROM counters").await;
+    assert_eq!(versions, 2, "1.4.3 and unknown");
+    let total = count(&mut connection, "SELECT SUM(count) FROM counters").await;
+    assert_eq!(total as usize, EVENTS, "every event is counted");
+    let marks = count(&mut connection, "SELECT COUNT(*) FROM failed_marks").await;
+    assert_eq!(marks as usize, real_failures.len(), "failed marks of 1.4.3 only");
+    let outcomes = count(
+        &mut connection,
+        "SELECT COUNT(*) FROM device_outcomes WHERE version <> '1.4.3'",
+    )
+    .await;
+    assert_eq!(outcomes, 0, "outcomes of 1.4.3 only");
+}
+
 #[tokio::test]
 async fn channel_self_answers_every_method() {
     let server = start_example().await;

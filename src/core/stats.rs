@@ -89,12 +89,19 @@ pub struct StatEffect {
 }
 
 impl StatEffect {
-    /// The effect without what only a version of one of the App's Bundles may have: a failed
-    /// mark (kept in memory for every device) and an outcome (read by rollout analysis). Stats
-    /// are unauthenticated: a version that is not a Bundle would otherwise grow both without
-    /// bound. Counters and the device's current bundle stay: a device may run a bundle this
-    /// server never served (one deployed before the switch to ota). Also says whether anything
-    /// was left out.
+    /// The effect as the store keeps it, against the versions of the App's Bundles. Stats are
+    /// unauthenticated, so nothing a made-up version or action names may grow the store or the
+    /// memory without bound:
+    ///
+    /// - a failed mark (kept in memory for every device) and an outcome (read by rollout
+    ///   analysis) only for a version of one of the App's Bundles;
+    /// - the counter of a version that is no Bundle is kept under [`UNKNOWN_VERSION`], and that
+    ///   of an action the plugin does not send ([`KNOWN_ACTIONS`]) under [`OTHER_ACTION`]; so an
+    ///   App has at most [`counter_rows_per_day`] counter rows a day, whatever it is sent.
+    ///
+    /// The device's current bundle stays: a device may run a bundle this server never served
+    /// (one deployed before the switch to ota), and it is a column of the device's row. Also
+    /// says whether the event named a version that is no Bundle.
     pub fn for_known_bundles(mut self, is_bundle: impl Fn(&str) -> bool) -> (Self, bool) {
         let unknown_failure = self.failed_version.as_deref().is_some_and(|v| !is_bundle(v));
         if unknown_failure {
@@ -104,8 +111,101 @@ impl StatEffect {
         if unknown_outcome {
             self.outcome = None;
         }
-        (self, unknown_failure || unknown_outcome)
+        let mut unknown_count = false;
+        if let Some((version, action)) = &mut self.count {
+            if !is_bundle(version) {
+                *version = UNKNOWN_VERSION.to_owned();
+                unknown_count = true;
+            }
+            if !KNOWN_ACTIONS.contains(&action.as_str()) {
+                *action = OTHER_ACTION.to_owned();
+            }
+        }
+        (self, unknown_failure || unknown_outcome || unknown_count)
     }
+}
+
+/// The version the events of versions that are none of the App's Bundles are counted under
+/// (a version that names no bundle for [`classify`] either, so no Bundle's counters mix in).
+pub const UNKNOWN_VERSION: &str = "unknown";
+
+/// The action the events of actions not in [`KNOWN_ACTIONS`] are counted under.
+pub const OTHER_ACTION: &str = "other";
+
+/// The actions counted under their own name: those the Capacitor updater plugin sends (Capgo's
+/// list of stats actions, with the manifest and disk-space ones of later plugins).
+pub const KNOWN_ACTIONS: &[&str] = &[
+    "ping",
+    "delete",
+    "reset",
+    "set",
+    "get",
+    "set_fail",
+    "update_fail",
+    "download_fail",
+    "windows_path_fail",
+    "canonical_path_fail",
+    "directory_path_fail",
+    "manifest_path_fail",
+    "unzip_fail",
+    "low_mem_fail",
+    "download_0",
+    "download_10",
+    "download_20",
+    "download_30",
+    "download_40",
+    "download_50",
+    "download_60",
+    "download_70",
+    "download_80",
+    "download_90",
+    "download_complete",
+    "download_zip_start",
+    "download_zip_complete",
+    "download_manifest_start",
+    "download_manifest_complete",
+    "download_manifest_file_fail",
+    "download_manifest_checksum_fail",
+    "download_manifest_brotli_fail",
+    "decrypt_fail",
+    "checksum_fail",
+    "checksum_required",
+    "insufficient_disk_space",
+    "app_moved_to_foreground",
+    "app_moved_to_background",
+    "uninstall",
+    "needPlanUpgrade",
+    "missingBundle",
+    "noNew",
+    "disablePlatformIos",
+    "disablePlatformAndroid",
+    "disableAutoUpdateToMajor",
+    "cannotUpdateViaPrivateChannel",
+    "disableAutoUpdateToMinor",
+    "disableAutoUpdateToPatch",
+    "channelMisconfigured",
+    "disableAutoUpdateMetadata",
+    "disableAutoUpdateUnderNative",
+    "disableDevBuild",
+    "disableProdBuild",
+    "disableEmulator",
+    "disableDevice",
+    "cannotGetBundle",
+    "NoChannelOrOverride",
+    "setChannel",
+    "getChannel",
+    "set_channel",
+    "rateLimited",
+    "disableAutoUpdate",
+    "InvalidIp",
+    "blocked_by_server_url",
+    "backend_refusal",
+];
+
+/// The most counter rows an App with `bundles` Bundle versions gets in a day: one per Bundle
+/// version and [`UNKNOWN_VERSION`], times one per known action and [`OTHER_ACTION`].
+pub fn counter_rows_per_day(bundles: usize) -> usize {
+    (bundles + 1) * (KNOWN_ACTIONS.len() + 1)
 }
 
 /// Versions that name no bundle.
@@ -212,8 +312,8 @@ mod tests {
         assert_eq!((junk.failed_version, junk.outcome), (None, None));
         assert_eq!(
             junk.count,
-            Some(("junk-7".into(), "update_fail".into())),
-            "still counted"
+            Some((UNKNOWN_VERSION.into(), "update_fail".into())),
+            "still counted, under the unknown version"
         );
         let (set, _) = classify(&event("set", "1.2.3", "8.51.14")).for_known_bundles(is_bundle);
         assert_eq!(set.outcome, None);
@@ -221,6 +321,97 @@ mod tests {
             set.current_bundle.as_deref(),
             Some("1.2.3"),
             "the device still runs it"
+        );
+    }
+
+    #[test]
+    fn counters_of_made_up_versions_and_actions_are_folded() {
+        let is_bundle = |v: &str| v == "1.5.0" || v == "1.4.2";
+        // (action, version) sent → (counted as, whether the version is no Bundle)
+        type Row = (
+            (&'static str, &'static str),
+            Option<(&'static str, &'static str)>,
+            bool,
+        );
+        let table: &[Row] = &[
+            (("set", "1.5.0"), Some(("1.5.0", "set")), false),
+            (
+                ("download_complete", "1.4.2"),
+                Some(("1.4.2", "download_complete")),
+                false,
+            ),
+            (("set", "9.9.9"), Some(("unknown", "set")), true),
+            (
+                ("download_complete", "0.0.1-junk"),
+                Some(("unknown", "download_complete")),
+                true,
+            ),
+            (("made_up_action", "1.5.0"), Some(("1.5.0", "other")), false),
+            (("x-41", "junk-41"), Some(("unknown", "other")), true),
+            (("unknown_fail", "9.0.0"), Some(("unknown", "other")), true),
+            // No bundle named: nothing counted, nothing left out.
+            (("set", "builtin"), None, false),
+            (("made_up_action", ""), None, false),
+        ];
+        for &((action, version), counted, left_out) in table {
+            let (effect, unknown) = classify(&event(action, version, "8.51.14")).for_known_bundles(is_bundle);
+            assert_eq!(
+                effect.count.as_ref().map(|(v, a)| (v.as_str(), a.as_str())),
+                counted,
+                "{action} {version}"
+            );
+            assert_eq!(unknown, left_out, "{action} {version}");
+        }
+        // The device's current bundle is not folded: it is the device's own column.
+        let (set, _) = classify(&event("set", "9.9.9", "8.51.14")).for_known_bundles(is_bundle);
+        assert_eq!(set.current_bundle.as_deref(), Some("9.9.9"));
+    }
+
+    #[test]
+    fn counter_rows_are_bounded_whatever_the_events() {
+        let bundles = ["1.0.0", "1.1.0", "2.0.0"];
+        let is_bundle = |v: &str| bundles.contains(&v);
+        let mut rows = std::collections::HashSet::new();
+        for n in 0..5_000 {
+            let action = match n % 4 {
+                0 => format!("made_up_{n}"),
+                1 => KNOWN_ACTIONS[n % KNOWN_ACTIONS.len()].to_owned(),
+                2 => "set".to_owned(),
+                _ => format!("x_{n}_fail"),
+            };
+            let version = match n % 3 {
+                0 => bundles[n % bundles.len()].to_owned(),
+                _ => format!("{}.{}.{n}", n % 7, n % 11),
+            };
+            let (effect, _) = classify(&event(&action, &version, "8.51.14")).for_known_bundles(is_bundle);
+            rows.extend(effect.count);
+        }
+        assert!(
+            rows.len() <= counter_rows_per_day(bundles.len()),
+            "{} rows, bound {}",
+            rows.len(),
+            counter_rows_per_day(bundles.len())
+        );
+        assert!(
+            rows.len() > bundles.len() * 4,
+            "the table covers many rows: {}",
+            rows.len()
+        );
+    }
+
+    #[test]
+    fn known_actions_hold_every_failure_the_core_acts_on() {
+        let unique: std::collections::HashSet<_> = KNOWN_ACTIONS.iter().collect();
+        assert_eq!(unique.len(), KNOWN_ACTIONS.len(), "no action twice");
+        for action in DEFINITIVE_FAILURES {
+            assert!(KNOWN_ACTIONS.contains(action), "{action}");
+        }
+        for action in [OTHER_ACTION, UNKNOWN_VERSION] {
+            assert!(!KNOWN_ACTIONS.contains(&action), "{action}");
+        }
+        assert!(
+            !names_a_bundle(UNKNOWN_VERSION),
+            "no Bundle's counters mix with the unknown ones"
         );
     }
 

@@ -49,8 +49,8 @@ pub struct Metrics {
     pub outcomes_without_channel: Counter,
     /// Requests for rollout figures on the internal listener that the store could not answer.
     pub figures_unavailable: Counter,
-    /// Stats events whose failure or outcome was not recorded: their version is none of the
-    /// App's Bundles.
+    /// Stats events naming a version that is none of the App's Bundles: no failed mark, no
+    /// outcome, and counted under the unknown version.
     pub stats_unknown_versions: Counter,
     /// Outcomes deleted because no Rollout's analysis window reaches them any more.
     pub outcomes_pruned: Counter,
@@ -106,7 +106,7 @@ impl Default for Metrics {
         let stats_unknown_versions = Counter::default();
         registry.register(
             "stats_unknown_versions",
-            "Stats events whose failure or outcome was not recorded because their version is none of the App's Bundles",
+            "Stats events naming a version that is none of the App's Bundles (no failed mark or outcome recorded; counted under the version unknown)",
             stats_unknown_versions.clone(),
         );
         let outcomes_pruned = Counter::default();

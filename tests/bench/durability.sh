@@ -2,12 +2,14 @@
 # Benchmarks durable acknowledgements (benches/durability.rs): /stats throughput with durable
 # acknowledgements against the asynchronous path on an SQLite file and on PostgreSQL (a server
 # of its own, tests/postgres/postgres.sh, state under target/bench/postgres), and what a SIGKILL
-# right after the last answer loses (acknowledged events: target 0; sightings: reported). The
-# flood figures (rate limits, memory under 1,000,000 stats events) are tests/bench/flood.sh's.
+# right after the last answer loses (acknowledged events: target 0; sightings: reported), and a
+# flood of 1,000,000 /stats events from random devices with random versions (the server's peak
+# RSS, the store's growth, a real device's update-check p99 during the flood against before it).
 # Keeps the report in target/bench/durability.txt.
 #
 # Settings go through the environment (see the top of benches/durability.rs), e.g.
 #   OTA_BENCH_EVENTS=50000 OTA_BENCH_ROUNDS=5 tests/bench/durability.sh
+#   OTA_BENCH_PARTS=flood OTA_BENCH_FLOOD_EVENTS=100000 tests/bench/durability.sh
 # Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
