@@ -36,8 +36,8 @@ pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
 pub use queue::{
-    COMMIT_WINDOW, COMPACT_AFTER_SIGHTINGS, COMPACT_WHEN_IDLE, CommitError, SERVER_FLUSH_EVERY,
-    SERVER_MAX_BATCH, SERVER_QUEUE_CAPACITY, WriteQueue,
+    COMPACT_AFTER_SIGHTINGS, COMPACT_WHEN_IDLE, CommitError, SERVER_FLUSH_EVERY, SERVER_MAX_BATCH,
+    SERVER_QUEUE_CAPACITY, WriteQueue,
 };
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
 pub use records::{
