@@ -132,23 +132,18 @@ pub const UNKNOWN_VERSION: &str = "unknown";
 /// The action the events of actions not in [`KNOWN_ACTIONS`] are counted under.
 pub const OTHER_ACTION: &str = "other";
 
-/// The actions counted under their own name: those the Capacitor updater plugin sends (Capgo's
-/// list of stats actions, with the manifest and disk-space ones of later plugins).
+/// The actions counted under their own name: those the Capacitor updater plugin sends (to
+/// 8.51, its health signals from 8.46 among them) and those Capgo's backend accepts
+/// (`ALLOWED_STATS_ACTIONS`), as listed in the protocol reference.
 pub const KNOWN_ACTIONS: &[&str] = &[
-    "ping",
-    "delete",
-    "reset",
+    // Bundle lifecycle.
     "set",
-    "get",
     "set_fail",
+    "set_next",
+    "reset",
+    "delete",
     "update_fail",
-    "download_fail",
-    "windows_path_fail",
-    "canonical_path_fail",
-    "directory_path_fail",
-    "manifest_path_fail",
-    "unzip_fail",
-    "low_mem_fail",
+    // Download progress.
     "download_0",
     "download_10",
     "download_20",
@@ -164,21 +159,60 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "download_zip_complete",
     "download_manifest_start",
     "download_manifest_complete",
+    // Download failures.
+    "download_fail",
+    "finish_download_fail",
+    "checksum_fail",
+    "checksum_required",
+    "decrypt_fail",
+    "unzip_fail",
+    "windows_path_fail",
+    "canonical_path_fail",
+    "directory_path_fail",
+    "manifest_path_fail",
     "download_manifest_file_fail",
     "download_manifest_checksum_fail",
     "download_manifest_brotli_fail",
-    "decrypt_fail",
-    "checksum_fail",
-    "checksum_required",
+    "low_mem_fail",
     "insufficient_disk_space",
+    // App lifecycle.
     "app_moved_to_foreground",
     "app_moved_to_background",
+    "app_launch_start",
+    "app_launch_ready",
+    "app_launch_timeout",
+    "blocked_by_server_url",
+    // Health signals.
+    "app_crash",
+    "app_crash_native",
+    "app_anr",
+    "app_killed_low_memory",
+    "app_killed_excessive_resource_usage",
+    "app_initialization_failure",
+    "app_memory_warning",
+    "webview_javascript_error",
+    "webview_unhandled_rejection",
+    "webview_resource_error",
+    "webview_security_policy_violation",
+    "webview_unclean_restart",
+    "webview_render_process_gone",
+    "webview_content_process_terminated",
+    "webview_dom_content_loaded",
+    "webview_page_loaded",
+    "os_version_changed",
+    "native_app_version_changed",
+    // Throttling.
+    "rate_limit_reached",
+    // Capgo's backend's own.
+    "ping",
+    "get",
     "uninstall",
     "needPlanUpgrade",
     "missingBundle",
     "noNew",
     "disablePlatformIos",
     "disablePlatformAndroid",
+    "disablePlatformElectron",
     "disableAutoUpdateToMajor",
     "cannotUpdateViaPrivateChannel",
     "disableAutoUpdateToMinor",
@@ -197,8 +231,9 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "set_channel",
     "rateLimited",
     "disableAutoUpdate",
+    "keyMismatch",
     "InvalidIp",
-    "blocked_by_server_url",
+    "customIdBlocked",
     "backend_refusal",
 ];
 
@@ -405,6 +440,15 @@ mod tests {
         assert_eq!(unique.len(), KNOWN_ACTIONS.len(), "no action twice");
         for action in DEFINITIVE_FAILURES {
             assert!(KNOWN_ACTIONS.contains(action), "{action}");
+        }
+        // The plugin's health signals and launch reports are counted under their own names.
+        for action in [
+            "app_crash",
+            "app_anr",
+            "app_launch_timeout",
+            "webview_render_process_gone",
+        ] {
+            assert!(KNOWN_ACTIONS.contains(&action), "{action}");
         }
         for action in [OTHER_ACTION, UNKNOWN_VERSION] {
             assert!(!KNOWN_ACTIONS.contains(&action), "{action}");
