@@ -85,15 +85,20 @@ spec:
 const FLOOD_BUNDLES: [&str; 1] = [VERSION];
 /// The peak RSS target of the flood, MiB.
 const FLOOD_RSS_TARGET_MIB: f64 = 64.0;
-/// The tables of the device store, for the row counts.
-const STORE_TABLES: [&str; 7] = [
-    "devices",
-    "device_sightings",
-    "counters",
-    "failed_marks",
-    "device_outcomes",
-    "device_changes",
-    "rollout_states",
+/// The tables of the device store, for the row counts (and the sightings waiting in the log
+/// that may create a device's row: those of update checks).
+const STORE_COUNTS: [(&str, &str); 8] = [
+    ("devices", "SELECT COUNT(*) FROM devices"),
+    ("device_sightings", "SELECT COUNT(*) FROM device_sightings"),
+    (
+        "creating sightings",
+        "SELECT COUNT(*) FROM device_sightings WHERE creates_row = 1",
+    ),
+    ("counters", "SELECT COUNT(*) FROM counters"),
+    ("failed_marks", "SELECT COUNT(*) FROM failed_marks"),
+    ("device_outcomes", "SELECT COUNT(*) FROM device_outcomes"),
+    ("device_changes", "SELECT COUNT(*) FROM device_changes"),
+    ("rollout_states", "SELECT COUNT(*) FROM rollout_states"),
 ];
 
 fn main() -> ExitCode {
@@ -176,6 +181,7 @@ fn event_writes(n: usize) -> (Vec<Write>, Write) {
         is_prod: true,
         is_emulator: false,
         seen_at_ms: 1_790_000_000_000,
+        creates_row: true,
     });
     (acknowledged, sighting)
 }
@@ -626,10 +632,8 @@ async fn store_size(database: &str) -> anyhow::Result<StoreSize> {
         let options = std::str::FromStr::from_str(database)
             .map(|o: sqlx::sqlite::SqliteConnectOptions| o.read_only(true))?;
         let mut connection = SqliteConnection::connect_with(&options).await?;
-        for table in STORE_TABLES {
-            let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-                .fetch_one(&mut connection)
-                .await?;
+        for (table, query) in STORE_COUNTS {
+            let rows: i64 = sqlx::query_scalar(query).fetch_one(&mut connection).await?;
             size.rows.push((table, rows));
         }
     } else {
@@ -637,10 +641,8 @@ async fn store_size(database: &str) -> anyhow::Result<StoreSize> {
         size.bytes = sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
             .fetch_one(&mut connection)
             .await? as u64;
-        for table in STORE_TABLES {
-            let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-                .fetch_one(&mut connection)
-                .await?;
+        for (table, query) in STORE_COUNTS {
+            let rows: i64 = sqlx::query_scalar(query).fetch_one(&mut connection).await?;
             size.rows.push((table, rows));
         }
     }
@@ -789,6 +791,8 @@ async fn flood_against(
         .pool_max_idle_per_host(settings.clients)
         .build()?;
     let batches = settings.events.div_ceil(settings.batch);
+    // Only events naming a Bundle may add a device, an outcome or a failed mark.
+    let naming_a_bundle = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let statuses: std::collections::BTreeMap<u16, usize> = stream::iter(0..batches)
         .map(|index| {
@@ -796,7 +800,13 @@ async fn flood_against(
             let url = format!("{base}/stats");
             let size = settings.batch.min(settings.events - index * settings.batch);
             let mut rng = fastrand::Rng::with_seed(index as u64);
-            let body = serde_json::Value::Array((0..size).map(|_| flood_event(&mut rng)).collect());
+            let events: Vec<serde_json::Value> = (0..size).map(|_| flood_event(&mut rng)).collect();
+            let named = events
+                .iter()
+                .filter(|event| FLOOD_BUNDLES.contains(&event["version_name"].as_str().unwrap_or_default()))
+                .count();
+            naming_a_bundle.fetch_add(named, std::sync::atomic::Ordering::Relaxed);
+            let body = serde_json::Value::Array(events);
             async move {
                 let status = client
                     .post(url)
@@ -878,6 +888,19 @@ async fn flood_against(
         FLOOD_BUNDLES.len(),
         verdict(counter_rows as usize <= bound)
     ));
+    let naming_a_bundle = naming_a_bundle.load(std::sync::atomic::Ordering::Relaxed);
+    let grown_rows = |table: &str| {
+        let rows_of = |size: &StoreSize| size.rows.iter().find(|(name, _)| *name == table).map_or(0, |(_, rows)| *rows);
+        usize::try_from(rows_of(&after) - rows_of(&before)).unwrap_or(0)
+    };
+    // A device's row comes from the log's merge: count both until it has run.
+    let devices = grown_rows("devices") + grown_rows("creating sightings");
+    let (outcomes, failed_marks) = (grown_rows("device_outcomes"), grown_rows("failed_marks"));
+    report.push(format!(
+        "- new devices (rows and update checks not merged) {devices}, outcomes {outcomes}, failed marks {failed_marks}; \
+         bound for each: the {naming_a_bundle} events naming a Bundle {}",
+        verdict(devices.max(outcomes).max(failed_marks) <= naming_a_bundle)
+    ));
     let (quiet_p50, quiet_p99) = (quantile(&quiet, 0.5), quantile(&quiet, 0.99));
     let (p50, p99) = (quantile(&during, 0.5), quantile(&during, 0.99));
     report.push(format!(
@@ -887,6 +910,6 @@ async fn flood_against(
         during.len(),
         p99 / quiet_p99.max(f64::MIN_POSITIVE)
     ));
-    eprintln!("{label}: {}", report[report.len() - 5..].join("\n"));
+    eprintln!("{label}: {}", report[report.len() - 6..].join("\n"));
     Ok(())
 }

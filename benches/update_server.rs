@@ -1065,6 +1065,7 @@ async fn device_store_rate(writes: usize) -> anyhow::Result<f64> {
                 is_prod: true,
                 is_emulator: false,
                 seen_at_ms: 1_767_225_600_000 + i as i64,
+                creates_row: true,
             })
         })
         .collect();

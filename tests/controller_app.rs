@@ -104,6 +104,7 @@ async fn update_server_with_two_devices(folder: &std::path::Path) -> String {
             is_prod: true,
             is_emulator: false,
             seen_at_ms: now_ms,
+            creates_row: true,
         })
     };
     boot.state

@@ -159,6 +159,7 @@ fn seen(device_id: &str, seen_at_ms: i64) -> DeviceSeen {
         is_prod: true,
         is_emulator: false,
         seen_at_ms,
+        creates_row: true,
     }
 }
 
@@ -673,6 +674,50 @@ async fn sightings_waiting_in_the_log_merge_as_upserts_would(database: &TestData
     );
 }
 
+/// A stats event's sighting refreshes a device that has a row, or that an update check in the
+/// same merge creates (before or after it, in its batch or another); it leaves no row, and no
+/// active device, for an id that nothing else named.
+async fn a_stats_sighting_creates_no_device(database: &TestDatabase) {
+    let store = database.open().await;
+    let from_stats = |device: &str, at_ms: i64| {
+        Write::SeenDevice(DeviceSeen {
+            version_name: "1.5.0".to_owned(),
+            creates_row: false,
+            ..seen(device, at_ms)
+        })
+    };
+    let update_check = |device: &str, at_ms: i64| Write::SeenDevice(seen(device, at_ms));
+    apply(&store, &[update_check("known", NOW_MS)]).await;
+    store.compact().await.expect("compact");
+    for batch in [
+        vec![from_stats("known", NOW_MS + 1)],
+        vec![from_stats("made-up", NOW_MS + 1)],
+        vec![update_check("new", NOW_MS + 2)],
+        vec![from_stats("new", NOW_MS + 3)],
+        vec![from_stats("late", NOW_MS + 4)],
+        vec![update_check("late", NOW_MS + 3)],
+        vec![from_stats("batched", NOW_MS + 5), update_check("batched", NOW_MS + 4)],
+    ] {
+        apply(&store, &batch).await;
+    }
+    assert_eq!(
+        store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"),
+        4,
+        "known, new, late and batched"
+    );
+    store.compact().await.expect("compact");
+    for device_id in ["known", "new", "late", "batched"] {
+        let row = device(&store, device_id).await;
+        assert_eq!(
+            row.map(|row| row.version_name),
+            Some("1.5.0".to_owned()),
+            "{device_id}: the stats event's version"
+        );
+    }
+    assert_eq!(device(&store, "made-up").await, None);
+    assert_eq!(store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"), 4);
+}
+
 /// Many devices in one batch (several statement sizes) all count.
 async fn outcomes_of_many_devices_all_count(database: &TestDatabase) {
     let store = database.open().await;
@@ -1154,6 +1199,7 @@ mod sqlite_file {
         old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
+        a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
         a_commit_is_stored_when_it_returns,
         a_commit_to_a_store_that_is_gone_is_unavailable,
@@ -1273,6 +1319,7 @@ mod sqlite_memory {
         old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
+        a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
         a_commit_to_a_store_that_is_gone_is_unavailable,
     );
@@ -1296,6 +1343,7 @@ mod postgres {
         old_outcomes_are_pruned_per_app_in_chunks,
         outcomes_of_many_devices_all_count,
         sightings_waiting_in_the_log_merge_as_upserts_would,
+        a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
         a_commit_is_stored_when_it_returns,
         a_commit_to_a_store_that_is_gone_is_unavailable,

@@ -33,7 +33,8 @@ pub(super) fn seen_devices_query<'q>(
             .bind(sighting.default_channel)
             .bind(i64::from(seen.is_prod))
             .bind(i64::from(seen.is_emulator))
-            .bind(seen.seen_at_ms);
+            .bind(seen.seen_at_ms)
+            .bind(i64::from(sighting.creates_row));
     }
     query
 }
@@ -55,9 +56,9 @@ pub(super) fn seen_devices_sql(backend: Backend, shape: usize) -> &'static str {
     SQL[slot][shape].get_or_init(|| {
         format!(
             "INSERT INTO device_sightings (writer, seq, app_id, device_id, platform, plugin_version, \
-             native_version, version_name, custom_id, default_channel, is_prod, is_emulator, last_seen_ms) \
-             VALUES {}",
-            values_placeholders(backend, rows, 13)
+             native_version, version_name, custom_id, default_channel, is_prod, is_emulator, last_seen_ms, \
+             creates_row) VALUES {}",
+            values_placeholders(backend, rows, 14)
         )
     })
 }
@@ -75,6 +76,12 @@ pub(super) const SIGHTING_UPSERT: &str = "ON CONFLICT (app_id, device_id) DO UPD
      default_channel = COALESCE(excluded.default_channel, devices.default_channel), \
      is_prod = excluded.is_prod, is_emulator = excluded.is_emulator, last_seen_ms = excluded.last_seen_ms \
      WHERE excluded.last_seen_ms >= devices.last_seen_ms";
+
+/// Which sightings of a compaction (in a subquery `s` with `may_create`, whether any of the
+/// device's sightings in it may create its row) are merged: a stats event's sighting only
+/// refreshes a device that has a row or is created by the same merge.
+const MAY_MERGE: &str = "(s.may_create = 1 OR EXISTS (SELECT 1 FROM devices d \
+     WHERE d.app_id = s.app_id AND d.device_id = s.device_id))";
 
 /// The ranges of device ids a compaction merges one after the other: `[from, to)`, an empty `to`
 /// for no end (device ids are lower-case UUIDs, so each range holds a sixteenth of them; any
@@ -104,12 +111,14 @@ pub(super) fn compaction_sql(backend: Backend) -> &'static str {
     static SQL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
     match backend {
         // SQLite applies the rows of one INSERT one after the other, in the ORDER BY's order
-        // (the WHERE also keeps the parser from reading ON CONFLICT as a join constraint).
+        // (the WHERE also keeps the parser from reading ON CONFLICT as a join constraint; its
+        // EXISTS reads `devices` as it was before the statement).
         Backend::Sqlite => SQL[0].get_or_init(|| {
             format!(
-                "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM device_sightings \
-                 WHERE writer = $1 AND seq <= $2 AND device_id >= $3 AND ($4 = '' OR device_id < $4) \
-                 ORDER BY app_id, device_id, seq {SIGHTING_UPSERT}"
+                "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT {SIGHTING_COLUMNS} FROM (SELECT *, \
+                 MAX(creates_row) OVER (PARTITION BY app_id, device_id) AS may_create FROM device_sightings \
+                 WHERE writer = $1 AND seq <= $2 AND device_id >= $3 AND ($4 = '' OR device_id < $4)) AS s \
+                 WHERE {MAY_MERGE} ORDER BY app_id, device_id, seq {SIGHTING_UPSERT}"
             )
         }),
         // One row per device, as applying its sightings in order would leave it: the newest
@@ -121,25 +130,26 @@ pub(super) fn compaction_sql(backend: Backend) -> &'static str {
                 "INSERT INTO devices ({SIGHTING_COLUMNS}) SELECT app_id, device_id, platform, plugin_version, \
                  native_version, version_name, kept_custom_id, kept_default_channel, is_prod, is_emulator, \
                  last_seen_ms FROM (SELECT app_id, device_id, platform, plugin_version, native_version, \
-                 version_name, is_prod, is_emulator, last_seen_ms, \
+                 version_name, is_prod, is_emulator, last_seen_ms, has_row, \
+                 MAX(creates_row) OVER (PARTITION BY app_id, device_id) AS may_create, \
                  ROW_NUMBER() OVER (PARTITION BY app_id, device_id ORDER BY last_seen_ms DESC, seq DESC) AS rank, \
                  FIRST_VALUE(applied_custom_id) OVER (PARTITION BY app_id, device_id \
                  ORDER BY applied_custom_id IS NULL, seq DESC) AS kept_custom_id, \
                  FIRST_VALUE(applied_default_channel) OVER (PARTITION BY app_id, device_id \
                  ORDER BY applied_default_channel IS NULL, seq DESC) AS kept_default_channel \
                  FROM (SELECT app_id, device_id, platform, plugin_version, native_version, version_name, \
-                 is_prod, is_emulator, last_seen_ms, seq, \
+                 is_prod, is_emulator, last_seen_ms, seq, creates_row, has_row, \
                  CASE WHEN applied THEN custom_id END AS applied_custom_id, \
                  CASE WHEN applied THEN default_channel END AS applied_default_channel \
                  FROM (SELECT s.app_id, s.device_id, s.platform, s.plugin_version, s.native_version, \
                  s.version_name, s.custom_id, s.default_channel, s.is_prod, s.is_emulator, s.last_seen_ms, s.seq, \
-                 s.last_seen_ms >= COALESCE(MAX(s.last_seen_ms) OVER (PARTITION BY s.app_id, s.device_id \
+                 s.creates_row, d.device_id IS NOT NULL AS has_row, s.last_seen_ms >= COALESCE(MAX(s.last_seen_ms) OVER (PARTITION BY s.app_id, s.device_id \
                  ORDER BY s.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), s.last_seen_ms) \
                  AND s.last_seen_ms >= COALESCE(d.last_seen_ms, s.last_seen_ms) AS applied \
                  FROM device_sightings s LEFT JOIN devices d ON d.app_id = s.app_id AND d.device_id = s.device_id \
                  WHERE s.writer = $1 AND s.seq <= $2 AND s.device_id >= $3 AND ($4 = '' OR s.device_id < $4)) \
                  AS ordered) \
-                 AS applied_values) AS merged WHERE rank = 1 ORDER BY app_id, device_id {SIGHTING_UPSERT}"
+                 AS applied_values) AS merged WHERE rank = 1 AND (may_create = 1 OR has_row) ORDER BY app_id, device_id {SIGHTING_UPSERT}"
             )
         }),
     }

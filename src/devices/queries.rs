@@ -142,10 +142,13 @@ impl DeviceStore {
     /// written one, 30 days ago, is not counted.
     pub async fn monthly_active_devices(&self, app_id: &str, now_ms: i64) -> Result<i64, StoreError> {
         // The devices' rows and the sightings not merged into them yet, without forcing a
-        // compaction (the controller asks for every App).
+        // compaction (the controller asks for every App); a stats event's sighting counts only
+        // for a device with a row, as the compaction will merge it.
         sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT device_id FROM devices WHERE app_id = $1 AND last_seen_ms > $2 \
-             UNION SELECT device_id FROM device_sightings WHERE app_id = $1 AND last_seen_ms > $2) AS seen",
+             UNION SELECT device_id FROM device_sightings s WHERE app_id = $1 AND last_seen_ms > $2 \
+             AND (creates_row = 1 OR EXISTS (SELECT 1 FROM devices d \
+             WHERE d.app_id = s.app_id AND d.device_id = s.device_id))) AS seen",
         )
         .bind(app_id)
         .bind(now_ms.saturating_sub(MONTH_MS))

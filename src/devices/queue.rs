@@ -105,7 +105,8 @@ struct PackedSeen {
     text: Box<str>,
     /// Where each of the eight ends in `text`.
     ends: [u16; 8],
-    /// Bit 0: is_prod; bit 1: is_emulator; bit 2: custom_id is set; bit 3: default_channel is set.
+    /// Bit 0: is_prod; bit 1: is_emulator; bit 2: custom_id is set; bit 3: default_channel is set;
+    /// bit 4: creates_row.
     flags: u8,
     seen_at_ms: i64,
 }
@@ -133,7 +134,8 @@ impl PackedSeen {
         let flags = u8::from(seen.is_prod)
             | u8::from(seen.is_emulator) << 1
             | u8::from(seen.custom_id.is_some()) << 2
-            | u8::from(seen.default_channel.is_some()) << 3;
+            | u8::from(seen.default_channel.is_some()) << 3
+            | u8::from(seen.creates_row) << 4;
         Some(Self {
             text: text.into_boxed_str(),
             ends,
@@ -166,6 +168,7 @@ impl PackedSeen {
             is_prod: self.flags & 1 != 0,
             is_emulator: self.flags & 2 != 0,
             seen_at_ms: self.seen_at_ms,
+            creates_row: self.flags & 16 != 0,
         }
     }
 }
@@ -314,8 +317,10 @@ impl WriteQueue {
                 (pending < capacity).then_some(pending + 1)
             })
             .is_ok();
+        // A sighting that may not create the row must not make a creating one look redundant.
+        let creates_row = matches!(&write, Write::SeenDevice(seen) if seen.creates_row);
         if reserved && self.sender.send(QueueMessage::of(write)).is_ok() {
-            if let Some(key) = sighting {
+            if let Some(key) = sighting.filter(|_| creates_row) {
                 self.state.recent.written(key);
             }
             return true;
@@ -708,6 +713,7 @@ mod tests {
             is_prod: true,
             is_emulator: false,
             seen_at_ms: 1_790_000_000_000,
+            creates_row: true,
         }
     }
 

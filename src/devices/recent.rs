@@ -196,6 +196,7 @@ mod tests {
             is_prod: true,
             is_emulator: false,
             seen_at_ms: at_ms,
+            creates_row: true,
         }
     }
 

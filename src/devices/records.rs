@@ -3,7 +3,7 @@
 /// One write to the device store. Writes of one device apply in the order given; counters add up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
-    /// Upsert a device (on every update check and every non-failure stat).
+    /// Upsert a device (on every update check; a non-failure stat refreshes an existing row).
     SeenDevice(DeviceSeen),
     /// A successful `set`: the device now runs this bundle version.
     CurrentBundle {
@@ -133,6 +133,10 @@ pub struct DeviceSeen {
     pub is_emulator: bool,
     /// When the device was seen (milliseconds since the epoch).
     pub seen_at_ms: i64,
+    /// Whether this sighting creates the device's row when it has none: true for an update
+    /// check, false for a stats event, which only refreshes a row that exists (stats need no
+    /// credentials, so made-up device ids must not grow the store).
+    pub creates_row: bool,
 }
 
 /// A device's row in the store.

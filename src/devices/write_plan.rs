@@ -59,6 +59,8 @@ pub(super) struct Sighting<'a> {
     pub(super) custom_id: Option<&'a str>,
     /// Its default channel, or the last one an earlier sighting of the batch reported.
     pub(super) default_channel: Option<&'a str>,
+    /// Whether any sighting of the batch may create the device's row.
+    pub(super) creates_row: bool,
 }
 
 impl<'a> Sighting<'a> {
@@ -67,6 +69,7 @@ impl<'a> Sighting<'a> {
             seen,
             custom_id: seen.custom_id.as_deref(),
             default_channel: seen.default_channel.as_deref(),
+            creates_row: seen.creates_row,
         }
     }
 
@@ -74,13 +77,15 @@ impl<'a> Sighting<'a> {
     /// changes nothing; a newer one (or an equally old one) replaces the reported columns and
     /// keeps the earlier custom id and default channel where it reports none.
     fn then(self, later: &'a DeviceSeen) -> Self {
+        let creates_row = self.creates_row || later.creates_row;
         if later.seen_at_ms < self.seen.seen_at_ms {
-            return self;
+            return Sighting { creates_row, ..self };
         }
         Sighting {
             seen: later,
             custom_id: later.custom_id.as_deref().or(self.custom_id),
             default_channel: later.default_channel.as_deref().or(self.default_channel),
+            creates_row,
         }
     }
 }
@@ -168,7 +173,7 @@ pub(super) fn device_steps<'a>(sorted: &[&'a Write]) -> Vec<DeviceStep<'a>> {
 }
 
 /// Rows per multi-row upsert, largest first: a batch is cut into the fewest statements of these
-/// few shapes, so each connection prepares at most four of them (13 parameters a row keeps the
+/// few shapes, so each connection prepares at most four of them (14 parameters a row keeps the
 /// largest under both SQLite's and PostgreSQL's parameter limits).
 pub(super) const SIGHTING_CHUNK_ROWS: [usize; 4] = [256, 32, 4, 1];
 
@@ -265,6 +270,7 @@ mod tests {
             is_prod: true,
             is_emulator: false,
             seen_at_ms: at_ms,
+            creates_row: true,
         })
     }
 

@@ -126,6 +126,7 @@ pub async fn updates(State(state): State<Arc<ServerState>>, WholeBody(body): Who
             is_prod: check.is_prod,
             is_emulator: check.is_emulator,
             seen_at_ms: now,
+            creates_row: true,
         }),
     );
     count_answer(&state, answer_label(&answer));
@@ -323,6 +324,8 @@ fn stat_writes(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
             is_prod: event.is_prod,
             is_emulator: event.is_emulator,
             seen_at_ms: at,
+            // A stats event never creates a device's row: made-up ids would grow the store.
+            creates_row: false,
         }));
     }
     writes

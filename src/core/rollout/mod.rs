@@ -33,6 +33,7 @@
 //!   aborted rollout stays aborted until retried (or given a new bundleRef).
 
 mod figures;
+pub mod measurement;
 mod settings;
 mod stats;
 #[cfg(test)]
