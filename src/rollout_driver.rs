@@ -15,7 +15,11 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     api::{App, Bundle, Channel, Rollout, RolloutStatus, channel::PromotedBundle},
-    core::rollout::{FailureCounts, FiguresQuery, RolloutEvent, decide, figures_query, promotion_of},
+    core::rollout::{
+        FailureCounts, FiguresQuery, RolloutEvent, decide, figures_query,
+        measurement::{Measured, MeasurementRequest},
+        promotion_of,
+    },
 };
 
 /// Where the failure figures of a rollout's candidate come from.
@@ -28,6 +32,18 @@ pub trait FiguresSource {
         channel: &Channel,
         query: &FiguresQuery,
     ) -> impl Future<Output = Option<FailureCounts>> + Send;
+}
+
+/// Where the measurements of a rollout's analysis metrics come from (Prometheus and web
+/// providers, reached over HTTP by the shell; header values read from Secrets).
+pub trait MetricSource {
+    /// Takes each measurement `requests` asks for `rollout`, in any order; one [`Measured`] per
+    /// request, a provider's failure as its error (never dropped: the core counts errors).
+    fn measure(
+        &mut self,
+        rollout: &Rollout,
+        requests: &[MeasurementRequest],
+    ) -> impl Future<Output = Vec<Measured>> + Send;
 }
 
 /// Where a decision's results go.
