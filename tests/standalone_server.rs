@@ -428,8 +428,9 @@ async fn stats_the_store_cannot_commit_are_answered_503_and_stored_when_sent_aga
 
 /// Stats are unauthenticated: a flood of events with made-up versions and actions from made-up
 /// devices leaves at most [`counter_rows_per_day`] counter rows a day (versions that are no
-/// Bundle are counted as `unknown`, actions the plugin does not send as `other`), and failed
-/// marks and outcomes only for the App's Bundle (here 1.4.3).
+/// Bundle are counted as `unknown`, actions the plugin does not send as `other`), failed marks
+/// and outcomes only for the App's Bundle (here 1.4.3), and a device row only for a device that
+/// reported installing it (stats never create a device's row otherwise).
 #[tokio::test]
 async fn made_up_versions_and_actions_leave_a_bounded_number_of_rows() {
     use ota_operator::core::stats::counter_rows_per_day;
@@ -440,6 +441,7 @@ async fn made_up_versions_and_actions_leave_a_bounded_number_of_rows() {
     let mut rng = fastrand::Rng::with_seed(12);
     let client = reqwest::Client::new();
     let (mut real_failures, mut made_up_versions) = (std::collections::HashSet::new(), 0);
+    let mut installed = std::collections::HashSet::new();
     for _ in 0..EVENTS / BATCH {
         let batch: Vec<Value> = (0..BATCH)
             .map(|_| {
@@ -456,9 +458,11 @@ async fn made_up_versions_and_actions_leave_a_bounded_number_of_rows() {
                     2 => "download_complete".to_owned(),
                     _ => format!("made_up_{}", rng.u32(..)),
                 };
-                if action == "update_fail" && version == "1.4.3" {
-                    real_failures.insert(device.clone());
-                }
+                match (action.as_str(), version.as_str()) {
+                    ("update_fail", "1.4.3") => real_failures.insert(device.clone()),
+                    ("set", "1.4.3") => installed.insert(device.clone()),
+                    _ => false,
+                };
                 json!({
                     "platform": "android", "device_id": device, "app_id": "com.example.shop",
                     "version_build": "1.4.0", "version_os": "14", "version_name": version,
@@ -501,6 +505,17 @@ async fn made_up_versions_and_actions_leave_a_bounded_number_of_rows() {
     )
     .await;
     assert_eq!(outcomes, 0, "outcomes of 1.4.3 only");
+    let devices = count(&mut connection, "SELECT COUNT(*) FROM devices").await;
+    let creating = count(
+        &mut connection,
+        "SELECT COUNT(*) FROM device_sightings WHERE creates_row = 1",
+    )
+    .await;
+    assert_eq!(
+        (devices as usize, creating),
+        (installed.len(), 0),
+        "rows of the devices that installed 1.4.3 only"
+    );
 }
 
 #[tokio::test]

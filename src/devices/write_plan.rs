@@ -387,9 +387,9 @@ mod tests {
         assert!(sighting_chunks(&[]).is_empty());
         let sql = seen_devices_sql(Backend::Postgres, 2);
         assert_eq!(sql.matches("), (").count(), 3, "four rows of values");
-        assert!(sql.contains("$52)") && !sql.contains("$53"), "{sql}");
+        assert!(sql.contains("$56)") && !sql.contains("$57"), "{sql}");
         let sql = seen_devices_sql(Backend::Sqlite, 2);
-        assert_eq!(sql.matches('?').count(), 52, "{sql}");
+        assert_eq!(sql.matches('?').count(), 56, "{sql}");
         assert!(!sql.contains('$'), "{sql}");
     }
 }
