@@ -73,7 +73,14 @@ mod tests {
 
     #[test]
     fn recording_keeps_the_history_sorted_by_semver_without_duplicates() {
-        let cases: &[(&[(&str, &str)], (Option<&str>, &str), &[&str], &str)] = &[
+        /// The history before (bundle, version), the stable bundle served, the versions after.
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            (Option<&'a str>, &'a str),
+            &'a [&'a str],
+            &'a str,
+        );
+        let cases: &[Case<'_>] = &[
             (&[], (Some("a-1.0.0"), "1.0.0"), &["1.0.0"], "the first release"),
             (
                 &[("a-1.0.0", "1.0.0")],
