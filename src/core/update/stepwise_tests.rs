@@ -343,3 +343,26 @@ fn a_channel_on_the_builtin_assets_reverts_whatever_its_history() {
     inputs.channels[0].spec.bundle_ref = None;
     assert_eq!(decide(&inputs, &on("1.1.0")), "builtin");
 }
+
+#[test]
+fn a_step_below_the_native_build_stops_the_walk_unless_allowed() {
+    // A device still running bundle 1.0.0 on a native 1.2.0 build: 1.1.0 is older than its
+    // native build. The walk stops there rather than skip 1.1.0, unless the channel allows
+    // bundles under native.
+    let device = UpdateCheck {
+        version_build: "1.2.0".into(),
+        native_version: coerce("1.2.0"),
+        ..on("1.0.0")
+    };
+    assert_eq!(
+        decide(&releases(), &device),
+        "disable_auto_update_under_native 1.1.0"
+    );
+    let allowed = world(
+        json!({"updatePath": "stepwise", "disableAutoUpdateUnderNative": false}),
+        "shop-1.3.0",
+        &RELEASES,
+        &RELEASES,
+    );
+    assert_eq!(decide(&allowed, &device), "offer 1.1.0");
+}
