@@ -261,6 +261,16 @@ async fn every_kind_has_a_status_subresource_that_keeps_what_the_controller_writ
             over_bundle_ref: Some("shop-1.4.1".into()),
             rollout: "to-1.4.2".into(),
         }),
+        history: vec![
+            ota_operator::api::channel::HistoryEntry {
+                bundle: "shop-1.4.1".into(),
+                version: "1.4.1".into(),
+            },
+            ota_operator::api::channel::HistoryEntry {
+                bundle: "shop-1.4.2".into(),
+                version: "1.4.2".into(),
+            },
+        ],
     })
     .unwrap();
     status_round_trip::<Channel>(&client, &namespace, "production", channel_status).await;

@@ -17,8 +17,8 @@ use std::{
 use ota_operator::{
     core::update::DeviceFacts,
     devices::{
-        CommitError, Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore, OutcomeFigures,
-        OutcomeReport, RolloutStateRow, StoreError, Write, WriteQueue,
+        ChannelHistoryRow, CommitError, Counter, DeviceMemory, DeviceRecord, DeviceSeen, DeviceStore,
+        OutcomeFigures, OutcomeReport, RolloutStateRow, StoreError, Write, WriteQueue,
     },
 };
 use sqlx::{Connection, Executor, postgres::PgConnection};
@@ -804,6 +804,56 @@ async fn rollout_states_are_saved_listed_and_deleted(database: &TestDatabase) {
     }
 }
 
+/// Channel histories are saved (replacing the previous one), listed in order, deleted, and on a
+/// persistent store still there after a reopen.
+async fn channel_histories_are_saved_listed_and_deleted(database: &TestDatabase) {
+    let row = |namespace: &str, name: &str, json: &str, at_ms: i64| ChannelHistoryRow {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        json: json.to_owned(),
+        at_ms,
+    };
+    let store = database.open().await;
+    assert_eq!(store.channel_histories().await.expect("histories"), vec![]);
+    let first = r#"[{"bundle":"shop-1.0.0","version":"1.0.0"}]"#;
+    let second = r#"[{"bundle":"shop-1.0.0","version":"1.0.0"},{"bundle":"shop-1.1.0","version":"1.1.0"}]"#;
+    for (namespace, name, json, at_ms) in [
+        ("shop", "production", first, NOW_MS),
+        ("default", "beta", "[]", NOW_MS + 1),
+        ("shop", "production", second, NOW_MS + 2),
+    ] {
+        store
+            .save_channel_history(namespace, name, json, at_ms)
+            .await
+            .expect("save");
+    }
+    let expected = vec![
+        row("default", "beta", "[]", NOW_MS + 1),
+        row("shop", "production", second, NOW_MS + 2),
+    ];
+    assert_eq!(store.channel_histories().await.expect("histories"), expected);
+    assert!(
+        store
+            .delete_channel_history("default", "beta")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_channel_history("default", "beta")
+            .await
+            .expect("delete again")
+    );
+    drop(store);
+    if database.persistent() {
+        let reopened = database.open().await;
+        assert_eq!(
+            reopened.channel_histories().await.expect("histories"),
+            vec![expected[1].clone()]
+        );
+    }
+}
+
 /// Identical increments add up within a batch and across batches; reads filter by app,
 /// version and day.
 async fn counters_add_up_within_and_across_batches(database: &TestDatabase) {
@@ -1207,6 +1257,7 @@ mod sqlite_file {
         sightings_waiting_in_the_log_merge_as_upserts_would,
         a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
+        channel_histories_are_saved_listed_and_deleted,
         a_commit_is_stored_when_it_returns,
         a_commit_to_a_store_that_is_gone_is_unavailable,
     );
@@ -1327,6 +1378,7 @@ mod sqlite_memory {
         sightings_waiting_in_the_log_merge_as_upserts_would,
         a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
+        channel_histories_are_saved_listed_and_deleted,
         a_commit_to_a_store_that_is_gone_is_unavailable,
     );
 }
@@ -1351,6 +1403,7 @@ mod postgres {
         sightings_waiting_in_the_log_merge_as_upserts_would,
         a_stats_sighting_creates_no_device,
         rollout_states_are_saved_listed_and_deleted,
+        channel_histories_are_saved_listed_and_deleted,
         a_commit_is_stored_when_it_returns,
         a_commit_to_a_store_that_is_gone_is_unavailable,
     );

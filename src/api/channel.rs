@@ -122,6 +122,25 @@ pub struct ChannelSpec {
     #[schemars(length(max = 100))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["deviceId".into()]))]
     pub device_overrides: Vec<DeviceOverride>,
+
+    /// Which bundle a device behind the channel is offered: `latest` (the channel's bundle, or
+    /// the rollout candidate for the device's cohort) or `stepwise` (the lowest release above
+    /// the device's version in `status.history`, so a device walks through every release).
+    #[serde(default)]
+    pub update_path: UpdatePath,
+}
+
+/// How far one update moves a device behind a channel.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdatePath {
+    /// Straight to the channel's bundle (or the rollout candidate for the device's cohort).
+    #[default]
+    Latest,
+    /// One release at a time: the lowest bundle above the device's version among those the
+    /// channel has served (`status.history`), up to the channel's bundle; for apps that migrate
+    /// local data release by release and must not skip one.
+    Stepwise,
 }
 
 /// The semver boundary past which automatic updates are refused.
@@ -179,6 +198,21 @@ pub struct ChannelStatus {
     /// `spec.bundleRef` hands the choice back to git).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted: Option<PromotedBundle>,
+    /// The Bundles this channel has served as its stable bundle, by semver (lowest first), at
+    /// most 100 (the highest kept): the steps of `updatePath: stepwise`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A Bundle a channel served as its stable bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The Bundle's name.
+    pub bundle: String,
+    /// Its version.
+    pub version: String,
 }
 
 /// A candidate a completed Rollout made the channel's stable bundle.

@@ -11,12 +11,13 @@ use k8s_openapi::jiff::Timestamp;
 use crate::{
     api::{
         App, Bundle, Channel, ChannelStatus, Rollout,
-        channel::{CandidateBundle, ServedBundle},
+        channel::{CandidateBundle, HistoryEntry, ServedBundle},
         constants::{condition, reason},
         rollout::RolloutPhase,
     },
     core::{
         bundle_lifecycle::WarningEvent,
+        channel_history,
         conditions::{
             DesiredCondition, merge_conditions, ready_set, reconciling_set, stalled_set, status_of,
         },
@@ -38,6 +39,9 @@ pub struct ChannelStatusPlan {
     pub conditions: Vec<DesiredCondition>,
     /// When Stalled: the Warning event to publish.
     pub warning: Option<WarningEvent>,
+    /// The Bundles the channel has served as its stable bundle, the one it serves now included
+    /// ([`channel_history::record`]).
+    pub history: Vec<HistoryEntry>,
 }
 
 /// The status `channel` should have under `plan` (pure): the plan's conditions merged into the
@@ -52,6 +56,7 @@ pub fn desired_status(channel: &Channel, plan: &ChannelStatusPlan, now: Timestam
         candidate: plan.candidate.clone(),
         // Owned by the Rollout reconciler's field manager: kept as it is, never applied here.
         promoted: channel.promotion().cloned(),
+        history: plan.history.clone(),
     }
 }
 
@@ -70,6 +75,26 @@ fn name_of(meta: &kube::api::ObjectMeta) -> &str {
 /// The status of `channel`, from the objects of its namespace (objects of other namespaces are
 /// ignored) and the problems the snapshot reported.
 pub fn channel_status(
+    channel: &Channel,
+    apps: &[App],
+    bundles: &[Bundle],
+    rollouts: &[Rollout],
+    problems: &[Problem],
+) -> ChannelStatusPlan {
+    let history = channel
+        .status
+        .as_ref()
+        .map_or(&[][..], |status| &status.history[..]);
+    let plan = plan_without_history(channel, apps, bundles, rollouts, problems);
+    // Only a bundle the channel can serve becomes part of its history.
+    let history = match &plan.stable {
+        Some(stable) => channel_history::record(history, stable),
+        None => history.to_vec(),
+    };
+    ChannelStatusPlan { history, ..plan }
+}
+
+fn plan_without_history(
     channel: &Channel,
     apps: &[App],
     bundles: &[Bundle],
@@ -181,6 +206,7 @@ pub fn channel_status(
                 candidate,
                 conditions: ready_set(format!("{serving}{candidate_note}")),
                 warning: None,
+                history: Vec::new(),
             }
         }
         Err(refusal) => ChannelStatusPlan {
@@ -210,6 +236,7 @@ fn refused(refusal: Refusal) -> ChannelStatusPlan {
         candidate: None,
         conditions,
         warning,
+        history: Vec::new(),
     }
 }
 
@@ -568,6 +595,48 @@ mod tests {
         let recorded = plan(&world, &promoted);
         assert_eq!(recorded.candidate, None);
         assert_eq!(recorded.stable.expect("stable").version, "1.5.0");
+    }
+
+    #[test]
+    fn the_history_records_each_stable_bundle_served_and_a_completed_rollouts_candidate() {
+        let mut world = world();
+        world.bundles.push(bundle("shop-1.6.0", "1.6.0", json!({})));
+        let versions = |channel: &Channel| -> Vec<String> {
+            channel
+                .status
+                .iter()
+                .flat_map(|s| &s.history)
+                .map(|e| e.version.clone())
+                .collect()
+        };
+        let mut channel = channel("production", Some("shop-1.4.2"), json!({}));
+        // Each step writes the status as the controller does, then reads it back.
+        let reconcile = |channel: &mut Channel| {
+            let plan = plan(&world, channel);
+            channel.status = Some(desired_status(channel, &plan, Timestamp::UNIX_EPOCH));
+        };
+        reconcile(&mut channel);
+        assert_eq!(versions(&channel), ["1.4.2"]);
+        channel.spec.bundle_ref = Some("shop-1.5.0".into());
+        reconcile(&mut channel);
+        assert_eq!(versions(&channel), ["1.4.2", "1.5.0"], "git moved bundleRef");
+        for (bundle_ref, why) in [(Some("shop-9.9.9"), "a missing Bundle"), (None, "builtin")] {
+            channel.spec.bundle_ref = bundle_ref.map(str::to_owned);
+            reconcile(&mut channel);
+            assert_eq!(versions(&channel), ["1.4.2", "1.5.0"], "{why} is no release");
+        }
+        channel.spec.bundle_ref = Some("shop-1.5.0".into());
+        channel.status.as_mut().expect("a status").promoted = Some(crate::api::channel::PromotedBundle {
+            bundle: "shop-1.6.0".into(),
+            over_bundle_ref: Some("shop-1.5.0".into()),
+            rollout: "ro".into(),
+        });
+        reconcile(&mut channel);
+        assert_eq!(
+            versions(&channel),
+            ["1.4.2", "1.5.0", "1.6.0"],
+            "a completed rollout's candidate"
+        );
     }
 
     #[test]

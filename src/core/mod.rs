@@ -6,6 +6,7 @@ pub mod app_children;
 pub mod app_status;
 pub mod backoff;
 pub mod bundle_lifecycle;
+pub mod channel_history;
 pub mod channel_self;
 pub mod channel_status;
 pub mod cohort;

@@ -14,7 +14,7 @@ use crate::api::{
     App, Bundle, Channel, Rollout,
     app::Platform,
     bundle::BundleEncryption,
-    channel::ChannelSpec,
+    channel::{ChannelSpec, UpdatePath},
     constants::{condition, reason},
     rollout::RolloutPhase,
 };
@@ -86,6 +86,9 @@ pub struct ChannelView {
     pub stable: StableTarget,
     /// A rollout in progress, if any.
     pub rollout: Option<RolloutView>,
+    /// With `updatePath: stepwise`: the releases of the channel's history (`status.history`)
+    /// that can be served, by semver, lowest first (empty with `latest`).
+    pub history: Vec<Arc<BundleView>>,
 }
 
 impl ChannelView {
@@ -281,6 +284,27 @@ impl Snapshot {
                     }
                 },
             };
+            // A release of the history that was deleted, or can no longer be served (not synced,
+            // of another App, refused by a protected channel, rebuilt under another version),
+            // is left out: the walk goes on without it rather than stopping for good.
+            let history = match channel.spec.update_path {
+                UpdatePath::Latest => Vec::new(),
+                UpdatePath::Stepwise => {
+                    let mut history: Vec<Arc<BundleView>> = channel
+                        .status
+                        .iter()
+                        .flat_map(|status| &status.history)
+                        .filter_map(|entry| {
+                            let view = bundle_target(&namespace, &app.name, &entry.bundle).ok()?;
+                            let signed = !channel.spec.require_signed
+                                || signature_refusal(&name, &view, public_key).is_none();
+                            (view.version == entry.version && signed).then_some(view)
+                        })
+                        .collect();
+                    history.sort_by(|a, b| a.semver.cmp(&b.semver));
+                    history
+                }
+            };
             for device in &channel.spec.device_overrides {
                 if let Some(other) = app.device_overrides.get(&device.device_id) {
                     problems.push(Problem {
@@ -299,6 +323,7 @@ impl Snapshot {
                     spec: channel.spec.clone(),
                     stable,
                     rollout: None,
+                    history,
                 },
             );
         }

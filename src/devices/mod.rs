@@ -1,7 +1,7 @@
 //! The device store of the update server: what is known of each device (its last update check,
 //! the bundle it runs, a channel it set for itself on the server), per-bundle counters of stats
 //! events, the bundles each device reported as failed, each device's outcome with each version
-//! (for rollout analysis), and the state of standalone rollouts.
+//! (for rollout analysis), and the state of standalone rollouts and channels' histories.
 //!
 //! The database is an SQLite file by default (one replica) or PostgreSQL (shared by replicas).
 //! One implementation serves both, through sqlx's `Any` driver: portable SQL, and one folder of
@@ -18,6 +18,7 @@
 //!   then memory.
 
 mod changes;
+mod channel_histories;
 mod device_store;
 mod dialect;
 mod error;
@@ -32,6 +33,7 @@ mod write_plan;
 mod writes;
 
 pub use changes::{CHANGES_CHANNEL, catch_up, follow_changes};
+pub use channel_histories::ChannelHistoryRow;
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;

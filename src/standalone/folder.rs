@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::{bundles::Bundles, load, rollouts};
+use super::{bundles::Bundles, history::HistoryKeeper, load, rollouts};
 use crate::{
     core::snapshot::SnapshotInputs,
     server::{
@@ -102,14 +102,15 @@ impl Folder {
         Ok(())
     }
 
-    /// What to serve: the last load with the Rollouts' statuses and the Channels' promotions.
-    pub(super) fn served(&mut self, driver: &rollouts::RolloutDriver) -> Served {
+    /// What to serve: the last load with the Rollouts' statuses and the Channels' promotions
+    /// and histories.
+    pub(super) fn served(&mut self, driver: &rollouts::RolloutDriver, histories: &HistoryKeeper) -> Served {
         let Some(world) = &self.world else {
             return Served::default();
         };
         let (rollouts, channels) = driver.served(&world.load());
         let inputs = SnapshotInputs {
-            channels,
+            channels: histories.with_histories(channels),
             rollouts,
             ..world.inputs.clone()
         };

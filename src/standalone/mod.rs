@@ -2,10 +2,12 @@
 //! no cluster. The folder is re-read when it changes; bundles are synced (through the one sync
 //! executor and the core's decisions, as in a cluster: [`bundles`]) into each App's storage (a
 //! folder, or object storage with credentials from the environment); devices are served by the same update server. Rollouts are driven by the same
-//! pure core as in a cluster, with their state in the device store ([`rollouts`]).
+//! pure core as in a cluster, with their state in the device store ([`rollouts`]), as are the
+//! Channels' histories, the steps of `updatePath: stepwise` ([`history`]).
 
 mod bundles;
 mod folder;
+pub mod history;
 pub mod load;
 pub mod rollouts;
 pub mod validate;
@@ -58,6 +60,9 @@ pub enum StandaloneError {
     /// The saved rollout states cannot be read at start.
     #[error("cannot read the saved rollout states: {0}")]
     RolloutStates(#[source] crate::devices::StoreError),
+    /// The saved channel histories cannot be read at start.
+    #[error("cannot read the saved channel histories: {0}")]
+    ChannelHistories(#[source] crate::devices::StoreError),
 }
 
 /// Runs standalone mode until `shutdown` resolves.
@@ -102,6 +107,9 @@ pub async fn run(
     let mut driver = rollouts::RolloutDriver::open(state.store.clone())
         .await
         .map_err(StandaloneError::RolloutStates)?;
+    let mut histories = history::HistoryKeeper::open(state.store.clone())
+        .await
+        .map_err(StandaloneError::ChannelHistories)?;
     // When the rollouts must be decided again although the folder did not change.
     let mut rollouts_due: Option<Timestamp> = None;
 
@@ -149,7 +157,19 @@ pub async fn run(
         }
         let Some(world) = folder.world() else { continue };
         rollouts_due = driver.drive(&world.load(), now).await;
-        let served = folder.served(&driver);
+        histories.forget_missing(&world.load()).await;
+        let mut served = folder.served(&driver, &histories);
+        // A new stable bundle joins its channel's history (saved first), which is then served.
+        let recorded = histories.record(&served.snapshot, now).await;
+        if recorded.changed {
+            served = folder.served(&driver, &histories);
+        }
+        if recorded.retry {
+            let retry = now
+                .saturating_add(std::time::Duration::from_secs(1))
+                .unwrap_or(Timestamp::MAX);
+            rollouts_due = Some(rollouts_due.map_or(retry, |due| due.min(retry)));
+        }
         // A reload serves what it read; a rollout decision only what changes the answers.
         if reloaded {
             tracing::info!(

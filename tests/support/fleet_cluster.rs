@@ -4,6 +4,8 @@
 //! controller run in this process ([`InProcess`]) on one [`TestClock`], so a scenario crosses an
 //! hour-long pause by moving the clock, and a crash drops a part's runtime with every task in it.
 
+#![allow(dead_code)] // tests/fleet.rs and tests/stepwise.rs each use their own part
+
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use kube::Client;
@@ -50,10 +52,25 @@ impl InProcessCluster {
         candidate: &BundleFile,
         rollout: Value,
     ) -> InProcessCluster {
+        let channel = json!({
+            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
+            "spec": {"appRef": "fleet", "bundleRef": stable.name, "public": true, "android": true},
+        });
+        InProcessCluster::start_with(database, &[stable, candidate], vec![channel, rollout]).await
+    }
+
+    /// Puts the zips of `bundles` in the App's filesystem storage, applies the App, the Bundles
+    /// and `documents` (in this order) in a fresh namespace, and starts the update server and
+    /// the controller as [`InProcessCluster::start`] does.
+    pub async fn start_with(
+        database: String,
+        bundles: &[&BundleFile],
+        documents: Vec<Value>,
+    ) -> InProcessCluster {
         let client = support::client_with_crds().await;
         let namespace = support::unique_namespace("fleet");
         let storage_root = tempfile::tempdir().expect("a storage root");
-        apply_world(&client, &namespace, &storage_root, stable, candidate, rollout).await;
+        apply_world(&client, &namespace, &storage_root, bundles, documents).await;
         let mut cluster = InProcessCluster {
             client,
             namespace,
@@ -147,30 +164,24 @@ impl InProcessCluster {
     }
 }
 
-/// The zips into the filesystem storage `fleet` under `root`, and the objects into `namespace`.
+/// The zips into the filesystem storage `fleet` under `root`, and the objects into `namespace`:
+/// the App, the Bundles, then `extra`.
 async fn apply_world(
     client: &Client,
     namespace: &str,
     root: &tempfile::TempDir,
-    stable: &BundleFile,
-    candidate: &BundleFile,
-    rollout: Value,
+    bundles: &[&BundleFile],
+    extra: Vec<Value>,
 ) {
     let storage: ota_operator::api::app::StorageSpec =
         serde_json::from_value(json!({"filesystem": {"path": "fleet"}})).expect("a storage spec");
     let opened = ota_operator::storage::open(&storage, root.path(), &Default::default())
         .expect("the filesystem storage opens");
-    let mut documents = vec![
-        json!({
-            "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "fleet"},
-            "spec": {"appId": APP_ID, "platforms": ["android"], "storage": storage, "server": {"replicas": 1}},
-        }),
-        json!({
-            "apiVersion": "ota.dev/v1alpha1", "kind": "Channel", "metadata": {"name": "production"},
-            "spec": {"appRef": "fleet", "bundleRef": stable.name, "public": true, "android": true},
-        }),
-    ];
-    for bundle in [stable, candidate] {
+    let mut documents = vec![json!({
+        "apiVersion": "ota.dev/v1alpha1", "kind": "App", "metadata": {"name": "fleet"},
+        "spec": {"appId": APP_ID, "platforms": ["android"], "storage": storage, "server": {"replicas": 1}},
+    })];
+    for bundle in bundles {
         let key = format!("uploads/{}.zip", bundle.name);
         let path = ota_operator::sync::object_path(&opened.prefix, &key).expect("a clean key");
         opened
@@ -183,7 +194,7 @@ async fn apply_world(
             "spec": {"appRef": "fleet", "version": bundle.version, "source": {"storageKey": key, "sha256": bundle.sha256}},
         }));
     }
-    documents.push(rollout);
+    documents.extend(extra);
     for document in &documents {
         support::apply_document(client, namespace, document)
             .await

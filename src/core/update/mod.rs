@@ -10,7 +10,10 @@ use super::{
     snapshot::{AppView, BundleView, ChannelView, Snapshot, StableTarget},
     version::{PluginFeatures, plugin_features},
 };
-use crate::api::{app::Platform, channel::AutoUpdateLimit};
+use crate::api::{
+    app::Platform,
+    channel::{AutoUpdateLimit, UpdatePath},
+};
 
 /// An update check, decoded and normalised from the plugin's info object.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,6 +344,33 @@ fn target<'a>(
     (stable, None)
 }
 
+/// With `updatePath: stepwise`: the release of the channel's history the device takes next on
+/// its way to `target`, the lowest above the device's version, up to the channel's stable bundle
+/// and below `target` (so a rollout's candidate is the step after the stable bundle, for its
+/// cohort only). None: `target` itself comes next (the device is one release behind it, runs
+/// it, or runs something above it: a channel moved back is followed as with `latest`).
+///
+/// A device on the builtin assets counts as its native version; a version that is not semver
+/// counts as below every release.
+fn stepwise_step<'a>(
+    channel: &'a ChannelView,
+    target: &Arc<BundleView>,
+    check: &UpdateCheck,
+) -> Option<&'a Arc<BundleView>> {
+    if channel.spec.update_path != UpdatePath::Stepwise {
+        return None;
+    }
+    let StableTarget::Bundle(stable) = &channel.stable else {
+        return None;
+    };
+    let device = super::version::coerce_native_version(&check.version_name);
+    channel
+        .history
+        .iter()
+        .filter(|step| step.semver <= stable.semver && step.semver < target.semver)
+        .find(|step| device.as_ref().is_none_or(|device| step.semver > *device))
+}
+
 enum Target<'a> {
     Builtin,
     Bundle(&'a Arc<BundleView>),
@@ -409,6 +439,12 @@ pub fn decide_update(snapshot: &Snapshot, check: &UpdateCheck, facts: &DeviceFac
         }
         Target::Builtin => return with_channel(builtin_answer(channel, check, features)),
         Target::Bundle(bundle) => bundle,
+    };
+    // Every guard below judges the step the device is offered, so a step a guard refuses stops
+    // the walk with the answer that guard gives.
+    let (bundle, rollout) = match stepwise_step(channel, bundle, check) {
+        Some(step) => (step, None),
+        None => (bundle, rollout),
     };
     if let (Some(device_key), Some(app_key)) = (&check.key_id, &app.key_id)
         && features.key_id_enforced
@@ -658,5 +694,7 @@ fn policy_refusal(
     None
 }
 
+#[cfg(test)]
+mod stepwise_tests;
 #[cfg(test)]
 mod tests;
