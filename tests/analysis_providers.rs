@@ -138,7 +138,11 @@ async fn prometheus_reads_the_values_an_exporter_serves_through_the_real_server(
         exporter.set(&format!("ota_requests{{pod=\"{pod}\"}}"), value);
     }
 
-    let ratio = prometheus(prometheus_url(), &format!("ota_checkout_error_ratio{selector}"), timeout);
+    let ratio = prometheus(
+        prometheus_url(),
+        &format!("ota_checkout_error_ratio{selector}"),
+        timeout,
+    );
     let measured = measure_until(&providers, &ratio, &MetricValue::Number(0.02)).await;
     assert_eq!(measured.metric, "prometheus-metric");
     assert_eq!(measured.at, clock.now(), "the time is the injected clock's");
@@ -146,12 +150,27 @@ async fn prometheus_reads_the_values_an_exporter_serves_through_the_real_server(
     exporter.set("ota_checkout_error_ratio", 0.31);
     measure_until(&providers, &ratio, &MetricValue::Number(0.31)).await;
 
-    let several = prometheus(prometheus_url(), &format!("sort(ota_requests{selector})"), timeout);
+    let several = prometheus(
+        prometheus_url(),
+        &format!("sort(ota_requests{selector})"),
+        timeout,
+    );
     let measured = providers.measure_one("default", &several).await;
     assert_eq!(measured.value, Ok(MetricValue::List(vec![1.0, 2.0, 3.0])));
-    let scalar = prometheus(prometheus_url(), &format!("scalar(sum(ota_requests{selector}))"), timeout);
-    assert_eq!(providers.measure_one("default", &scalar).await.value, Ok(MetricValue::Number(6.0)));
-    let unbounded = prometheus(prometheus_url(), &format!("ota_unbounded_ratio{selector}"), timeout);
+    let scalar = prometheus(
+        prometheus_url(),
+        &format!("scalar(sum(ota_requests{selector}))"),
+        timeout,
+    );
+    assert_eq!(
+        providers.measure_one("default", &scalar).await.value,
+        Ok(MetricValue::Number(6.0))
+    );
+    let unbounded = prometheus(
+        prometheus_url(),
+        &format!("ota_unbounded_ratio{selector}"),
+        timeout,
+    );
     assert_eq!(
         providers.measure_one("default", &unbounded).await.value,
         Ok(MetricValue::Number(f64::INFINITY))
@@ -163,15 +182,25 @@ async fn prometheus_reads_the_values_an_exporter_serves_through_the_real_server(
     assert!(error.contains("is NaN"), "{error}");
     assert!(error.contains("ota_idle_ratio"), "the series is named: {error}");
 
-    let missing = prometheus(prometheus_url(), &format!("ota_no_such_metric{selector}"), timeout);
+    let missing = prometheus(
+        prometheus_url(),
+        &format!("ota_no_such_metric{selector}"),
+        timeout,
+    );
     let measured = providers.measure_one("default", &missing).await;
-    assert!(error_of(&measured).starts_with("the query returned no data"), "{measured:?}");
+    assert!(
+        error_of(&measured).starts_with("the query returned no data"),
+        "{measured:?}"
+    );
     let or_zero = prometheus(
         prometheus_url(),
         &format!("sum(ota_no_such_metric{selector}) or vector(0)"),
         timeout,
     );
-    assert_eq!(providers.measure_one("default", &or_zero).await.value, Ok(MetricValue::Number(0.0)));
+    assert_eq!(
+        providers.measure_one("default", &or_zero).await.value,
+        Ok(MetricValue::Number(0.0))
+    );
 
     let range = prometheus(prometheus_url(), &format!("ota_requests{selector}[1m]"), timeout);
     let measured = providers.measure_one("default", &range).await;
@@ -182,10 +211,17 @@ async fn prometheus_reads_the_values_an_exporter_serves_through_the_real_server(
 async fn bad_promql_is_a_clear_error_from_prometheus() {
     let clock = clock();
     let providers = providers(FolderSecrets::new(), &clock);
-    let request = prometheus(prometheus_url(), "sum(rate(http_requests_total[5m]", Duration::from_secs(5));
+    let request = prometheus(
+        prometheus_url(),
+        "sum(rate(http_requests_total[5m]",
+        Duration::from_secs(5),
+    );
     let measured = providers.measure_one("default", &request).await;
     let error = error_of(&measured);
-    assert!(error.starts_with("Prometheus refused the query (bad_data): "), "{error}");
+    assert!(
+        error.starts_with("Prometheus refused the query (bad_data): "),
+        "{error}"
+    );
     assert!(error.contains("parse error"), "{error}");
 }
 
@@ -198,7 +234,9 @@ async fn an_unreachable_or_silent_prometheus_is_an_error_within_the_timeout() {
     // A port nothing listens on: refused at once.
     let unused = format!("http://127.0.0.1:{}", support::free_port());
     let started = Instant::now();
-    let measured = providers.measure_one("default", &prometheus(&unused, "up", timeout)).await;
+    let measured = providers
+        .measure_one("default", &prometheus(&unused, "up", timeout))
+        .await;
     let error = error_of(&measured);
     assert!(error.starts_with(&format!("cannot reach {unused}: ")), "{error}");
     assert!(started.elapsed() < timeout + Duration::from_secs(1));
@@ -213,14 +251,27 @@ async fn an_unreachable_or_silent_prometheus_is_an_error_within_the_timeout() {
         }
     });
     let started = Instant::now();
-    let measured = providers.measure_one("default", &prometheus(&address, "up", timeout)).await;
-    assert_eq!(error_of(&measured), format!("no answer within 800ms from {address}"));
+    let measured = providers
+        .measure_one("default", &prometheus(&address, "up", timeout))
+        .await;
+    assert_eq!(
+        error_of(&measured),
+        format!("no answer within 800ms from {address}")
+    );
     let waited = started.elapsed();
-    assert!(waited >= timeout && waited < timeout + Duration::from_secs(1), "{waited:?}");
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
     held.abort();
 
-    let measured = providers.measure_one("default", &prometheus("127.0.0.1:9090", "up", timeout)).await;
-    assert!(error_of(&measured).contains("is not a valid http(s) URL"), "{measured:?}");
+    let measured = providers
+        .measure_one("default", &prometheus("127.0.0.1:9090", "up", timeout))
+        .await;
+    assert!(
+        error_of(&measured).contains("is not a valid http(s) URL"),
+        "{measured:?}"
+    );
 }
 
 /// A web metrics service with one route per kind of answer.
@@ -244,11 +295,17 @@ async fn web_server() -> SocketAddr {
     }
     /// The Prometheus query API behind an authenticating proxy with tenants (as Cortex or Mimir).
     async fn tenant_query(headers: HeaderMap) -> impl IntoResponse {
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+        };
         if header("authorization") != format!("Bearer {TOKEN}") || header("x-scope-orgid") != "tenant-1" {
             return (StatusCode::UNAUTHORIZED, "no tenant or bad credentials").into_response();
         }
-        Json(json!({"status": "success", "data": {"resultType": "scalar", "result": [1_800_000_000, "42"]}})).into_response()
+        Json(json!({"status": "success", "data": {"resultType": "scalar", "result": [1_800_000_000, "42"]}}))
+            .into_response()
     }
     async fn echo(headers: HeaderMap, body: String) -> impl IntoResponse {
         let content_type = headers
@@ -307,15 +364,33 @@ async fn the_web_provider_reads_numbers_and_lists_and_names_what_it_found_otherw
         ("/moved", "$.data.errorRate", Ok(MetricValue::Number(0.02))),
         ("/string", "$.data.errorRate", Ok(MetricValue::Number(0.5))),
         ("/list", "$.rates", Ok(MetricValue::List(vec![0.1, 0.2, 0.3]))),
-        ("/regions", "$.regions[*].rate", Ok(MetricValue::List(vec![1.0, 2.0]))),
-        ("/number", "$.data.crashRate", Err("$.data.crashRate matches nothing in the answer")),
-        ("/number", "$.data", Err("$.data is an object (keys: errorRate), not a number or a list of numbers")),
+        (
+            "/regions",
+            "$.regions[*].rate",
+            Ok(MetricValue::List(vec![1.0, 2.0])),
+        ),
+        (
+            "/number",
+            "$.data.crashRate",
+            Err("$.data.crashRate matches nothing in the answer"),
+        ),
+        (
+            "/number",
+            "$.data",
+            Err("$.data is an object (keys: errorRate), not a number or a list of numbers"),
+        ),
         (
             "/regions",
             "$.regions[*].name",
-            Err("$.regions[*].name is 2 values, of which value 0 is the string \"eu\""),
+            Err(
+                "$.regions[*].name is 2 values, of which value 0 is the string \"eu\", not a number or a list of numbers",
+            ),
         ),
-        ("/garbage", "$.rate", Err("the answer is not JSON (content type application/json): {\"rate\": 0.2,,, ~~")),
+        (
+            "/garbage",
+            "$.rate",
+            Err("the answer is not JSON (content type application/json): {\"rate\": 0.2,,, ~~"),
+        ),
         (
             "/html",
             "$.rate",
@@ -323,11 +398,17 @@ async fn the_web_provider_reads_numbers_and_lists_and_names_what_it_found_otherw
                 "the answer is not JSON (content type text/html; charset=utf-8): <!DOCTYPE html> <html><head><title>Sign in</title></head><body>Please sign in</body></html>",
             ),
         ),
-        ("/failing", "$.rate", Err("HTTP 500: {\"error\":\"database unavailable\"}")),
+        (
+            "/failing",
+            "$.rate",
+            Err("HTTP 500: {\"error\":\"database unavailable\"}"),
+        ),
         ("/large", "$[0]", Err("the answer is larger than 1048576 bytes")),
     ];
     for (path, json_path, want) in cases {
-        let measured = providers.measure_one("default", &web(&url(path), json_path, timeout)).await;
+        let measured = providers
+            .measure_one("default", &web(&url(path), json_path, timeout))
+            .await;
         match (&measured.value, &want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{path} {json_path}"),
             (Err(got), Err(want)) => assert_eq!(got, want, "{path} {json_path}"),
@@ -335,15 +416,29 @@ async fn the_web_provider_reads_numbers_and_lists_and_names_what_it_found_otherw
         }
     }
 
-    let measured = providers.measure_one("default", &web(&url("/loop"), "$.rate", timeout)).await;
-    assert!(error_of(&measured).starts_with(&format!("cannot reach {}: ", url("/loop"))), "{measured:?}");
+    let measured = providers
+        .measure_one("default", &web(&url("/loop"), "$.rate", timeout))
+        .await;
+    assert!(
+        error_of(&measured).starts_with(&format!("cannot reach {}: ", url("/loop"))),
+        "{measured:?}"
+    );
     assert!(error_of(&measured).contains("redirect"), "{measured:?}");
 
     let slow = Duration::from_millis(300);
     let started = Instant::now();
-    let measured = providers.measure_one("default", &web(&url("/slow"), "$.rate", slow)).await;
-    assert_eq!(error_of(&measured), format!("no answer within 300ms from {}", url("/slow")));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let measured = providers
+        .measure_one("default", &web(&url("/slow"), "$.rate", slow))
+        .await;
+    assert_eq!(
+        error_of(&measured),
+        format!("no answer within 300ms from {}", url("/slow"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     let post = MeasurementRequest {
         metric: "posted".to_owned(),
@@ -356,7 +451,10 @@ async fn the_web_provider_reads_numbers_and_lists_and_names_what_it_found_otherw
             timeout,
         },
     };
-    assert_eq!(providers.measure_one("default", &post).await.value, Ok(MetricValue::Number(7.0)));
+    assert_eq!(
+        providers.measure_one("default", &post).await.value,
+        Ok(MetricValue::Number(7.0))
+    );
     let mut content_type = post.clone();
     if let ProviderRequest::Web { json_path, .. } = &mut content_type.provider {
         *json_path = "$.contentType".to_owned();
@@ -382,11 +480,19 @@ async fn measure_takes_every_request_of_a_rollout_at_once_and_returns_one_measur
     .expect("a Rollout");
     let mut requests = Vec::new();
     for index in 0..12 {
-        let mut request = web(&format!("http://{address}/slow"), "$.rate", Duration::from_millis(600));
+        let mut request = web(
+            &format!("http://{address}/slow"),
+            "$.rate",
+            Duration::from_millis(600),
+        );
         request.metric = format!("slow-{index}");
         requests.push(request);
     }
-    let mut good = web(&format!("http://{address}/number"), "$.data.errorRate", Duration::from_secs(5));
+    let mut good = web(
+        &format!("http://{address}/number"),
+        "$.data.errorRate",
+        Duration::from_secs(5),
+    );
     good.metric = "good".to_owned();
     requests.push(good);
     let started = Instant::now();
@@ -426,28 +532,41 @@ async fn a_bearer_token_from_a_cluster_secret_reaches_the_server_and_never_an_er
     let providers = providers(KubeSecrets::new(client), &clock);
     let url = format!("http://{address}/authorized");
     let request = |name: &str, key: &str| {
-        with_headers(web(&url, "$.passed", Duration::from_secs(5)), secret_header(name, key))
+        with_headers(
+            web(&url, "$.passed", Duration::from_secs(5)),
+            secret_header(name, key),
+        )
     };
 
-    let measured = providers.measure_one(&namespace, &request("metrics-api", "authorization")).await;
+    let measured = providers
+        .measure_one(&namespace, &request("metrics-api", "authorization"))
+        .await;
     assert_eq!(measured.value, Ok(MetricValue::Number(1.0)));
 
     // A wrong token: the server echoes it in its 401, and the error hides it.
-    let measured = providers.measure_one(&namespace, &request("metrics-api", "stale")).await;
+    let measured = providers
+        .measure_one(&namespace, &request("metrics-api", "stale"))
+        .await;
     assert_eq!(error_of(&measured), "HTTP 401: unknown credentials: Bearer ***");
 
-    let measured = providers.measure_one(&namespace, &request("metrics-api", "token")).await;
+    let measured = providers
+        .measure_one(&namespace, &request("metrics-api", "token"))
+        .await;
     assert_eq!(
         error_of(&measured),
         format!("header Authorization: Secret {namespace}/metrics-api has no key token")
     );
-    let measured = providers.measure_one(&namespace, &request("prometheus-token", "token")).await;
+    let measured = providers
+        .measure_one(&namespace, &request("prometheus-token", "token"))
+        .await;
     assert_eq!(
         error_of(&measured),
         format!("header Authorization: Secret {namespace}/prometheus-token does not exist")
     );
     // Another namespace's Rollout does not see this namespace's Secret.
-    let measured = providers.measure_one("elsewhere", &request("metrics-api", "authorization")).await;
+    let measured = providers
+        .measure_one("elsewhere", &request("metrics-api", "authorization"))
+        .await;
     assert_eq!(
         error_of(&measured),
         "header Authorization: Secret elsewhere/metrics-api does not exist"
@@ -473,7 +592,11 @@ async fn a_bearer_token_from_a_secret_of_a_standalone_folder_reaches_the_server(
     let clock = clock();
     let providers = providers(secrets.clone(), &clock);
     let request = with_headers(
-        web(&format!("http://{address}/authorized"), "$.passed", Duration::from_secs(5)),
+        web(
+            &format!("http://{address}/authorized"),
+            "$.passed",
+            Duration::from_secs(5),
+        ),
         secret_header("metrics-api", "authorization"),
     );
     assert_eq!(
@@ -496,7 +619,9 @@ async fn literal_and_secret_headers_reach_a_prometheus_api_behind_a_proxy() {
     secrets.replace(
         [(
             ("default".to_owned(), "prometheus".to_owned()),
-            [("token".to_owned(), format!("Bearer {TOKEN}").into_bytes())].into_iter().collect(),
+            [("token".to_owned(), format!("Bearer {TOKEN}").into_bytes())]
+                .into_iter()
+                .collect(),
         )]
         .into_iter()
         .collect(),
@@ -511,7 +636,10 @@ async fn literal_and_secret_headers_reach_a_prometheus_api_behind_a_proxy() {
     let mut headers = secret_header("prometheus", "token");
     headers.push(tenant.clone());
     let request = with_headers(prometheus(&proxy, "up", Duration::from_secs(5)), headers);
-    assert_eq!(providers.measure_one("default", &request).await.value, Ok(MetricValue::Number(42.0)));
+    assert_eq!(
+        providers.measure_one("default", &request).await.value,
+        Ok(MetricValue::Number(42.0))
+    );
     let without_token = with_headers(prometheus(&proxy, "up", Duration::from_secs(5)), vec![tenant]);
     let measured = providers.measure_one("default", &without_token).await;
     assert_eq!(error_of(&measured), "HTTP 401: no tenant or bad credentials");
@@ -524,5 +652,8 @@ async fn literal_and_secret_headers_reach_a_prometheus_api_behind_a_proxy() {
         }],
     );
     let measured = providers.measure_one("default", &bad).await;
-    assert_eq!(error_of(&measured), "\"Bad Header\" is not a valid HTTP header name");
+    assert_eq!(
+        error_of(&measured),
+        "\"Bad Header\" is not a valid HTTP header name"
+    );
 }

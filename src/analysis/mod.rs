@@ -197,7 +197,11 @@ impl<S: SecretSource> Providers<S> {
     pub fn new(secrets: S, clock: Arc<dyn Clock>) -> Result<Providers<S>, ProvidersError> {
         crate::telemetry::install_crypto_provider();
         let http = reqwest::Client::builder()
-            .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION"), " (rollout analysis)"))
+            .user_agent(concat!(
+                "ota-operator/",
+                env!("CARGO_PKG_VERSION"),
+                " (rollout analysis)"
+            ))
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
             .build()
             .map_err(ProvidersError::Http)?;
@@ -210,13 +214,14 @@ impl<S: SecretSource> Providers<S> {
             ProviderRequest::Prometheus { timeout, .. } | ProviderRequest::Web { timeout, .. } => *timeout,
         };
         let mut secret_values = Vec::new();
-        let value = match tokio::time::timeout(timeout, self.take(namespace, request, &mut secret_values)).await {
-            Ok(value) => value,
-            Err(_) => Err(MeasureError::Timeout {
-                url: shown_url(&request.provider),
-                timeout,
-            }),
-        };
+        let value =
+            match tokio::time::timeout(timeout, self.take(namespace, request, &mut secret_values)).await {
+                Ok(value) => value,
+                Err(_) => Err(MeasureError::Timeout {
+                    url: shown_url(&request.provider),
+                    timeout,
+                }),
+            };
         let value = value.map_err(|error| scrub(&error.to_string(), &secret_values));
         if let Err(error) = &value {
             tracing::debug!(metric = %request.metric, %namespace, %error, "a measurement failed");
@@ -238,13 +243,14 @@ impl<S: SecretSource> Providers<S> {
     ) -> Result<MetricValue, MeasureError> {
         match &request.provider {
             ProviderRequest::Prometheus {
-                address, query, headers, ..
+                address,
+                query,
+                headers,
+                ..
             } => {
                 let url = prometheus::query_url(address, query)?;
                 let headers = self.headers(namespace, headers, secret_values).await?;
-                let answer = self
-                    .send(self.http.get(url).headers(headers), address)
-                    .await?;
+                let answer = self.send(self.http.get(url).headers(headers), address).await?;
                 prometheus::read_answer(answer.status, &answer.body)
             }
             ProviderRequest::Web {
@@ -298,13 +304,16 @@ impl<S: SecretSource> Providers<S> {
     ) -> Result<HeaderMap, MeasureError> {
         let mut headers = HeaderMap::new();
         for header in requested {
-            let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| MeasureError::HeaderName {
-                name: header.name.clone(),
-            })?;
-            let value = match &header.value {
-                RequestedValue::Literal(value) => HeaderValue::from_str(value).map_err(|_| MeasureError::HeaderValue {
+            let name =
+                HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| MeasureError::HeaderName {
                     name: header.name.clone(),
-                })?,
+                })?;
+            let value = match &header.value {
+                RequestedValue::Literal(value) => {
+                    HeaderValue::from_str(value).map_err(|_| MeasureError::HeaderValue {
+                        name: header.name.clone(),
+                    })?
+                }
                 RequestedValue::Secret { name: secret, key } => {
                     let read = self
                         .secrets
@@ -317,9 +326,10 @@ impl<S: SecretSource> Providers<S> {
                     let trimmed = read.trim_ascii().to_vec();
                     secret_values.push(read);
                     secret_values.push(trimmed.clone());
-                    let mut value = HeaderValue::from_bytes(&trimmed).map_err(|_| MeasureError::HeaderValue {
-                        name: header.name.clone(),
-                    })?;
+                    let mut value =
+                        HeaderValue::from_bytes(&trimmed).map_err(|_| MeasureError::HeaderValue {
+                            name: header.name.clone(),
+                        })?;
                     value.set_sensitive(true);
                     value
                 }
@@ -370,9 +380,14 @@ impl<S: SecretSource> Providers<S> {
 impl<S: SecretSource> MetricSource for Providers<S> {
     async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
         let namespace = rollout.metadata.namespace.as_deref().unwrap_or_default();
+        // Made before the stream, not in a closure of it: a future holding such a closure is not
+        // provably Send (rust-lang/rust#102211).
         let this = &*self;
-        futures::stream::iter(requests)
+        let pending: Vec<_> = requests
+            .iter()
             .map(|request| this.measure_one(namespace, request))
+            .collect();
+        futures::stream::iter(pending)
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await

@@ -103,8 +103,9 @@ pub(super) fn read_answer(status: u16, body: &[u8]) -> Result<MetricValue, Measu
     })?;
     match data.result_type.as_str() {
         "scalar" => {
-            let (_, value): (Value, String) = serde_json::from_value(data.result)
-                .map_err(|error| MeasureError::Unexpected(format!("the scalar is not [time, \"value\"]: {error}")))?;
+            let (_, value): (Value, String) = serde_json::from_value(data.result).map_err(|error| {
+                MeasureError::Unexpected(format!("the scalar is not [time, \"value\"]: {error}"))
+            })?;
             sample(&value, "the scalar").map(MetricValue::Number)
         }
         "vector" => {
@@ -138,7 +139,9 @@ fn sample(text: &str, what: &str) -> Result<f64, MeasureError> {
         .parse()
         .map_err(|_| MeasureError::Unexpected(format!("{what} has the value {text:?}, not a number")))?;
     if value.is_nan() {
-        return Err(MeasureError::NotANumberValue { what: what.to_owned() });
+        return Err(MeasureError::NotANumberValue {
+            what: what.to_owned(),
+        });
     }
     Ok(value)
 }
@@ -147,7 +150,14 @@ fn sample(text: &str, what: &str) -> Result<f64, MeasureError> {
 fn labels(metric: &serde_json::Map<String, Value>) -> String {
     let pairs: Vec<String> = metric
         .iter()
-        .map(|(name, value)| format!("{name}={}", value.as_str().map_or_else(|| value.to_string(), |v| format!("{v:?}"))))
+        .map(|(name, value)| {
+            format!(
+                "{name}={}",
+                value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), |v| format!("{v:?}"))
+            )
+        })
         .collect();
     format!("{{{}}}", pairs.join(", "))
 }
@@ -220,7 +230,10 @@ mod tests {
             let got = read_answer(status, body.as_bytes()).map_err(|e| e.to_string());
             match (&got, &want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
-                (Err(got), Err(want)) => assert!(got.starts_with(want), "{name}: {got:?} does not start with {want:?}"),
+                (Err(got), Err(want)) => assert!(
+                    got.starts_with(want),
+                    "{name}: {got:?} does not start with {want:?}"
+                ),
                 _ => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
@@ -228,10 +241,20 @@ mod tests {
 
     #[test]
     fn the_query_url_keeps_the_address_path_and_encodes_the_query() {
-        let url = query_url("http://127.0.0.1:9090/prometheus/", r#"sum(rate(x{code=~"5.."}[5m])) / 2"#).unwrap();
+        let url = query_url(
+            "http://127.0.0.1:9090/prometheus/",
+            r#"sum(rate(x{code=~"5.."}[5m])) / 2"#,
+        )
+        .unwrap();
         assert_eq!(url.path(), "/prometheus/api/v1/query");
         let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        assert_eq!(pairs, [("query".to_owned(), r#"sum(rate(x{code=~"5.."}[5m])) / 2"#.to_owned())]);
+        assert_eq!(
+            pairs,
+            [(
+                "query".to_owned(),
+                r#"sum(rate(x{code=~"5.."}[5m])) / 2"#.to_owned()
+            )]
+        );
         assert!(query_url("not a url", "up").is_err());
         assert!(query_url("ftp://example.com", "up").is_err());
     }

@@ -181,11 +181,14 @@ impl SecretSource for FolderSecrets {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             })?;
-        secret.get(key).map(<[u8]>::to_vec).ok_or_else(|| SecretError::NoKey {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            key: key.to_owned(),
-        })
+        secret
+            .get(key)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| SecretError::NoKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })
     }
 }
 

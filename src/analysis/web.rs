@@ -62,7 +62,8 @@ fn value_at(answer: &Value, json_path: &str) -> Result<MetricValue, MeasureError
             .iter()
             .enumerate()
             .map(|(index, item)| {
-                number(item, json_path)?.ok_or_else(|| not_a_number(format!("a list whose item {index} is {}", describe(item))))
+                number(item, json_path)?
+                    .ok_or_else(|| not_a_number(format!("a list whose item {index} is {}", describe(item))))
             })
             .collect::<Result<Vec<f64>, MeasureError>>()
             .map(MetricValue::List),
@@ -74,7 +75,11 @@ fn value_at(answer: &Value, json_path: &str) -> Result<MetricValue, MeasureError
             .enumerate()
             .map(|(index, item)| {
                 number(item, json_path)?.ok_or_else(|| {
-                    not_a_number(format!("{} values, of which value {index} is {}", several.len(), describe(item)))
+                    not_a_number(format!(
+                        "{} values, of which value {index} is {}",
+                        several.len(),
+                        describe(item)
+                    ))
                 })
             })
             .collect::<Result<Vec<f64>, MeasureError>>()
@@ -139,15 +144,30 @@ mod tests {
             ("$.data.quoted", Ok(MetricValue::Number(0.5))),
             ("$.data.series", Ok(MetricValue::List(vec![1.0, 2.0, 3.5]))),
             ("$.regions[*].rate", Ok(MetricValue::List(vec![0.1, 0.3]))),
-            ("$.data.missing", Err("$.data.missing matches nothing in the answer")),
+            (
+                "$.data.missing",
+                Err("$.data.missing matches nothing in the answer"),
+            ),
             // The first five keys, in the map's order.
             ("$.data", Err("$.data is an object (keys: ")),
-            ("$.data.word", Err("$.data.word is the string \"green\", not a number or a list of numbers")),
+            (
+                "$.data.word",
+                Err("$.data.word is the string \"green\", not a number or a list of numbers"),
+            ),
             ("$.data.nothing", Err("$.data.nothing is null, not a number")),
-            ("$.data.flag", Err("$.data.flag is the boolean true, not a number")),
+            (
+                "$.data.flag",
+                Err("$.data.flag is the boolean true, not a number"),
+            ),
             ("$.data.empty", Err("$.data.empty is an empty list, not a number")),
-            ("$.data.mixed", Err("$.data.mixed is a list whose item 1 is the string \"high\"")),
-            ("$.regions[*].name", Err("$.regions[*].name is 2 values, of which value 0 is the string \"eu\"")),
+            (
+                "$.data.mixed",
+                Err("$.data.mixed is a list whose item 1 is the string \"high\""),
+            ),
+            (
+                "$.regions[*].name",
+                Err("$.regions[*].name is 2 values, of which value 0 is the string \"eu\""),
+            ),
             ("$.data.nan", Err("the value at $.data.nan is NaN")),
             ("$.data[", Err("$.data[ is not a valid JSONPath")),
         ];
@@ -155,7 +175,10 @@ mod tests {
             let got = value_at(&answer, path).map_err(|e| e.to_string());
             match (&got, &want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{path}"),
-                (Err(got), Err(want)) => assert!(got.starts_with(want), "{path}: {got:?} does not start with {want:?}"),
+                (Err(got), Err(want)) => assert!(
+                    got.starts_with(want),
+                    "{path}: {got:?} does not start with {want:?}"
+                ),
                 _ => panic!("{path}: got {got:?}, want {want:?}"),
             }
         }
@@ -169,7 +192,13 @@ mod tests {
             error.to_string(),
             "the answer is not JSON (content type text/html; charset=utf-8): <!DOCTYPE html> <html><body>Sign in</body></html>"
         );
-        let error = read_answer(500, Some("application/json"), br#"{"error":"database down"}"#, "$.rate").unwrap_err();
+        let error = read_answer(
+            500,
+            Some("application/json"),
+            br#"{"error":"database down"}"#,
+            "$.rate",
+        )
+        .unwrap_err();
         assert_eq!(error.to_string(), r#"HTTP 500: {"error":"database down"}"#);
         assert_eq!(
             read_answer(200, None, br#"{"rate": 1}"#, "$.rate").unwrap(),

@@ -652,9 +652,17 @@ mod tests {
                 .map(<[u8]>::to_vec);
             (token, loaded.problems.len())
         };
-        std::fs::write(&file, "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\nstringData: {token: one}\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\nstringData: {token: one}\n",
+        )
+        .unwrap();
         assert_eq!(token(&mut loader), (Some(b"one".to_vec()), 0));
-        std::fs::write(&file, "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\ndata: {token: '%%%'}\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\ndata: {token: '%%%'}\n",
+        )
+        .unwrap();
         assert_eq!(token(&mut loader), (Some(b"one".to_vec()), 1));
         std::fs::remove_file(&file).unwrap();
         assert_eq!(token(&mut loader), (None, 0));
