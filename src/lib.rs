@@ -1,11 +1,13 @@
 //! ota-operator: a self-hosted, Kubernetes-native live-update platform for Capacitor apps.
 //!
+//! - [`analysis`] takes the measurements of rollout analysis metrics (Prometheus, web);
 //! - [`api`] holds the custom resources (`ota.dev/v1alpha1`) and every contract string;
 //! - [`crdgen`] renders the CRDs as YAML, one document per kind;
 //! - [`telemetry`] sets up logging.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod clock;

@@ -21,6 +21,7 @@ const SHELL_MODULES: &[&str] = &[
     "standalone",
     "telemetry",
     "cli",
+    "analysis",
 ];
 
 /// The code of a Rust source with comments, string and character literals replaced by spaces

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{bundles::Bundles, history::HistoryKeeper, load, rollouts};
 use crate::{
+    analysis::FolderSecrets,
     core::snapshot::SnapshotInputs,
     server::{
         Served, ServerState,
@@ -25,6 +26,8 @@ pub(super) struct Folder {
     last_problems: Vec<String>,
     /// The last load, kept so rollout decisions can serve new statuses without reading again.
     world: Option<World>,
+    /// The folder's Secrets, replaced at each read, shared with the metric providers.
+    secrets: FolderSecrets,
 }
 
 /// What a load of the folder gave: the objects (Bundles with their sync status), the storages
@@ -52,8 +55,10 @@ impl World {
 }
 
 impl Folder {
-    pub(super) fn new(dir: PathBuf, http: reqwest::Client) -> Folder {
+    /// A folder whose reads put its Secrets into `secrets` (read by the metric providers).
+    pub(super) fn new(dir: PathBuf, http: reqwest::Client, secrets: FolderSecrets) -> Folder {
         Folder {
+            secrets,
             dir,
             loader: load::Loader::default(),
             bundles: Bundles::new(http),
@@ -81,6 +86,7 @@ impl Folder {
     ) -> Result<(), load::LoadError> {
         let loaded = self.loader.load(&self.dir)?;
         let complete = loaded.problems.is_empty();
+        self.secrets.replace(loaded.secrets);
         let apps = assembly::open_storages(state, loaded.apps);
         let (bundles, bundle_problems) = self.bundles.look(loaded.bundles, &apps, now).await;
         let objects = Objects {

@@ -1,6 +1,6 @@
-//! Reading the four kinds from a folder of YAML, as `kubectl apply -f DIR` would: every
-//! `*.yaml`/`*.yml` file, every document in it. An invalid document is reported and skipped,
-//! never fatal.
+//! Reading the four kinds, and the Secrets their analysis metrics take header values from,
+//! from a folder of YAML, as `kubectl apply -f DIR` would: every `*.yaml`/`*.yml` file, every
+//! document in it. An invalid document is reported and skipped, never fatal.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,9 +8,13 @@ use std::{
     time::SystemTime,
 };
 
+use base64::Engine;
 use serde_json::Value;
 
-use crate::api::{App, Bundle, Channel, Rollout};
+use crate::{
+    analysis::{SecretData, SecretMap},
+    api::{App, Bundle, Channel, Rollout},
+};
 
 /// The namespace objects without one are put in (so that references resolve as in a cluster).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -27,6 +31,9 @@ pub struct Loaded {
     pub bundles: Vec<(Bundle, PathBuf)>,
     /// Rollouts.
     pub rollouts: Vec<Rollout>,
+    /// Secrets (`apiVersion: v1`, `kind: Secret`), by namespace and name: their `data`
+    /// (base64) and `stringData` (plain text, taking precedence, as the API server does).
+    pub secrets: SecretMap,
     /// Documents that were skipped, and why.
     pub problems: Vec<String>,
 }
@@ -100,10 +107,19 @@ pub struct Loader {
 }
 
 /// An accepted document, with the folder of the file it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Accepted {
     document: Value,
     folder: PathBuf,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the document: it may be a Secret.
+        f.debug_struct("Accepted")
+            .field("folder", &self.folder)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads every object of a folder, with no earlier version of any.
@@ -239,6 +255,13 @@ enum DocumentProblem {
         namespace: String,
         name: String,
     },
+    /// A Secret whose data cannot be read (the message names the key, never a value).
+    #[error("Secret {namespace}/{name} is invalid: {reason}")]
+    BadSecret {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
     /// A kind of the group that is not one of the four.
     #[error("kind {kind:?} is not one of App, Channel, Bundle, Rollout")]
     UnknownKind { kind: String },
@@ -255,8 +278,10 @@ impl Pass<'_> {
     fn add_document(&mut self, mut document: Value, folder: &Path) -> Result<(), DocumentProblem> {
         let api_version = document["apiVersion"].as_str().unwrap_or_default().to_owned();
         let kind = document["kind"].as_str().unwrap_or_default().to_owned();
-        if api_version != crate::api::constants::API_VERSION {
-            // Other kinds (Secrets, ConfigMaps, ...) may live in the same folder: not ours to read.
+        // Secrets hold the header values of analysis metrics (a bearer token for Prometheus).
+        let secret = api_version == "v1" && kind == "Secret";
+        if api_version != crate::api::constants::API_VERSION && !secret {
+            // Other kinds (ConfigMaps, ...) may live in the same folder: not ours to read.
             return if api_version.starts_with(crate::api::constants::GROUP) {
                 Err(DocumentProblem::UnservedVersion { api_version })
             } else {
@@ -292,15 +317,26 @@ impl Pass<'_> {
             });
         }
         let key = (kind.clone(), namespace.clone(), name.clone());
-        let previous = self
-            .seen
-            .get(&key)
-            .or_else(|| self.earlier.get(&key))
-            .map(|accepted| &accepted.document);
-        if let Err(refused) = super::validate::Validator::shared().validate(&document, previous) {
-            self.refused.insert(key);
-            // Worded as the serde problems below, with the API server's causes.
-            return Err(DocumentProblem::Refused { kind, name, refused });
+        if secret {
+            if let Err(reason) = secret_data(&document) {
+                self.refused.insert(key);
+                return Err(DocumentProblem::BadSecret {
+                    namespace,
+                    name,
+                    reason,
+                });
+            }
+        } else {
+            let previous = self
+                .seen
+                .get(&key)
+                .or_else(|| self.earlier.get(&key))
+                .map(|accepted| &accepted.document);
+            if let Err(refused) = super::validate::Validator::shared().validate(&document, previous) {
+                self.refused.insert(key);
+                // Worded as the serde problems below, with the API server's causes.
+                return Err(DocumentProblem::Refused { kind, name, refused });
+            }
         }
         if self.seen.contains_key(&key) {
             // As `kubectl apply` of two such documents would leave one object: the first is kept.
@@ -336,6 +372,23 @@ fn push_object(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    if kind == "Secret" {
+        let namespace = document["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        return match secret_data(&document) {
+            Ok(data) => {
+                loaded.secrets.insert((namespace, name), data);
+                Ok(())
+            }
+            Err(reason) => Err(DocumentProblem::BadSecret {
+                namespace,
+                name,
+                reason,
+            }),
+        };
+    }
     let parsed = match kind {
         "App" => serde_json::from_value(document).map(|app| loaded.apps.push(app)),
         "Channel" => serde_json::from_value(document).map(|channel| loaded.channels.push(channel)),
@@ -354,6 +407,45 @@ fn push_object(
         name,
         source,
     })
+}
+
+/// The keys and values of a Secret document: `data` base64-decoded, then `stringData` over it.
+/// A problem names the key, never the value.
+fn secret_data(document: &Value) -> Result<SecretData, String> {
+    let mut secret = SecretData::default();
+    let valid_key = |key: &str| {
+        !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    for field in ["data", "stringData"] {
+        let entries = match &document[field] {
+            Value::Null => continue,
+            Value::Object(entries) => entries,
+            _ => return Err(format!("{field} is not a map of keys to values")),
+        };
+        for (key, value) in entries {
+            if !valid_key(key) {
+                return Err(format!(
+                    "{field} key {key:?} must be letters, digits, '-', '_' and '.'"
+                ));
+            }
+            let Value::String(text) = value else {
+                return Err(format!("{field}.{key} is not a string"));
+            };
+            let bytes = if field == "data" {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| format!("data.{key} is not base64 (plain text goes under stringData)"))?
+            } else {
+                text.as_bytes().to_vec()
+            };
+            secret.insert(key.clone(), bytes);
+        }
+    }
+    Ok(secret)
 }
 
 #[cfg(test)]
@@ -503,6 +595,77 @@ mod tests {
         // A Bundle whose document is gone is deleted: a new one may have any sha256.
         assert_eq!(reload(None), (vec![], vec![]));
         assert_eq!(reload(Some(bundle('b'))), (served('b'), vec![]));
+    }
+
+    #[test]
+    fn secrets_are_read_with_their_data_decoded_and_bad_ones_reported_without_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("secrets.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: prometheus}\n\
+             data: {token: c2VjcmV0LXRva2Vu, both: ZnJvbS1kYXRh}\n\
+             stringData: {plain: 'Bearer abc', both: from-stringData}\n\
+             ---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: sentry, namespace: shop}\n\
+             stringData: {token: s3}\n\
+             ---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: broken}\n\
+             data: {token: 'not base64 hunter2!'}\n\
+             ---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: numeric}\n\
+             stringData: {pin: 1234}\n\
+             ---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n",
+        )
+        .unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let prometheus = &loaded.secrets[&("default".to_owned(), "prometheus".to_owned())];
+        assert_eq!(prometheus.get("token"), Some(&b"secret-token"[..]));
+        assert_eq!(prometheus.get("plain"), Some(&b"Bearer abc"[..]));
+        assert_eq!(prometheus.get("both"), Some(&b"from-stringData"[..]));
+        let sentry = &loaded.secrets[&("shop".to_owned(), "sentry".to_owned())];
+        assert_eq!(sentry.get("token"), Some(&b"s3"[..]));
+        assert_eq!(loaded.secrets.len(), 2, "{:?}", loaded.secrets);
+        assert_eq!(
+            loaded.problems,
+            [
+                "secrets.yaml: document 3: Secret default/broken is invalid: data.token is not \
+                 base64 (plain text goes under stringData)",
+                "secrets.yaml: document 4: Secret default/numeric is invalid: stringData.pin is \
+                 not a string",
+            ]
+        );
+        assert!(!format!("{loaded:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn a_secret_edit_that_is_refused_keeps_the_version_read_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.yaml");
+        let mut loader = Loader::default();
+        let token = |loader: &mut Loader| {
+            let loaded = loader.load(dir.path()).unwrap();
+            let token = loaded
+                .secrets
+                .get(&("default".to_owned(), "api".to_owned()))
+                .and_then(|secret| secret.get("token"))
+                .map(<[u8]>::to_vec);
+            (token, loaded.problems.len())
+        };
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\nstringData: {token: one}\n",
+        )
+        .unwrap();
+        assert_eq!(token(&mut loader), (Some(b"one".to_vec()), 0));
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: api}\ndata: {token: '%%%'}\n",
+        )
+        .unwrap();
+        assert_eq!(token(&mut loader), (Some(b"one".to_vec()), 1));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(token(&mut loader), (None, 0));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use self::folder::Folder;
 use crate::{
+    analysis::FolderSecrets,
     clock::Clock,
     server::{self, ServerState, SourceHealth, StorageSetup},
     storage::Credentials,
@@ -103,7 +104,10 @@ pub async fn run(
         .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StandaloneError::Http(e.to_string()))?;
-    let mut folder = Folder::new(options.dir.clone(), http);
+    // The folder's Secrets as its last read found them: where the metric providers
+    // ([`crate::analysis::Providers`]) read header values from.
+    let metric_secrets = FolderSecrets::new();
+    let mut folder = Folder::new(options.dir.clone(), http, metric_secrets.clone());
     let mut driver = rollouts::RolloutDriver::open(state.store.clone())
         .await
         .map_err(StandaloneError::RolloutStates)?;

@@ -20,6 +20,7 @@ use kube::{
 use tokio::sync::OnceCell;
 
 pub mod controller;
+pub mod exporter;
 pub mod helm;
 pub mod load;
 pub mod private_postgres;
