@@ -890,7 +890,12 @@ async fn flood_against(
     ));
     let naming_a_bundle = naming_a_bundle.load(std::sync::atomic::Ordering::Relaxed);
     let grown_rows = |table: &str| {
-        let rows_of = |size: &StoreSize| size.rows.iter().find(|(name, _)| *name == table).map_or(0, |(_, rows)| *rows);
+        let rows_of = |size: &StoreSize| {
+            size.rows
+                .iter()
+                .find(|(name, _)| *name == table)
+                .map_or(0, |(_, rows)| *rows)
+        };
         usize::try_from(rows_of(&after) - rows_of(&before)).unwrap_or(0)
     };
     // A device's row comes from the log's merge: count both until it has run.

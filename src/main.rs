@@ -186,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 credentials: ota_operator::storage::Credentials::from_env(),
                 internal_listen,
                 clock: std::sync::Arc::new(ota_operator::clock::SystemClock),
+                metrics: std::sync::Arc::new(ProvidersNotJoined),
             };
             runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
         }
@@ -248,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 storage_dir: storage_root,
                 figures_url_template: figures_url.unwrap_or_else(controller::figures::default_url_template),
                 clock: std::sync::Arc::new(controller::SystemClock),
+                metrics: std::sync::Arc::new(ProvidersNotJoined),
             };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()
@@ -275,6 +277,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => println!("ota {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(())
+}
+
+/// The metric providers of this branch: the Prometheus and web providers (`src/analysis`,
+/// issue 13) are built on another branch and replace this when the two are joined. Until then
+/// every measurement is a provider error saying so, which pauses a Rollout that has metrics
+/// (MetricsUnavailable) and never lets it go on unjudged.
+#[derive(Debug)]
+struct ProvidersNotJoined;
+
+impl ota_operator::rollout_driver::SharedMetricSource for ProvidersNotJoined {
+    fn measure<'a>(
+        &'a self,
+        _rollout: &'a ota_operator::api::Rollout,
+        requests: &'a [ota_operator::core::rollout::measurement::MeasurementRequest],
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Vec<ota_operator::core::rollout::measurement::Measured>>
+                + Send
+                + 'a,
+        >,
+    > {
+        let at = k8s_openapi::jiff::Timestamp::now();
+        let measured = requests
+            .iter()
+            .map(|request| ota_operator::core::rollout::measurement::Measured {
+                metric: request.metric.clone(),
+                at,
+                value: Err("this build has no metric providers yet (issue 13)".to_owned()),
+            })
+            .collect();
+        Box::pin(std::future::ready(measured))
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

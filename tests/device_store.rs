@@ -696,7 +696,10 @@ async fn a_stats_sighting_creates_no_device(database: &TestDatabase) {
         vec![from_stats("new", NOW_MS + 3)],
         vec![from_stats("late", NOW_MS + 4)],
         vec![update_check("late", NOW_MS + 3)],
-        vec![from_stats("batched", NOW_MS + 5), update_check("batched", NOW_MS + 4)],
+        vec![
+            from_stats("batched", NOW_MS + 5),
+            update_check("batched", NOW_MS + 4),
+        ],
     ] {
         apply(&store, &batch).await;
     }
@@ -715,7 +718,10 @@ async fn a_stats_sighting_creates_no_device(database: &TestDatabase) {
         );
     }
     assert_eq!(device(&store, "made-up").await, None);
-    assert_eq!(store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"), 4);
+    assert_eq!(
+        store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"),
+        4
+    );
 }
 
 /// Many devices in one batch (several statement sizes) all count.

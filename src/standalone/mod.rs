@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use self::folder::Folder;
 use crate::{
     clock::Clock,
+    rollout_driver::SharedMetricSource,
     server::{self, ServerState, SourceHealth, StorageSetup},
     storage::Credentials,
 };
@@ -41,6 +42,8 @@ pub struct Options {
     pub internal_listen: Option<SocketAddr>,
     /// The clock rollouts are decided and served on ([`crate::clock::SystemClock`] but in tests).
     pub clock: Arc<dyn Clock>,
+    /// The providers of the Rollouts' analysis metrics (Prometheus, web).
+    pub metrics: Arc<dyn SharedMetricSource>,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -99,7 +102,7 @@ pub async fn run(
         .build()
         .map_err(|e| StandaloneError::Http(e.to_string()))?;
     let mut folder = Folder::new(options.dir.clone(), http);
-    let mut driver = rollouts::RolloutDriver::open(state.store.clone())
+    let mut driver = rollouts::RolloutDriver::open(state.store.clone(), Arc::clone(&options.metrics))
         .await
         .map_err(StandaloneError::RolloutStates)?;
     // When the rollouts must be decided again although the folder did not change.

@@ -23,7 +23,10 @@
 //! State of a Rollout or Channel that left the folder is forgotten, but only after a load in which
 //! every document was read, so a half-saved edit does not reset a rollout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -36,7 +39,7 @@ use crate::{
     clock::Clock,
     core::rollout::{EventKind, FailureCounts, RolloutEvent, promotion_released},
     devices::{DeviceStore, StoreError},
-    rollout_driver::{self, FiguresSource, StatusSink, Write},
+    rollout_driver::{self, FiguresSource, SharedMetricSource, StatusSink, Write},
 };
 
 pub use crate::{core::rollout::FiguresQuery, rollout_driver::Objects};
@@ -192,11 +195,16 @@ pub struct Load<'a> {
 pub struct RolloutDriver {
     store: DeviceStore,
     states: States,
+    metrics: Arc<dyn SharedMetricSource>,
 }
 
 impl RolloutDriver {
-    /// Reads the saved states (rows that cannot be read are reported and ignored).
-    pub async fn open(store: DeviceStore) -> Result<RolloutDriver, StoreError> {
+    /// Reads the saved states (rows that cannot be read are reported and ignored); `metrics`
+    /// measures the Rollouts' analysis metrics.
+    pub async fn open(
+        store: DeviceStore,
+        metrics: Arc<dyn SharedMetricSource>,
+    ) -> Result<RolloutDriver, StoreError> {
         let states = read_states(&store).await?;
         for problem in &states.unreadable {
             tracing::warn!(%problem, "a saved rollout state is ignored");
@@ -206,7 +214,11 @@ impl RolloutDriver {
             promotions = states.promotions.len(),
             "rollout states loaded"
         );
-        Ok(RolloutDriver { store, states })
+        Ok(RolloutDriver {
+            store,
+            states,
+            metrics,
+        })
     }
 
     /// The states as they are now.
@@ -250,7 +262,8 @@ impl RolloutDriver {
                 now,
                 promoted: false,
             };
-            match rollout_driver::drive(&rollout, objects, &mut figures, &mut sink, now).await {
+            let mut metrics = Arc::clone(&self.metrics);
+            match rollout_driver::drive(&rollout, objects, &mut figures, &mut metrics, &mut sink, now).await {
                 Ok(driven) => driven.requeue_at.into_iter().for_each(&mut wake_at),
                 Err(failed) => {
                     let error = failed.source;

@@ -813,6 +813,10 @@ impl InProcessStandalone {
             credentials: Default::default(),
             internal_listen: None,
             clock: Arc::new(self.clock.clone()),
+            // The fleet's Rollouts have no metrics.
+            metrics: Arc::new(ota_operator::rollout_driver::ScriptedMetrics::new(Arc::new(
+                self.clock.clone(),
+            ))),
         };
         let ready = format!("{}/readyz", self.base());
         self.running
