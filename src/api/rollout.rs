@@ -561,7 +561,8 @@ pub struct MetricStatus {
     pub errors: i32,
     /// Errors since the last measurement that was not one.
     pub consecutive_errors: i32,
-    /// Measurements taken since the current step began (an analysis step waits for `count`).
+    /// Measurements taken since the current step began, errors aside (an analysis step waits
+    /// for `count` of them).
     pub step_measurements: i32,
     /// The latest measurements, oldest first (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
