@@ -60,13 +60,8 @@ pub trait SharedMetricSource: Send + Sync + std::fmt::Debug {
 }
 
 impl<T: SharedMetricSource + ?Sized> MetricSource for Arc<T> {
-    fn measure(
-        &mut self,
-        rollout: &Rollout,
-        requests: &[MeasurementRequest],
-    ) -> impl Future<Output = Vec<Measured>> + Send {
-        // An async block, so the future names each borrowed lifetime on its own.
-        async move { SharedMetricSource::measure(&**self, rollout, requests).await }
+    async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
+        SharedMetricSource::measure(&**self, rollout, requests).await
     }
 }
 

@@ -246,8 +246,15 @@ fn every_bad_metric_is_refused_naming_the_metric_and_the_field() {
 fn cel_conditions_judge_a_number_or_a_list() {
     use MeasurementPhase::{Error, Failed, Inconclusive, Successful};
     let list = |values: &[f64]| MetricValue::List(values.to_vec());
-    // (successCondition, failureCondition, value, verdict, what the error says)
-    let cases: Vec<(Option<&str>, Option<&str>, MetricValue, MeasurementPhase, &str)> = vec![
+    /// (successCondition, failureCondition, value, verdict, what the error says)
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        MetricValue,
+        MeasurementPhase,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Some("result < 0.05"),
             None,
