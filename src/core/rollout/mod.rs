@@ -548,14 +548,14 @@ struct Run<'a> {
     measured_now: bool,
 }
 
-/// The pause reasons in the order the status explains them: those that need a person first,
-/// then those that end by themselves.
+/// The pause reasons in the order the status explains them: what the analysis found first (a
+/// metrics outage before the pauses people asked for: it is the news, and it ends by itself).
 const PAUSE_PRIORITY: [&str; 6] = [
     reason::ANALYSIS_FAILED,
     reason::ANALYSIS_INCONCLUSIVE,
+    reason::METRICS_UNAVAILABLE,
     reason::PAUSED_BY_USER,
     reason::WAITING_FOR_PROMOTION,
-    reason::METRICS_UNAVAILABLE,
     reason::PAUSE_STEP,
 ];
 

@@ -860,8 +860,22 @@ fn a_metric_removed_from_the_spec_leaves_the_status_and_lifts_its_outage_pause()
         ],
     ));
     sim.at(0);
-    sim.measure(60, &[("error-rate", outage()), ("latency", number(0.01))]);
+    let (_, plan) = sim.measure(60, &[("error-rate", outage()), ("latency", number(0.01))]);
     assert!(sim.pauses().contains(&reason::METRICS_UNAVAILABLE));
+    // The outage is the headline, above the wait for a person.
+    assert_eq!(
+        desired(&plan, condition::PAUSED).reason,
+        reason::METRICS_UNAVAILABLE
+    );
+    assert!(
+        sim.status()
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("metric error-rate cannot be measured"),
+        "{:?}",
+        sim.status().message
+    );
     sim.rollout.spec.analysis.metrics.remove(0);
     let plan = sim.at(61);
     assert_eq!(reasons(&plan), [reason::METRICS_RECOVERED]);
