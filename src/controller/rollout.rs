@@ -4,8 +4,9 @@
 //!
 //! Failure figures come from the App's update server ([`super::figures`]): while they cannot be
 //! read, analysis steps and the background analysis wait and say so in status, while percent
-//! and pause steps proceed. A completed candidate is recorded as its Channel's stable bundle in
-//! the Channel's `status.promoted`, under a field manager of its own.
+//! and pause steps proceed. The analysis metrics are measured through the source the controller
+//! was given ([`super::Options::metrics`]). A completed candidate is recorded as its Channel's
+//! stable bundle in the Channel's `status.promoted`, under a field manager of its own.
 
 use std::{sync::Arc, time::Duration};
 

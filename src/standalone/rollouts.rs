@@ -5,8 +5,9 @@
 //! On every load of the folder and whenever the core asks to look again (`requeue_at`), each
 //! Rollout is decided with its last status by [`crate::core::rollout::decide`]: validation, then
 //! progress from the channel's stable bundle (a recorded promotion, else `spec.bundleRef`), the
-//! candidate's sync state and the failure figures the device store counted since
-//! [`figures_since`]. A status that changed is
+//! candidate's sync state, the failure figures the device store counted since
+//! [`figures_since`] and the measurements of the analysis metrics (through the source the
+//! driver was given, [`RolloutDriver::open`]). A status that changed is
 //! saved (and durable) before it is served or its events are logged, so a killed process resumes
 //! at the same step with the same cohort. Standalone mode has no Kubernetes Events: each event
 //! of a plan is logged (info, or warn for a failure or an abort).

@@ -883,3 +883,35 @@ fn a_metric_removed_from_the_spec_leaves_the_status_and_lifts_its_outage_pause()
     assert_eq!(sim.status().metrics[0].name, "latency");
     assert_eq!(sim.pauses(), [reason::WAITING_FOR_PROMOTION]);
 }
+
+#[test]
+fn nothing_is_measured_for_an_invalid_rollout_and_stable_reads_builtin_on_the_builtin_assets() {
+    let stable_query = metric(
+        "error-rate",
+        json!({"prometheus": {"query": "errors{stable=\"{{stable}}\"}"}}),
+    );
+    let mut sim = Sim::new(background("rollback", vec![stable_query]));
+    sim.stable = None;
+    sim.at(0);
+    let (channels, bundles) = world();
+    let requests = measurements_due(&sim.rollout, &channels, &bundles, t(60));
+    match &requests[..] {
+        [request] => match &request.provider {
+            ProviderRequest::Prometheus { query, .. } => assert_eq!(query, "errors{stable=\"builtin\"}"),
+            other => panic!("a Prometheus request, not {other:?}"),
+        },
+        other => panic!("one request, not {other:?}"),
+    }
+    // The candidate is gone, or the spec no longer parses: nothing is measured.
+    let without_candidate: Vec<Bundle> = bundles
+        .iter()
+        .filter(|b| b.metadata.name.as_deref() != Some(CANDIDATE))
+        .cloned()
+        .collect();
+    assert_eq!(
+        measurements_due(&sim.rollout, &channels, &without_candidate, t(60)),
+        []
+    );
+    sim.rollout.spec.analysis.metrics[0].success_condition = Some("result <".to_owned());
+    assert_eq!(measurements_due(&sim.rollout, &channels, &bundles, t(60)), []);
+}
