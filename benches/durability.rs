@@ -167,6 +167,7 @@ fn event_writes(n: usize) -> (Vec<Write>, Write) {
             app_id: APP.to_owned(),
             device_id: device_id.clone(),
             version: VERSION.to_owned(),
+            creates_row: true,
         },
     ];
     let sighting = Write::SeenDevice(DeviceSeen {

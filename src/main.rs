@@ -186,6 +186,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 credentials: ota_operator::storage::Credentials::from_env(),
                 internal_listen,
                 clock: std::sync::Arc::new(ota_operator::clock::SystemClock),
+                // The Prometheus and web providers, with the folder's Secrets.
+                metrics: None,
             };
             runtime()?.block_on(standalone::run(options, shutdown_signal()))?;
         }
@@ -237,22 +239,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("ota-controller-{}", std::process::id()));
-            let options = controller::Options {
-                namespace,
-                leader_election,
-                lease_name,
-                lease_namespace,
-                lease_duration_seconds,
-                identity,
-                default_server_image: server_image,
-                storage_dir: storage_root,
-                figures_url_template: figures_url.unwrap_or_else(controller::figures::default_url_template),
-                clock: std::sync::Arc::new(controller::SystemClock),
-            };
             runtime()?.block_on(async move {
                 let client = kube::Client::try_default()
                     .await
                     .context("cannot reach the Kubernetes API")?;
+                let clock: std::sync::Arc<dyn ota_operator::clock::Clock> =
+                    std::sync::Arc::new(controller::SystemClock);
+                let metrics = ota_operator::analysis::Providers::new(
+                    ota_operator::analysis::KubeSecrets::new(client.clone()),
+                    std::sync::Arc::clone(&clock),
+                )?;
+                let options = controller::Options {
+                    namespace,
+                    leader_election,
+                    lease_name,
+                    lease_namespace,
+                    lease_duration_seconds,
+                    identity,
+                    default_server_image: server_image,
+                    storage_dir: storage_root,
+                    figures_url_template: figures_url
+                        .unwrap_or_else(controller::figures::default_url_template),
+                    clock,
+                    metrics: std::sync::Arc::new(metrics),
+                };
                 let listener = controller::bind(metrics_listen).await?;
                 tracing::info!(address = %metrics_listen, "controller metrics and health listening");
                 controller::run(options, client, listener, shutdown_signal())
@@ -275,34 +285,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => println!("ota {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(())
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before stopping a pod).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

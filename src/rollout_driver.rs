@@ -3,13 +3,14 @@
 //! candidate as its Channel's stable bundle, write the status, publish the events, and say when
 //! to look again.
 //!
-//! The shells plug in two ports: a [`FiguresSource`] (the App's update server in a cluster, the
-//! device store in standalone mode) and a [`StatusSink`] (the status subresource, the Channel's
-//! `status.promoted` and Kubernetes Events in a cluster; rows of the device store and logs in
-//! standalone mode). The time is given by the caller, read from its injected
-//! [`crate::clock::Clock`].
+//! The shells plug in three ports: a [`FiguresSource`] (the App's update server in a cluster, the
+//! device store in standalone mode), a [`MetricSource`] (the Prometheus and web providers of the
+//! analysis metrics; the shells are given theirs, as a [`SharedMetricSource`]) and a
+//! [`StatusSink`] (the status subresource, the Channel's `status.promoted` and Kubernetes Events
+//! in a cluster; rows of the device store and logs in standalone mode). The time is given by the
+//! caller, read from its injected [`crate::clock::Clock`].
 
-use std::future::Future;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -17,8 +18,8 @@ use crate::{
     api::{App, Bundle, Channel, Rollout, RolloutStatus, channel::PromotedBundle},
     core::rollout::{
         FailureCounts, FiguresQuery, RolloutEvent, decide, figures_query,
-        measurement::{Measured, MeasurementRequest},
-        promotion_of,
+        measurement::{Measured, MeasurementRequest, MetricValue},
+        measurements_due, promotion_of,
     },
 };
 
@@ -44,6 +45,24 @@ pub trait MetricSource {
         rollout: &Rollout,
         requests: &[MeasurementRequest],
     ) -> impl Future<Output = Vec<Measured>> + Send;
+}
+
+/// A [`MetricSource`] that can be shared by concurrent decisions (the controller reconciles
+/// several Rollouts at once), so the shells can hold one behind an [`Arc`] given to them when
+/// they are built, as they hold their clock.
+pub trait SharedMetricSource: Send + Sync + std::fmt::Debug {
+    /// As [`MetricSource::measure`].
+    fn measure<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        requests: &'a [MeasurementRequest],
+    ) -> Pin<Box<dyn Future<Output = Vec<Measured>> + Send + 'a>>;
+}
+
+impl<T: SharedMetricSource + ?Sized> MetricSource for Arc<T> {
+    async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
+        SharedMetricSource::measure(&**self, rollout, requests).await
+    }
 }
 
 /// Where a decision's results go.
@@ -150,16 +169,19 @@ pub struct Driven {
     pub requeue_at: Option<Timestamp>,
 }
 
-/// Drives `rollout` (with its last status) one decision on at `now`.
-pub async fn drive<F, S>(
+/// Drives `rollout` (with its last status) one decision on at `now`: the figures and the
+/// measurements due ([`measurements_due`]) are read first, then decided on.
+pub async fn drive<F, M, S>(
     rollout: &Rollout,
     objects: Objects<'_>,
     figures: &mut F,
+    metrics: &mut M,
     sink: &mut S,
     now: Timestamp,
 ) -> Result<Driven, DriveError<S::Error>>
 where
     F: FiguresSource,
+    M: MetricSource,
     S: StatusSink,
 {
     let channel = objects.channel_of(rollout);
@@ -171,7 +193,12 @@ where
         (Some(query), Some(channel)) => figures.figures(rollout, channel, &query).await,
         _ => None,
     };
-    let plan = decide(rollout, objects.channels, objects.bundles, counts, now);
+    let requests = measurements_due(rollout, objects.channels, objects.bundles, now);
+    let measured = match requests.is_empty() {
+        true => Vec::new(),
+        false => metrics.measure(rollout, &requests).await,
+    };
+    let plan = decide(rollout, objects.channels, objects.bundles, counts, &measured, now);
     let driven = Driven {
         status: plan.status.clone(),
         requeue_at: plan.requeue_at,
@@ -208,4 +235,72 @@ where
         }
     }
     Ok(driven)
+}
+
+/// A [`SharedMetricSource`] whose answers a test sets by hand ([`ScriptedMetrics::answer`]), as
+/// [`crate::clock::TestClock`] is a clock a test moves: each request is answered with its
+/// metric's current answer, measured at the clock's time; a metric given no answer is a
+/// provider error. Clones share the answers and the record of requests.
+#[derive(Clone, Debug)]
+pub struct ScriptedMetrics {
+    clock: Arc<dyn crate::clock::Clock>,
+    script: Arc<std::sync::Mutex<Script>>,
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    answers: std::collections::BTreeMap<String, Result<MetricValue, String>>,
+    asked: Vec<MeasurementRequest>,
+}
+
+impl ScriptedMetrics {
+    /// A source with no answers, measuring at `clock`'s time.
+    pub fn new(clock: Arc<dyn crate::clock::Clock>) -> ScriptedMetrics {
+        ScriptedMetrics {
+            clock,
+            script: Arc::default(),
+        }
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        // A test that panicked while holding the lock left plain data: keep using it.
+        self.script
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// From now on, measurements of `metric` give `answer`.
+    pub fn answer(&self, metric: &str, answer: Result<MetricValue, String>) {
+        self.script().answers.insert(metric.to_owned(), answer);
+    }
+
+    /// Every request asked so far, oldest first.
+    pub fn asked(&self) -> Vec<MeasurementRequest> {
+        self.script().asked.clone()
+    }
+}
+
+impl SharedMetricSource for ScriptedMetrics {
+    fn measure<'a>(
+        &'a self,
+        _rollout: &'a Rollout,
+        requests: &'a [MeasurementRequest],
+    ) -> Pin<Box<dyn Future<Output = Vec<Measured>> + Send + 'a>> {
+        let at = self.clock.now();
+        let mut script = self.script();
+        script.asked.extend_from_slice(requests);
+        let measured = requests
+            .iter()
+            .map(|request| Measured {
+                metric: request.metric.clone(),
+                at,
+                value: script
+                    .answers
+                    .get(&request.metric)
+                    .cloned()
+                    .unwrap_or_else(|| Err(format!("no answer scripted for metric {}", request.metric))),
+            })
+            .collect();
+        Box::pin(std::future::ready(measured))
+    }
 }

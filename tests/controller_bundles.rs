@@ -1009,6 +1009,158 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
     running.stop().await;
 }
 
+/// The controller measures a Rollout's metrics through the source it was given. Scripted
+/// answers stand in for the Prometheus and web providers (src/analysis, another branch of issue
+/// 13) that are not in this build; the rest is real: the API server, the status, the Events
+/// and the webhook.
+#[tokio::test]
+async fn a_metric_pauses_the_rollout_while_it_cannot_be_measured_then_rolls_it_back_when_it_fails() {
+    use ota_operator::{core::rollout::measurement::MetricValue, rollout_driver::ScriptedMetrics};
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-metrics");
+    let prefix = format!("apps/{namespace}/");
+    let storage = open_storage(&prefix);
+    let stable = zip_of(&[("index.html", index_html("5.0.0"))]);
+    let candidate = zip_of(&[("index.html", index_html("5.1.0"))]);
+    upload(&storage, "uploads/5.0.zip", stable.clone()).await;
+    upload(&storage, "uploads/5.1.zip", candidate.clone()).await;
+    create_secret(&client, &namespace).await;
+    apply(&client, &namespace, app(&prefix)).await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-5.0", "5.0.0", "uploads/5.0.zip", &sha256(&stable)),
+    )
+    .await;
+    apply(
+        &client,
+        &namespace,
+        bundle("shop-5.1", "5.1.0", "uploads/5.1.zip", &sha256(&candidate)),
+    )
+    .await;
+    apply(&client, &namespace, channel("production", Some("shop-5.0"))).await;
+    let (hook_url, received) = webhook_receiver().await;
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .patch(
+            "hooks",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks"},
+                "stringData": {"url": hook_url, "signingKey": "key"}
+            })),
+        )
+        .await
+        .expect("the webhook Secret is created");
+    let mut guarded = rollout(
+        "to-5.1",
+        "production",
+        "shop-5.1",
+        json!([{"setPercent": 10}, {"pause": {}}, {"setPercent": 100}]),
+    );
+    guarded["spec"]["notifications"] = json!({"webhook": {"secretRef": {"name": "hooks"}}});
+    guarded["spec"]["analysis"] = json!({"interval": "1h", "action": "rollback", "metrics": [{
+        "name": "error-rate", "interval": "1m", "consecutiveErrorLimit": 0,
+        "prometheus": {"address": "http://prometheus.monitoring:9090",
+                       "query": "errors{version=\"{{candidate}}\",channel=\"{{channel}}\"}"},
+        "failureCondition": "result > 0.05"}]});
+    apply(&client, &namespace, guarded).await;
+    let clock = TestClock::starting_now();
+    let metrics = ScriptedMetrics::new(Arc::new(clock.clone()));
+    let mut on_test_clock = options(&namespace, false, "solo");
+    on_test_clock.clock = Arc::new(clock.clone());
+    on_test_clock.metrics = Arc::new(metrics.clone());
+    let running = start(&client, on_test_clock).await;
+    let rollouts: Api<ota_operator::api::Rollout> = Api::namespaced(client.clone(), &namespace);
+    let status = || async {
+        let rollout = rollouts.get("to-5.1").await.expect("the Rollout");
+        rollout
+            .status
+            .filter(|s| s.observed_generation == rollout.metadata.generation)
+    };
+    eventually(60, "the Rollout waits at 10%", || async {
+        let status = status().await?;
+        (status.current_percent == Some(10) && status.metrics.len() == 1).then_some(())
+    })
+    .await;
+    // The provider is down: the first error pauses (limit 0), it never aborts.
+    metrics.answer(
+        "error-rate",
+        Err("Get http://prometheus.monitoring:9090: connection refused".to_owned()),
+    );
+    clock.advance(std::time::Duration::from_secs(60));
+    let paused = eventually(30, "an outage pauses the Rollout", || async {
+        let status = status().await?;
+        status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == "MetricsUnavailable")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(paused.metrics[0].errors, 1);
+    assert!(
+        paused
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{paused:?}"
+    );
+    warning_event(&client, &namespace, "Rollout", "to-5.1", "MetricsUnavailable").await;
+    let asked = metrics.asked();
+    match &asked[0].provider {
+        ota_operator::core::rollout::measurement::ProviderRequest::Prometheus { query, .. } => {
+            assert_eq!(query, "errors{version=\"5.1.0\",channel=\"production\"}")
+        }
+        other => panic!("a Prometheus request, not {other:?}"),
+    }
+    // It answers again: the pause lifts by itself.
+    metrics.answer("error-rate", Ok(MetricValue::Number(0.01)));
+    clock.advance(std::time::Duration::from_secs(60));
+    eventually(30, "the outage pause lifts", || async {
+        let status = status().await?;
+        (!status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == "MetricsUnavailable")
+            && status.metrics[0].successful == 1)
+            .then_some(())
+    })
+    .await;
+    // The error rate rises: the candidate is rolled back.
+    metrics.answer("error-rate", Ok(MetricValue::Number(0.2)));
+    clock.advance(std::time::Duration::from_secs(60));
+    let aborted = eventually(30, "a failing metric rolls the candidate back", || async {
+        let status = status().await?;
+        (status.phase == Some(ota_operator::api::rollout::RolloutPhase::Aborted)).then_some(status)
+    })
+    .await;
+    assert_eq!(aborted.current_percent, Some(0));
+    let metric = &aborted.metrics[0];
+    assert_eq!(metric.phase, ota_operator::api::rollout::MetricPhase::Failed);
+    assert_eq!(
+        metric.last_measurements.last().and_then(|m| m.value.as_deref()),
+        Some("0.2")
+    );
+    warning_event(&client, &namespace, "Rollout", "to-5.1", "Aborted").await;
+    let notified = eventually(30, "the abort reaches the webhook", || async {
+        let received = received.lock().unwrap().clone();
+        received.into_iter().find(|r| r.event == "Aborted")
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&notified.body).expect("JSON");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("metric error-rate failed"),
+        "{body}"
+    );
+    assert_eq!(body["metrics"][0]["name"], "error-rate");
+    assert_eq!(body["metrics"][0]["phase"], "Failed");
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn every_object_of_the_examples_gets_a_status_for_its_generation_that_says_what_is_wrong() {
     let client = client_with_crds().await;

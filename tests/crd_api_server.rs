@@ -16,7 +16,10 @@ use ota_operator::api::{
     bundle::{BundleStatus, BundleStorageLocation},
     channel::{ChannelStatus, ServedBundle},
     constants::{condition, field_manager, reason},
-    rollout::{AnalysisFigures, PauseCondition, RolloutPhase, RolloutStatus},
+    rollout::{
+        AnalysisFigures, MeasurementPhase, MetricMeasurement, MetricPhase, MetricStatus, PauseCondition,
+        RolloutPhase, RolloutStatus,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use support::*;
@@ -316,8 +319,34 @@ async fn every_kind_has_a_status_subresource_that_keeps_what_the_controller_writ
             failures: 3,
             failure_rate: 0.012,
             lower_bound: 0.0041,
-            evaluated_at: t,
+            evaluated_at: t.clone(),
         }),
+        metrics: vec![MetricStatus {
+            name: "crash-rate".into(),
+            phase: MetricPhase::Error,
+            dry_run: true,
+            measurements: 3,
+            successful: 1,
+            failed: 0,
+            inconclusive: 1,
+            errors: 1,
+            consecutive_errors: 1,
+            step_measurements: 2,
+            last_measurements: vec![
+                MetricMeasurement {
+                    phase: MeasurementPhase::Inconclusive,
+                    value: Some("[0.01, 0.2]".into()),
+                    measured_at: t.clone(),
+                    message: None,
+                },
+                MetricMeasurement {
+                    phase: MeasurementPhase::Error,
+                    value: None,
+                    measured_at: t,
+                    message: Some("connection refused".into()),
+                },
+            ],
+        }],
         message: Some("Paused for 1h at 5%".into()),
         handled_commands: [("ota.dev/pause".to_owned(), "2026-01-01T00:00:00Z".to_owned())].into(),
         // Never serialized with the status (its own field manager writes it).

@@ -332,6 +332,7 @@ async fn a_seen_device_keeps_its_last_values(database: &TestDatabase) {
                 app_id: APP.to_owned(),
                 device_id: "d1".to_owned(),
                 version: "1.5.0".to_owned(),
+                creates_row: true,
             },
             Write::SeenDevice(later),
         ],
@@ -401,6 +402,7 @@ async fn a_large_batch_writes_every_device(database: &TestDatabase) {
         app_id: APP.to_owned(),
         device_id: "bulk-300".to_owned(),
         version: "1.5.0".to_owned(),
+        creates_row: true,
     });
     apply(&store, &batch).await;
     assert_eq!(store.monthly_active_devices(APP, NOW_MS).await.expect("MAU"), 301);
@@ -721,7 +723,17 @@ async fn a_stats_sighting_creates_no_device(database: &TestDatabase) {
     assert_eq!(
         store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"),
         4
-    );
+    );    // A stats event's install of a version that is no Bundle changes a row, creates none.
+    let installed = |device: &str| Write::CurrentBundle {
+        app_id: APP.to_owned(),
+        device_id: device.to_owned(),
+        version: "9.9.9".to_owned(),
+        creates_row: false,
+    };
+    apply(&store, &[installed("known"), installed("made-up")]).await;
+    let known = device(&store, "known").await.expect("known");
+    assert_eq!(known.current_bundle.as_deref(), Some("9.9.9"));
+    assert_eq!(device(&store, "made-up").await, None);
 }
 
 /// Many devices in one batch (several statement sizes) all count.

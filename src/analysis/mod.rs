@@ -16,7 +16,7 @@ pub mod prometheus;
 pub mod secrets;
 pub mod web;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -30,7 +30,7 @@ use crate::{
         ProviderRequest, WebMethod,
     },
     error_chain::error_chain,
-    rollout_driver::MetricSource,
+    rollout_driver::{MetricSource, SharedMetricSource},
 };
 
 /// The largest answer read; a larger one is an error (a metric is one figure, not a dump).
@@ -377,20 +377,37 @@ impl<S: SecretSource> Providers<S> {
     }
 }
 
-impl<S: SecretSource> MetricSource for Providers<S> {
-    async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
+impl<S: SecretSource> Providers<S> {
+    /// Takes every measurement `requests` asks for `rollout`, at most [`CONCURRENCY`] at once.
+    pub async fn measure_all(&self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
         let namespace = rollout.metadata.namespace.as_deref().unwrap_or_default();
         // Made before the stream, not in a closure of it: a future holding such a closure is not
         // provably Send (rust-lang/rust#102211).
-        let this = &*self;
         let pending: Vec<_> = requests
             .iter()
-            .map(|request| this.measure_one(namespace, request))
+            .map(|request| self.measure_one(namespace, request))
             .collect();
         futures::stream::iter(pending)
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await
+    }
+}
+
+impl<S: SecretSource> MetricSource for Providers<S> {
+    async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
+        self.measure_all(rollout, requests).await
+    }
+}
+
+/// The shells hold the providers behind an `Arc` shared by concurrent decisions.
+impl<S: SecretSource + std::fmt::Debug + 'static> SharedMetricSource for Providers<S> {
+    fn measure<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        requests: &'a [MeasurementRequest],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<Measured>> + Send + 'a>> {
+        Box::pin(self.measure_all(rollout, requests))
     }
 }
 

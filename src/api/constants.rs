@@ -99,6 +99,16 @@ pub mod reason {
     pub const PAUSED_BY_USER: &str = "PausedByUser";
     /// The analysis found the failure rate above the policy and paused the Rollout.
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// A metric of the analysis was inconclusive more often than its `inconclusiveLimit` and
+    /// paused the Rollout for a person.
+    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
+    /// A metric's provider failed more often in a row than its `consecutiveErrorLimit`: the
+    /// Rollout pauses until the metric can be measured again (it never aborts for that).
+    pub const METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
+    /// The metrics that paused a Rollout could be measured again; the pause lifted (Event).
+    pub const METRICS_RECOVERED: &str = "MetricsRecovered";
+    /// A `dryRun` metric crossed one of its limits; it does not act (Event).
+    pub const DRY_RUN_METRIC_FAILED: &str = "DryRunMetricFailed";
     /// The Rollout was aborted (by the analysis or by a person); stable is served to everyone.
     pub const ABORTED: &str = "Aborted";
     /// The Rollout reached its last step; the candidate is the channel's stable bundle.

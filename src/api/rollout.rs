@@ -167,9 +167,209 @@ pub struct AnalysisPolicy {
     #[x_kube(validation = Rule::new(DURATION_RULE).message("analysis.interval must be a duration such as 30s or 1m"))]
     pub interval: String,
     /// What a failing analysis does: `pause` (wait for a person) or `rollback` (abort: serve the
-    /// stable bundle to every device, including those that took the candidate).
+    /// stable bundle to every device, including those that took the candidate). It applies to
+    /// the device failure rate and to each metric that fails.
     #[serde(default)]
     pub action: AnalysisAction,
+    /// Metrics measured besides the devices' own reports (Prometheus queries, web services),
+    /// each judged by CEL conditions over its `result`. They run with the background analysis,
+    /// paused or not, and an analysis step passes only when each of them (but the dry runs) has
+    /// taken `count` measurements at that step and none failed past its limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(o, o.name == m.name))")
+        .message("each metric needs a name of its own"))]
+    pub metrics: Vec<AnalysisMetric>,
+}
+
+/// One metric of the analysis: exactly one provider, and a `successCondition` and/or a
+/// `failureCondition` in CEL over `result` (a number, or a list of numbers for a Prometheus
+/// vector of several series or a JSON array).
+///
+/// Each measurement is successful, failed (the failure condition holds, or the success
+/// condition alone is given and does not hold), inconclusive (both are given and neither holds)
+/// or an error (the provider failed, or a condition could not be evaluated). More failures than
+/// `failureLimit` apply `analysis.action`; more inconclusive measurements than
+/// `inconclusiveLimit` pause the rollout for a person; more consecutive errors than
+/// `consecutiveErrorLimit` pause it until the provider answers again (an outage of the metrics
+/// system never aborts a rollout). A `dryRun` metric is measured and reported but never acts.
+///
+/// Queries, URLs, bodies and header values may use `{{candidate}}` and `{{stable}}` (the
+/// Bundles' versions; `builtin` for the assets built into the app), `{{channel}}`, `{{app}}`
+/// (the App's name), `{{namespace}}`, `{{percent}}` and `{{startedAt}}` (RFC 3339).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("[has(self.prometheus), has(self.web)].filter(x, x).size() == 1")
+        .message("each metric needs exactly one provider: prometheus or web"),
+    validation = Rule::new("has(self.successCondition) || has(self.failureCondition)")
+        .message("each metric needs a successCondition, a failureCondition or both")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisMetric {
+    /// The metric's name (a DNS label, unique within the Rollout).
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(DNS_LABEL_RULE).message("a metric's name must be a DNS label such as error-rate"))]
+    pub name: String,
+    /// An instant query of a Prometheus server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// A JSON web service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
+    /// A CEL expression over `result`: the measurement is successful when it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub success_condition: Option<String>,
+    /// A CEL expression over `result`: the measurement failed when it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub failure_condition: Option<String>,
+    /// How often to measure; default: `analysis.interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("a metric's interval must be a duration such as 30s or 1m"))]
+    pub interval: Option<String>,
+    /// How many measurements an analysis step waits for (taken since the step began).
+    #[serde(default = "default_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: i32,
+    /// How many failed measurements are tolerated; one more applies `analysis.action`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub failure_limit: i32,
+    /// How many inconclusive measurements are tolerated; one more pauses the rollout.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub inconclusive_limit: i32,
+    /// How many provider errors in a row are tolerated; one more pauses the rollout until a
+    /// measurement succeeds again.
+    #[serde(default = "default_consecutive_error_limit")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_error_limit: i32,
+    /// Measure and report, but never act (to try a query before trusting it).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_count() -> i32 {
+    1
+}
+fn default_consecutive_error_limit() -> i32 {
+    4
+}
+fn default_metric_timeout() -> String {
+    "10s".to_owned()
+}
+fn default_json_path() -> String {
+    "$".to_owned()
+}
+
+/// A CEL expression that holds when `self` is a DNS label (RFC 1123).
+const DNS_LABEL_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+/// A CEL expression that holds when `self` is an http(s) URL.
+const HTTP_URL_RULE: &str = "self.startsWith('http://') || self.startsWith('https://')";
+
+/// An instant query of the Prometheus HTTP API (`GET {address}/api/v1/query`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusMetric {
+    /// The server's base URL (`http://prometheus.monitoring:9090`).
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTP_URL_RULE).message("prometheus.address must be an http:// or https:// URL"))]
+    pub address: String,
+    /// The PromQL query; its value (a scalar, or a vector of one or more series) is `result`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub query: String,
+    /// Headers to send, such as a bearer token read from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<MetricHeader>,
+    /// How long to wait for the answer.
+    #[serde(default = "default_metric_timeout")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("prometheus.timeout must be a duration such as 10s"))]
+    pub timeout: String,
+}
+
+/// A JSON web service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebMetric {
+    /// The URL.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new(HTTP_URL_RULE).message("web.url must be an http:// or https:// URL"))]
+    pub url: String,
+    /// `GET` (the default) or `POST`.
+    #[serde(default)]
+    pub method: WebMethodName,
+    /// Headers to send, such as an API key read from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<MetricHeader>,
+    /// The body of a POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+    /// Where the value is in the JSON answer (`$.data.errorRate`); default: the whole answer.
+    #[serde(default = "default_json_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub json_path: String,
+    /// How long to wait for the answer.
+    #[serde(default = "default_metric_timeout")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("web.timeout must be a duration such as 10s"))]
+    pub timeout: String,
+}
+
+/// The HTTP method of a web metric.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WebMethodName {
+    /// GET.
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    /// POST.
+    #[serde(rename = "POST")]
+    Post,
+}
+
+/// A header of a metric's request: a `value` written here, or one read from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.value), has(self.valueFrom)].filter(x, x).size() == 1")
+    .message("each header needs exactly one of value or valueFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct MetricHeader {
+    /// The header's name (`Authorization`).
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]+$')").message("a header name has letters, digits and dashes"))]
+    pub name: String,
+    /// The value, written here (templates allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub value: Option<String>,
+    /// The value, read from a Secret in the Rollout's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueSource>,
+}
+
+/// Where a header's value is read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueSource {
+    /// A key of a Secret in the Rollout's namespace.
+    pub secret_key_ref: SecretKeyReference,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 impl Default for AnalysisPolicy {
@@ -181,6 +381,7 @@ impl Default for AnalysisPolicy {
             window: default_window(),
             interval: default_interval(),
             action: AnalysisAction::default(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -257,6 +458,9 @@ pub struct RolloutStatus {
     /// The latest analysis figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisFigures>,
+    /// Where each metric of `spec.analysis.metrics` stands, in the spec's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricStatus>,
     /// A sentence for people: what happens now and what they can do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -308,7 +512,8 @@ pub enum RolloutPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PauseCondition {
-    /// PauseStep, WaitingForPromotion, PausedByUser or AnalysisFailed.
+    /// PauseStep, WaitingForPromotion, PausedByUser, AnalysisFailed, AnalysisInconclusive or
+    /// MetricsUnavailable.
     pub reason: String,
     /// When the pause began.
     pub start_time: Time,
@@ -331,4 +536,79 @@ pub struct AnalysisFigures {
     pub lower_bound: f64,
     /// When these figures were computed.
     pub evaluated_at: Time,
+}
+
+/// Where one metric of the analysis stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// The metric's name.
+    pub name: String,
+    /// Running, Successful, Failed, Inconclusive or Error.
+    pub phase: MetricPhase,
+    /// Measured and reported, never acting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Measurements taken since the rollout started (or was retried).
+    pub measurements: i32,
+    /// Of them, successful.
+    pub successful: i32,
+    /// Failed.
+    pub failed: i32,
+    /// Inconclusive.
+    pub inconclusive: i32,
+    /// Errors.
+    pub errors: i32,
+    /// Errors since the last measurement that was not one.
+    pub consecutive_errors: i32,
+    /// Measurements taken since the current step began, errors aside (an analysis step waits
+    /// for `count` of them).
+    pub step_measurements: i32,
+    /// The latest measurements, oldest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_measurements: Vec<MetricMeasurement>,
+}
+
+/// The phase of a metric.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MetricPhase {
+    /// Measuring; no limit crossed.
+    Running,
+    /// The rollout completed with the metric within its limits.
+    Successful,
+    /// More failures than `failureLimit`.
+    Failed,
+    /// More inconclusive measurements than `inconclusiveLimit`.
+    Inconclusive,
+    /// More consecutive errors than `consecutiveErrorLimit` (until a measurement succeeds).
+    Error,
+}
+
+/// One measurement of a metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricMeasurement {
+    /// Successful, Failed, Inconclusive or Error.
+    pub phase: MeasurementPhase,
+    /// The value (`0.012`, or `[0.01, 0.2]` for a list); absent for an error of the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// When it was measured.
+    pub measured_at: Time,
+    /// Why it is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The verdict of one measurement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MeasurementPhase {
+    /// The success condition holds (and the failure condition does not).
+    Successful,
+    /// The failure condition holds, or the success condition alone is given and does not.
+    Failed,
+    /// Both conditions are given and neither holds.
+    Inconclusive,
+    /// The provider failed, or a condition could not be evaluated.
+    Error,
 }

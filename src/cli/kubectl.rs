@@ -289,15 +289,44 @@ pub fn render(rollout: &Rollout) -> String {
             pause.reason, pause.start_time.0
         );
     }
+    // One list: the built-in device failure rate first, then each metric of the analysis.
+    if status.analysis.is_some() || !status.metrics.is_empty() {
+        let _ = writeln!(out, "Metrics:");
+    }
     if let Some(figures) = &status.analysis {
         let _ = writeln!(
             out,
-            "Analysis:  {} failures of {} attempts ({:.2}%, lower bound {:.2}%) at {}",
+            "  device failure rate (built in): {} failures of {} attempts ({:.2}%, lower bound {:.2}%) at {}",
             figures.failures,
             figures.attempts,
             figures.failure_rate * 100.0,
             figures.lower_bound * 100.0,
             figures.evaluated_at.0
+        );
+    }
+    for metric in &status.metrics {
+        let dry_run = if metric.dry_run { " (dry run)" } else { "" };
+        let last = match metric.last_measurements.last() {
+            Some(last) => {
+                let what = match (&last.value, &last.message) {
+                    (Some(value), _) => format!("last value {value} ({:?})", last.phase),
+                    (None, Some(message)) => format!("last error: {message}"),
+                    (None, None) => format!("last {:?}", last.phase),
+                };
+                format!("{what} at {}", last.measured_at.0)
+            }
+            None => "not measured yet".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}: {:?}{dry_run}, {last}; {} measurements: {} successful, {} failed, {} inconclusive, {} errors",
+            metric.name,
+            metric.phase,
+            metric.measurements,
+            metric.successful,
+            metric.failed,
+            metric.inconclusive,
+            metric.errors
         );
     }
     out.trim_end().to_owned()
@@ -336,6 +365,44 @@ mod tests {
         );
         assert!(
             view.contains("3 failures of 200 attempts (1.50%, lower bound 0.60%)"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn the_view_lists_the_device_failure_rate_and_each_metric_with_its_phase_and_last_value() {
+        let view = render(&rollout(serde_json::json!({
+            "phase": "Paused", "currentStepIndex": 2, "currentPercent": 5,
+            "analysis": {"attempts": 200, "failures": 3, "failureRate": 0.015, "lowerBound": 0.006, "evaluatedAt": "2026-11-27T10:30:00Z"},
+            "metrics": [
+                {"name": "error-rate", "phase": "Failed", "measurements": 3, "successful": 1, "failed": 2,
+                 "inconclusive": 0, "errors": 0, "consecutiveErrors": 0, "stepMeasurements": 2,
+                 "lastMeasurements": [{"phase": "Failed", "value": "0.2", "measuredAt": "2026-11-27T10:31:00Z"}]},
+                {"name": "crash-free", "phase": "Error", "dryRun": true, "measurements": 5, "successful": 0, "failed": 0,
+                 "inconclusive": 0, "errors": 5, "consecutiveErrors": 5, "stepMeasurements": 0,
+                 "lastMeasurements": [{"phase": "Error", "measuredAt": "2026-11-27T10:32:00Z", "message": "connection refused"}]},
+                {"name": "latency", "phase": "Running", "measurements": 0, "successful": 0, "failed": 0,
+                 "inconclusive": 0, "errors": 0, "consecutiveErrors": 0, "stepMeasurements": 0}
+            ]
+        })));
+        let lines: Vec<&str> = view.lines().skip_while(|l| *l != "Metrics:").collect();
+        assert_eq!(lines.len(), 5, "{view}");
+        assert!(
+            lines[1].starts_with("  device failure rate (built in): 3 failures of 200 attempts"),
+            "{view}"
+        );
+        assert_eq!(
+            lines[2],
+            "  error-rate: Failed, last value 0.2 (Failed) at 2026-11-27T10:31:00Z; 3 measurements: 1 successful, 2 failed, 0 inconclusive, 0 errors"
+        );
+        assert!(
+            lines[3].starts_with(
+                "  crash-free: Error (dry run), last error: connection refused at 2026-11-27T10:32:00Z;"
+            ),
+            "{view}"
+        );
+        assert!(
+            lines[4].starts_with("  latency: Running, not measured yet;"),
             "{view}"
         );
     }

@@ -26,7 +26,10 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::{api::constants::field_manager, core::app_children::RenderSettings, sync::SyncLimits};
+use crate::{
+    api::constants::field_manager, core::app_children::RenderSettings, rollout_driver::SharedMetricSource,
+    sync::SyncLimits,
+};
 
 pub use crate::clock::{Clock, SystemClock};
 pub use backoff::Backoff;
@@ -60,6 +63,8 @@ pub struct Options {
     /// The clock every decision reads ([`SystemClock`] for `ota controller`; there is no flag
     /// that sets the time, so only a test moves it, through a [`crate::clock::TestClock`]).
     pub clock: Arc<dyn Clock>,
+    /// The providers of the Rollouts' analysis metrics (Prometheus, web).
+    pub metrics: Arc<dyn SharedMetricSource>,
 }
 
 /// Why the controller stopped.
@@ -115,6 +120,8 @@ pub struct Context {
     pub devices_asked: app::DevicesAsked,
     /// Sends Rollout webhook notifications.
     pub notifier: notify::Notifier,
+    /// Measures the Rollouts' analysis metrics.
+    pub metrics_source: Arc<dyn SharedMetricSource>,
 }
 
 /// How soon a reconcile that found the caches still filling looks again.
@@ -268,6 +275,7 @@ pub async fn run(
         figures: figures::FiguresClient::new(http.clone(), options.figures_url_template.clone()),
         devices_asked: app::DevicesAsked::default(),
         notifier: notify::Notifier::start(http),
+        metrics_source: Arc::clone(&options.metrics),
     });
     let health = Health {
         metrics: Arc::clone(&metrics),

@@ -4,8 +4,9 @@
 //!
 //! Failure figures come from the App's update server ([`super::figures`]): while they cannot be
 //! read, analysis steps and the background analysis wait and say so in status, while percent
-//! and pause steps proceed. A completed candidate is recorded as its Channel's stable bundle in
-//! the Channel's `status.promoted`, under a field manager of its own.
+//! and pause steps proceed. The analysis metrics are measured through the source the controller
+//! was given ([`super::Options::metrics`]). A completed candidate is recorded as its Channel's
+//! stable bundle in the Channel's `status.promoted`, under a field manager of its own.
 
 use std::{sync::Arc, time::Duration};
 
@@ -72,7 +73,8 @@ pub async fn run(
     drive(controller, reconcile, error_policy, context, stop).await;
 }
 
-/// The Apps, Channels and Bundles a Rollout names, from the caches.
+/// The Apps, Channels and Bundles a Rollout names (the candidate, and the stable bundle its
+/// metrics' templates name), from the caches.
 struct Named {
     apps: Vec<App>,
     channels: Vec<Channel>,
@@ -88,8 +90,10 @@ impl Named {
         .iter()
         .map(|c| (**c).clone())
         .collect();
+        let stable = rollout.status.as_ref().and_then(|s| s.stable_bundle.as_deref());
         let bundles: Vec<Bundle> = in_namespace(&context.stores.bundles, namespace, |b| {
-            b.name_any() == rollout.spec.bundle_ref
+            let name = b.name_any();
+            name == rollout.spec.bundle_ref || Some(name.as_str()) == stable
         })
         .iter()
         .map(|b| (**b).clone())
@@ -229,10 +233,18 @@ pub async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<A
             bundles: &named.bundles,
         };
         let mut figures = UpdateServerFigures { context: &context };
+        let mut metrics = Arc::clone(&context.metrics_source);
         let mut sink = KubernetesStatus { context: &context };
-        let driven = rollout_driver::drive(rollout.as_ref(), objects, &mut figures, &mut sink, now)
-            .await
-            .map_err(DriveError::into_inner)?;
+        let driven = rollout_driver::drive(
+            rollout.as_ref(),
+            objects,
+            &mut figures,
+            &mut metrics,
+            &mut sink,
+            now,
+        )
+        .await
+        .map_err(DriveError::into_inner)?;
         context.backoff.reset(&backoff_key(KIND, rollout.as_ref()));
         Ok(match driven.requeue_at {
             Some(at) => {

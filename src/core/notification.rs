@@ -16,7 +16,7 @@ use super::rollout::{EventKind, RolloutEvent};
 use crate::api::{
     Rollout,
     constants::API_VERSION,
-    rollout::{AnalysisFigures, PendingNotification, RolloutPhase},
+    rollout::{AnalysisFigures, MetricStatus, PendingNotification, RolloutPhase},
 };
 
 /// The header that carries the signature: `sha256=` and the hex HMAC-SHA256 of the body under
@@ -70,6 +70,9 @@ pub struct WebhookEvent {
     /// The latest failure figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisFigures>,
+    /// Where each metric of the analysis stands (its counts and last measurements).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricStatus>,
 }
 
 /// Which Rollout an event is about.
@@ -119,6 +122,7 @@ pub fn webhook_event(
         step_index: status.current_step_index,
         percent: status.current_percent,
         analysis: status.analysis,
+        metrics: status.metrics,
     }
 }
 
@@ -252,6 +256,31 @@ mod tests {
         assert_eq!(json["stepIndex"], 1);
         assert_eq!(json["percent"], 0);
         assert!(json.get("analysis").is_none());
+    }
+
+    #[test]
+    fn a_metric_that_fails_is_notified_with_its_figures() {
+        let now: Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let mut rollout = rollout();
+        let status: RolloutStatus = serde_json::from_value(serde_json::json!({
+            "phase": "Aborted",
+            "metrics": [{"name": "error-rate", "phase": "Failed", "measurements": 1, "successful": 0,
+                         "failed": 1, "inconclusive": 0, "errors": 0, "consecutiveErrors": 0,
+                         "stepMeasurements": 1,
+                         "lastMeasurements": [{"phase": "Failed", "value": "0.2", "measuredAt": "2026-11-27T10:00:00Z"}]}]
+        }))
+        .expect("a status");
+        rollout.status = Some(status);
+        let event = RolloutEvent {
+            kind: EventKind::Warning,
+            reason: reason::ABORTED,
+            note: "Aborted at step 2 of 3: metric error-rate failed 1 times".into(),
+        };
+        let json = serde_json::to_value(webhook_event(&rollout, &event, 0, now)).unwrap();
+        assert_eq!(json["reason"], "Aborted");
+        assert_eq!(json["metrics"][0]["name"], "error-rate");
+        assert_eq!(json["metrics"][0]["phase"], "Failed");
+        assert_eq!(json["metrics"][0]["lastMeasurements"][0]["value"], "0.2");
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub enum Write {
         device_id: String,
         /// The bundle version the device now runs.
         version: String,
+        /// Whether this creates the device's row when it has none: only for a Bundle of the App
+        /// (stats need no credentials, so made-up versions from made-up device ids must not
+        /// grow the store); otherwise only a row that exists is changed.
+        creates_row: bool,
     },
     /// Increment a per-bundle counter for (app, version, action, day) by n.
     Count {

@@ -228,10 +228,14 @@ async fn apply_device_write(connection: &mut AnyConnection, write: &Write) -> Re
             app_id,
             device_id,
             version,
-        } => sqlx::query(
-            "INSERT INTO devices (app_id, device_id, current_bundle) VALUES ($1, $2, $3) \
-             ON CONFLICT (app_id, device_id) DO UPDATE SET current_bundle = excluded.current_bundle",
-        )
+            creates_row,
+        } => sqlx::query(match creates_row {
+            true => {
+                "INSERT INTO devices (app_id, device_id, current_bundle) VALUES ($1, $2, $3) \
+                 ON CONFLICT (app_id, device_id) DO UPDATE SET current_bundle = excluded.current_bundle"
+            }
+            false => "UPDATE devices SET current_bundle = $3 WHERE app_id = $1 AND device_id = $2",
+        })
         .bind(app_id)
         .bind(device_id)
         .bind(version),

@@ -301,10 +301,13 @@ fn stat_writes(state: &ServerState, app: &AppView, stat: &decode::StatsEvent, no
         });
     }
     if let Some(version) = effect.current_bundle {
+        // A Bundle of the App installed: a device of the fleet, as an update check shows one.
+        let creates_row = app.bundle_versions.contains(&version);
         writes.push(Write::CurrentBundle {
             app_id: event.app_id.clone(),
             device_id: event.device_id.clone(),
             version,
+            creates_row,
         });
     }
     if effect.touch_device {

@@ -18,8 +18,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use self::folder::Folder;
 use crate::{
-    analysis::FolderSecrets,
+    analysis::{FolderSecrets, Providers},
     clock::Clock,
+    rollout_driver::SharedMetricSource,
     server::{self, ServerState, SourceHealth, StorageSetup},
     storage::Credentials,
 };
@@ -44,6 +45,9 @@ pub struct Options {
     pub internal_listen: Option<SocketAddr>,
     /// The clock rollouts are decided and served on ([`crate::clock::SystemClock`] but in tests).
     pub clock: Arc<dyn Clock>,
+    /// Where the Rollouts' analysis metrics are measured; None: the Prometheus and web providers
+    /// ([`crate::analysis::Providers`]), reading header values from the folder's Secrets.
+    pub metrics: Option<Arc<dyn SharedMetricSource>>,
 }
 
 /// Errors that stop standalone mode (everything else is reported and served around).
@@ -104,11 +108,18 @@ pub async fn run(
         .user_agent(concat!("ota-operator/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StandaloneError::Http(e.to_string()))?;
-    // The folder's Secrets as its last read found them: where the metric providers
-    // ([`crate::analysis::Providers`]) read header values from.
+    // The folder's Secrets as its last read found them: where the metric providers read header
+    // values from.
     let metric_secrets = FolderSecrets::new();
-    let mut folder = Folder::new(options.dir.clone(), http, metric_secrets.clone());
-    let mut driver = rollouts::RolloutDriver::open(state.store.clone())
+    let metrics: Arc<dyn SharedMetricSource> = match &options.metrics {
+        Some(metrics) => Arc::clone(metrics),
+        None => Arc::new(
+            Providers::new(metric_secrets.clone(), Arc::clone(&options.clock))
+                .map_err(|e| StandaloneError::Http(e.to_string()))?,
+        ),
+    };
+    let mut folder = Folder::new(options.dir.clone(), http, metric_secrets);
+    let mut driver = rollouts::RolloutDriver::open(state.store.clone(), metrics)
         .await
         .map_err(StandaloneError::RolloutStates)?;
     let mut histories = history::HistoryKeeper::open(state.store.clone())

@@ -5,8 +5,9 @@
 //! On every load of the folder and whenever the core asks to look again (`requeue_at`), each
 //! Rollout is decided with its last status by [`crate::core::rollout::decide`]: validation, then
 //! progress from the channel's stable bundle (a recorded promotion, else `spec.bundleRef`), the
-//! candidate's sync state and the failure figures the device store counted since
-//! [`figures_since`]. A status that changed is
+//! candidate's sync state, the failure figures the device store counted since
+//! [`figures_since`] and the measurements of the analysis metrics (through the source the
+//! driver was given, [`RolloutDriver::open`]). A status that changed is
 //! saved (and durable) before it is served or its events are logged, so a killed process resumes
 //! at the same step with the same cohort. Standalone mode has no Kubernetes Events: each event
 //! of a plan is logged (info, or warn for a failure or an abort).
@@ -23,7 +24,10 @@
 //! State of a Rollout or Channel that left the folder is forgotten, but only after a load in which
 //! every document was read, so a half-saved edit does not reset a rollout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -36,7 +40,7 @@ use crate::{
     clock::Clock,
     core::rollout::{EventKind, FailureCounts, RolloutEvent, promotion_released},
     devices::{DeviceStore, StoreError},
-    rollout_driver::{self, FiguresSource, StatusSink, Write},
+    rollout_driver::{self, FiguresSource, SharedMetricSource, StatusSink, Write},
 };
 
 pub use crate::{core::rollout::FiguresQuery, rollout_driver::Objects};
@@ -192,11 +196,16 @@ pub struct Load<'a> {
 pub struct RolloutDriver {
     store: DeviceStore,
     states: States,
+    metrics: Arc<dyn SharedMetricSource>,
 }
 
 impl RolloutDriver {
-    /// Reads the saved states (rows that cannot be read are reported and ignored).
-    pub async fn open(store: DeviceStore) -> Result<RolloutDriver, StoreError> {
+    /// Reads the saved states (rows that cannot be read are reported and ignored); `metrics`
+    /// measures the Rollouts' analysis metrics.
+    pub async fn open(
+        store: DeviceStore,
+        metrics: Arc<dyn SharedMetricSource>,
+    ) -> Result<RolloutDriver, StoreError> {
         let states = read_states(&store).await?;
         for problem in &states.unreadable {
             tracing::warn!(%problem, "a saved rollout state is ignored");
@@ -206,7 +215,11 @@ impl RolloutDriver {
             promotions = states.promotions.len(),
             "rollout states loaded"
         );
-        Ok(RolloutDriver { store, states })
+        Ok(RolloutDriver {
+            store,
+            states,
+            metrics,
+        })
     }
 
     /// The states as they are now.
@@ -250,7 +263,8 @@ impl RolloutDriver {
                 now,
                 promoted: false,
             };
-            match rollout_driver::drive(&rollout, objects, &mut figures, &mut sink, now).await {
+            let mut metrics = Arc::clone(&self.metrics);
+            match rollout_driver::drive(&rollout, objects, &mut figures, &mut metrics, &mut sink, now).await {
                 Ok(driven) => driven.requeue_at.into_iter().for_each(&mut wake_at),
                 Err(failed) => {
                     let error = failed.source;

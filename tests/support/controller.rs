@@ -55,6 +55,10 @@ pub fn options(namespace: &str, leader_election: bool, identity: &str) -> Option
         // fails at once (tests that run an update server point this at it).
         figures_url_template: "http://127.0.0.1:1".to_owned(),
         clock: std::sync::Arc::new(controller::SystemClock),
+        // Rollouts of these tests have no metrics; a test that gives some scripts the answers.
+        metrics: std::sync::Arc::new(ota_operator::rollout_driver::ScriptedMetrics::new(
+            std::sync::Arc::new(controller::SystemClock),
+        )),
     }
 }
 

@@ -813,6 +813,8 @@ impl InProcessStandalone {
             credentials: Default::default(),
             internal_listen: None,
             clock: Arc::new(self.clock.clone()),
+            // The real providers, as `ota standalone` has them.
+            metrics: None,
         };
         let ready = format!("{}/readyz", self.base());
         self.running

@@ -24,6 +24,12 @@
 //!   when attempts ≥ `minAttempts` and the Wilson lower bound of the failure rate at
 //!   `confidence` exceeds `maxFailureRate`: `pause` adds an AnalysisFailed pause (a person
 //!   promotes or aborts), `rollback` aborts (percent 0: the stable bundle to every device).
+//! - Metrics (`analysis.metrics`: Prometheus queries and web services judged by CEL conditions)
+//!   are measured by the shell when [`measurements_due`] says so and brought back in
+//!   [`RolloutInputs::measurements`]; a failed metric applies the policy's action, an
+//!   inconclusive one pauses for a person, one that cannot be measured pauses until it can
+//!   (never aborting), a dry run only reports, and an analysis step also waits for each
+//!   metric's `count` ([`metric_analysis`], [`metrics`]).
 //! - No step advances and nothing completes while the candidate is not synced.
 //! - Commands are annotations ([`crate::api::constants::annotation`]); each acts once per new
 //!   value (the value acted on is kept in `status.handledCommands`). When several arrive at once
@@ -34,6 +40,8 @@
 
 mod figures;
 pub mod measurement;
+mod metric_analysis;
+mod metrics;
 mod settings;
 mod stats;
 #[cfg(test)]
@@ -43,18 +51,22 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use self::settings::{Settings, Step};
 pub use self::{
     figures::FiguresQueryError,
-    settings::{MAX_DURATION, MAX_SALT_CHARS, MAX_STEPS, MIN_ANALYSIS_PERIOD},
+    metrics::KEPT_MEASUREMENTS,
+    settings::{MAX_DURATION, MAX_METRICS, MAX_SALT_CHARS, MAX_STEPS, MIN_ANALYSIS_PERIOD},
     stats::{inverse_normal_cdf, wilson_lower_bound},
+};
+use self::{
+    measurement::{Measured, MeasurementRequest},
+    settings::{Settings, Step},
 };
 use crate::{
     api::{
         App, Bundle, Channel, Rollout, RolloutStatus,
         channel::PromotedBundle,
         constants::{annotation, condition, reason},
-        rollout::{AnalysisAction, AnalysisFigures, PauseCondition, RolloutPhase},
+        rollout::{AnalysisAction, AnalysisFigures, MetricPhase, PauseCondition, RolloutPhase},
     },
     core::conditions::{
         ConditionStatus, DesiredCondition, merge_conditions, ready_set, reconciling_set, stalled_set,
@@ -186,6 +198,9 @@ pub struct RolloutInputs<'a> {
     /// [`figures_since`]; `None` when the device store could not be read (the analysis then
     /// waits and says so).
     pub figures: Option<FailureCounts>,
+    /// The measurements of the metrics [`measurements_due`] asked for (a provider's failure is
+    /// an error measurement, never left out).
+    pub measurements: &'a [Measured],
 }
 
 /// Normal or Warning.
@@ -386,6 +401,7 @@ pub fn decide(
     channels: &[Channel],
     bundles: &[Bundle],
     figures: Option<FailureCounts>,
+    measurements: &[Measured],
     now: Timestamp,
 ) -> RolloutPlan {
     let (channel, candidate) = match named(rollout, channels, bundles) {
@@ -396,8 +412,68 @@ pub fn decide(
         channel_stable: channel.stable_bundle_ref(),
         candidate: CandidateSync::of(candidate),
         figures,
+        measurements,
     };
     progress(rollout, &inputs, now)
+}
+
+/// The measurements of `rollout`'s metrics due at `now` (each metric every `interval` from the
+/// rollout's start, then from its last measurement), their templates filled from the Channels
+/// and Bundles of its namespace (the candidate's version, the stable bundle's version or
+/// `builtin`, ...). None unless the status describes the spec's candidate Progressing or
+/// Paused (whatever paused it: a metric that paused the rollout is measured to lift the
+/// pause), and none while the spec or its references are invalid.
+pub fn measurements_due(
+    rollout: &Rollout,
+    channels: &[Channel],
+    bundles: &[Bundle],
+    now: Timestamp,
+) -> Vec<MeasurementRequest> {
+    let status = rollout.status.as_ref();
+    let running = [RolloutPhase::Progressing, RolloutPhase::Paused];
+    let (Some(status), true) = (status, ended(rollout, status, &running)) else {
+        return Vec::new();
+    };
+    let (Ok(settings), Ok((channel, candidate))) =
+        (Settings::parse(&rollout.spec), named(rollout, channels, bundles))
+    else {
+        return Vec::new();
+    };
+    let Some(started) = status.started_at.as_ref().map(|t| t.0) else {
+        return Vec::new();
+    };
+    let namespace = rollout.metadata.namespace.as_deref();
+    // A stable Bundle out of view is named rather than left out.
+    let stable = match &status.stable_bundle {
+        None => "builtin".to_owned(),
+        Some(name) => bundles
+            .iter()
+            .find(|b| b.metadata.namespace.as_deref() == namespace && name_of(&b.metadata) == name)
+            .map_or_else(|| name.clone(), |b| b.spec.version.clone()),
+    };
+    let values = metrics::TemplateValues {
+        candidate: candidate.spec.version.clone(),
+        stable,
+        channel: rollout.spec.channel_ref.clone(),
+        app: channel.spec.app_ref.clone(),
+        namespace: namespace.unwrap_or_default().to_owned(),
+        percent: status.current_percent.unwrap_or(0).to_string(),
+        started_at: started.to_string(),
+    };
+    settings
+        .metrics
+        .iter()
+        .filter(|metric| {
+            let last = status
+                .metrics
+                .iter()
+                .find(|s| s.name == metric.name)
+                .and_then(|s| s.last_measurements.last())
+                .map_or(started, |m| m.measured_at.0);
+            metric.due_at(last) <= now
+        })
+        .map(|metric| metric.request(&values))
+        .collect()
 }
 
 /// The next status of `rollout` at `now`, given what the shell observed. A spec that does not
@@ -419,6 +495,7 @@ pub fn progress(rollout: &Rollout, inputs: &RolloutInputs<'_>, now: Timestamp) -
         entered_step: false,
         evaluation: None,
         abort_message: None,
+        measured_now: false,
     };
     run.status.observed_generation = rollout.metadata.generation;
     run.status.salt = Some(run.salt());
@@ -429,6 +506,9 @@ pub fn progress(rollout: &Rollout, inputs: &RolloutInputs<'_>, now: Timestamp) -
     run.handle_commands();
     if run.active() {
         run.keep_current_pauses();
+        run.apply_measurements();
+    }
+    if run.active() {
         run.background_analysis();
         run.walk();
     }
@@ -464,10 +544,16 @@ struct Run<'a> {
     evaluation: Option<Evaluation>,
     /// Set when this decision aborts: the message the aborted status keeps.
     abort_message: Option<String>,
+    /// A metric's measurement was recorded in this decision.
+    measured_now: bool,
 }
 
-const PAUSE_PRIORITY: [&str; 4] = [
+/// The pause reasons in the order the status explains them: what the analysis found first (a
+/// metrics outage before the pauses people asked for: it is the news, and it ends by itself).
+const PAUSE_PRIORITY: [&str; 6] = [
     reason::ANALYSIS_FAILED,
+    reason::ANALYSIS_INCONCLUSIVE,
+    reason::METRICS_UNAVAILABLE,
     reason::PAUSED_BY_USER,
     reason::WAITING_FOR_PROMOTION,
     reason::PAUSE_STEP,
@@ -512,6 +598,10 @@ impl Run<'_> {
     fn set_index(&mut self, index: usize) {
         self.status.current_step_index = Some(i32::try_from(index).unwrap_or(i32::MAX));
         self.entered_step = true;
+        // An analysis step counts the measurements taken since it began.
+        for metric in &mut self.status.metrics {
+            metric.step_measurements = 0;
+        }
     }
 
     fn percent(&self) -> i32 {
@@ -560,6 +650,7 @@ impl Run<'_> {
         status.aborted_at = None;
         status.completed_at = None;
         status.analysis = None;
+        status.metrics.clear();
         self.set_index(0);
         self.started_now = true;
         let note = format!(
@@ -728,7 +819,10 @@ impl Run<'_> {
                     _ => false,
                 },
                 reason::WAITING_FOR_PROMOTION => matches!(step, Some(Step::Pause(None))),
-                reason::PAUSED_BY_USER | reason::ANALYSIS_FAILED => true,
+                reason::PAUSED_BY_USER
+                | reason::ANALYSIS_FAILED
+                | reason::ANALYSIS_INCONCLUSIVE
+                | reason::METRICS_UNAVAILABLE => true,
                 _ => false,
             });
     }
@@ -911,15 +1005,23 @@ impl Run<'_> {
                     }
                 }
                 Step::Analysis => {
-                    if !self.entered_step && self.now < self.next_analysis_at() && self.evaluation.is_none() {
+                    if !self.entered_step
+                        && self.now < self.next_analysis_at()
+                        && self.evaluation.is_none()
+                        && !self.measured_now
+                    {
                         return; // waiting for the next look
                     }
                     match self.evaluate() {
                         Evaluation::Pass => {
+                            if self.metrics_waiting().is_some() {
+                                return;
+                            }
                             let note = format!(
-                                "{}: analysis passed: {}",
+                                "{}: analysis passed: {}{}",
                                 self.step_name(index),
-                                self.figures_text()
+                                self.figures_text(),
+                                self.metrics_passed_text()
                             );
                             self.event(EventKind::Normal, reason::ANALYSIS_PASSED, note);
                             self.set_index(index + 1);
@@ -944,6 +1046,11 @@ impl Run<'_> {
         status.current_percent = Some(100);
         status.completed_at = Some(Time(self.now));
         status.pause_conditions.clear();
+        for metric in &mut status.metrics {
+            if metric.phase == MetricPhase::Running {
+                metric.phase = MetricPhase::Successful;
+            }
+        }
         let last = self.settings.steps.len();
         self.set_index(last);
         let note = format!(
@@ -962,9 +1069,19 @@ impl Run<'_> {
             let sentence = match top {
                 reason::ANALYSIS_FAILED => format!(
                     "Paused by the analysis at {step}: {}; promote to go on ({}) or abort to roll back ({})",
-                    self.figures_text(),
+                    self.failed_metrics_text().unwrap_or_else(|| self.figures_text()),
                     annotation::PROMOTE,
                     annotation::ABORT
+                ),
+                reason::ANALYSIS_INCONCLUSIVE => format!(
+                    "Paused at {step}: {}; promote to go on ({}) or abort to roll back ({})",
+                    self.metrics_in_phase_text(MetricPhase::Inconclusive),
+                    annotation::PROMOTE,
+                    annotation::ABORT
+                ),
+                reason::METRICS_UNAVAILABLE => format!(
+                    "Paused at {step}: {}; it goes on by itself once they can be measured",
+                    self.metrics_in_phase_text(MetricPhase::Error)
                 ),
                 reason::PAUSED_BY_USER => {
                     format!(
@@ -986,7 +1103,8 @@ impl Run<'_> {
                     format!("{step} pauses{until}")
                 }
             };
-            return (top, sentence, top == reason::ANALYSIS_FAILED);
+            let needs_a_person = matches!(top, reason::ANALYSIS_FAILED | reason::ANALYSIS_INCONCLUSIVE);
+            return (top, sentence, needs_a_person);
         }
         match &self.inputs.candidate {
             CandidateSync::Failed { reason: why, message } => {
@@ -1014,12 +1132,20 @@ impl Run<'_> {
         }
         if let Some(Step::Analysis) = self.settings.steps.get(index) {
             let attempts = self.status.analysis.as_ref().map_or(0, |a| a.attempts);
+            let mut waits = Vec::new();
+            if attempts < self.settings.policy.min_attempts {
+                waits.push(format!(
+                    "at least {} attempts ({attempts} so far)",
+                    self.settings.policy.min_attempts
+                ));
+            }
+            waits.extend(self.metrics_waiting());
+            if waits.is_empty() {
+                waits.push("its next analysis".to_owned());
+            }
             return (
                 reason::WAITING_FOR_ANALYSIS,
-                format!(
-                    "{step} waits for at least {} attempts ({attempts} so far)",
-                    self.settings.policy.min_attempts
-                ),
+                format!("{step} waits for {}", waits.join(" and ")),
                 false,
             );
         }
@@ -1173,7 +1299,8 @@ impl Run<'_> {
         self.event(kind, why, sentence.to_owned());
     }
 
-    /// The next time something changes by itself: a timed pause ends, or the analysis is due.
+    /// The next time something changes by itself: a timed pause ends, the analysis or a metric
+    /// is due.
     fn requeue_at(&self) -> Timestamp {
         let analysis = match &self.evaluation {
             // Nothing was recorded: look again one interval from now rather than at once.
@@ -1186,5 +1313,6 @@ impl Run<'_> {
             .filter(|p| p.reason == reason::PAUSE_STEP)
             .filter_map(|p| p.until.as_ref().map(|t| t.0))
             .fold(analysis, Timestamp::min)
+            .min(self.next_measurement_at().unwrap_or(Timestamp::MAX))
     }
 }

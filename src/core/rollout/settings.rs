@@ -1,10 +1,10 @@
 //! A Rollout's spec, parsed and checked: everything the API server's schema checks (standalone
 //! mode reads YAML no API server has seen) plus what CEL cannot (durations that parse and stay
-//! within bounds).
+//! within bounds, metric conditions that compile, templates that name known placeholders).
 
 use std::time::Duration;
 
-use super::{Invalid, inverse_normal_cdf};
+use super::{Invalid, inverse_normal_cdf, metrics::Metric};
 use crate::{
     api::{RolloutSpec, rollout::AnalysisAction},
     duration::parse_duration,
@@ -16,6 +16,8 @@ pub const MAX_STEPS: usize = 32;
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The shortest analysis interval and window: anything shorter would keep the controller busy.
 pub const MIN_ANALYSIS_PERIOD: Duration = Duration::from_secs(1);
+/// The most metrics an analysis may have (the CRD's bound).
+pub const MAX_METRICS: usize = 16;
 /// The longest salt (the CRD's bound).
 pub const MAX_SALT_CHARS: usize = 128;
 
@@ -46,9 +48,11 @@ pub(super) struct Policy {
 pub(super) struct Settings {
     pub(super) steps: Vec<Step>,
     pub(super) policy: Policy,
+    /// The metrics of the analysis, in the spec's order.
+    pub(super) metrics: Vec<Metric>,
 }
 
-fn parse_bounded(field: &str, text: &str, min: Duration) -> Result<Duration, Invalid> {
+pub(super) fn parse_bounded(field: &str, text: &str, min: Duration) -> Result<Duration, Invalid> {
     let duration = parse_duration(text).map_err(|why| {
         Invalid::spec(format!(
             "{field} {text:?} is not a duration such as 30s or 1h: {why}"
@@ -165,6 +169,11 @@ impl Settings {
                 salt.chars().count()
             )));
         }
-        Ok(Settings { steps, policy })
+        let metrics = super::metrics::parse_metrics(&analysis.metrics, policy.interval)?;
+        Ok(Settings {
+            steps,
+            policy,
+            metrics,
+        })
     }
 }

@@ -9,6 +9,8 @@ use crate::core::{
     snapshot::Snapshot,
 };
 
+mod metrics;
+
 // ---------------------------------------------------------------- statistics
 
 #[test]
@@ -134,6 +136,8 @@ struct Sim {
     stable: Option<String>,
     candidate: CandidateSync,
     figures: Option<FailureCounts>,
+    /// What the metric providers brought to the next decision.
+    measurements: Vec<Measured>,
 }
 
 impl Sim {
@@ -143,6 +147,7 @@ impl Sim {
             stable: Some(STABLE.into()),
             candidate: CandidateSync::Synced,
             figures: counts(0, 0),
+            measurements: Vec::new(),
         }
     }
 
@@ -151,6 +156,7 @@ impl Sim {
             channel_stable: self.stable.as_deref(),
             candidate: self.candidate.clone(),
             figures: self.figures,
+            measurements: &self.measurements,
         };
         progress(&self.rollout, &inputs, t(seconds))
     }
@@ -363,7 +369,7 @@ fn every_bad_spec_is_refused_with_a_clear_reason() {
 #[test]
 fn decide_starts_from_the_channels_stable_bundle_a_promotion_included_and_refuses_bad_references() {
     let (mut channels, bundles) = world();
-    let plan = decide(&staged(), &channels, &bundles, None, t(0));
+    let plan = decide(&staged(), &channels, &bundles, None, &[], t(0));
     assert_eq!(plan.status.stable_bundle.as_deref(), Some("shop-1.4.2"));
     assert_eq!(plan.status.candidate_bundle.as_deref(), Some(CANDIDATE));
     assert_eq!(plan.status.current_percent, Some(10));
@@ -377,12 +383,12 @@ fn decide_starts_from_the_channels_stable_bundle_a_promotion_included_and_refuse
         }),
         ..Default::default()
     });
-    let plan = decide(&staged(), &channels, &bundles, None, t(0));
+    let plan = decide(&staged(), &channels, &bundles, None, &[], t(0));
     assert_eq!(plan.status.stable_bundle.as_deref(), Some("shop-1.5.0-beta.1"));
 
     let mut lost = staged();
     lost.spec.channel_ref = "nowhere".into();
-    let plan = decide(&lost, &channels, &bundles, None, t(0));
+    let plan = decide(&lost, &channels, &bundles, None, &[], t(0));
     assert_eq!(plan.events[0].reason, reason::REFERENCE_NOT_FOUND);
     assert_eq!(plan.events[0].note, "Channel nowhere does not exist");
     assert_kstatus(&plan, "False", "False", "True");

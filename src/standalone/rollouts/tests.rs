@@ -3,6 +3,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::rollout::RolloutPhase;
+use crate::core::rollout::measurement::{MetricValue, ProviderRequest};
 use crate::{
     api::{App, Bundle, constants::reason},
     core::fixtures::{self, APP_ID, NS, bundle, channel, unsynced_bundle},
@@ -25,7 +26,14 @@ fn decide(
     figures: Option<FailureCounts>,
     now: Timestamp,
 ) -> crate::core::rollout::RolloutPlan {
-    crate::core::rollout::decide(rollout, objects.channels, objects.bundles, figures, now)
+    crate::core::rollout::decide(rollout, objects.channels, objects.bundles, figures, &[], now)
+}
+
+/// A metric source for Rollouts without metrics (any measurement would be an error).
+fn no_metrics() -> Arc<dyn crate::rollout_driver::SharedMetricSource> {
+    Arc::new(crate::rollout_driver::ScriptedMetrics::new(Arc::new(
+        crate::clock::TestClock::at(at(0)),
+    )))
 }
 /// A Rollout as standalone mode reads it: no uid, no generation, no status.
 fn rollout_of(name: &str, steps: Value, analysis: Value, annotations: Value) -> Rollout {
@@ -257,10 +265,23 @@ async fn a_rollout_whose_spec_no_api_server_checked_is_stalled_with_the_reason_a
             json!({}),
             "exactly one of",
         ),
+        // What no CRD rule can refuse: a condition that is not CEL, an unknown placeholder.
+        (
+            json!([{"setPercent": 10}]),
+            json!({"metrics": [{"name": "error-rate", "successCondition": "result <",
+                "prometheus": {"address": "http://prometheus:9090", "query": "errors"}}]}),
+            "metric error-rate: successCondition \"result <\" is not a CEL expression",
+        ),
+        (
+            json!([{"setPercent": 10}]),
+            json!({"metrics": [{"name": "error-rate", "successCondition": "result < 0.01",
+                "prometheus": {"address": "http://prometheus:9090", "query": "errors{v=\"{{version}}\"}"}}]}),
+            "metric error-rate: prometheus.query: {{version}} is not a placeholder",
+        ),
     ];
     for (steps, analysis, why) in bad {
         let rollout = rollout_of("bad", steps, analysis, json!({}));
-        let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+        let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
         let next = driver
             .drive(&load(&world, std::slice::from_ref(&rollout)), at(0))
             .await;
@@ -424,7 +445,7 @@ async fn a_driven_rollout_is_saved_and_a_new_driver_resumes_it_at_the_same_step_
     let store = store().await;
     let world = world();
     let rollouts = [staged()];
-    let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     let next = driver.drive(&load(&world, &rollouts), at(0)).await;
     assert_eq!(next, Some(at(3_600)), "the end of the timed pause");
     let saved = read_states(&store).await.unwrap();
@@ -435,7 +456,7 @@ async fn a_driven_rollout_is_saved_and_a_new_driver_resumes_it_at_the_same_step_
     assert_eq!(served[0].status.as_ref(), Some(&status));
 
     // A restart: a new driver on the same store continues where the first one was.
-    let mut restarted = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut restarted = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     assert_eq!(restarted.states().rollouts.get(&key("ro")), Some(&status));
     let next = restarted.drive(&load(&world, &rollouts), at(10)).await;
     assert_eq!(next, Some(at(3_600)));
@@ -461,7 +482,7 @@ async fn a_driven_rollout_is_saved_and_a_new_driver_resumes_it_at_the_same_step_
 async fn the_promote_annotation_of_the_yaml_moves_a_waiting_rollout_once_per_value() {
     let store = store().await;
     let world = world();
-    let mut driver = RolloutDriver::open(store).await.unwrap();
+    let mut driver = RolloutDriver::open(store, no_metrics()).await.unwrap();
     driver.drive(&load(&world, &[staged()]), at(0)).await;
     driver.drive(&load(&world, &[staged()]), at(3_600)).await;
     assert_eq!(driver.states().rollouts[&key("ro")].current_step_index, Some(3));
@@ -493,7 +514,7 @@ async fn failure_figures_from_the_store_abort_the_rollout_at_the_next_analysis()
     let store = store().await;
     let world = world();
     let rollouts = [guarded()];
-    let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     let next = driver.drive(&load(&world, &rollouts), at(0)).await;
     assert_eq!(next, Some(at(10)), "the next analysis");
     // Too few attempts at the first analysis: it waits.
@@ -522,7 +543,7 @@ async fn reports_from_before_the_rollout_started_do_not_count() {
     let rollouts = [guarded()];
     // Failures of the candidate an hour before this rollout (an earlier attempt).
     report(&store, 0..100, |_| true, at(-10).as_millisecond()).await;
-    let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     driver.drive(&load(&world, &rollouts), at(0)).await;
     driver.drive(&load(&world, &rollouts), at(10)).await;
     let status = &driver.states().rollouts[&key("ro")];
@@ -534,7 +555,7 @@ async fn reports_from_before_the_rollout_started_do_not_count() {
 async fn state_of_objects_that_left_the_folder_is_forgotten_only_after_a_complete_load() {
     let store = store().await;
     let world = world();
-    let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     let done = rollout_of("done", json!([{"setPercent": 100}]), json!({}), json!({}));
     driver
         .drive(&load(&world, std::slice::from_ref(&done)), at(0))
@@ -589,7 +610,7 @@ async fn a_store_that_fails_leaves_the_analysis_waiting_and_nothing_is_served_un
         .unwrap();
     let world = world();
     let rollouts = [guarded()];
-    let mut driver = RolloutDriver::open(store.clone()).await.unwrap();
+    let mut driver = RolloutDriver::open(store.clone(), no_metrics()).await.unwrap();
     driver.drive(&load(&world, &rollouts), at(0)).await;
     let before = driver.states().rollouts[&key("ro")].clone();
     // The tables go away under the store: no figures can be read and no state saved. The
@@ -627,4 +648,53 @@ async fn a_store_that_fails_leaves_the_analysis_waiting_and_nothing_is_served_un
     assert_eq!(next, Some(at(10) + SignedDuration::from_secs(1)));
     let (served, _) = driver.served(&load(&world, std::slice::from_ref(&promoted)));
     assert_eq!(served[0].status.as_ref(), Some(&before));
+}
+
+#[tokio::test]
+async fn a_metric_that_fails_in_standalone_mode_rolls_the_candidate_back() {
+    let store = store().await;
+    let world = world();
+    let rollouts = [rollout_of(
+        "ro",
+        json!([{"setPercent": 20}, {"pause": {}}, {"setPercent": 100}]),
+        json!({"interval": "1h", "metrics": [{"name": "error-rate", "interval": "30s",
+            "prometheus": {"address": "http://prometheus:9090", "query": "errors{version=\"{{candidate}}\"}"},
+            "failureCondition": "result > 0.05"}]}),
+        json!({}),
+    )];
+    let clock = crate::clock::TestClock::at(at(0));
+    let metrics = crate::rollout_driver::ScriptedMetrics::new(Arc::new(clock.clone()));
+    let mut driver = RolloutDriver::open(store.clone(), Arc::new(metrics.clone()))
+        .await
+        .unwrap();
+    let next = driver.drive(&load(&world, &rollouts), at(0)).await;
+    assert_eq!(next, Some(at(30)), "the metric is due");
+    assert!(metrics.asked().is_empty());
+    metrics.answer("error-rate", Ok(MetricValue::Number(0.01)));
+    clock.set(at(30));
+    let next = driver.drive(&load(&world, &rollouts), at(30)).await;
+    assert_eq!(next, Some(at(60)));
+    let asked = metrics.asked();
+    assert_eq!(asked.len(), 1);
+    match &asked[0].provider {
+        ProviderRequest::Prometheus { query, .. } => assert_eq!(query, "errors{version=\"1.5.0\"}"),
+        other => panic!("a Prometheus request, not {other:?}"),
+    }
+    metrics.answer("error-rate", Ok(MetricValue::Number(0.2)));
+    clock.set(at(60));
+    let next = driver.drive(&load(&world, &rollouts), at(60)).await;
+    assert_eq!(next, None, "an aborted rollout waits for a person");
+    let status = read_states(&store).await.unwrap().rollouts[&key("ro")].clone();
+    assert_eq!(status.phase, Some(RolloutPhase::Aborted));
+    assert_eq!(status.metrics[0].failed, 1);
+    assert_eq!(status.metrics[0].successful, 1);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("metric error-rate failed 1 times"),
+        "{:?}",
+        status.message
+    );
 }
