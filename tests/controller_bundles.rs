@@ -781,46 +781,65 @@ fn rollout(name: &str, channel: &str, bundle: &str, steps: Value) -> Value {
     })
 }
 
-#[tokio::test]
-async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
-    let client = client_with_crds().await;
-    let namespace = unique_namespace("ctl-rollout");
+/// A namespace's App with two synced Bundles, shop-MAJOR.0 (stable, on Channel production) and
+/// shop-MAJOR.1 (the candidate), and the webhook Secret `hooks` of a receiver signing with
+/// `signing_key`: what the rollout scenarios start from. Returns the receiver's deliveries.
+async fn two_bundles_on_production(
+    client: &kube::Client,
+    namespace: &str,
+    major: u32,
+    signing_key: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
     let prefix = format!("apps/{namespace}/");
     let storage = open_storage(&prefix);
-    let stable = zip_of(&[("index.html", index_html("4.0.0"))]);
-    let candidate = zip_of(&[("index.html", index_html("4.1.0"))]);
-    upload(&storage, "uploads/4.0.zip", stable.clone()).await;
-    upload(&storage, "uploads/4.1.zip", candidate.clone()).await;
-    create_secret(&client, &namespace).await;
-    apply(&client, &namespace, app(&prefix)).await;
+    let stable = zip_of(&[("index.html", index_html(&format!("{major}.0.0")))]);
+    let candidate = zip_of(&[("index.html", index_html(&format!("{major}.1.0")))]);
+    upload(&storage, &format!("uploads/{major}.0.zip"), stable.clone()).await;
+    upload(&storage, &format!("uploads/{major}.1.zip"), candidate.clone()).await;
+    create_secret(client, namespace).await;
+    apply(client, namespace, app(&prefix)).await;
+    for (bundle_name, version, zip) in [("0", "0", &stable), ("1", "1", &candidate)] {
+        apply(
+            client,
+            namespace,
+            bundle(
+                &format!("shop-{major}.{bundle_name}"),
+                &format!("{major}.{version}.0"),
+                &format!("uploads/{major}.{bundle_name}.zip"),
+                &sha256(zip),
+            ),
+        )
+        .await;
+    }
     apply(
-        &client,
-        &namespace,
-        bundle("shop-4.0", "4.0.0", "uploads/4.0.zip", &sha256(&stable)),
+        client,
+        namespace,
+        channel("production", Some(&format!("shop-{major}.0"))),
     )
     .await;
-    apply(
-        &client,
-        &namespace,
-        bundle("shop-4.1", "4.1.0", "uploads/4.1.zip", &sha256(&candidate)),
-    )
-    .await;
-    apply(&client, &namespace, channel("production", Some("shop-4.0"))).await;
-    let steps = json!([{"setPercent": 10}, {"pause": {"duration": "1h"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
-    // Every transition goes to a webhook, signed with the Secret's key.
     let (hook_url, received) = webhook_receiver().await;
-    const SIGNING_KEY: &str = "a shared secret of the receiver";
-    Api::<Secret>::namespaced(client.clone(), &namespace)
+    Api::<Secret>::namespaced(client.clone(), namespace)
         .patch(
             "hooks",
             &PatchParams::apply(TEST_MANAGER),
             &Patch::Apply(&json!({
                 "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks"},
-                "stringData": {"url": hook_url, "signingKey": SIGNING_KEY}
+                "stringData": {"url": hook_url, "signingKey": signing_key}
             })),
         )
         .await
         .expect("the webhook Secret is created");
+    received
+}
+
+#[tokio::test]
+async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
+    let client = client_with_crds().await;
+    let namespace = unique_namespace("ctl-rollout");
+    // Every transition goes to a webhook, signed with the Secret's key.
+    const SIGNING_KEY: &str = "a shared secret of the receiver";
+    let received = two_bundles_on_production(&client, &namespace, 4, SIGNING_KEY).await;
+    let steps = json!([{"setPercent": 10}, {"pause": {"duration": "1h"}}, {"setPercent": 50}, {"pause": {}}, {"setPercent": 100}]);
     let mut notified = rollout("to-4.1", "production", "shop-4.1", steps.clone());
     notified["spec"]["notifications"] = json!({"webhook": {"secretRef": {"name": "hooks"}}});
     apply(&client, &namespace, notified).await;
@@ -1010,47 +1029,15 @@ async fn a_rollout_is_validated_and_walks_its_steps_to_completion() {
 }
 
 /// The controller measures a Rollout's metrics through the source it was given. Scripted
-/// answers stand in for the Prometheus and web providers (src/analysis, another branch of issue
-/// 13) that are not in this build; the rest is real: the API server, the status, the Events
-/// and the webhook.
+/// answers stand in for the Prometheus and web providers here, so that each outcome comes when
+/// the test says (tests/analysis_providers.rs runs the providers against a real Prometheus); the
+/// rest is real: the API server, the status, the Events and the webhook.
 #[tokio::test]
 async fn a_metric_pauses_the_rollout_while_it_cannot_be_measured_then_rolls_it_back_when_it_fails() {
     use ota_operator::{core::rollout::measurement::MetricValue, rollout_driver::ScriptedMetrics};
     let client = client_with_crds().await;
     let namespace = unique_namespace("ctl-metrics");
-    let prefix = format!("apps/{namespace}/");
-    let storage = open_storage(&prefix);
-    let stable = zip_of(&[("index.html", index_html("5.0.0"))]);
-    let candidate = zip_of(&[("index.html", index_html("5.1.0"))]);
-    upload(&storage, "uploads/5.0.zip", stable.clone()).await;
-    upload(&storage, "uploads/5.1.zip", candidate.clone()).await;
-    create_secret(&client, &namespace).await;
-    apply(&client, &namespace, app(&prefix)).await;
-    apply(
-        &client,
-        &namespace,
-        bundle("shop-5.0", "5.0.0", "uploads/5.0.zip", &sha256(&stable)),
-    )
-    .await;
-    apply(
-        &client,
-        &namespace,
-        bundle("shop-5.1", "5.1.0", "uploads/5.1.zip", &sha256(&candidate)),
-    )
-    .await;
-    apply(&client, &namespace, channel("production", Some("shop-5.0"))).await;
-    let (hook_url, received) = webhook_receiver().await;
-    Api::<Secret>::namespaced(client.clone(), &namespace)
-        .patch(
-            "hooks",
-            &PatchParams::apply(TEST_MANAGER),
-            &Patch::Apply(&json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks"},
-                "stringData": {"url": hook_url, "signingKey": "key"}
-            })),
-        )
-        .await
-        .expect("the webhook Secret is created");
+    let received = two_bundles_on_production(&client, &namespace, 5, "key").await;
     let mut guarded = rollout(
         "to-5.1",
         "production",
