@@ -723,7 +723,7 @@ async fn a_stats_sighting_creates_no_device(database: &TestDatabase) {
     assert_eq!(
         store.monthly_active_devices(APP, NOW_MS + 10).await.expect("MAU"),
         4
-    );    // A stats event's install of a version that is no Bundle changes a row, creates none.
+    ); // A stats event's install of a version that is no Bundle changes a row, creates none.
     let installed = |device: &str| Write::CurrentBundle {
         app_id: APP.to_owned(),
         device_id: device.to_owned(),
