@@ -62,7 +62,8 @@ fn rollout(steps: Value, metrics: Value) -> String {
         "metadata": {"name": ROLLOUT},
         "spec": {
             "channelRef": "production", "bundleRef": ROLLOUT, "steps": steps,
-            "analysis": {"interval": "1h", "window": "720h", "action": "rollback", "metrics": metrics},
+            // The devices' own figures are judged every second too: they never stop the rollout.
+            "analysis": {"interval": "1s", "window": "720h", "action": "rollback", "metrics": metrics},
         },
     })
     .to_string()
@@ -234,7 +235,8 @@ fn paused_for_metrics(status: &RolloutStatus) -> bool {
 }
 
 #[tokio::test]
-async fn a_candidate_whose_backend_error_rate_rises_in_prometheus_is_rolled_back_although_every_install_succeeds() {
+async fn a_candidate_whose_backend_error_rate_rises_in_prometheus_is_rolled_back_although_every_install_succeeds()
+ {
     let exporter = healthy_exporter("scenario-rollback").await;
     let steps = json!([{"setPercent": 50}, {"pause": {}}]);
     let mut scenario = Scenario::start(
@@ -330,7 +332,10 @@ async fn cluster_a_candidate_whose_backend_error_rate_rises_in_prometheus_is_rol
     // The update server follows the status through its watch: the devices of the cohort take
     // the candidate within a few rounds, and report success.
     let mut devices = Fleet::new(6, DEVICES, "1.0.0", 8);
-    rounds_until(&mut devices, &cluster.base(), |f| f.versions().contains_key("1.1.0")).await;
+    rounds_until(&mut devices, &cluster.base(), |f| {
+        f.versions().contains_key("1.1.0")
+    })
+    .await;
     cluster.clock.advance(INTERVAL);
     let healthy = until("a healthy measurement", |s| {
         s.metrics.first().is_some_and(|m| m.successful >= 1)
@@ -348,10 +353,16 @@ async fn cluster_a_candidate_whose_backend_error_rate_rises_in_prometheus_is_rol
     assert_eq!(aborted.current_percent, Some(0));
     assert_eq!(aborted.metrics[0].phase, MetricPhase::Failed);
     assert_eq!(
-        aborted.metrics[0].last_measurements.last().and_then(|m| m.value.as_deref()),
+        aborted.metrics[0]
+            .last_measurements
+            .last()
+            .and_then(|m| m.value.as_deref()),
         Some("0.3")
     );
-    rounds_until(&mut devices, &cluster.base(), |f| f.versions().get("1.0.0") == Some(&DEVICES)).await;
+    rounds_until(&mut devices, &cluster.base(), |f| {
+        f.versions().get("1.0.0") == Some(&DEVICES)
+    })
+    .await;
 }
 
 /// Rounds of `devices` (each installing what it is offered, successfully) until `done` holds.
@@ -431,7 +442,8 @@ impl Drop for Gate {
 }
 
 #[tokio::test]
-async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes_once_prometheus_answers_again() {
+async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes_once_prometheus_answers_again()
+ {
     let exporter = healthy_exporter("scenario-outage").await;
     let mut gate = Gate::start().await;
     let mut metric = error_rate_metric(&gate.url(), &exporter);
@@ -452,7 +464,7 @@ async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes
         let metric = &status.metrics[0];
         assert_eq!(metric.consecutive_errors, errors, "{status:#?}");
         assert!(!paused_for_metrics(&status), "{status:#?}");
-        assert_eq!(status.phase, Some(RolloutPhase::Progressing));
+        assert_ne!(status.phase, Some(RolloutPhase::Aborted));
     }
     // ... the third pauses the rollout, with the provider's message.
     let paused = scenario.measure().await;
@@ -461,11 +473,17 @@ async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes
     assert_eq!(paused.metrics[0].phase, MetricPhase::Error);
     let message = paused.message.as_deref().unwrap_or_default();
     assert!(message.contains("checkout-errors"), "{message}");
-    assert!(message.contains(&gate.url()), "the message says what is unreachable: {message}");
+    assert!(
+        message.contains(&gate.url()),
+        "the message says what is unreachable: {message}"
+    );
     let last = paused.metrics[0].last_measurements.last().expect("a measurement");
     assert_eq!(last.phase, MeasurementPhase::Error);
     assert!(
-        last.message.as_deref().unwrap_or_default().contains("cannot reach"),
+        last.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot reach"),
         "{last:?}"
     );
     // The outage goes on: the rollout waits, and never aborts.
@@ -478,9 +496,7 @@ async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes
 
     // Prometheus answers again: the pause lifts by itself at the next measurement.
     gate.open().await;
-    let resumed = scenario
-        .measure()
-        .await;
+    let resumed = scenario.measure().await;
     assert!(!paused_for_metrics(&resumed), "{resumed:#?}");
     assert_eq!(resumed.metrics[0].consecutive_errors, 0);
     assert_eq!(resumed.metrics[0].errors, 6);
@@ -493,7 +509,11 @@ async fn a_prometheus_outage_pauses_the_rollout_never_aborts_it_and_it_completes
             |s| assert_ne!(s.phase, Some(RolloutPhase::Aborted), "{s:#?}"),
         )
         .await;
-    assert_eq!(completed.metrics[0].phase, MetricPhase::Successful, "{completed:#?}");
+    assert_eq!(
+        completed.metrics[0].phase,
+        MetricPhase::Successful,
+        "{completed:#?}"
+    );
     scenario.rounds_until_all_on("1.1.0").await;
 }
 
@@ -517,7 +537,10 @@ async fn a_failing_dry_run_metric_is_reported_and_the_rollout_still_completes() 
             |s| s.phase == Some(RolloutPhase::Completed),
             |s| {
                 assert_ne!(s.phase, Some(RolloutPhase::Aborted), "{s:#?}");
-                assert!(s.pause_conditions.iter().all(|p| p.reason == "PauseStep"), "{s:#?}");
+                assert!(
+                    s.pause_conditions.iter().all(|p| p.reason == "PauseStep"),
+                    "{s:#?}"
+                );
             },
         )
         .await;
@@ -590,9 +613,15 @@ async fn a_web_provider_answering_garbage_is_an_error_with_a_clear_message_and_p
     let error = last.message.as_deref().unwrap_or_default();
     assert!(error.contains("not JSON"), "{error}");
     assert!(error.contains("text/html"), "the content type is named: {error}");
-    assert!(error.contains("Service temporarily overloaded"), "an excerpt: {error}");
+    assert!(
+        error.contains("Service temporarily overloaded"),
+        "an excerpt: {error}"
+    );
     let message = paused.message.as_deref().unwrap_or_default();
-    assert!(message.contains("crash-free") && message.contains("not JSON"), "{message}");
+    assert!(
+        message.contains("crash-free") && message.contains("not JSON"),
+        "{message}"
+    );
     assert!(
         asked
             .lock()
@@ -605,6 +634,7 @@ async fn a_web_provider_answering_garbage_is_an_error_with_a_clear_message_and_p
     for _ in 0..3 {
         let status = scenario.measure().await;
         assert_eq!(status.phase, Some(RolloutPhase::Paused), "{status:#?}");
+        assert!(paused_for_metrics(&status), "{status:#?}");
         assert_eq!(status.current_percent, Some(50));
     }
     scenario.round().await;
@@ -638,6 +668,12 @@ async fn the_fleet_benchmarks_prometheus_gated_rollback_serves_the_stable_bundle
     let figures = gated_rollback::run(&server.base(), &store, &exporter, prometheus_url(), &mut devices)
         .await
         .unwrap_or_else(|e| panic!("{e}\nlogs:\n{}", server.logs()));
+    eprintln!(
+        "gated rollback: crossed → served {:?} ({:.2} × the interval), scrape {:?}",
+        figures.latency,
+        figures.latency.as_secs_f64() / INTERVAL.as_secs_f64(),
+        figures.scrape_lag
+    );
     assert!(figures.installed > 0);
     assert!(
         figures.latency < 5 * INTERVAL,

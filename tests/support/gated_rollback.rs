@@ -120,7 +120,9 @@ pub async fn wait_for_value(
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            return Err(format!("Prometheus never answered {want} for {query} within {WAIT:?}"));
+            return Err(format!(
+                "Prometheus never answered {want} for {query} within {WAIT:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -128,11 +130,20 @@ pub async fn wait_for_value(
 
 /// Serves the healthy error rate and waits until Prometheus answers it: before standalone mode
 /// starts, so that its first measurement already finds the series.
-pub async fn serve_healthy(exporter: &Exporter, client: &reqwest::Client, prometheus_url: &str) -> Result<(), String> {
+pub async fn serve_healthy(
+    exporter: &Exporter,
+    client: &reqwest::Client,
+    prometheus_url: &str,
+) -> Result<(), String> {
     exporter.set(SERIES, HEALTHY);
-    wait_for_value(client, prometheus_url, &query_for_candidate(exporter.label()), HEALTHY)
-        .await
-        .map(|_| ())
+    wait_for_value(
+        client,
+        prometheus_url,
+        &query_for_candidate(exporter.label()),
+        HEALTHY,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The gated Rollout's saved status.
@@ -198,7 +209,10 @@ pub async fn run(
     let round = fleet.round(base, &no_failures()).await;
     let broken = round.broken();
     if !broken.is_empty() {
-        return Err(format!("devices saw broken answers: {:?}", &broken[..broken.len().min(3)]));
+        return Err(format!(
+            "devices saw broken answers: {:?}",
+            &broken[..broken.len().min(3)]
+        ));
     }
     let installed = round.reports("1.1.0").0;
     if installed == 0 {
