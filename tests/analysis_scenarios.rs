@@ -384,8 +384,11 @@ async fn rounds_until(devices: &mut Fleet, base: &str, done: impl Fn(&Fleet) -> 
 /// for the other tests.
 struct Gate {
     address: SocketAddr,
-    open: Option<(JoinHandle<()>, Arc<Mutex<Vec<JoinHandle<()>>>>)>,
+    open: Option<(JoinHandle<()>, Forwards)>,
 }
+
+/// The connections an open gate forwards.
+type Forwards = Arc<Mutex<Vec<JoinHandle<()>>>>;
 
 impl Gate {
     async fn start() -> Gate {
@@ -409,7 +412,7 @@ impl Gate {
             .strip_prefix("http://")
             .expect("an http:// URL")
             .to_owned();
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        let connections = Forwards::default();
         let held = Arc::clone(&connections);
         let accepting = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
