@@ -446,7 +446,7 @@ async fn run() -> anyhow::Result<()> {
     );
 
     println!(
-        "# Fleet benchmark (issue 6): {} simulated devices against ota standalone",
+        "# Fleet benchmark (issues 6 and 13): {} simulated devices against ota standalone",
         settings.devices
     );
     println!();
