@@ -13,7 +13,10 @@
 //! Prometheus outage longer than `consecutiveErrorLimit` measurements pauses the rollout
 //! (MetricsUnavailable), which resumes by itself and completes once Prometheus answers again;
 //! a failing `dryRun` metric is reported and the rollout completes; a web provider answering
-//! garbage is an Error with a clear message and pauses the rollout. Also a small run of the
+//! garbage is an Error with a clear message and pauses the rollout. The first scenario runs in
+//! a cluster too (`cluster_*`: the objects in the real test API server, the controller with the
+//! real providers and the update server in this process, tests/support/fleet_cluster.rs). Also
+//! a small run of the
 //! fleet benchmark's "Prometheus-gated rollback" (tests/support/gated_rollback.rs) on the real
 //! `ota` binary and the wall clock.
 
