@@ -17,6 +17,15 @@
 //!    statistics); the abort is served when a probe device in the cohort, polling every 10 ms,
 //!    is first offered the stable bundle back. The time between the two must be at most
 //!    2 × the interval: the report gives it as a ratio of the interval.
+//! 3. **Prometheus-gated rollback** (issue 13; tests/support/gated_rollback.rs). A third Rollout
+//!    (10% of a fresh fleet, every install successful) gated on one Prometheus metric measured
+//!    every `OTA_BENCH_INTERVAL_SECONDS`: the candidate's checkout error rate, served by an
+//!    exporter this process sets and scraped every second by a real Prometheus server
+//!    (tests/prometheus/prometheus.sh, started by tests/bench/fleet.sh, or by this process when
+//!    OTA_TEST_PROMETHEUS_URL is not set), failing above 5%, rollback. The bench raises the
+//!    error rate; the metric has crossed its threshold when Prometheus first answers the new
+//!    value; the stable bundle is served again when a probe device of the cohort is first
+//!    offered it. Target: at most 2 × the metric's interval.
 //!
 //! The report also says how loaded the machine was: the CPU time the server and this process
 //! (the devices) took, and what other processes took meanwhile. Without `--bench` (what `cargo
@@ -29,6 +38,10 @@
 mod common;
 #[path = "../tests/support/fleet.rs"]
 mod fleet;
+#[path = "../tests/support/gated_rollback.rs"]
+mod gated_rollback;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::{
     process::ExitCode,
@@ -128,7 +141,8 @@ fn abort_rollout(settings: &Settings) -> String {
 /// `cargo test --benches`: the worlds are read by standalone mode as they are written.
 fn smoke() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    for rollout in [share_rollout("{}"), abort_rollout(&settings)] {
+    let gated = gated_rollback::rollout_yaml("http://127.0.0.1:9090", "smoke", settings.interval);
+    for rollout in [share_rollout("{}"), abort_rollout(&settings), gated] {
         let dir = tempfile::tempdir()?;
         fleet::write_world(dir.path(), &stable_bundle(), &candidate_bundle(), &rollout);
         let loaded = ota_operator::standalone::load::load(dir.path())?;
@@ -387,6 +401,31 @@ async fn abort_run(settings: &Settings) -> anyhow::Result<(AbortFigures, f64)> {
     ))
 }
 
+async fn gated_run(settings: &Settings) -> anyhow::Result<(gated_rollback::GatedFigures, f64)> {
+    let exporter = support::exporter::Exporter::start("bench-gated").await;
+    let prometheus = support::exporter::prometheus_url();
+    let client = reqwest::Client::new();
+    gated_rollback::serve_healthy(&exporter, &client, prometheus)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let dir = tempfile::tempdir()?;
+    fleet::write_world(
+        dir.path(),
+        &stable_bundle(),
+        &candidate_bundle(),
+        &gated_rollback::rollout_yaml(prometheus, exporter.label(), settings.interval),
+    );
+    let server = Standalone::start(dir.path(), &[]).await;
+    let server_cpu_start = server.pid().map_or(0.0, |pid| cpu_of(pid).0);
+    let store = DeviceStore::open(&server.database_url()).await?;
+    let mut fleet = Fleet::new(9, settings.devices, "1.0.0", settings.concurrency);
+    let figures = gated_rollback::run(&server.base(), &store, &exporter, prometheus, &mut fleet)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let server_cpu = server.pid().map_or(0.0, |pid| cpu_of(pid).0) - server_cpu_start;
+    Ok((figures, server_cpu))
+}
+
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     eprintln!(
@@ -397,12 +436,17 @@ async fn run() -> anyhow::Result<()> {
     let wall = Instant::now();
     let (steps, share_server_cpu) = share_run(&settings).await?;
     let (abort, abort_server_cpu) = abort_run(&settings).await?;
+    let (gated, gated_server_cpu) = gated_run(&settings).await?;
     let end = cpu_mark(None);
     let elapsed = wall.elapsed().as_secs_f64();
-    let (others, ours) = load_between(&start, &end, share_server_cpu + abort_server_cpu);
+    let (others, ours) = load_between(
+        &start,
+        &end,
+        share_server_cpu + abort_server_cpu + gated_server_cpu,
+    );
 
     println!(
-        "# Fleet benchmark (issue 6): {} simulated devices against ota standalone",
+        "# Fleet benchmark (issues 6 and 13): {} simulated devices against ota standalone",
         settings.devices
     );
     println!();
@@ -418,8 +462,8 @@ async fn run() -> anyhow::Result<()> {
         }
     );
     println!(
-        "server CPU: {:.1} s for the share run, {:.1} s for the abort run",
-        share_server_cpu, abort_server_cpu
+        "server CPU: {:.1} s for the share run, {:.1} s for the abort run, {:.1} s for the Prometheus-gated run",
+        share_server_cpu, abort_server_cpu, gated_server_cpu
     );
     println!();
     println!(
@@ -478,10 +522,43 @@ async fn run() -> anyhow::Result<()> {
         abort.devices_on_candidate
     );
     println!();
+    let gated_ratio = gated.latency.as_secs_f64() / settings.interval.as_secs_f64();
     println!(
-        "verdict: share {}, abort latency {}",
+        "## Prometheus-gated rollback (target: at most {ABORT_TARGET_INTERVALS} × the metric's interval)"
+    );
+    println!();
+    println!(
+        "- rollout at {}%, every install successful ({} devices installed the candidate); metric {} measured every {} s, \
+         failureCondition result > {}, action rollback; the exporter's error rate raised from {} to {}",
+        gated_rollback::PERCENT,
+        gated.installed,
+        gated_rollback::METRIC,
+        settings.interval.as_secs(),
+        gated_rollback::THRESHOLD,
+        gated_rollback::HEALTHY,
+        gated_rollback::BROKEN
+    );
+    println!(
+        "- from the exporter's new value to Prometheus answering it (a scrape): {:.3} s",
+        gated.scrape_lag.as_secs_f64()
+    );
+    if let Some(metric) = gated.status.metrics.first() {
+        println!(
+            "- the metric when aborted: {:?}, {} measurements ({} successful, {} failed, {} errors)",
+            metric.phase, metric.measurements, metric.successful, metric.failed, metric.errors
+        );
+    }
+    println!(
+        "- crossed → stable served again: {:.3} s = {gated_ratio:.2} × the interval: {}",
+        gated.latency.as_secs_f64(),
+        verdict(gated_ratio <= ABORT_TARGET_INTERVALS)
+    );
+    println!();
+    println!(
+        "verdict: share {}, abort latency {}, Prometheus-gated rollback {}",
         verdict(all_within),
-        verdict(ratio <= ABORT_TARGET_INTERVALS)
+        verdict(ratio <= ABORT_TARGET_INTERVALS),
+        verdict(gated_ratio <= ABORT_TARGET_INTERVALS)
     );
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use kube::Client;
 use object_store::ObjectStoreExt as _;
 use ota_operator::{
+    analysis,
     clock::TestClock,
     controller,
     server::{self, kube_source::KubeSourceOptions},
@@ -125,9 +126,17 @@ impl InProcessCluster {
         options.figures_url_template = format!("http://{}", self.internal);
         options.clock = Arc::new(self.clock.clone());
         let metrics = free_address();
+        let clock: Arc<dyn ota_operator::clock::Clock> = Arc::new(self.clock.clone());
         self.controller
             .start(&format!("http://{metrics}/readyz"), move || async move {
                 let client = support::client().await;
+                // The real providers, as `ota controller` has them (header Secrets read from
+                // the API server), measuring on the scenario's clock.
+                let mut options = options;
+                options.metrics = Arc::new(
+                    analysis::Providers::new(analysis::KubeSecrets::new(client.clone()), clock)
+                        .map_err(|e| e.to_string())?,
+                );
                 let listener = controller::bind(metrics).await.map_err(|e| e.to_string())?;
                 controller::run(options, client, listener, std::future::pending())
                     .await
