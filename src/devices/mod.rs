@@ -29,11 +29,11 @@ mod queue;
 mod recent;
 mod records;
 mod rollout_states;
+mod saved_documents;
 mod write_plan;
 mod writes;
 
 pub use changes::{CHANGES_CHANNEL, catch_up, follow_changes};
-pub use channel_histories::ChannelHistoryRow;
 pub use device_store::DeviceStore;
 pub use error::StoreError;
 pub use memory::DeviceMemory;
@@ -42,6 +42,9 @@ pub use queue::{
     SERVER_QUEUE_CAPACITY, WriteQueue,
 };
 pub use recent::{RECENT_SIGHTINGS_CAPACITY, SIGHTING_REWRITE_WINDOW};
-pub use records::{
-    Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, PrunedOutcomes, RolloutStateRow, Write,
-};
+pub use saved_documents::SavedDocument;
+/// A standalone Rollout's last state, kept so a restart resumes it.
+pub type RolloutStateRow = SavedDocument;
+/// A standalone Channel's history, kept so a restart keeps it.
+pub type ChannelHistoryRow = SavedDocument;
+pub use records::{Counter, DeviceRecord, DeviceSeen, OutcomeFigures, OutcomeReport, PrunedOutcomes, Write};

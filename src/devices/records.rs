@@ -99,19 +99,6 @@ pub struct PrunedOutcomes {
     pub more: bool,
 }
 
-/// A standalone rollout's last state, kept in the store so a restart resumes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RolloutStateRow {
-    /// The Rollout's namespace.
-    pub namespace: String,
-    /// The Rollout's name.
-    pub name: String,
-    /// The state, as the caller serialized it.
-    pub json: String,
-    /// When it was saved (milliseconds since the epoch).
-    pub at_ms: i64,
-}
-
 /// What an update check or a stats event tells about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSeen {
