@@ -30,7 +30,6 @@ use ota_operator::{
     core::rollout::measurement::{
         HeaderRequest, HeaderValue, Measured, MeasurementRequest, MetricValue, ProviderRequest, WebMethod,
     },
-    rollout_driver::MetricSource,
 };
 use serde_json::json;
 use support::exporter::{Exporter, prometheus_url};
@@ -471,7 +470,7 @@ async fn the_web_provider_reads_numbers_and_lists_and_names_what_it_found_otherw
 async fn measure_takes_every_request_of_a_rollout_at_once_and_returns_one_measurement_each() {
     let address = web_server().await;
     let clock = clock();
-    let mut providers = providers(FolderSecrets::new(), &clock);
+    let providers = providers(FolderSecrets::new(), &clock);
     let rollout: Rollout = serde_json::from_value(json!({
         "apiVersion": "ota.dev/v1alpha1", "kind": "Rollout",
         "metadata": {"name": "to-2.0", "namespace": "shop"},
@@ -496,7 +495,7 @@ async fn measure_takes_every_request_of_a_rollout_at_once_and_returns_one_measur
     good.metric = "good".to_owned();
     requests.push(good);
     let started = Instant::now();
-    let measured = providers.measure(&rollout, &requests).await;
+    let measured = providers.measure_all(&rollout, &requests).await;
     let took = started.elapsed();
     assert_eq!(measured.len(), requests.len());
     let mut names: Vec<&str> = measured.iter().map(|m| m.metric.as_str()).collect();

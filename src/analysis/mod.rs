@@ -2,7 +2,7 @@
 //! take the measurements the core asks for ([`MeasurementRequest`]) over HTTP, from Prometheus
 //! ([`prometheus`]) or a JSON web service ([`web`]), with header values read from Secrets
 //! ([`secrets`]), and bring back one [`Measured`] per request ([`Providers`], the
-//! [`MetricSource`] of [`crate::rollout_driver`]).
+//! [`SharedMetricSource`] of [`crate::rollout_driver`]).
 //!
 //! A provider's failure is a measurement's error, never a panic nor a missing measurement: the
 //! core counts errors (`consecutiveErrorLimit`). Each request has its own timeout, covering the
@@ -30,7 +30,7 @@ use crate::{
         ProviderRequest, WebMethod,
     },
     error_chain::error_chain,
-    rollout_driver::{MetricSource, SharedMetricSource},
+    rollout_driver::SharedMetricSource,
 };
 
 /// The largest answer read; a larger one is an error (a metric is one figure, not a dump).
@@ -391,12 +391,6 @@ impl<S: SecretSource> Providers<S> {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await
-    }
-}
-
-impl<S: SecretSource> MetricSource for Providers<S> {
-    async fn measure(&mut self, rollout: &Rollout, requests: &[MeasurementRequest]) -> Vec<Measured> {
-        self.measure_all(rollout, requests).await
     }
 }
 
