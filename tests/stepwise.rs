@@ -22,7 +22,7 @@ mod fleet;
 mod fleet_cluster;
 mod support;
 
-use fleet::{APP_ID, BundleFile, Device, Fleet, Outcome, Standalone, no_failures, offered};
+use fleet::{BundleFile, Device, Fleet, Outcome, Standalone, no_failures, offered};
 use fleet_cluster::InProcessCluster;
 
 /// The releases, in the order git moves the channel through them.
@@ -105,22 +105,7 @@ async fn walk_the_fleet(base: &str, logs: impl Fn() -> String) {
 
 /// The App, the Bundles (zips next to the YAML) in `world.yaml`; the Channel in `channel.yaml`.
 fn write_world(dir: &std::path::Path, bundles: &[BundleFile]) {
-    std::fs::create_dir_all(dir.join("bundles")).expect("a bundles folder");
-    let mut yaml = format!(
-        "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata: {{name: fleet}}\nspec:\n  appId: {APP_ID}\n  \
-         platforms: [android]\n  storage: {{filesystem: {{path: ./storage}}}}\n  \
-         server: {{rateLimits: {{enabled: false}}}}\n"
-    );
-    for bundle in bundles {
-        let file = format!("bundles/{}.zip", bundle.name);
-        std::fs::write(dir.join(&file), &bundle.zip).expect("a zip written");
-        yaml.push_str(&format!(
-            "---\napiVersion: ota.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {}}}\nspec:\n  appRef: fleet\n  \
-             version: \"{}\"\n  source: {{path: {file}, sha256: {}}}\n",
-            bundle.name, bundle.version, bundle.sha256
-        ));
-    }
-    std::fs::write(dir.join("world.yaml"), yaml).expect("world.yaml written");
+    fleet::write_app_and_bundles(dir, &bundles.iter().collect::<Vec<_>>(), "");
 }
 
 /// Replaces the Channel's YAML (written aside then renamed: never read half written).

@@ -96,16 +96,30 @@ pub fn candidate_bundle() -> BundleFile {
 /// The App's rate limits are off: the simulated fleet sends everything from 127.0.0.1 as fast as
 /// the server answers, which the per-client limit exists to stop.
 pub fn write_world(dir: &Path, stable: &BundleFile, candidate: &BundleFile, rollout_yaml: &str) {
+    let channel = format!(
+        "apiVersion: ota.dev/v1alpha1\nkind: Channel\nmetadata: {{name: production}}\nspec:\n  appRef: fleet\n  \
+         bundleRef: {}\n  public: true\n  android: true\n",
+        stable.name
+    );
+    write_app_and_bundles(dir, &[stable, candidate], &channel);
+    write_rollout(dir, rollout_yaml);
+}
+
+/// Writes `world.yaml` into `dir`: the App (filesystem storage, rate limits off, see
+/// [`write_world`]), `extra_yaml` (documents of its own, or nothing), and the Bundles, their
+/// zips next to it.
+pub fn write_app_and_bundles(dir: &Path, bundles: &[&BundleFile], extra_yaml: &str) {
     std::fs::create_dir_all(dir.join("bundles")).expect("a bundles folder");
     let mut yaml = format!(
         "apiVersion: ota.dev/v1alpha1\nkind: App\nmetadata: {{name: fleet}}\nspec:\n  appId: {APP_ID}\n  \
          platforms: [android]\n  storage: {{filesystem: {{path: ./storage}}}}\n  \
-         server: {{rateLimits: {{enabled: false}}}}\n---\n\
-         apiVersion: ota.dev/v1alpha1\nkind: Channel\nmetadata: {{name: production}}\nspec:\n  appRef: fleet\n  \
-         bundleRef: {}\n  public: true\n  android: true\n",
-        stable.name
+         server: {{rateLimits: {{enabled: false}}}}\n"
     );
-    for bundle in [stable, candidate] {
+    if !extra_yaml.is_empty() {
+        yaml.push_str("---\n");
+        yaml.push_str(extra_yaml);
+    }
+    for bundle in bundles {
         let file = format!("bundles/{}.zip", bundle.name);
         std::fs::write(dir.join(&file), &bundle.zip).expect("a zip written");
         yaml.push_str(&format!(
@@ -115,7 +129,6 @@ pub fn write_world(dir: &Path, stable: &BundleFile, candidate: &BundleFile, roll
         ));
     }
     std::fs::write(dir.join("world.yaml"), yaml).expect("world.yaml written");
-    write_rollout(dir, rollout_yaml);
 }
 
 /// Replaces the Rollout's YAML (a change the server picks up within its poll interval).
